@@ -1,0 +1,220 @@
+"""e4e: the encoder that projects a face into StyleGAN2's W+ space (18 x 512).
+
+Tov et al., "Designing an Encoder for StyleGAN Image Manipulation", SIGGRAPH 2021
+(https://arxiv.org/abs/2102.02766). A plain-PyTorch re-implementation of ``Encoder4Editing(50,
+'ir_se')`` from ``omertov/encoder4editing`` (``models/encoders/psp_encoders.py``, ``helpers.py``).
+Attribute names follow upstream, so a checkpoint loads by stripping ``encoder.`` and nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from torchvision.transforms import functional as TF
+
+from .checkpoints import load_torch_file, strict_load
+from .errors import WeightsFormatError
+
+INPUT_SIZE = 256
+COARSE_END, MIDDLE_END = 3, 7  # styles 0-2 read the 16x16 map, 3-6 the 32x32, 7-17 the 64x64
+
+
+@dataclass(frozen=True)
+class E4EConfig:
+    """IR-SE body: ``units[i]`` bottleneck units of ``channels[i]`` channels per stage.
+
+    The default is IR-SE-50 (3/4/14/3 units, 64..512 channels) for a 1024 px StyleGAN2
+    (``style_count = 2 * log2(1024) - 2 = 18``); the last stage's width is the latent size.
+    """
+
+    channels: tuple = (64, 128, 256, 512)
+    units: tuple = (3, 4, 14, 3)
+    style_count: int = 18
+
+    @property
+    def latent_dim(self) -> int:
+        return self.channels[-1]
+
+
+def e4e_transform(image: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> (3, 256, 256) in [-1, 1]: Resize((256, 256)), ToTensor, Normalize(0.5, 0.5).
+
+    Deterministic; the original app's random pre-resize was a training augmentation.
+    """
+    x = TF.to_tensor(image.resize((INPUT_SIZE, INPUT_SIZE), Image.BILINEAR))
+    return x.mul_(2.0).sub_(1.0)
+
+
+class SEModule(nn.Module):
+    """Squeeze-and-excitation gate (reduction 16)."""
+
+    def __init__(self, channels: int, reduction: int = 16):
+        super().__init__()
+        self.avg_pool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(channels, channels // reduction, 1, bias=False)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc2 = nn.Conv2d(channels // reduction, channels, 1, bias=False)
+        self.sigmoid = nn.Sigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.sigmoid(self.fc2(self.relu(self.fc1(self.avg_pool(x)))))
+
+
+class BottleneckIRSE(nn.Module):
+    """ArcFace's improved residual unit with an SE gate (upstream ``bottleneck_IR_SE``)."""
+
+    def __init__(self, in_channels: int, depth: int, stride: int):
+        super().__init__()
+        if in_channels == depth:
+            self.shortcut_layer = nn.MaxPool2d(1, stride)
+        else:
+            self.shortcut_layer = nn.Sequential(
+                nn.Conv2d(in_channels, depth, 1, stride, bias=False), nn.BatchNorm2d(depth)
+            )
+        self.res_layer = nn.Sequential(
+            nn.BatchNorm2d(in_channels),
+            nn.Conv2d(in_channels, depth, 3, 1, 1, bias=False),
+            nn.PReLU(depth),
+            nn.Conv2d(depth, depth, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(depth),
+            SEModule(depth),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.res_layer(x) + self.shortcut_layer(x)
+
+
+class EqualLinear(nn.Module):
+    """StyleGAN2's equalised linear layer: the weight is stored unscaled and multiplied by
+    1/sqrt(in) at run time, so a checkpoint's weight cannot go into ``nn.Linear`` as it is."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_dim, in_dim))
+        self.bias = nn.Parameter(torch.zeros(out_dim))
+        self.scale = 1.0 / math.sqrt(in_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight * self.scale, self.bias)
+
+
+class GradualStyleBlock(nn.Module):
+    """Stride-2 3x3 convs + LeakyReLU(0.01) down to 1x1, then an EqualLinear: one style vector."""
+
+    def __init__(self, channels: int, spatial: int):
+        super().__init__()
+        layers = []
+        for _ in range(int(math.log2(spatial))):
+            layers += [nn.Conv2d(channels, channels, 3, stride=2, padding=1), nn.LeakyReLU()]
+        self.convs = nn.Sequential(*layers)
+        self.linear = EqualLinear(channels, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.convs(x).flatten(1))  # (B, C)
+
+
+class E4EEncoder(nn.Module):
+    """e4e ``Encoder4Editing``: image (B, 3, 256, 256) in [-1, 1] -> W+ codes (B, 18, 512).
+
+    Codes are the encoder's output *without* ``latent_avg`` (the GANOrigin SVM was trained so).
+    ``E4EEncoder()`` builds the full IR-SE-50 with random weights (no download).
+    """
+
+    def __init__(self, config: E4EConfig = E4EConfig()):
+        super().__init__()
+        self.config = config
+        c = config.channels
+        self.input_layer = nn.Sequential(nn.Conv2d(3, c[0], 3, 1, 1, bias=False), nn.BatchNorm2d(c[0]), nn.PReLU(c[0]))
+        units, in_channels = [], c[0]
+        for depth, count in zip(c, config.units):
+            for i in range(count):
+                units.append(BottleneckIRSE(in_channels, depth, stride=2 if i == 0 else 1))
+                in_channels = depth
+        self.body = nn.Sequential(*units)
+        # Feature maps are tapped after the last unit of stages 2, 3 and 4 (upstream: 6, 20, 23).
+        ends = [sum(config.units[: i + 1]) - 1 for i in range(len(config.units))]
+        self._taps = tuple(ends[1:])
+        spatial = [16] * COARSE_END + [32] * (MIDDLE_END - COARSE_END) + [64] * (config.style_count - MIDDLE_END)
+        self.styles = nn.ModuleList(GradualStyleBlock(c[-1], s) for s in spatial)
+        self.latlayer1 = nn.Conv2d(c[2], c[-1], 1)
+        self.latlayer2 = nn.Conv2d(c[1], c[-1], 1)
+        self.latent_avg: Optional[torch.Tensor] = None  # from a checkpoint; not part of the features
+        self.requires_grad_(False)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.input_layer(x)
+        taps = []
+        for i, unit in enumerate(self.body):
+            x = unit(x)
+            if i in self._taps:
+                taps.append(x)
+        c1, c2, c3 = taps  # (B,128,64,64), (B,256,32,32), (B,512,16,16)
+        w = self.styles[0](c3).unsqueeze(1).repeat(1, self.config.style_count, 1)  # (B, 18, 512)
+        features = c3
+        deltas = [w[:, 0]]
+        for i in range(1, self.config.style_count):
+            if i == COARSE_END:
+                p2 = _upsample_add(c3, self.latlayer1(c2))
+                features = p2
+            elif i == MIDDLE_END:
+                features = _upsample_add(p2, self.latlayer2(c1))
+            deltas.append(w[:, i] + self.styles[i](features))
+        return torch.stack(deltas, dim=1)  # (B, 18, 512)
+
+    @classmethod
+    def from_checkpoint(cls, path: Path, device: Optional[torch.device] = None) -> "E4EEncoder":
+        """Load the encoder half of an e4e/pSp checkpoint; the StyleGAN2 decoder is never built."""
+        state_dict, latent_avg = checkpoint_filter_fn(load_torch_file(path), path)
+        with torch.device("meta"):
+            model = cls(config_from_state_dict(state_dict))
+        strict_load(model, state_dict, path)
+        model.latent_avg = latent_avg
+        return model.to(device) if device is not None else model
+
+
+def _upsample_add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, size=y.shape[-2:], mode="bilinear", align_corners=True) + y
+
+
+def checkpoint_filter_fn(checkpoint: dict, path: Path = Path("<checkpoint>")) -> tuple[dict, Optional[torch.Tensor]]:
+    """``(encoder state dict, latent_avg)`` from a pSp/e4e checkpoint dict.
+
+    Keeps exactly the ``encoder.`` keys (upstream's ``get_keys`` also matched ``encoder_*``).
+    """
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise WeightsFormatError(f"{path} is not an e4e checkpoint: expected a dict with a 'state_dict' entry.")
+    prefix = "encoder."
+    sd = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    if not sd:
+        raise WeightsFormatError(f"{path} has no 'encoder.*' weights.")
+    sd = {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}
+    latent_avg = checkpoint.get("latent_avg")
+    return sd, latent_avg.float() if isinstance(latent_avg, torch.Tensor) else None
+
+
+def config_from_state_dict(sd: dict) -> E4EConfig:
+    """Channels and units per stage from the tensor shapes (stages are runs of equal depth)."""
+    try:
+        n_units = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("body."))
+        depths = [sd[f"body.{i}.res_layer.1.weight"].shape[0] for i in range(n_units)]
+        style_count = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("styles."))
+    except (KeyError, ValueError) as e:
+        raise WeightsFormatError(f"Not an e4e encoder state dict ({e}).") from e
+    channels, units = [], []
+    for d in depths:
+        if channels and channels[-1] == d:
+            units[-1] += 1
+        else:
+            channels.append(d)
+            units.append(1)
+    if len(channels) != 4:
+        raise WeightsFormatError(f"Expected an IR-SE body of 4 stages, found channel widths {channels}.")
+    return E4EConfig(channels=tuple(channels), units=tuple(units), style_count=style_count)

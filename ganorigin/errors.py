@@ -1,0 +1,21 @@
+"""Errors raised by GANOrigin. Every message says what failed and how to fix it."""
+
+
+class GANOriginError(Exception):
+    """Base class of every error GANOrigin raises on purpose."""
+
+
+class WeightsNotFoundError(GANOriginError, FileNotFoundError):
+    """One or more weight files could not be found locally or downloaded."""
+
+
+class WeightsFormatError(GANOriginError, ValueError):
+    """A weight file exists but does not hold what it should (wrong keys, shapes, digest)."""
+
+
+class UnsafePickleError(WeightsFormatError):
+    """A pickle asked for something outside the allow-list; nothing in it was executed."""
+
+
+class InvalidImageError(GANOriginError, ValueError):
+    """The input is not an image GANOrigin can analyse (not an image, truncated, too large...)."""

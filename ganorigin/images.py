@@ -1,0 +1,140 @@
+"""The one decoding gate every entry point uses: anything image-like in, an RGB PIL image out.
+
+Limits are checked on the header, before any pixel is decoded, so a decompression bomb costs
+nothing. Every failure is an :class:`InvalidImageError` with a message a person can act on.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import InvalidImageError
+
+ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray]
+
+MAX_IMAGE_BYTES = int(os.environ.get("GANORIGIN_MAX_IMAGE_BYTES", 50 * 1024 * 1024))
+MAX_IMAGE_PIXELS = int(float(os.environ.get("GANORIGIN_MAX_MEGAPIXELS", 50)) * 1_000_000)
+MIN_IMAGE_SIDE = 16
+
+
+def load_image(image: ImageInput) -> Image.Image:
+    """Decode ``image`` (path, bytes, file object, PIL image or numpy array) into RGB.
+
+    Raises:
+        InvalidImageError: empty, not an image, truncated, too large or too small.
+    """
+    if isinstance(image, Image.Image):
+        _check_size(image.size)
+        return _to_rgb(image)
+    if isinstance(image, np.ndarray):
+        return _from_array(image)
+    data = _read_bytes(image)
+    return _decode(data)
+
+
+def _read_bytes(image) -> bytes:
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        data = bytes(image)
+    elif isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        if not path.is_file():
+            raise InvalidImageError(f"No image file at {str(path)!r}.")
+        if path.stat().st_size > MAX_IMAGE_BYTES:
+            raise InvalidImageError(_too_many_bytes(path.stat().st_size))
+        data = path.read_bytes()
+    elif hasattr(image, "read"):
+        data = image.read(MAX_IMAGE_BYTES + 1)
+    else:
+        raise InvalidImageError(
+            f"Cannot read an image from a {type(image).__name__}; pass a file path, bytes, "
+            "a PIL image or a numpy array."
+        )
+    if not data:
+        raise InvalidImageError("The file is empty (0 bytes).")
+    if len(data) > MAX_IMAGE_BYTES:
+        raise InvalidImageError(_too_many_bytes(len(data)))
+    return data
+
+
+def _decode(data: bytes) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            # We enforce our own pixel limit below; Pillow's own bomb warning is noise here.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            _check_size(img.size)
+            img.seek(0)  # animated GIF/WebP, multi-page TIFF: the first frame
+            img.load()
+            img = ImageOps.exif_transpose(img)
+    except InvalidImageError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError) as e:
+        raise InvalidImageError(
+            "This file is not an image we can read (supported: PNG, JPEG, WebP, GIF, BMP, TIFF)."
+        ) from e
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError) as e:
+        raise InvalidImageError(f"The image could not be decoded; it may be truncated or corrupt ({e}).") from e
+    return _to_rgb(img)
+
+
+def _check_size(size: tuple[int, int]) -> None:
+    width, height = size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise InvalidImageError(
+            f"The image is {width}x{height} = {width * height / 1e6:.1f} megapixels; the limit is "
+            f"{MAX_IMAGE_PIXELS / 1e6:g} megapixels. Downscale it first."
+        )
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise InvalidImageError(
+            f"The image is {width}x{height} pixels; at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} is needed."
+        )
+
+
+def _too_many_bytes(n: int) -> str:
+    return f"The file is {n / 2**20:.1f} MiB; the limit is {MAX_IMAGE_BYTES / 2**20:g} MiB."
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB; alpha is dropped, as the original app did."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return _from_array(np.asarray(img))
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return img.convert("RGB")
+
+
+def _from_array(array: np.ndarray) -> Image.Image:
+    """Numpy HxW, HxWx1, HxWx3 or HxWx4 (uint8, uint16, bool or float in [0, 1]) to RGB."""
+    a = np.asarray(array)
+    if a.ndim == 3 and a.shape[2] in (1, 3, 4):
+        a = a[..., :3] if a.shape[2] != 1 else a[..., 0]
+    elif a.ndim != 2:
+        raise InvalidImageError(f"An image array must be HxW or HxWxC with C in 1, 3, 4; got shape {a.shape}.")
+    _check_size((a.shape[1], a.shape[0]))
+    if a.dtype == np.uint8:
+        pass
+    elif a.dtype == bool:
+        a = a.astype(np.uint8) * 255
+    elif np.issubdtype(a.dtype, np.floating):
+        if not np.isfinite(a).all():
+            raise InvalidImageError("The image array contains NaN or infinite values.")
+        scale = 255.0 if a.max(initial=0.0) <= 1.0 else 1.0
+        a = np.clip(np.rint(a * scale), 0, 255).astype(np.uint8)
+    elif np.issubdtype(a.dtype, np.integer):
+        # 16-bit sources (uint16, Pillow's "I" from 16-bit PNG) map 0..65535 onto 0..255.
+        scale = 257.0 if a.max(initial=0) > 255 else 1.0
+        a = np.clip(np.rint(a / scale), 0, 255).astype(np.uint8)
+    else:
+        raise InvalidImageError(f"Unsupported image array dtype {a.dtype}.")
+    if a.ndim == 2:
+        a = np.stack([a] * 3, axis=-1)
+    return Image.fromarray(np.ascontiguousarray(a), "RGB")
