@@ -4,6 +4,7 @@ from .detector import UFDDetector
 from .encoder import E4EEncoder
 from .errors import (
     GANOriginError,
+    ImageTooLargeError,
     InvalidImageError,
     UnsafePickleError,
     WeightsFormatError,
@@ -22,6 +23,7 @@ __all__ = [
     "GANAttributor",
     "GANOrigin",
     "GANOriginError",
+    "ImageTooLargeError",
     "InvalidImageError",
     "Prediction",
     "UFDDetector",

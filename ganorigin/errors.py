@@ -19,3 +19,11 @@ class UnsafePickleError(WeightsFormatError):
 
 class InvalidImageError(GANOriginError, ValueError):
     """The input is not an image GANOrigin can analyse (not an image, truncated, too large...)."""
+
+
+class ImageTooLargeError(InvalidImageError):
+    """The input exceeds the byte or megapixel limit (checked before decoding)."""
+
+
+class AlignmentUnavailableError(GANOriginError, RuntimeError):
+    """Face alignment was asked for but dlib or its landmark model is not installed."""

@@ -15,7 +15,7 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import InvalidImageError
+from .errors import ImageTooLargeError, InvalidImageError
 
 ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray]
 
@@ -47,7 +47,7 @@ def _read_bytes(image) -> bytes:
         if not path.is_file():
             raise InvalidImageError(f"No image file at {str(path)!r}.")
         if path.stat().st_size > MAX_IMAGE_BYTES:
-            raise InvalidImageError(_too_many_bytes(path.stat().st_size))
+            raise ImageTooLargeError(_too_many_bytes(path.stat().st_size))
         data = path.read_bytes()
     elif hasattr(image, "read"):
         data = image.read(MAX_IMAGE_BYTES + 1)
@@ -59,7 +59,7 @@ def _read_bytes(image) -> bytes:
     if not data:
         raise InvalidImageError("The file is empty (0 bytes).")
     if len(data) > MAX_IMAGE_BYTES:
-        raise InvalidImageError(_too_many_bytes(len(data)))
+        raise ImageTooLargeError(_too_many_bytes(len(data)))
     return data
 
 
@@ -87,7 +87,7 @@ def _decode(data: bytes) -> Image.Image:
 def _check_size(size: tuple[int, int]) -> None:
     width, height = size
     if width * height > MAX_IMAGE_PIXELS:
-        raise InvalidImageError(
+        raise ImageTooLargeError(
             f"The image is {width}x{height} = {width * height / 1e6:.1f} megapixels; the limit is "
             f"{MAX_IMAGE_PIXELS / 1e6:g} megapixels. Downscale it first."
         )
