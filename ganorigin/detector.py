@@ -66,7 +66,9 @@ class UFDDetector(nn.Module):
         return self.visual(x)  # (B, 768): CLIP's encode_image, unnormalised
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.forward_features(x)).squeeze(-1)  # (B,) logits
+        features = self.forward_features(x).float()
+        with torch.autocast(x.device.type, enabled=False):  # the head stays fp32 on the fast path
+            return self.fc(features).squeeze(-1)  # (B,) logits
 
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.forward(x).float())

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
 import torch
+from PIL import Image
 
+from . import fast
+from .align import AlignmentResult, align_face, alignment_available
 from .detector import UFDDetector, ufd_transform
 from .encoder import E4EEncoder, e4e_transform
 from .images import ImageInput, load_image
@@ -18,6 +21,7 @@ from .weights import ResolvedWeights, WeightSources, resolve
 logger = logging.getLogger(__name__)
 
 DEFAULT_THRESHOLD = 0.89  # the original app's MODEL_THRESHOLD
+UNKNOWN_GAN = "Unknown GAN"  # attribution when the open-set rule rejects every known GAN
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,13 @@ class Prediction:
     threshold: float
     labels: tuple
     probabilities: tuple
+    # Face alignment: faces_found is None when alignment was off; attributed_image is what e4e saw.
+    aligned: bool = False
+    faces_found: Optional[int] = None
+    alignment_note: str = ""
+    attributed_image: Optional[Image.Image] = field(default=None, compare=False, repr=False)
+    # Open-set rule (models trained by `ganorigin train`): far from every known GAN.
+    unknown: bool = False
 
     @property
     def is_fake(self) -> bool:
@@ -39,8 +50,8 @@ class Prediction:
 
     @property
     def attribution(self) -> str:
-        """Display name of the most likely GAN (computed for every image; ``is_fake`` decides)."""
-        return display_name(self.attribution_label)
+        """Display name of the most likely GAN, or "Unknown GAN" (computed for every image; ``is_fake`` decides)."""
+        return UNKNOWN_GAN if self.unknown else display_name(self.attribution_label)
 
     @property
     def attribution_probabilities(self) -> dict:
@@ -52,8 +63,19 @@ class Prediction:
         p = self.fake_probability
         return {"Real": 1.0 - p, **{name: p * q for name, q in self.attribution_probabilities.items()}}
 
-    def to_dict(self) -> dict:
-        """The original GANOrigin ``/predict`` JSON, both branches, exactly."""
+    def to_dict(self, extended: bool = False) -> dict:
+        """The original GANOrigin ``/predict`` JSON, both branches, exactly; ``extended=True`` adds
+        an ``"alignment"`` entry (used, faces_found, note).
+
+        A fake rejected by the open-set rule has ``"prediction": "Unknown GAN"``; its confidence,
+        probabilities (of the known GANs) and deepfake_score are as in the known-GAN branch.
+        """
+        result = self._original_dict()
+        if extended:
+            result["alignment"] = {"used": self.aligned, "faces_found": self.faces_found, "note": self.alignment_note}
+        return result
+
+    def _original_dict(self) -> dict:
         p = self.fake_probability
         if not self.is_fake:
             return {
@@ -62,7 +84,7 @@ class Prediction:
                 "probabilities": {"Real": 1.0 - p, "Fake": p},
             }
         return {
-            "prediction": self.attribution_label,
+            "prediction": UNKNOWN_GAN if self.unknown else self.attribution_label,
             "confidence": round(max(self.probabilities), 4),
             "probabilities": dict(zip(self.labels, self.probabilities)),
             "deepfake_score": p,
@@ -88,6 +110,8 @@ class GANOrigin:
         threshold: float = DEFAULT_THRESHOLD,
         device: Union[None, str, torch.device] = None,
         weights: Optional[ResolvedWeights] = None,
+        align: Optional[bool] = None,
+        precision: Optional[str] = None,
     ):
         self.device = torch.device(device) if device is not None else default_device()
         self.detector = detector.to(self.device).eval()
@@ -95,6 +119,10 @@ class GANOrigin:
         self.attributor = attributor
         self.threshold = _check_threshold(threshold)
         self.weights = weights
+        self.align = alignment_available() if align is None else bool(align)
+        self.precision = "fp32"
+        self.precision_check: Optional[dict] = None  # the fast path's agreement with fp32, when one ran
+        self._use_precision(fast.resolve_precision(precision, self.device))
 
     @classmethod
     def from_pretrained(
@@ -105,9 +133,15 @@ class GANOrigin:
         device: Union[None, str, torch.device] = None,
         local_files_only: bool = False,
         cache_dir: Optional[str] = None,
+        align: Optional[bool] = None,
+        precision: Optional[str] = None,
     ) -> "GANOrigin":
         """Load the original GANOrigin weights (or ``source``: a folder, ``"org/repo[@rev]"``, or
         :class:`WeightSources`), downloading what is not cached.
+
+        ``precision``: ``"auto"`` (default, or ``GANORIGIN_PRECISION``) uses bf16/fp16 where the
+        device runs it natively and it agrees with fp32; ``"fp32"`` is the exact original maths.
+        See :mod:`ganorigin.fast`.
 
         Raises:
             WeightsNotFoundError: some files are missing; the message lists them and the fix.
@@ -121,27 +155,51 @@ class GANOrigin:
         files = resolve(sources)
         detector = UFDDetector.from_files(files.clip, files.ufd_head)
         encoder = E4EEncoder.from_checkpoint(files.e4e)
-        attributor = GANAttributor.from_pickles(files.svm, files.scaler, files.label_encoder)
-        return cls(detector, encoder, attributor, threshold=threshold, device=device, weights=files)
+        if files.safe_model is not None:
+            from .training import load_attribution_model  # training imports this module
 
-    def predict(self, image: ImageInput, *, threshold: Optional[float] = None) -> Prediction:
+            attributor = load_attribution_model(files.safe_model)
+        else:
+            attributor = GANAttributor.from_pickles(files.svm, files.scaler, files.label_encoder)
+        return cls(
+            detector, encoder, attributor, threshold=threshold, device=device, weights=files, align=align, precision=precision
+        )
+
+    def predict(self, image: ImageInput, *, threshold: Optional[float] = None, align: Optional[bool] = None) -> Prediction:
         """Analyse one image (path, bytes, PIL image or numpy array)."""
-        return self.predict_batch([image], threshold=threshold)[0]
+        return self.predict_batch([image], threshold=threshold, align=align)[0]
 
     def predict_batch(
-        self, images: Iterable[ImageInput], *, threshold: Optional[float] = None, batch_size: int = 8
+        self,
+        images: Iterable[ImageInput],
+        *,
+        threshold: Optional[float] = None,
+        batch_size: int = 8,
+        align: Optional[bool] = None,
     ) -> list[Prediction]:
-        """Analyse many images, ``batch_size`` at a time. Raises on the first undecodable one."""
+        """Analyse many images, ``batch_size`` at a time. Raises on the first undecodable one.
+
+        ``align`` (default: the pipeline's setting) FFHQ-aligns the largest face for attribution
+        only; the detector always sees the whole image.
+        """
         threshold = self.threshold if threshold is None else _check_threshold(threshold)
+        align = self.align if align is None else bool(align)
         decoded = [load_image(image) for image in images]
         results = []
         for start in range(0, len(decoded), batch_size):
             chunk = decoded[start : start + batch_size]
             fake = self.fake_probabilities(chunk)
-            gan = self.attributor.predict_proba(self.encode(chunk))
+            alignments = [align_face(im) if align else None for im in chunk]
+            attributed = [a.image if a is not None and a.used else im for a, im in zip(alignments, chunk)]
+            features = self.encode(attributed)
+            gan = self.attributor.predict_proba(features)
+            unknown = self.attributor.reject_unknown(features)
             labels = tuple(self.attributor.labels)
             results += [
-                Prediction(float(p), threshold, labels, tuple(float(q) for q in row)) for p, row in zip(fake, gan)
+                Prediction(
+                    float(p), threshold, labels, tuple(float(q) for q in row), unknown=bool(u), **_alignment_fields(a, im)
+                )
+                for p, row, u, a, im in zip(fake, gan, unknown, alignments, attributed)
             ]
         return results
 
@@ -149,13 +207,67 @@ class GANOrigin:
     def fake_probabilities(self, images: Sequence) -> np.ndarray:
         """UFD's P(fake) for decoded RGB images, shape (B,)."""
         x = torch.stack([ufd_transform(im) for im in images]).to(self.device)
-        return self.detector.predict_proba(x).cpu().numpy()
+        with fast.autocast(self.device, self.precision):
+            return self.detector.predict_proba(x).cpu().numpy()
 
     @torch.inference_mode()
     def encode(self, images: Sequence) -> np.ndarray:
         """e4e W+ codes of decoded RGB images, flattened: shape (B, 18 * 512)."""
         x = torch.stack([e4e_transform(im) for im in images]).to(self.device)
-        return self.encoder(x).flatten(1).float().cpu().numpy()
+        if self.precision != "fp32":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with fast.autocast(self.device, self.precision):
+            return self.encoder(x).flatten(1).float().cpu().numpy()
+
+    def _use_precision(self, precision: str) -> None:
+        """Switch to ``precision`` if it agrees with fp32 on the probe images (checked once per
+        machine and weights, then cached); otherwise stay on exact fp32 and say so."""
+        already = fast.prepared_precision(self.encoder)
+        if already != "fp32":  # modules shared with another GANOrigin: keep what they were made for
+            self.precision = already
+            return
+        if precision == "fp32":
+            return
+        key = fast.check_key(self._weight_files(), self.device, precision)
+        check = fast.cached_check(key)
+        if check is not None and not check["ok"]:
+            self.precision_check = check
+            logger.warning("%s disagreed with fp32 on this machine before (%s); using fp32.", precision, check)
+            return
+        reference = fast.run_probe(self._probe_predict) if check is None else None
+        fp32_states = (self.detector.state_dict(), self.encoder.state_dict()) if check is None else None
+        fast.prepare_detector(self.detector, self.device, precision)
+        fast.prepare_encoder(self.encoder, self.device, precision)
+        self.precision = precision
+        if check is None:
+            check = fast.compare(reference, fast.run_probe(self._probe_predict))
+            fast.store_check(key, check)
+            if not check["ok"]:
+                logger.warning("%s disagrees with fp32 on the probe images (%s); falling back to fp32.", precision, check)
+                detector, encoder = fast.rebuild_fp32(self.detector, self.encoder, *fp32_states)
+                self.detector, self.encoder = detector.to(self.device).eval(), encoder.to(self.device).eval()
+                self.precision = "fp32"
+        self.precision_check = check
+
+    def _probe_predict(self, images: list) -> tuple:
+        return self.fake_probabilities(images), self.attributor.predict_proba(self.encode(images))
+
+    def _weight_files(self) -> Optional[list]:
+        if self.weights is None:
+            return None
+        names = ("clip", "ufd_head", "e4e", "svm", "scaler", "safe_model")
+        return [path for path in (getattr(self.weights, name, None) for name in names) if path is not None]
+
+
+def _alignment_fields(alignment: Optional[AlignmentResult], attributed: Image.Image) -> dict:
+    if alignment is None:
+        return {"attributed_image": attributed, "alignment_note": "Face alignment was off; the whole image was analysed."}
+    return {
+        "aligned": alignment.used,
+        "faces_found": alignment.faces_found,
+        "alignment_note": alignment.reason,
+        "attributed_image": attributed,
+    }
 
 
 def default_device() -> torch.device:

@@ -15,6 +15,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .errors import ImageTooLargeError, InvalidImageError
 from .images import MAX_IMAGE_BYTES
@@ -63,8 +64,14 @@ def create_rest_app(service: ModelService) -> FastAPI:
     if origins:
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"], allow_headers=["*"])
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(request: Request, exc: RequestValidationError):
+        if any(e.get("type") == "missing" and tuple(e.get("loc", ())) == ("body", "image") for e in exc.errors()):
+            return _error(400, "No image uploaded")
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         return _error(422, f"Invalid request: {where or 'body'}: {first.get('msg', 'malformed')}")
@@ -73,10 +80,8 @@ def create_rest_app(service: ModelService) -> FastAPI:
 
     @app.post("/predict", response_model=Union[Attributed, Authentic], responses=errors,
               summary="Analyse one image (multipart field 'image')")
-    async def predict(image: Optional[UploadFile] = File(None), threshold: Optional[float] = Form(None, ge=0.0, le=1.0)):
+    async def predict(image: UploadFile = File(...), threshold: Optional[float] = Form(None, ge=0.0, le=1.0)):
         """The original JSON: ``Authentic Image`` with Real/Fake probabilities, or the attributed GAN."""
-        if image is None:
-            return _error(400, "No image uploaded")
         data = await image.read(MAX_IMAGE_BYTES + 1)
         if len(data) > MAX_IMAGE_BYTES:
             return _error(413, f"The file is larger than the {MAX_IMAGE_BYTES / 2**20:g} MiB limit.")

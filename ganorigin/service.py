@@ -12,7 +12,8 @@ import time
 from typing import Callable, Optional
 
 from .errors import GANOriginError
-from .images import ImageInput
+from .explain import FrequencyView, HeatMap, frequency_view, gradient_heatmap, occlusion_heatmap
+from .images import ImageInput, load_image
 from .pipeline import GANOrigin, Prediction
 
 
@@ -88,10 +89,21 @@ class ModelService:
             raise ModelUnavailableError(f"The model could not be loaded.\n{self._error}")
         return self._model
 
-    def predict(self, image: ImageInput, threshold: Optional[float] = None) -> Prediction:
+    def predict(self, image: ImageInput, threshold: Optional[float] = None, align: Optional[bool] = None) -> Prediction:
         model = self.model
         with self._run_lock:
-            return model.predict(image, threshold=threshold)
+            return model.predict(image, threshold=threshold, align=align)
+
+    def explain(self, image: ImageInput) -> tuple[HeatMap, FrequencyView]:
+        """The heat map (occlusion on a GPU, input x gradient on a CPU) and the frequency view."""
+        model = self.model
+        decoded = load_image(image)
+        with self._run_lock:
+            if model.device.type == "cuda":
+                heat = occlusion_heatmap(model.detector, decoded)
+            else:
+                heat = gradient_heatmap(model.detector, decoded)
+        return heat, frequency_view(decoded)
 
     def health(self) -> dict:
         """What ``GET /health`` reports: state, weight sources, versions."""

@@ -12,7 +12,7 @@ import logging
 import pickle
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 from joblib.numpy_pickle import NumpyUnpickler
@@ -102,6 +102,12 @@ def display_name(label: str) -> str:
 class GANAttributor:
     """A fitted scaler and probabilistic classifier, with class labels in the classifier's column order."""
 
+    # Open-set rule of models trained by ``ganorigin train``: features farther (RMS, standardised
+    # space) than ``unknown_threshold`` from every class centroid come from an unknown generator.
+    # The original pickles carry neither, so they never reject.
+    centroids: Optional[np.ndarray] = None
+    unknown_threshold: Optional[float] = None
+
     def __init__(self, scaler, classifier, labels: Sequence[str]):
         for name, est in (("scaler", scaler), ("classifier", classifier)):
             try:
@@ -136,6 +142,19 @@ class GANAttributor:
                 "the e4e checkpoint and the SVM do not belong together."
             )
         return self.classifier.predict_proba(self.scaler.transform(features))
+
+    def centroid_distances(self, features: np.ndarray) -> np.ndarray:
+        """(B,) RMS distance of the standardised features to the nearest class centroid."""
+        if self.centroids is None:
+            raise WeightsFormatError("This attribution model has no class centroids; retrain it with `ganorigin train`.")
+        z = self.scaler.transform(np.asarray(features, dtype=np.float32).reshape(len(features), -1))
+        return np.sqrt(np.stack([((z - c) ** 2).mean(axis=1) for c in self.centroids], axis=1).min(axis=1))
+
+    def reject_unknown(self, features: np.ndarray) -> np.ndarray:
+        """(B,) True where the open-set rule says the image comes from no known GAN."""
+        if self.unknown_threshold is None or self.centroids is None:
+            return np.zeros(len(features), dtype=bool)
+        return self.centroid_distances(features) > self.unknown_threshold
 
     @classmethod
     def from_pickles(cls, svm_path: Path, scaler_path: Path, label_encoder_path: Path) -> "GANAttributor":

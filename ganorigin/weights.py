@@ -22,8 +22,10 @@ what is already local.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import os
+import re
 import socket
 import tempfile
 import urllib.error
@@ -34,8 +36,8 @@ from pathlib import Path
 from typing import Optional, Union
 
 from huggingface_hub import constants as hf_constants
-from huggingface_hub import hf_hub_download
-from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
+from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+from huggingface_hub.errors import EntryNotFoundError, HTTPError
 
 from .errors import WeightsFormatError, WeightsNotFoundError
 
@@ -54,6 +56,9 @@ SVM_FILE = "gan_attribution_model.pkl"
 SCALER_FILE = "gan_scaler.pkl"
 LABEL_ENCODER_FILE = "gan_label_encoder.pkl"
 UFD_HEAD_FILE = "fc_weights.pth"
+# A model trained by ``ganorigin train`` (JSON + arrays, no pickle); used instead of the pickles.
+SAFE_MODEL_FILE = "attribution_model.json"
+SAFE_ARRAYS_FILE = "attribution_model.npz"
 # open_clip's own Hub file names, in the order open_clip tries them.
 CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
@@ -117,12 +122,13 @@ class ResolvedWeights:
     """Local paths of every weight file, plus where each came from."""
 
     e4e: Path
-    svm: Path
-    scaler: Path
-    label_encoder: Path
+    svm: Optional[Path]
+    scaler: Optional[Path]
+    label_encoder: Optional[Path]
     clip: Path
     ufd_head: Path
     origins: dict = field(default_factory=dict)
+    safe_model: Optional[Path] = None  # attribution_model.json; when set, the three pickles are None
 
 
 @dataclass
@@ -145,17 +151,38 @@ def resolve(sources: Optional[WeightSources] = None) -> ResolvedWeights:
     offline = sources.local_files_only or hf_constants.HF_HUB_OFFLINE
     lookup = _Lookup(sources, offline)
     repo = (sources.repo_id, sources.revision)
-    paths = {
-        "e4e": _from_hub(lookup, E4E_FILE, *repo),
-        "svm": _from_hub(lookup, SVM_FILE, *repo),
-        "scaler": _from_hub(lookup, SCALER_FILE, *repo),
-        "label_encoder": _from_hub(lookup, LABEL_ENCODER_FILE, *repo),
-        "clip": _clip_file(lookup),
-        "ufd_head": _ufd_head(lookup),
-    }
+    paths = {"e4e": _from_hub(lookup, E4E_FILE, *repo), "safe_model": _safe_model(lookup)}
+    if paths["safe_model"] is not None:
+        _from_hub(lookup, SAFE_ARRAYS_FILE, *repo)  # next to the JSON, where the loader reads it
+        paths.update(svm=None, scaler=None, label_encoder=None)
+    else:
+        paths.update(
+            svm=_from_hub(lookup, SVM_FILE, *repo),
+            scaler=_from_hub(lookup, SCALER_FILE, *repo),
+            label_encoder=_from_hub(lookup, LABEL_ENCODER_FILE, *repo),
+        )
+    paths.update(clip=_clip_file(lookup), ufd_head=_ufd_head(lookup))
     if lookup.missing:
         raise WeightsNotFoundError(_missing_message(lookup))
     return ResolvedWeights(**paths, origins=lookup.origins)
+
+
+def resolve_file(filename: str, sources: Optional[WeightSources] = None) -> Path:
+    """One file of the attribution repo (e.g. the e4e checkpoint alone), found like :func:`resolve`."""
+    sources = sources or WeightSources.from_env()
+    lookup = _Lookup(sources, sources.local_files_only or hf_constants.HF_HUB_OFFLINE)
+    path = _from_hub(lookup, filename, sources.repo_id, sources.revision)
+    if lookup.missing:
+        raise WeightsNotFoundError(_missing_message(lookup))
+    return path
+
+
+def _safe_model(lookup: _Lookup) -> Optional[Path]:
+    """A trained safe-format model in the weights dir, else in the repo unless the dir has the pickles."""
+    local = _local(lookup, SAFE_MODEL_FILE)
+    if local or all(_local(lookup, f) for f in (SVM_FILE, SCALER_FILE, LABEL_ENCODER_FILE)):
+        return local
+    return _from_hub(lookup, SAFE_MODEL_FILE, lookup.sources.repo_id, lookup.sources.revision, report=False)
 
 
 def _local(lookup: _Lookup, filename: str) -> Optional[Path]:
@@ -184,17 +211,29 @@ def _from_hub(lookup: _Lookup, filename: str, repo_id: str, revision: Optional[s
         path = Path(hf_hub_download(**kwargs, local_files_only=True))
     except (EntryNotFoundError, FileNotFoundError, ValueError):
         path = None
+    offline_reason = "offline and not in the cache"
+    corrupt = path is not None and _cached_blob_problem(path)
+    if corrupt:
+        logger.warning("%s: %s; fetching it again.", filename, corrupt)
+        offline_reason, path = f"offline, and {corrupt}; run once online to fetch it again", None
     if path is None and not lookup.offline:
-        reason = _unreachable(lookup, hf_constants.ENDPOINT)
+        reason = _unreachable(lookup, hf_constants.ENDPOINT) or _hub_file_problem(repo_id, filename, revision)
         if reason is None:
             try:
-                path = Path(hf_hub_download(**kwargs, etag_timeout=NETWORK_TIMEOUT_S))
-            except (HfHubHTTPError, EntryNotFoundError, OSError, ValueError) as e:
+                path = Path(hf_hub_download(**kwargs, etag_timeout=NETWORK_TIMEOUT_S, force_download=bool(corrupt)))
+            except (HTTPError, EntryNotFoundError, OSError, ValueError) as e:
                 reason = _short(e)
+        problem = path is not None and _cached_blob_problem(path)
+        if problem:
+            _discard(path)
+            raise WeightsFormatError(
+                f"{filename} from Hub repo {repo_id}@{revision or 'main'} arrived corrupt ({problem}); it was "
+                "deleted from the cache and not used. Retry; if it persists, the repo or a proxy serves bad bytes."
+            )
         if path is None and report:
             lookup.missing.append((filename, where, reason))
     elif path is None and report:
-        lookup.missing.append((filename, where, "offline and not in the cache"))
+        lookup.missing.append((filename, where, offline_reason))
     if path is not None:
         lookup.origins[filename] = f"{repo_id}@{revision or 'main'}"
     return path
@@ -225,11 +264,14 @@ def _ufd_head(lookup: _Lookup) -> Optional[Path]:
         return local
     cache = _cache_root(sources) / "ganorigin" / f"fc_weights-{sources.ufd_head_sha256[:16]}.pth"
     where = _where_local(lookup, UFD_HEAD_FILE) + [sources.ufd_head_url, str(cache)]
-    if cache.is_file() and _sha256(cache) == sources.ufd_head_sha256:
-        lookup.origins[UFD_HEAD_FILE] = f"{sources.ufd_head_url} (cached)"
-        return cache
+    offline_reason = "offline and not in the cache"
+    if cache.is_file():
+        if _sha256(cache) == sources.ufd_head_sha256:
+            lookup.origins[UFD_HEAD_FILE] = f"{sources.ufd_head_url} (cached)"
+            return cache
+        offline_reason = f"offline, and the cached copy {cache} is corrupt; run once online to fetch it again"
     if lookup.offline:
-        lookup.missing.append((UFD_HEAD_FILE, where, "offline and not in the cache"))
+        lookup.missing.append((UFD_HEAD_FILE, where, offline_reason))
         return None
     reason = _unreachable(lookup, sources.ufd_head_url)
     if reason is None:
@@ -237,7 +279,7 @@ def _ufd_head(lookup: _Lookup) -> Optional[Path]:
             _download(sources.ufd_head_url, cache, sources.ufd_head_sha256)
             lookup.origins[UFD_HEAD_FILE] = sources.ufd_head_url
             return cache
-        except (OSError, urllib.error.URLError) as e:
+        except (OSError, urllib.error.URLError, http.client.HTTPException) as e:
             reason = _short(e)
     lookup.missing.append((UFD_HEAD_FILE, where, reason))
     return None
@@ -263,6 +305,55 @@ def _download(url: str, dest: Path, sha256: str) -> None:
         finally:
             if os.path.exists(tmp.name):
                 os.unlink(tmp.name)
+
+
+def _hub_file_problem(repo_id: str, filename: str, revision: Optional[str]) -> Optional[str]:
+    """One HEAD request, no retries: a reason string if the Hub cannot serve the file now.
+
+    Without it a slow or failing Hub costs minutes: huggingface_hub retries a failed HEAD five
+    times with a 60 s timeout and backoff.
+    """
+    url = hf_hub_url(repo_id, filename, revision=revision)
+    try:
+        get_hf_file_metadata(url, timeout=NETWORK_TIMEOUT_S)
+    except (HTTPError, EntryNotFoundError, OSError, ValueError) as e:
+        return f"the Hub did not serve it: {_short(e)}"
+    return None
+
+
+def _cached_blob_problem(path: Path) -> Optional[str]:
+    """Check a Hub cache file against the digest its blob is named by; a reason string if it fails.
+
+    The cache names each blob by the file's ETag: the sha256 for LFS files, the git blob sha1
+    for the rest. Other names (no symlinks, custom servers) cannot be checked and pass.
+    """
+    blob = Path(os.path.realpath(path))
+    name = blob.name.lower()
+    if re.fullmatch(r"[0-9a-f]{64}", name):
+        actual = _sha256(blob)
+    elif re.fullmatch(r"[0-9a-f]{40}", name):
+        actual = _git_blob_sha1(blob)
+    else:
+        return None
+    if actual == name:
+        return None
+    return f"the cached copy {path} has digest {actual}, expected {name} (truncated or corrupt)"
+
+
+def _discard(path: Path) -> None:
+    """Remove a cache file and the blob it points to."""
+    blob = Path(os.path.realpath(path))
+    for p in (Path(path), blob):
+        if p.is_symlink() or p.exists():
+            p.unlink()
+
+
+def _git_blob_sha1(path: Path) -> str:
+    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _verify_sha256(path: Path, expected: str) -> None:

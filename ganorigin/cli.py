@@ -1,0 +1,268 @@
+"""``ganorigin`` / ``python -m ganorigin``: predict, extract, train and evaluate from the command line.
+
+Every command that loads weights takes the same flags as ``GANOrigin.from_pretrained``:
+``--weights`` (a folder or ``org/repo[@revision]``), ``--offline``, ``--cache-dir``, ``--device``.
+Expected problems (missing weights, bad folders) print one message and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .errors import GANOriginError
+
+EXIT_ERROR = 2
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run one command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        return args.run(args)
+    except GANOriginError as e:
+        print(f"ganorigin {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"ganorigin {args.command}: interrupted; finished work was saved.", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ganorigin", description="Detect GAN-generated faces and name the GAN.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("predict", help="analyse images, one output row per image",
+                            description="Analyse image files, folders (recursive) or .txt lists of paths.")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="output format (default: jsonl)")
+    p.add_argument("--out", type=Path, help="output file (default: stdout)")
+    p.add_argument("--batch-size", type=int, default=8)
+    _model_flags(p)
+    p.set_defaults(run=_predict)
+
+    p = commands.add_parser("extract", help="encode DATA_DIR/<class>/* into e4e feature shards (resumable)",
+                            description="Encode DATA_DIR/<class>/<images> with e4e into resumable .npz shards. "
+                            "Re-running with the same --out skips images already encoded.")
+    p.add_argument("data_dir", type=Path, metavar="DATA_DIR")
+    p.add_argument("--out", type=Path, required=True, metavar="LATENTS")
+    p.add_argument("--augment", type=int, default=0, metavar="K",
+                   help="also encode K copies per image resized to a random side in [64, 1024] (default: 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the augmentation (default: 0)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--shard-size", type=int, default=512, help="images per shard file (default: 512)")
+    p.add_argument("--limit", type=int, help="stop after about N newly encoded images (resume later)")
+    p.add_argument("--align", action="store_true", help="FFHQ-align the largest face first (needs dlib)")
+    _weight_flags(p)
+    p.set_defaults(run=_extract)
+
+    p = commands.add_parser("train", help="fit the scaler + calibrated linear SVM on extracted features",
+                            description="Fit StandardScaler + linear SVM (sigmoid-calibrated) on LATENTS, report "
+                            "held-out metrics, learn the open-set threshold, save a safe (non-pickle) model.")
+    p.add_argument("latents", type=Path, metavar="LATENTS")
+    p.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR")
+    p.add_argument("--test-size", type=float, default=0.2, help="held-out fraction (default: 0.2)")
+    p.add_argument("--cv", type=int, metavar="K", help="K-fold cross-validation instead of one split")
+    p.add_argument("--C", type=float, default=1.0, help="SVM regularisation (default: 1.0)")
+    p.add_argument("--coverage", type=float, default=0.95,
+                   help="share of held-out known-GAN samples the open-set rule keeps (default: 0.95)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--export-joblib", action="store_true",
+                   help="also write the original gan_attribution_model.pkl, gan_scaler.pkl, gan_label_encoder.pkl")
+    p.add_argument("--push-to-hub", metavar="REPO", help="upload MODEL_DIR to this Hub model repo (needs a token)")
+    p.set_defaults(run=_train)
+
+    p = commands.add_parser("evaluate", help="detection and attribution metrics on labelled folders",
+                            description="DATA_DIR/real, DATA_DIR/<gan label> for known GANs, any other folder = "
+                            "unknown generator. Writes report.json, predictions.csv, roc.png and "
+                            "attribution_confusion.png.")
+    p.add_argument("data_dir", type=Path, metavar="DATA_DIR")
+    p.add_argument("--out", type=Path, default=Path("evaluation"), help="output folder (default: ./evaluation)")
+    p.add_argument("--batch-size", type=int, default=8)
+    _model_flags(p)
+    p.set_defaults(run=_evaluate)
+    return parser
+
+
+def _weight_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("weights")
+    g.add_argument("--weights", metavar="SOURCE", help="a weights folder or Hub repo 'org/name[@revision]' "
+                   "(default: GANORIGIN_WEIGHTS_DIR / GANORIGIN_REPO_ID or the original repo)")
+    g.add_argument("--offline", action="store_true", help="use only local and cached files")
+    g.add_argument("--cache-dir", help="download cache (default: GANORIGIN_CACHE_DIR or the Hugging Face cache)")
+    g.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cuda if available)")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+
+
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    _weight_flags(p)
+    g = p.add_argument_group("model")
+    g.add_argument("--threshold", type=float, help="fake-probability threshold (default: 0.89, the original's)")
+    g.add_argument("--no-align", dest="align", action="store_false", default=None,
+                   help="do not FFHQ-align faces before attribution")
+
+
+def _sources(args):
+    from .weights import WeightSources
+
+    sources = WeightSources.parse(args.weights)
+    return replace(sources, local_files_only=args.offline or sources.local_files_only,
+                   cache_dir=args.cache_dir or sources.cache_dir)
+
+
+def _load_model(args):
+    from .pipeline import DEFAULT_THRESHOLD, GANOrigin
+
+    threshold = DEFAULT_THRESHOLD if args.threshold is None else args.threshold
+    if not 0.0 <= threshold <= 1.0:
+        raise _usage(f"--threshold must be within [0, 1], got {threshold}.")
+    return GANOrigin.from_pretrained(_sources(args), threshold=threshold, device=args.device, align=args.align)
+
+
+def _usage(message: str) -> GANOriginError:
+    from .training import DatasetError
+
+    return DatasetError(message)
+
+
+def _predict(args) -> int:
+    from .training import find_images, predict_paths, write_rows
+
+    if args.batch_size < 1:
+        raise _usage("--batch-size must be >= 1.")
+    paths = find_images(args.paths)
+    model = _load_model(args)
+    stream = open(args.out, "w", newline="") if args.out else sys.stdout
+    written = []
+
+    def emit(row: dict) -> None:
+        # CSV needs its header once; JSON lines are written as they come.
+        if args.format == "csv" and not written:
+            write_rows([row], stream, "csv")
+        elif args.format == "csv":
+            write_rows([row], _NoHeader(stream), "csv")
+        else:
+            write_rows([row], stream, "jsonl")
+        stream.flush()
+        written.append(row)
+
+    try:
+        rows = predict_paths(model, paths, batch_size=args.batch_size, progress=args.progress, on_row=emit)
+    finally:
+        if args.out:
+            stream.close()
+    failed = sum(row["error"] is not None for row in rows)
+    if failed:
+        print(f"{failed} of {len(rows)} images could not be analysed (see their 'error').", file=sys.stderr)
+    return 1 if failed else 0
+
+
+class _NoHeader:
+    """A stream that drops the first line written to it (the repeated CSV header)."""
+
+    def __init__(self, stream):
+        self._stream, self._skipped = stream, False
+
+    def write(self, text: str) -> int:
+        if not self._skipped:
+            self._skipped = True
+            text = text.split("\n", 1)[1]
+        return self._stream.write(text)
+
+
+def _extract(args) -> int:
+    from .encoder import E4EEncoder
+    from .training import extract_features
+    from .weights import E4E_FILE, resolve_file
+
+    encoder = E4EEncoder.from_checkpoint(resolve_file(E4E_FILE, _sources(args)))
+    if args.device:
+        encoder = encoder.to(args.device)
+    summary = extract_features(
+        args.data_dir, args.out, encoder, augment=args.augment, seed=args.seed, batch_size=args.batch_size,
+        shard_size=args.shard_size, limit=args.limit, align=args.align, progress=args.progress,
+    )
+    state = "complete" if summary.complete else "stopped early; run the same command again to resume"
+    print(f"{summary.encoded} encoded, {summary.already_done} already done, {len(summary.failed)} failed, "
+          f"{summary.total} in all ({state}). Latents: {args.out}")
+    for path, error in summary.failed:
+        print(f"  failed: {path}: {error}", file=sys.stderr)
+    return 0 if summary.complete else 1
+
+
+def _train(args) -> int:
+    from .training import load_latents, save_attribution_model, save_confusion_png, train_attribution_model
+
+    latents = load_latents(args.latents)
+    result = train_attribution_model(latents.features, latents.labels, test_size=args.test_size, cv=args.cv,
+                                     C=args.C, coverage=args.coverage, seed=args.seed)
+    path = save_attribution_model(result, args.out, export_joblib=args.export_joblib)
+    png = save_confusion_png(result.confusion, list(result.label_encoder.classes_), args.out / "confusion_matrix.png",
+                             f"Held-out attribution ({result.recipe['evaluation']})")
+    print(f"Trained on {result.n_train} samples, evaluated on {result.n_test} ({result.recipe['evaluation']}).")
+    print(result.report)
+    print(f"Held-out accuracy: {result.accuracy:.4f}")
+    print(f"Open-set threshold (RMS distance to nearest class centroid): {result.attributor.unknown_threshold:.4f}")
+    print(f"Model: {path}\nConfusion matrix: {png}")
+    if args.push_to_hub:
+        _push_to_hub(args.out, args.push_to_hub)
+    return 0
+
+
+def _push_to_hub(folder: Path, repo_id: str) -> None:
+    """Upload the model folder (token from `hf auth login` or HF_TOKEN)."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, repo_type="model", exist_ok=True)
+        commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
+                                   commit_message="Upload GANOrigin attribution model")
+    except (HfHubHTTPError, OSError, ValueError) as e:
+        raise _usage(f"Upload of {folder} to {repo_id} failed ({e}); check the repo id and your token "
+                     "(`hf auth login` or HF_TOKEN).") from e
+    print(f"Uploaded to {commit.commit_url}")
+
+
+def _evaluate(args) -> int:
+    from .training import evaluate
+
+    model = _load_model(args)
+    report = evaluate(model, args.data_dir, args.out, batch_size=args.batch_size, progress=args.progress)
+    print(format_report(report))
+    print(f"Wrote {args.out / 'report.json'}, {args.out / 'predictions.csv'} and the PNGs in {args.out}.")
+    return 0
+
+
+def format_report(report: dict) -> str:
+    """The evaluation report as text for the terminal."""
+    det, att = report["detection"], report["attribution"]
+    lines = [f"Images: {report['images']} ({len(report['failed'])} failed) per class: {report['per_class']}",
+             f"Detection ({det['n_real']} real, {det['n_fake']} fake):",
+             f"  accuracy at threshold {report['threshold']:.2f}: {det['accuracy_at_threshold']:.4f}"]
+    if "roc_auc" in det:
+        lines += [f"  average precision: {det['average_precision']:.4f}   ROC AUC: {det['roc_auc']:.4f}",
+                  f"  best threshold (max accuracy): {det['best_threshold']:.4f} -> accuracy "
+                  f"{det['accuracy_at_best_threshold']:.4f}; Youden J threshold {det['youden_threshold']:.4f} "
+                  f"(J = {det['youden_j']:.4f})"]
+    else:
+        lines.append(f"  {det['note']}")
+    lines.append(f"Attribution ({att['n_known_fake']} fakes of known GANs, {att['n_unknown_fake']} of unknown ones):")
+    if "classification_report" in att:
+        lines += ["  " + line for line in att["classification_report"].splitlines()]
+        lines.append(f"  closed-set accuracy: {att['accuracy']:.4f}")
+    if att["open_set_rule"]:
+        if "known_accuracy_open_set" in att:
+            lines.append(f"  known-class accuracy with rejection: {att['known_accuracy_open_set']:.4f} "
+                         f"(accepted {att['known_acceptance_rate']:.4f})")
+        if "unknown_rejection_rate" in att:
+            lines.append(f"  unknown-generator rejection rate: {att['unknown_rejection_rate']:.4f}")
+    else:
+        lines.append("  open-set rule: none (the original pickles never answer 'Unknown GAN')")
+    return "\n".join(lines)

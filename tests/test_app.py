@@ -1,0 +1,131 @@
+"""The Gradio app as a user of ``gradio_client`` meets it: a real ``python app.py`` server.
+
+Proves that ``Client(url).predict(handle_file(p), api_name="/predict")`` returns exactly the
+library's original JSON for real dev images (both branches); that bad files come back as
+``AppError`` with a message a person understands while the server keeps serving; that with no
+weights and no network the app still starts and says what is missing; and that the examples are
+downloaded on first launch (sha256-checked) and listed, and simply absent offline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import tempfile
+import zlib
+from pathlib import Path
+
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from app_server import assert_same_prediction, example_sources, main_server, shared_server
+
+
+@pytest.fixture(scope="module")
+def server(weights_env, hub):
+    return main_server(weights_env, hub)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return Client(server.url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def offline_server():
+    """No weights anywhere, no network, an empty cache."""
+    empty = tempfile.mkdtemp(prefix="ganorigin-no-weights-")
+    return shared_server("offline-no-weights", {
+        "GANORIGIN_WEIGHTS_DIR": empty,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": tempfile.mkdtemp(prefix="ganorigin-empty-hf-home-"),
+    })
+
+
+def _config_components(server) -> list[dict]:
+    return server.get_json("/config")["components"]
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _huge_png_header() -> bytes:
+    """A valid PNG header declaring 100000x100000 pixels (10 gigapixels), with almost no data."""
+    header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(b""))
+            + _png_chunk(b"IEND", b""))
+
+
+def test_predict_endpoint_returns_the_library_json(client, model, dev_sample):
+    for path in dev_sample:
+        got = client.predict(handle_file(str(path)), api_name="/predict")
+        assert_same_prediction(got, model.predict(path).to_dict())
+
+
+def test_predict_threshold_selects_the_attribution_branch(client, model, dev_sample):
+    for path in dev_sample[:3]:
+        got = client.predict(handle_file(str(path)), 0.0, api_name="/predict")
+        want = model.predict(path, threshold=0.0).to_dict()
+        assert "deepfake_score" in got and got["prediction"] != "Authentic Image"
+        assert_same_prediction(got, want)
+
+
+def test_bad_files_give_a_clear_app_error_and_the_server_keeps_serving(client, model, dev_images, tmp_path):
+    png = next(p for p in sorted(p for ps in dev_images.values() for p in ps) if p.suffix == ".png")
+    data = png.read_bytes()
+    bad = {
+        "empty.png": (b"", "empty (0 bytes)"),
+        "garbage.jpg": (b"this is not an image\n" * 50, "not an image we can read"),
+        "truncated.png": (data[: len(data) // 2], "truncated or corrupt"),
+        "huge.png": (_huge_png_header(), "megapixel limit"),
+    }
+    for name, (content, message) in bad.items():
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(AppError) as caught:
+            client.predict(handle_file(str(path)), api_name="/predict")
+        assert message in str(caught.value), (name, str(caught.value))
+        assert "Traceback" not in str(caught.value)
+    got = client.predict(handle_file(str(png)), api_name="/predict")
+    assert_same_prediction(got, model.predict(png).to_dict())
+
+
+def test_examples_are_downloaded_checked_and_listed(server):
+    from ganorigin.examples import EXAMPLES
+
+    served = example_sources()
+    if len(served) < len(EXAMPLES):
+        pytest.skip("the dev images that match the app's examples are not present")
+    folder = Path(server.env["GANORIGIN_CACHE_DIR"]) / "ganorigin" / "examples"
+    for example in EXAMPLES:
+        cached = folder / example.filename
+        assert cached.is_file(), f"{example.filename} was not downloaded:\n{server.logs()[-2000:]}"
+        assert hashlib.sha256(cached.read_bytes()).hexdigest() == example.sha256
+    datasets = [c for c in _config_components(server) if c.get("type") == "dataset"]
+    assert len(datasets) == 1, "the page should show one Examples gallery"
+    listed = json.dumps(datasets[0]["props"])
+    for example in EXAMPLES:
+        assert example.filename in listed and example.caption in listed
+
+
+def test_offline_without_weights_the_app_starts_and_says_what_is_missing(offline_server, tmp_path):
+    health = offline_server.get_json("/health")
+    assert health["status"] == "failed" and health["weights_loaded"] is False
+    assert "e4e_ffhq_encode.pt" in health["error"] and "offline" in health["error"]
+
+    components = _config_components(offline_server)
+    page_text = json.dumps([c.get("props", {}).get("value") for c in components])
+    assert "The model is not available" in page_text
+    for filename in ("e4e_ffhq_encode.pt", "gan_attribution_model.pkl", "fc_weights.pth"):
+        assert filename in page_text
+    assert not [c for c in components if c.get("type") == "dataset"], "offline with an empty cache: no examples"
+
+    face = tmp_path / "face.png"
+    Image.new("RGB", (64, 64), (120, 90, 60)).save(face)
+    with pytest.raises(AppError) as caught:
+        Client(offline_server.url, verbose=False).predict(handle_file(str(face)), api_name="/predict")
+    assert "e4e_ffhq_encode.pt" in str(caught.value) and "could not be loaded" in str(caught.value)

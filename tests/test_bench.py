@@ -1,0 +1,141 @@
+"""The benchmark's smoke test and the fast path's precision switch.
+
+Proves that ``python -m ganorigin.bench --quick`` runs both paths end to end in subprocesses on
+tiny real-format weights and writes a JSON result with every measurement and the agreement
+figures computed from real answers; that the agreement arithmetic is right; and that precision
+resolves as documented (``fp32`` stays exact, ``GANORIGIN_PRECISION`` is read, bad values fail).
+No timing is asserted: timings belong to the benchmark's output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ganorigin import bench, fast
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def quick_result(tmp_path_factory, weights_dir) -> dict:
+    tmp = tmp_path_factory.mktemp("bench")
+    out = tmp / "results.json"
+    env = {**os.environ, "GANORIGIN_CACHE_DIR": str(tmp / "ganorigin-cache"), "PYTHONPATH": str(ROOT)}
+    subprocess.run(
+        [sys.executable, "-m", "ganorigin.bench", "--quick", "--weights-dir", str(weights_dir),
+         "--cache-dir", str(tmp), "--images-dir", str(tmp / "no-such-folder"), "--out", str(out)],
+        check=True, cwd=ROOT, env=env, timeout=600,
+    )
+    return json.loads(out.read_text())
+
+
+def test_quick_bench_writes_every_measurement(quick_result):
+    for path in bench.PATHS:
+        run = quick_result["paths"][path]
+        assert run["cold_start_s"] > 0 and run["peak_rss_gb"] > 0 and run["throughput_images_per_s"] > 0
+        for stage in bench.STAGES:
+            assert 0 < run["latency"][stage]["p50_ms"] <= run["latency"][stage]["p95_ms"]
+        assert len(run["answers"]) == len(quick_result["images"]) == 2
+    assert quick_result["paths"]["baseline"]["precision"] == "fp32"
+    assert set(quick_result["ratios"]) >= {"end_to_end_p50", "cold_start_s", "peak_rss_gb", "throughput_images_per_s"}
+    assert set(quick_result["targets"]["met"]) == {*bench.TARGETS, "identical_answers"}
+
+
+def test_quick_bench_agreement_comes_from_both_paths_answers(quick_result):
+    base, ours = (quick_result["paths"][p]["answers"] for p in bench.PATHS)
+    assert [a["image"] for a in base] == [a["image"] for a in ours]
+    expected = max(abs(a["fake_probability"] - b["fake_probability"]) for a, b in zip(base, ours))
+    agreement = quick_result["agreement"]
+    assert agreement["max_fake_probability_delta"] == pytest.approx(expected)
+    assert 0.0 <= agreement["identical_verdicts"] <= 1.0 and 0.0 <= agreement["identical_attributions"] <= 1.0
+    # Tiny random weights still give the same answers on both paths, within the issue's bar.
+    assert agreement["max_fake_probability_delta"] <= 0.01
+
+
+def test_agreement_counts_disagreements():
+    base = [{"fake_probability": 0.2, "fake": False, "attribution": "progan"},
+            {"fake_probability": 0.9, "fake": True, "attribution": "stylegan2"}]
+    ours = [{"fake_probability": 0.25, "fake": False, "attribution": "stylegan3"},
+            {"fake_probability": 0.88, "fake": False, "attribution": "stylegan2"}]
+    result = bench.agreement(base, ours)
+    assert result["max_fake_probability_delta"] == pytest.approx(0.05)
+    assert result["identical_verdicts"] == 0.5 and result["identical_attributions"] == 0.5
+
+
+def test_precision_resolution(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.delenv("GANORIGIN_PRECISION", raising=False)
+    assert fast.resolve_precision("fp32", cpu) == "fp32"
+    expected_auto = "bf16" if fast.cpu_has_bf16_matrix_units() else "fp32"
+    assert fast.resolve_precision(None, cpu) == expected_auto
+    monkeypatch.setenv("GANORIGIN_PRECISION", "fp32")
+    assert fast.resolve_precision(None, cpu) == "fp32"
+    with pytest.raises(ValueError, match="fp16"):
+        fast.resolve_precision("fp16", cpu)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        fast.resolve_precision("int4", cpu)
+
+
+def test_fp32_switch_is_exact_and_fast_path_agrees(sources, dev_sample, monkeypatch, tmp_path):
+    from ganorigin import GANOrigin
+
+    monkeypatch.setenv("GANORIGIN_CACHE_DIR", str(tmp_path))
+    exact = GANOrigin.from_pretrained(sources, device="cpu", precision="fp32", align=False)
+    default = GANOrigin.from_pretrained(sources, device="cpu", align=False)
+    assert exact.precision == "fp32" and exact.precision_check is None
+    images = dev_sample[:3]
+    a, b = exact.predict_batch(images), default.predict_batch(images)
+    if default.precision == "fp32":  # no bf16 units, or the probe disagreed: then it is exact
+        assert [p.fake_probability for p in a] == [p.fake_probability for p in b]
+    else:
+        assert default.precision_check["ok"]
+        assert np.max(np.abs([p.fake_probability - q.fake_probability for p, q in zip(a, b)])) <= 0.01
+        assert [p.attribution for p in a] == [q.attribution for q in b]
+
+
+def test_batchnorm_folding_keeps_the_encoder_output():
+    import copy
+
+    from ganorigin.encoder import E4EEncoder
+    from ganorigin.testing import TINY_E4E
+
+    torch.manual_seed(0)
+    encoder = E4EEncoder(TINY_E4E)
+    for module in encoder.modules():  # non-trivial statistics, so a wrong fold would show
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.uniform_(0.5, 1.5)
+            module.bias.uniform_(-0.2, 0.2)
+    folded = copy.deepcopy(encoder)
+    fast.fold_encoder_batchnorms(folded)
+    remaining = sum(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert remaining == len(folded.body)  # only the BN before each zero-padded conv stays
+    x = torch.rand(2, 3, 256, 256) * 2 - 1
+    with torch.inference_mode():
+        torch.testing.assert_close(folded(x), encoder(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not fast.cpu_has_bf16_matrix_units(), reason="no bf16 matrix units: auto is fp32 here")
+def test_disagreeing_fast_path_falls_back_to_exact_fp32(sources, dev_sample, monkeypatch, tmp_path):
+    from ganorigin import GANOrigin
+
+    monkeypatch.setenv("GANORIGIN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(fast, "MAX_FAKE_PROBABILITY_DELTA", -1.0)  # nothing can agree this well
+    fallen_back = GANOrigin.from_pretrained(sources, device="cpu", align=False)
+    assert fallen_back.precision == "fp32" and not fallen_back.precision_check["ok"]
+    exact = GANOrigin.from_pretrained(sources, device="cpu", precision="fp32", align=False)
+    a, b = exact.predict_batch(dev_sample[:2]), fallen_back.predict_batch(dev_sample[:2])
+    assert [p.fake_probability for p in a] == [p.fake_probability for p in b]
+    assert [p.probabilities for p in a] == [p.probabilities for p in b]
+    # The verdict is cached: the next start skips the probe and stays on fp32.
+    again = GANOrigin.from_pretrained(sources, device="cpu", align=False)
+    assert again.precision == "fp32"

@@ -1,0 +1,126 @@
+"""Pipeline on real dev images (PNG and JPEG, 256-4352 px) with the tiny test weights: results are
+repeatable, ``predict`` and ``predict_batch`` agree, ``to_dict`` is the original ``/predict`` JSON in
+both branches, the threshold (per call and per pipeline) decides the verdict, and every input type
+gives the same numbers."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ganorigin import DEFAULT_THRESHOLD, GANOrigin
+
+
+@pytest.fixture(scope="module")
+def batch(model, dev_sample):
+    return model.predict_batch(dev_sample)
+
+
+@pytest.fixture(scope="module")
+def one_image(dev_sample):
+    return next(p for p in dev_sample if p.suffix.lower() in (".jpg", ".jpeg"))
+
+
+def _numbers(prediction) -> tuple:
+    return (prediction.fake_probability, *prediction.probabilities)
+
+
+def test_sample_covers_png_jpeg_and_the_size_range(dev_sample, dev_manifest):
+    sizes = []
+    formats = set()
+    for path in dev_sample:
+        with Image.open(path) as image:
+            sizes.append(max(image.size))
+            formats.add(image.format)
+    assert {"PNG", "JPEG"} <= formats
+    assert min(sizes) == min(max(int(r["width"]), int(r["height"])) for r in dev_manifest)
+    assert max(sizes) == max(max(int(r["width"]), int(r["height"])) for r in dev_manifest)
+
+
+def test_batch_is_complete_and_repeatable(model, dev_sample, batch):
+    assert len(batch) == len(dev_sample)
+    again = model.predict_batch(dev_sample)
+    assert [_numbers(p) for p in again] == [_numbers(p) for p in batch]
+    for p in batch:
+        assert 0.0 <= p.fake_probability <= 1.0
+        assert p.threshold == DEFAULT_THRESHOLD
+        assert len(p.labels) == len(p.probabilities) == 3
+        assert sum(p.probabilities) == pytest.approx(1.0, abs=1e-9)
+
+
+def test_predict_matches_predict_batch(model, dev_sample, batch):
+    single = [model.predict(path) for path in dev_sample]
+    np.testing.assert_allclose([_numbers(p) for p in single], [_numbers(p) for p in batch], rtol=0, atol=1e-6)
+    assert [p.is_fake for p in single] == [p.is_fake for p in batch]
+    assert [p.attribution for p in single] == [p.attribution for p in batch]
+    assert [p.to_dict()["prediction"] for p in single] == [p.to_dict()["prediction"] for p in batch]
+
+
+def test_to_dict_authentic_branch(batch):
+    for result in (replace(p, threshold=1.0) for p in batch):
+        p = result.fake_probability
+        assert p < 1.0 and not result.is_fake
+        out = result.to_dict()
+        assert list(out) == ["prediction", "confidence", "probabilities"]
+        assert out["prediction"] == "Authentic Image"
+        assert type(out["confidence"]) is float and out["confidence"] == round(1.0 - p, 4)
+        assert out["probabilities"] == {"Real": 1.0 - p, "Fake": p}  # not rounded
+        assert all(type(v) is float for v in out["probabilities"].values())
+        assert out["probabilities"]["Real"] + out["probabilities"]["Fake"] == pytest.approx(1.0, abs=1e-12)
+
+
+def test_to_dict_gan_branch(model, batch):
+    for result in (replace(p, threshold=0.0) for p in batch):
+        assert result.is_fake
+        out = result.to_dict()
+        assert list(out) == ["prediction", "confidence", "probabilities", "deepfake_score"]
+        labels = list(model.attributor.labels)
+        assert out["prediction"] in labels and out["prediction"] == result.attribution_label
+        assert list(out["probabilities"]) == labels
+        assert tuple(out["probabilities"].values()) == result.probabilities  # not rounded
+        assert out["prediction"] == max(out["probabilities"], key=out["probabilities"].get)
+        assert type(out["confidence"]) is float and out["confidence"] == round(max(result.probabilities), 4)
+        assert type(out["deepfake_score"]) is float and out["deepfake_score"] == result.fake_probability
+
+
+def test_confidence_is_rounded_to_four_places_only(batch):
+    values = [p.fake_probability for p in batch] + [q for p in batch for q in p.probabilities]
+    assert any(round(v, 4) != v for v in values), "need unrounded numbers to tell rounding apart"
+    for result in batch:
+        out = result.to_dict()
+        assert out["confidence"] == round(out["confidence"], 4)
+
+
+def test_threshold_per_call_and_per_pipeline(model, one_image):
+    p = model.predict(one_image).fake_probability
+    assert 0.0 < p < 1.0
+    assert model.predict(one_image, threshold=p).is_fake  # the verdict is p >= threshold
+    assert not model.predict(one_image, threshold=min(1.0, p + 1e-6)).is_fake
+    strict = GANOrigin(model.detector, model.encoder, model.attributor, threshold=1.0, device="cpu")
+    lenient = GANOrigin(model.detector, model.encoder, model.attributor, threshold=0.0, device="cpu")
+    assert strict.threshold == 1.0 and not strict.predict(one_image).is_fake
+    assert lenient.predict(one_image).is_fake
+    assert lenient.predict(one_image, threshold=1.0).threshold == 1.0
+    assert not lenient.predict(one_image, threshold=1.0).is_fake
+    with pytest.raises(ValueError, match="threshold"):
+        model.predict(one_image, threshold=1.5)
+
+
+def test_class_probabilities_sum_to_one(batch):
+    for result in batch:
+        shares = result.class_probabilities
+        assert list(shares) == ["Real", *result.attribution_probabilities]
+        assert set(result.attribution_probabilities) == {"ProGAN", "StyleGAN2", "StyleGAN3"}
+        assert sum(shares.values()) == pytest.approx(1.0, abs=1e-9)
+        assert shares["Real"] == 1.0 - result.fake_probability
+
+
+def test_every_input_type_gives_the_same_numbers(model, one_image):
+    with Image.open(one_image) as image:
+        pil = image.convert("RGB")
+    inputs = [one_image, str(one_image), one_image.read_bytes(), pil, np.asarray(pil)]
+    results = [_numbers(model.predict(x)) for x in inputs]
+    assert all(r == results[0] for r in results[1:])
