@@ -223,9 +223,11 @@ with gr.Blocks(title="GANOrigin — GAN face detection and attribution") as demo
                                label="Class probabilities", height=260, elem_id="class-chart")
             with gr.Accordion("Why this verdict? (heat map and frequency view)", open=False):
                 explain_btn = gr.Button("Explain", size="sm")
-                with gr.Row():
-                    heat_image = gr.Image(label="Heat map (detector's centre crop)", interactive=False)
-                    spectrum_image = gr.Image(label="Frequency view", interactive=False)
+                with gr.Row(equal_height=False):
+                    heat_image = gr.Image(label="Heat map (detector's centre crop)", interactive=False, height=300,
+                                          elem_id="heat-map", scale=2)
+                    spectrum_image = gr.Image(label="Frequency view", interactive=False, height=300,
+                                              elem_id="frequency-view", scale=3)
                 explain_text = gr.Markdown()
             with gr.Accordion("JSON (the original API's answer)", open=False):
                 as_json = gr.JSON(label="POST /predict")

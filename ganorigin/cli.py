@@ -1,4 +1,4 @@
-"""``ganorigin`` / ``python -m ganorigin``: predict, extract, train and evaluate from the command line.
+"""``ganorigin`` / ``python -m ganorigin``: predict, extract, train, evaluate and explain from the command line.
 
 Every command that loads weights takes the same flags as ``GANOrigin.from_pretrained``:
 ``--weights`` (a folder or ``org/repo[@revision]``), ``--offline``, ``--cache-dir``, ``--device``.
@@ -76,6 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the original gan_attribution_model.pkl, gan_scaler.pkl, gan_label_encoder.pkl")
     p.add_argument("--push-to-hub", metavar="REPO", help="upload MODEL_DIR to this Hub model repo (needs a token)")
     p.set_defaults(run=_train)
+
+    p = commands.add_parser("explain", help="heat map and frequency view of one image, as PNG files",
+                            description="Write IMAGE's detector heat map (occlusion on a GPU, input x gradient on a "
+                            "CPU, or --method) and its frequency view into --out.")
+    p.add_argument("image", type=Path, metavar="IMAGE")
+    p.add_argument("--out", type=Path, default=Path("explain"), help="output folder (default: ./explain)")
+    p.add_argument("--method", choices=("auto", "gradient", "occlusion"), default="auto")
+    _model_flags(p)
+    p.set_defaults(run=_explain)
 
     p = commands.add_parser("evaluate", help="detection and attribution metrics on labelled folders",
                             description="DATA_DIR/real, DATA_DIR/<gan label> for known GANs, any other folder = "
@@ -228,6 +237,24 @@ def _push_to_hub(folder: Path, repo_id: str) -> None:
         raise _usage(f"Upload of {folder} to {repo_id} failed ({e}); check the repo id and your token "
                      "(`hf auth login` or HF_TOKEN).") from e
     print(f"Uploaded to {commit.commit_url}")
+
+
+def _explain(args) -> int:
+    from .explain import frequency_view, gradient_heatmap, occlusion_heatmap
+    from .images import load_image
+
+    model = _load_model(args)
+    image = load_image(args.image)
+    method = args.method if args.method != "auto" else ("occlusion" if model.device.type == "cuda" else "gradient")
+    heat = (occlusion_heatmap if method == "occlusion" else gradient_heatmap)(model.detector, image)
+    spectrum = frequency_view(image)
+    args.out.mkdir(parents=True, exist_ok=True)
+    heat.image_overlay.save(args.out / "heatmap.png")
+    heat.overlay.save(args.out / "heatmap_crop.png")
+    spectrum.picture.save(args.out / "spectrum.png")
+    print(f"fake probability {heat.fake_probability:.4f}; heat map ({method}) and frequency view written to {args.out}")
+    print(spectrum.explanation)
+    return 0
 
 
 def _evaluate(args) -> int:

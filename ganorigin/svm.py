@@ -66,6 +66,11 @@ class RestrictedUnpickler(NumpyUnpickler):
             )
         return getattr(importlib.import_module(module), name)
 
+    def get_extension(self, code: int):
+        # pickle resolves EXT opcodes through a process-wide cache that bypasses find_class;
+        # scikit-learn and numpy pickles never use them.
+        raise UnsafePickleError(f"{self.filename} uses a pickle extension code ({code}); refused.")
+
 
 def safe_load_pickle(path: Path):
     """Load a joblib or plain pickle through :class:`RestrictedUnpickler`.

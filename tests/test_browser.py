@@ -3,7 +3,8 @@
 Proves that the page served by ``python app.py`` loads, accepts a real dev face through its
 image input, and after "Analyse" shows the verdict card (GAN-generated, with the threshold set
 in the Advanced panel), the attributed GAN and the class-probability bar chart, with the numbers
-the library gives for that file. Saves a full-page screenshot to ``artifacts/app.png``.
+the library gives for that file, the crop attribution saw; then "Explain" shows the heat map and
+the frequency view. Saves full-page screenshots to ``artifacts/app.png`` and ``app-explain.png``.
 Skips only when Debian's ``chromium`` is not installed.
 """
 
@@ -19,6 +20,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
 SCREENSHOT = ROOT / "artifacts" / "app.png"
+EXPLAIN_SCREENSHOT = ROOT / "artifacts" / "app-explain.png"
 WAIT_MS = 120_000
 
 
@@ -66,11 +68,22 @@ def test_upload_analyse_and_see_verdict_attribution_and_chart(browser, weights_e
     assert chart.locator("svg .mark-rect path").count() == 4, "one bar per class"
     block, plot = chart.bounding_box(), chart.locator("svg").first.bounding_box()
     assert plot["height"] > 150, "the chart is drawn at a readable size"
-    for name in ("StyleGAN2", "class"):
+    for name in ("StyleGAN2", "probability"):
         label = chart.locator("svg text", has_text=name).first.bounding_box()
         assert label["y"] + label["height"] <= block["y"] + block["height"], f"axis text {name!r} is clipped"
+
+    page.locator("#attributed-crop img").first.wait_for()  # the crop e4e saw
+    page.get_by_text(expected.alignment_note).first.wait_for()
 
     SCREENSHOT.parent.mkdir(exist_ok=True)
     page.screenshot(path=str(SCREENSHOT), full_page=True)
     print(f"screenshot: {SCREENSHOT}")
+
+    page.get_by_text("Why this verdict?").click()
+    page.get_by_role("button", name="Explain").click()
+    page.locator("#heat-map img").first.wait_for()
+    page.locator("#frequency-view img").first.wait_for()
+    page.get_by_text("Heat map (input × gradient").wait_for()
+    page.screenshot(path=str(EXPLAIN_SCREENSHOT), full_page=True)
+    print(f"screenshot: {EXPLAIN_SCREENSHOT}")
     page.close()

@@ -51,7 +51,7 @@ def image_dir(dev_images, tmp_path_factory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("command", ["predict", "extract", "train", "evaluate"])
+@pytest.mark.parametrize("command", ["predict", "extract", "train", "evaluate", "explain"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
@@ -161,3 +161,18 @@ def test_evaluate_matches_a_hand_computation(dev_images, weights_dir, cli_env, c
     assert attribution["accuracy"] == pytest.approx(np.mean([row["class"] == q for row, q in zip(known, predicted)]))
     assert attribution["open_set_rule"] is False and "unknown_rejection_rate" in attribution
     assert attribution["unknown_rejection_rate"] == 0.0  # the original pickles never reject
+
+
+def test_explain_writes_heat_map_and_spectrum(dev_images, weights_dir, cli_env, model, capsys, tmp_path):
+    """`explain` writes the heat map (same P(fake) as the API) and the frequency view as PNGs."""
+    from PIL import Image
+
+    face = sorted(dev_images["stylegan2"])[0]
+    out = tmp_path / "why"
+    assert main(["explain", str(face), "--weights", str(weights_dir), "--offline", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    reported = float(printed.split("fake probability ")[1].split(";")[0])
+    assert reported == pytest.approx(model.predict(face).fake_probability, abs=0.02)  # bf16 fast path: ~1e-2
+    for name, size in (("heatmap_crop.png", (224, 224)), ("spectrum.png", None), ("heatmap.png", None)):
+        with Image.open(out / name) as im:
+            assert im.mode == "RGB" and (size is None or im.size == size)
