@@ -207,47 +207,50 @@ class GANOrigin:
     def fake_probabilities(self, images: Sequence) -> np.ndarray:
         """UFD's P(fake) for decoded RGB images, shape (B,)."""
         x = torch.stack([ufd_transform(im) for im in images]).to(self.device)
-        with fast.autocast(self.device, self.precision):
+        with fast.autocast(self.device, fast.prepared_precision(self.detector)):
             return self.detector.predict_proba(x).cpu().numpy()
 
     @torch.inference_mode()
     def encode(self, images: Sequence) -> np.ndarray:
         """e4e W+ codes of decoded RGB images, flattened: shape (B, 18 * 512)."""
         x = torch.stack([e4e_transform(im) for im in images]).to(self.device)
-        if self.precision != "fp32":
+        precision = fast.prepared_precision(self.encoder)
+        if precision != "fp32":
             x = x.contiguous(memory_format=torch.channels_last)
-        with fast.autocast(self.device, self.precision):
+        with fast.autocast(self.device, precision):
             return self.encoder(x).flatten(1).float().cpu().numpy()
 
     def _use_precision(self, precision: str) -> None:
-        """Switch to ``precision`` if it agrees with fp32 on the probe images (checked once per
-        machine and weights, then cached); otherwise stay on exact fp32 and say so."""
-        already = fast.prepared_precision(self.encoder)
-        if already != "fp32":  # modules shared with another GANOrigin: keep what they were made for
-            self.precision = already
-            return
-        if precision == "fp32":
+        """Run each model in ``precision`` where it agrees with fp32 on the probe images (checked
+        once per machine and weights, then cached); a model that disagrees stays exact fp32."""
+        if precision == "fp32" or self._precision_summary() != "fp32":  # shared, already prepared modules
+            self.precision = self._precision_summary()
             return
         key = fast.check_key(self._weight_files(), self.device, precision)
         check = fast.cached_check(key)
-        if check is not None and not check["ok"]:
-            self.precision_check = check
-            logger.warning("%s disagreed with fp32 on this machine before (%s); using fp32.", precision, check)
-            return
         reference = fast.run_probe(self._probe_predict) if check is None else None
-        fp32_states = (self.detector.state_dict(), self.encoder.state_dict()) if check is None else None
+        fp32_states = {"detector": self.detector.state_dict(), "encoder": self.encoder.state_dict()}
         fast.prepare_detector(self.detector, self.device, precision)
         fast.prepare_encoder(self.encoder, self.device, precision)
-        self.precision = precision
         if check is None:
             check = fast.compare(reference, fast.run_probe(self._probe_predict))
             fast.store_check(key, check)
-            if not check["ok"]:
-                logger.warning("%s disagrees with fp32 on the probe images (%s); falling back to fp32.", precision, check)
-                detector, encoder = fast.rebuild_fp32(self.detector, self.encoder, *fp32_states)
-                self.detector, self.encoder = detector.to(self.device).eval(), encoder.to(self.device).eval()
-                self.precision = "fp32"
+        for name in ("detector", "encoder"):
+            if not check.get(f"{name}_ok", check["ok"]):
+                module = fast.rebuild_fp32(getattr(self, name), fp32_states[name])
+                setattr(self, name, module.to(self.device).eval())
+        if not check["ok"]:
+            logger.warning("%s disagrees with fp32 on the probe images (%s); the disagreeing model runs fp32.",
+                           precision, check)
         self.precision_check = check
+        self.precision = self._precision_summary()
+
+    def _precision_summary(self) -> str:
+        """``"bf16"`` when both models run it, ``"fp32"`` when neither, else e.g. ``"bf16 (e4e only)"``."""
+        detector, encoder = fast.prepared_precision(self.detector), fast.prepared_precision(self.encoder)
+        if detector == encoder:
+            return detector
+        return f"{encoder} (e4e only)" if detector == "fp32" else f"{detector} (CLIP only)"
 
     def _probe_predict(self, images: list) -> tuple:
         return self.fake_probabilities(images), self.attributor.predict_proba(self.encode(images))

@@ -69,7 +69,7 @@ class RestrictedUnpickler(NumpyUnpickler):
     def get_extension(self, code: int):
         # pickle resolves EXT opcodes through a process-wide cache that bypasses find_class;
         # scikit-learn and numpy pickles never use them.
-        raise UnsafePickleError(f"{self.filename} uses a pickle extension code ({code}); refused.")
+        raise UnsafePickleError(f"{self.filename} uses a pickle extension code ({code}). Refused; nothing in the file was run.")
 
 
 def safe_load_pickle(path: Path):

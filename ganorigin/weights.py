@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import logging
 import os
 import re
@@ -212,7 +213,7 @@ def _from_hub(lookup: _Lookup, filename: str, repo_id: str, revision: Optional[s
     except (EntryNotFoundError, FileNotFoundError, ValueError):
         path = None
     offline_reason = "offline and not in the cache"
-    corrupt = path is not None and _cached_blob_problem(path)
+    corrupt = path is not None and _cached_blob_problem(path, _cache_root(lookup.sources))
     if corrupt:
         logger.warning("%s: %s; fetching it again.", filename, corrupt)
         offline_reason, path = f"offline, and {corrupt}; run once online to fetch it again", None
@@ -223,7 +224,7 @@ def _from_hub(lookup: _Lookup, filename: str, repo_id: str, revision: Optional[s
                 path = Path(hf_hub_download(**kwargs, etag_timeout=NETWORK_TIMEOUT_S, force_download=bool(corrupt)))
             except (HTTPError, EntryNotFoundError, OSError, ValueError) as e:
                 reason = _short(e)
-        problem = path is not None and _cached_blob_problem(path)
+        problem = path is not None and _cached_blob_problem(path, _cache_root(lookup.sources))
         if problem:
             _discard(path)
             raise WeightsFormatError(
@@ -321,23 +322,42 @@ def _hub_file_problem(repo_id: str, filename: str, revision: Optional[str]) -> O
     return None
 
 
-def _cached_blob_problem(path: Path) -> Optional[str]:
+def _cached_blob_problem(path: Path, cache_root: Path) -> Optional[str]:
     """Check a Hub cache file against the digest its blob is named by; a reason string if it fails.
 
     The cache names each blob by the file's ETag: the sha256 for LFS files, the git blob sha1
-    for the rest. Other names (no symlinks, custom servers) cannot be checked and pass.
+    for the rest. Other names (no symlinks, custom servers) cannot be checked and pass. A blob
+    that passed is remembered with its size and mtime, so a start does not re-hash gigabytes;
+    any write to it (truncation, a flipped byte) changes those and re-checks it.
     """
     blob = Path(os.path.realpath(path))
     name = blob.name.lower()
     if re.fullmatch(r"[0-9a-f]{64}", name):
-        actual = _sha256(blob)
+        digest = _sha256
     elif re.fullmatch(r"[0-9a-f]{40}", name):
-        actual = _git_blob_sha1(blob)
+        digest = _git_blob_sha1
     else:
         return None
-    if actual == name:
+    memo_file = cache_root / "ganorigin-verified-blobs.json"
+    stat = blob.stat()
+    stamp = [stat.st_size, stat.st_mtime_ns]
+    try:
+        memo = json.loads(memo_file.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    if memo.get(str(blob)) == stamp:
         return None
-    return f"the cached copy {path} has digest {actual}, expected {name} (truncated or corrupt)"
+    actual = digest(blob)
+    if actual != name:
+        return f"the cached copy {path} has digest {actual}, expected {name} (truncated or corrupt)"
+    memo[str(blob)] = stamp
+    try:
+        tmp = memo_file.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(memo))
+        os.replace(tmp, memo_file)
+    except OSError:  # a read-only cache still works; it is just re-hashed next time
+        pass
+    return None
 
 
 def _discard(path: Path) -> None:

@@ -27,6 +27,7 @@ _SESSION_TMP = Path(tempfile.mkdtemp(prefix="ganorigin-tests-"))
 HUB = HubServer(_SESSION_TMP / "hub").start()
 os.environ["HF_ENDPOINT"] = HUB.url
 os.environ["HF_HOME"] = str(_SESSION_TMP / "hf_home")
+os.environ["XDG_CACHE_HOME"] = str(_SESSION_TMP / "xdg_cache")  # e.g. the fast path's precision checks
 os.environ.pop("HF_HUB_OFFLINE", None)
 for _name in list(os.environ):
     if _name.startswith("GANORIGIN_"):
