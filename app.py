@@ -87,7 +87,9 @@ def status_text() -> str:
         h = service.health()
         return f"**Model ready** on `{h['device']}` (loaded in {h['load_seconds']} s)."
     if state == "loading":
-        return "**Loading the model…** The first launch downloads about 2 GB of weights; this page updates by itself."
+        step = f" {service.step}…" if service.step else ""
+        return (f"**Loading the model…**{step} The first launch downloads about 2 GB of weights; "
+                "this page updates by itself.")
     return (
         "**The model is not available.** The app is running, but analyses will fail until the weights can be "
         "loaded. Provide them, then press *Retry loading*.\n\n```\n" + (service.error or "") + "\n```"

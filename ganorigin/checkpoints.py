@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file as load_safetensors
+from safetensors import safe_open
 from torch import nn
 
 from .errors import WeightsFormatError
@@ -29,15 +29,20 @@ def load_torch_file(path: Path) -> dict:
         ) from e
 
 
-def load_tensors(path: Path) -> dict:
-    """A state dict from ``.safetensors`` or a torch file."""
+def load_tensors(path: Path, prefix: str = "") -> dict:
+    """The tensors whose names start with ``prefix`` from ``.safetensors`` or a torch file; the
+    others are never read into memory (safetensors reads by key, torch files are memory-mapped)."""
     if Path(path).suffix == ".safetensors":
         try:
-            return load_safetensors(str(path))
+            with safe_open(str(path), framework="pt") as f:
+                return {k: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
         except Exception as e:
             raise WeightsFormatError(f"Could not read {path} as safetensors ({e}).") from e
     sd = load_torch_file(path)
-    return sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+    sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+    if not isinstance(sd, dict):
+        raise WeightsFormatError(f"{path} holds a {type(sd).__name__}, not a state dict of tensors.")
+    return {k: v for k, v in sd.items() if k.startswith(prefix)}
 
 
 def strict_load(module: nn.Module, state_dict: dict, path: Path) -> None:

@@ -76,7 +76,7 @@ class UFDDetector(nn.Module):
     @classmethod
     def from_files(cls, clip_path: Path, head_path: Path, device: Optional[torch.device] = None) -> "UFDDetector":
         """Build from an open_clip CLIP checkpoint (only ``visual.*`` is read) and ``fc_weights.pth``."""
-        visual = clip_visual_state_dict(load_tensors(clip_path), clip_path)
+        visual = clip_visual_state_dict(load_tensors(clip_path, prefix="visual."), clip_path)
         head = load_torch_file(head_path)
         head = {k: v.float() for k, v in head.items()}
         if head.get("weight") is None or head.get("bias") is None:

@@ -11,7 +11,7 @@ against exact fp32 once per machine and weights, with an automatic fall-back whe
 The reduced-precision path folds e4e's BatchNorms that follow a convolution into it (exact
 algebra; the BatchNorm that *precedes* a zero-padded conv is left alone, since folding its shift
 would be wrong at the borders), stores conv/linear weights in the low dtype on CPU, runs e4e in
-channels_last, and keeps norms, embeddings and the UFD head in fp32 under autocast.
+channels_last, and keeps norms, embeddings, CLIP's attention and the UFD head in fp32 under autocast.
 """
 
 from __future__ import annotations
@@ -115,6 +115,17 @@ def _cast_matmul_weights(module: nn.Module, dtype: torch.dtype) -> None:
             sub.in_proj_bias.data = sub.in_proj_bias.data.to(dtype)
 
 
+def _attention_in_fp32(attention: nn.MultiheadAttention) -> None:
+    """Make this attention module run in fp32 even inside an autocast region."""
+    forward = attention.forward
+
+    def forward_fp32(query, key, value, *args, **kwargs):
+        with torch.autocast("cpu", enabled=False):
+            return forward(query.float(), key.float(), value.float(), *args, **kwargs)
+
+    attention.forward = forward_fp32
+
+
 def prepared_precision(module: nn.Module) -> str:
     """The precision ``module`` was prepared for ("fp32" when untouched)."""
     return getattr(module, "_ganorigin_precision", "fp32")
@@ -127,8 +138,12 @@ def prepare_detector(detector: UFDDetector, device: torch.device, precision: str
     detector._ganorigin_precision = precision
     if device.type != "cpu":
         return  # CUDA autocast casts on the fly and keeps fp32 master weights
-    _cast_matmul_weights(detector.visual, DTYPES[precision])
-    detector.visual.proj.data = detector.visual.proj.data.to(DTYPES[precision])
+    # The MLPs (two thirds of ViT-L/14's FLOPs) go to bf16; attention stays fp32. Under CPU
+    # autocast, batched attention took a bf16 path that was ~100x slower and moved P(fake) by 0.012
+    # on the probe images; with fp32 attention it moves 0.002, at any batch size, 1.9x faster.
+    for block in detector.visual.transformer.resblocks:
+        _cast_matmul_weights(block.mlp, DTYPES[precision])
+        _attention_in_fp32(block.attn)
 
 
 def prepare_encoder(encoder: E4EEncoder, device: torch.device, precision: str) -> None:

@@ -206,19 +206,30 @@ class GANOrigin:
     @torch.inference_mode()
     def fake_probabilities(self, images: Sequence) -> np.ndarray:
         """UFD's P(fake) for decoded RGB images, shape (B,)."""
-        x = torch.stack([ufd_transform(im) for im in images]).to(self.device)
         with fast.autocast(self.device, fast.prepared_precision(self.detector)):
-            return self.detector.predict_proba(x).cpu().numpy()
+            return np.concatenate([
+                self.detector.predict_proba(torch.stack([ufd_transform(im) for im in chunk]).to(self.device)).cpu().numpy()
+                for chunk in self._forward_chunks(images)
+            ])
 
     @torch.inference_mode()
     def encode(self, images: Sequence) -> np.ndarray:
         """e4e W+ codes of decoded RGB images, flattened: shape (B, 18 * 512)."""
-        x = torch.stack([e4e_transform(im) for im in images]).to(self.device)
         precision = fast.prepared_precision(self.encoder)
-        if precision != "fp32":
-            x = x.contiguous(memory_format=torch.channels_last)
+        memory_format = torch.contiguous_format if precision == "fp32" else torch.channels_last
+        codes = []
         with fast.autocast(self.device, precision):
-            return self.encoder(x).flatten(1).float().cpu().numpy()
+            for chunk in self._forward_chunks(images):
+                x = torch.stack([e4e_transform(im) for im in chunk]).to(self.device, memory_format=memory_format)
+                codes.append(self.encoder(x).flatten(1).float().cpu().numpy())
+        return np.concatenate(codes)
+
+    def _forward_chunks(self, images: Sequence) -> list:
+        """On a GPU the whole batch at once. On a CPU one image at a time: batching gains nothing
+        there (measured), and reduced-precision kernels would make an image's answer depend on the
+        other images in its batch."""
+        step = len(images) if self.device.type == "cuda" else 1
+        return [images[i : i + step] for i in range(0, len(images), max(step, 1))]
 
     def _use_precision(self, precision: str) -> None:
         """Run each model in ``precision`` where it agrees with fp32 on the probe images (checked
@@ -228,17 +239,22 @@ class GANOrigin:
             return
         key = fast.check_key(self._weight_files(), self.device, precision)
         check = fast.cached_check(key)
-        reference = fast.run_probe(self._probe_predict) if check is None else None
-        fp32_states = {"detector": self.detector.state_dict(), "encoder": self.encoder.state_dict()}
-        fast.prepare_detector(self.detector, self.device, precision)
-        fast.prepare_encoder(self.encoder, self.device, precision)
-        if check is None:
+        if check is not None:  # known verdict: prepare only the models that passed
+            if check.get("detector_ok", check["ok"]):
+                fast.prepare_detector(self.detector, self.device, precision)
+            if check.get("encoder_ok", check["ok"]):
+                fast.prepare_encoder(self.encoder, self.device, precision)
+        else:
+            reference = fast.run_probe(self._probe_predict)
+            fp32_states = {"detector": self.detector.state_dict(), "encoder": self.encoder.state_dict()}
+            fast.prepare_detector(self.detector, self.device, precision)
+            fast.prepare_encoder(self.encoder, self.device, precision)
             check = fast.compare(reference, fast.run_probe(self._probe_predict))
             fast.store_check(key, check)
-        for name in ("detector", "encoder"):
-            if not check.get(f"{name}_ok", check["ok"]):
-                module = fast.rebuild_fp32(getattr(self, name), fp32_states[name])
-                setattr(self, name, module.to(self.device).eval())
+            for name in ("detector", "encoder"):
+                if not check[f"{name}_ok"]:
+                    module = fast.rebuild_fp32(getattr(self, name), fp32_states[name])
+                    setattr(self, name, module.to(self.device).eval())
         if not check["ok"]:
             logger.warning("%s disagrees with fp32 on the probe images (%s); the disagreeing model runs fp32.",
                            precision, check)

@@ -6,6 +6,7 @@ answer saying so, and :meth:`ModelService.reload` tries again without a restart.
 
 from __future__ import annotations
 
+import logging
 import platform
 import threading
 import time
@@ -35,6 +36,7 @@ class ModelService:
         self._loading = threading.Event()
         self._started_at = time.monotonic()
         self._ready_after: Optional[float] = None
+        self._step: Optional[_LastMessage] = None
         self._run_lock = threading.Lock()
         self._state_lock = threading.Lock()
 
@@ -52,6 +54,11 @@ class ModelService:
     reload = start
 
     def _load(self) -> None:
+        downloads = _LastMessage()
+        weights_logger = logging.getLogger("ganorigin.weights")
+        weights_logger.addHandler(downloads)
+        weights_logger.setLevel(logging.INFO)
+        self._step = downloads
         try:
             model = self._loader()
             with self._state_lock:
@@ -60,7 +67,13 @@ class ModelService:
             with self._state_lock:
                 self._error = str(e)
         finally:
+            weights_logger.removeHandler(downloads)
             self._loading.clear()
+
+    @property
+    def step(self) -> Optional[str]:
+        """While loading: what is happening now, e.g. "Downloading e4e_ffhq_encode.pt from Hub repo …"."""
+        return self._step.message if self._step is not None and self.state == "loading" else None
 
     @property
     def state(self) -> str:
@@ -132,3 +145,14 @@ class ModelService:
                 "gradio": gradio.__version__,
             },
         }
+
+
+class _LastMessage(logging.Handler):
+    """Keeps the last log message: the download step shown while the model loads."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.message: Optional[str] = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.message = record.getMessage()

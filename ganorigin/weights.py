@@ -221,6 +221,7 @@ def _from_hub(lookup: _Lookup, filename: str, repo_id: str, revision: Optional[s
         reason = _unreachable(lookup, hf_constants.ENDPOINT) or _hub_file_problem(repo_id, filename, revision)
         if reason is None:
             try:
+                logger.info("Downloading %s from Hub repo %s", filename, repo_id)
                 path = Path(hf_hub_download(**kwargs, etag_timeout=NETWORK_TIMEOUT_S, force_download=bool(corrupt)))
             except (HTTPError, EntryNotFoundError, OSError, ValueError) as e:
                 reason = _short(e)
@@ -277,6 +278,7 @@ def _ufd_head(lookup: _Lookup) -> Optional[Path]:
     reason = _unreachable(lookup, sources.ufd_head_url)
     if reason is None:
         try:
+            logger.info("Downloading %s from %s", UFD_HEAD_FILE, sources.ufd_head_url)
             _download(sources.ufd_head_url, cache, sources.ufd_head_sha256)
             lookup.origins[UFD_HEAD_FILE] = sources.ufd_head_url
             return cache
