@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from open_clip.model import CLIPVisionCfg, _build_vision_tower
 from PIL import Image
 from torch import nn
 from torchvision.transforms import functional as TF
@@ -22,9 +21,11 @@ from torchvision.transforms import functional as TF
 from .checkpoints import load_torch_file, load_tensors, strict_load
 from .errors import WeightsFormatError
 
-# OpenAI CLIP ViT-L/14, as open_clip's "ViT-L-14-quickgelu" config (QuickGELU is what OpenAI
-# trained with; plain "ViT-L-14" would build nn.GELU and drift).
-VIT_L_14 = CLIPVisionCfg(layers=24, width=1024, patch_size=14, image_size=224)
+# OpenAI CLIP ViT-L/14, as open_clip's "ViT-L-14-quickgelu" vision config (QuickGELU is what OpenAI
+# trained with; plain "ViT-L-14" would build nn.GELU and drift). A plain dict of
+# open_clip.model.CLIPVisionCfg fields: open_clip is imported only when a model is built, which
+# keeps the app's start (and its "weights missing" page) fast.
+VIT_L_14 = {"layers": 24, "width": 1024, "patch_size": 14, "image_size": 224}
 EMBED_DIM = 768
 
 
@@ -54,7 +55,9 @@ class UFDDetector(nn.Module):
     ``vision_cfg`` for quick tests. ``forward`` returns logits, ``predict_proba`` sigmoid(logit).
     """
 
-    def __init__(self, vision_cfg: CLIPVisionCfg = VIT_L_14, embed_dim: int = EMBED_DIM):
+    def __init__(self, vision_cfg=VIT_L_14, embed_dim: int = EMBED_DIM):
+        from open_clip.model import _build_vision_tower
+
         super().__init__()
         self.vision_cfg = vision_cfg
         self.visual = _build_vision_tower(embed_dim, vision_cfg, quick_gelu=True)
@@ -100,7 +103,7 @@ def clip_visual_state_dict(state_dict: dict, path: Path) -> dict:
     return visual
 
 
-def vision_cfg_from_state_dict(sd: dict) -> CLIPVisionCfg:
+def vision_cfg_from_state_dict(sd: dict) -> dict:
     """Read the ViT's size from its tensor shapes, as OpenAI's ``build_model`` does.
 
     Heads are width / 64, OpenAI's (and open_clip's default) head width.
@@ -112,6 +115,5 @@ def vision_cfg_from_state_dict(sd: dict) -> CLIPVisionCfg:
         mlp_width = sd["transformer.resblocks.0.mlp.c_fc.weight"].shape[0]
     except (KeyError, ValueError) as e:
         raise WeightsFormatError(f"Not a CLIP ViT image tower: missing or odd tensor ({e}).") from e
-    return CLIPVisionCfg(
-        layers=layers, width=width, patch_size=patch_size, image_size=grid * patch_size, mlp_ratio=mlp_width / width
-    )
+    return {"layers": layers, "width": width, "patch_size": patch_size, "image_size": grid * patch_size,
+            "mlp_ratio": mlp_width / width}

@@ -26,15 +26,7 @@ from huggingface_hub import constants as hf_constants
 
 from ganorigin import WeightSources, WeightsFormatError, WeightsNotFoundError
 from ganorigin import weights as weights_module
-from ganorigin.weights import (
-    CLIP_FILES,
-    E4E_FILE,
-    LABEL_ENCODER_FILE,
-    SCALER_FILE,
-    SVM_FILE,
-    UFD_HEAD_FILE,
-    resolve,
-)
+from ganorigin.weights import CLIP_FILES, E4E_FILE, LABEL_ENCODER_FILE, SCALER_FILE, SVM_FILE, UFD_HEAD_FILE, resolve
 
 REPO = "ganorigin-tests/downloads"
 HUB_FILES = (E4E_FILE, SVM_FILE, SCALER_FILE, LABEL_ENCODER_FILE)

@@ -18,15 +18,7 @@ import pytest
 
 from conftest import ROOT, sha256_of
 from ganorigin import GANOrigin, WeightsFormatError, WeightsNotFoundError, WeightSources
-from ganorigin.weights import (
-    CLIP_FILES,
-    E4E_FILE,
-    LABEL_ENCODER_FILE,
-    SCALER_FILE,
-    SVM_FILE,
-    UFD_HEAD_FILE,
-    resolve,
-)
+from ganorigin.weights import CLIP_FILES, E4E_FILE, LABEL_ENCODER_FILE, SCALER_FILE, SVM_FILE, UFD_HEAD_FILE, resolve
 
 ATTRIBUTION_REPO = "ganorigin-tests/weights-attribution"
 CLIP_REPO = "ganorigin-tests/weights-clip"
