@@ -129,3 +129,15 @@ def test_offline_without_weights_the_app_starts_and_says_what_is_missing(offline
     with pytest.raises(AppError) as caught:
         Client(offline_server.url, verbose=False).predict(handle_file(str(face)), api_name="/predict")
     assert "e4e_ffhq_encode.pt" in str(caught.value) and "could not be loaded" in str(caught.value)
+
+
+def test_explain_endpoint_returns_heat_map_spectrum_and_caption(client, model, dev_sample):
+    """`/explain` (the UI's "Why" panel) gives the heat-map overlay, the frequency view and a caption
+    whose P(fake) is the library's (within the fast path's agreement bound)."""
+    face = dev_sample[0]
+    heat_map, spectrum, caption = client.predict(handle_file(str(face)), api_name="/explain")
+    with Image.open(heat_map) as heat, Image.open(spectrum) as view:
+        assert min(heat.size) >= 224 and view.width > view.height
+    reported = float(caption.split("P(fake) ")[1].split(")")[0])
+    assert reported == pytest.approx(model.predict(face).fake_probability, abs=0.02)
+    assert "Frequency view" in caption
