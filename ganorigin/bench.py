@@ -80,7 +80,8 @@ def main(argv: Optional[list] = None) -> int:
         run = _spawn(path, weights_dir, image_list, args, cold_only=False)
         cold = cold or run
         run["cold_start_s"] = cold["cold_start_s"]
-        run["first_start_s"] = first["cold_start_s"] if first else cold["cold_start_s"]
+        run["first_start_s"] = (first or cold)["cold_start_s"]
+        run["first_start_peak_rss_gb"] = (first or cold)["peak_rss_gb"]
         run["peak_rss_gb"] = max(cold["peak_rss_gb"], run["peak_rss_gb"])
         runs[path] = run
 
@@ -187,12 +188,12 @@ def _child(args) -> int:
 
 
 def load_baseline(weights_dir: Path):
-    """The seed app's loading: random init, whole checkpoints in memory, fp32, eager."""
+    """The seed app's loading and modules: random init, whole checkpoints in memory, fp32, eager."""
     import torch
     from safetensors.torch import load_file
 
     from .detector import UFDDetector, clip_visual_state_dict, vision_cfg_from_state_dict
-    from .encoder import E4EEncoder, checkpoint_filter_fn, config_from_state_dict
+    from .encoder import E4EEncoder, Subsample, checkpoint_filter_fn, config_from_state_dict
     from .pipeline import GANOrigin
     from .svm import GANAttributor
     from .weights import CLIP_FILES, E4E_FILE, LABEL_ENCODER_FILE, SCALER_FILE, SVM_FILE, UFD_HEAD_FILE
@@ -207,6 +208,9 @@ def load_baseline(weights_dir: Path):
     state_dict, latent_avg = checkpoint_filter_fn(checkpoint, weights_dir / E4E_FILE)
     encoder = E4EEncoder(config_from_state_dict(state_dict))
     encoder.load_state_dict(state_dict)
+    for unit in encoder.body:  # upstream's shortcut op (ours subsamples by slicing: same values)
+        if isinstance(unit.shortcut_layer, Subsample):
+            unit.shortcut_layer = torch.nn.MaxPool2d(1, unit.shortcut_layer.stride)
     attributor = GANAttributor.from_pickles(*(weights_dir / f for f in (SVM_FILE, SCALER_FILE, LABEL_ENCODER_FILE)))
     return GANOrigin(detector, encoder, attributor, device="cpu", align=False, precision="fp32")
 
@@ -261,14 +265,24 @@ def time_batch(model, images: list, batch_size: int) -> dict:
 
 
 def agreement(baseline: list, ours: list) -> dict:
-    """Max |delta fake probability| and the shares of identical verdicts and attributions."""
+    """Max |delta fake probability|, max |delta logit| (over the images whose probability is not
+    saturated in float32, where the logit is recoverable) and the shares of identical verdicts and
+    attributions."""
     pairs = list(zip(baseline, ours))
+    logits = [(_logit(a["fake_probability"]), _logit(b["fake_probability"])) for a, b in pairs]
+    logits = [(a, b) for a, b in logits if a is not None and b is not None]
     return {
         "images": len(pairs),
         "max_fake_probability_delta": max(abs(a["fake_probability"] - b["fake_probability"]) for a, b in pairs),
+        "max_fake_logit_delta": max((abs(a - b) for a, b in logits), default=None),
+        "logit_images": len(logits),
         "identical_verdicts": sum(a["fake"] == b["fake"] for a, b in pairs) / len(pairs),
         "identical_attributions": sum(a["attribution"] == b["attribution"] for a, b in pairs) / len(pairs),
     }
+
+
+def _logit(p: float) -> Optional[float]:
+    return float(np.log(p) - np.log1p(-p)) if 1e-6 < p < 1 - 1e-6 else None
 
 
 def _ratios(runs: dict) -> dict:
@@ -313,7 +327,8 @@ def format_table(result: dict) -> str:
     base, ours = result["paths"]["baseline"], result["paths"]["ours"]
     rows = [("cold start (s, weights cached)", base["cold_start_s"], ours["cold_start_s"]),
             ("first start incl. one-time agreement probe (s)", base["first_start_s"], ours["first_start_s"]),
-            ("peak RSS (GB)", base["peak_rss_gb"], ours["peak_rss_gb"])]
+            ("peak RSS (GB)", base["peak_rss_gb"], ours["peak_rss_gb"]),
+            ("peak RSS, first start incl. probe (GB)", base["first_start_peak_rss_gb"], ours["first_start_peak_rss_gb"])]
     for stage in STAGES:
         for q in ("p50_ms", "p95_ms"):
             rows.append((f"{stage} {q[:3]} (ms/image)", base["latency"][stage][q], ours["latency"][stage][q]))
@@ -323,7 +338,9 @@ def format_table(result: dict) -> str:
              "|---|---:|---:|---:|"]
     lines += [f"| {name} | {b:.3g} | {o:.3g} | {o / b:.2f}x |" for name, b, o in rows]
     a, m = result["agreement"], result["machine"]
-    lines += ["", f"Agreement on {a['images']} images: max |delta fake probability| {a['max_fake_probability_delta']:.2e}, "
+    logit = (f", max |delta logit| {a['max_fake_logit_delta']:.3f} (on the {a['logit_images']} unsaturated)"
+             if a.get("max_fake_logit_delta") is not None else "")
+    lines += ["", f"Agreement on {a['images']} images: max |delta fake probability| {a['max_fake_probability_delta']:.2e}{logit}, "
               f"identical verdicts {a['identical_verdicts']:.0%}, identical attributions {a['identical_attributions']:.0%}.",
               f"Machine: {m['cpu']}, {m['cores']} cores, bf16 matrix units: {m['bf16_matrix_units']}, "
               f"load average {m['load_average_1m']:.1f} at the end, torch {m['torch']}.",

@@ -67,13 +67,25 @@ class SEModule(nn.Module):
         return x * self.sigmoid(self.fc2(self.relu(self.fc1(self.avg_pool(x)))))
 
 
+class Subsample(nn.Module):
+    """Every ``stride``-th pixel: upstream's ``MaxPool2d(1, stride)`` shortcut, without the pooling
+    kernel (a 1x1 max is the pixel itself; stride 1 is the identity)."""
+
+    def __init__(self, stride: int):
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.stride == 1 else x[:, :, :: self.stride, :: self.stride]
+
+
 class BottleneckIRSE(nn.Module):
     """ArcFace's improved residual unit with an SE gate (upstream ``bottleneck_IR_SE``)."""
 
     def __init__(self, in_channels: int, depth: int, stride: int):
         super().__init__()
         if in_channels == depth:
-            self.shortcut_layer = nn.MaxPool2d(1, stride)
+            self.shortcut_layer = Subsample(stride)
         else:
             self.shortcut_layer = nn.Sequential(
                 nn.Conv2d(in_channels, depth, 1, stride, bias=False), nn.BatchNorm2d(depth)

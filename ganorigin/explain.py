@@ -16,7 +16,6 @@ Both are separate, on-request calls; the plain verdict never computes them.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,6 +27,7 @@ from PIL import Image, ImageDraw
 from torch import nn
 from torchvision.transforms import functional as TF
 
+from . import fast
 from .detector import UFD_PREPROCESS, ufd_transform
 
 __all__ = [
@@ -97,7 +97,7 @@ def occlusion_heatmap(
     x = ufd_transform(image).to(device)  # (3, 224, 224)
     starts = _starts(size, patch, stride)
     boxes = [(top, left) for top in starts for left in starts]
-    with _precision_of(detector, device):
+    with fast.inference_context(detector, device):
         p_full = torch.sigmoid(detector(x[None]).float())[0]
         drops = []
         for first in range(0, len(boxes), batch_size):
@@ -129,7 +129,7 @@ def gradient_heatmap(detector: nn.Module, image: Image.Image, *, cell: int = 14)
         raise ValueError(f"cell must divide {size}; got {cell}.")
     device = next(detector.parameters()).device
     x = ufd_transform(image).to(device)[None].requires_grad_(True)  # (1, 3, 224, 224)
-    with torch.enable_grad(), _precision_of(detector, device):
+    with torch.enable_grad(), fast.inference_context(detector, device):
         p = torch.sigmoid(detector(x).float())[0]
         (grad,) = torch.autograd.grad(p, x)
     contribution = (x.detach() * grad).sum(dim=1, keepdim=True)  # (1, 1, 224, 224)
@@ -174,15 +174,6 @@ def azimuthal_average(spectrum: np.ndarray) -> np.ndarray:
     sums = np.bincount(radius[inside], weights=spectrum[inside], minlength=n)
     counts = np.bincount(radius[inside], minlength=n)
     return (sums / np.maximum(counts, 1)).astype(np.float32)
-
-
-def _precision_of(detector: nn.Module, device: torch.device):
-    """Autocast to the detector's reduced-precision weight type, if the pipeline's fast path cast
-    it to one (bf16/fp16 matmul weights need inputs cast on the fly); otherwise nothing."""
-    reduced = {p.dtype for p in detector.parameters() if p.dtype in (torch.bfloat16, torch.float16)}
-    if not reduced:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=reduced.pop())
 
 
 def _starts(size: int, patch: int, stride: int) -> list:

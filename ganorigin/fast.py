@@ -8,32 +8,37 @@ against exact fp32 once per machine and weights, with an automatic fall-back whe
 - ``"fp32"``: the exact original numerics (eager fp32, modules as loaded);
 - ``"bf16"`` / ``"fp16"`` (fp16 on CUDA only): forced, still agreement-checked.
 
-The reduced-precision path folds e4e's BatchNorms that follow a convolution into it (exact
+On CPU the reduced-precision path stores every conv/linear weight once in oneDNN's blocked bf16
+layout (no per-call weight reorder) and fuses activations into them: CLIP's blocks run packed
+linears with bf16 attention, QuickGELU fused as ``swish(1.702 x) / 1.702``, and an fp32 residual
+stream with fp32 LayerNorms; e4e's BatchNorms that follow a convolution are folded into it (exact
 algebra; the BatchNorm that *precedes* a zero-padded conv is left alone, since folding its shift
-would be wrong at the borders), stores conv/linear weights in the low dtype on CPU, runs e4e in
-channels_last, and keeps norms, embeddings, CLIP's attention and the UFD head in fp32 under autocast.
+would be wrong at the borders), its convolutions are packed, LeakyReLUs fused, and it runs in
+channels_last. On CUDA, autocast does the casting and fp32 master weights stay.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import json
 import logging
 import os
 import platform
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .checkpoints import strict_load
+from .checkpoints import release_file_pages, strict_load
 from .detector import UFDDetector
-from .encoder import BottleneckIRSE, E4EEncoder, EqualLinear
+from .encoder import BottleneckIRSE, E4EEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +48,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 MAX_FAKE_PROBABILITY_DELTA = 0.005
 MAX_ATTRIBUTION_PROBABILITY_DELTA = 0.01
 PROBE_SIZE = 256
+FAST_PATH_VERSION = "packed-2"  # part of the cached verdicts' key: a new fast path is checked afresh
 
 
 def cpu_has_bf16_matrix_units() -> bool:
@@ -75,11 +81,13 @@ def resolve_precision(precision: Optional[str], device: torch.device) -> str:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {requested!r}.")
     if requested == "fp16" and device.type != "cuda":
         raise ValueError("precision='fp16' needs a CUDA device; on CPU use 'bf16', 'fp32' or 'auto'.")
+    if requested == "bf16" and device.type == "cpu" and not torch.backends.mkldnn.is_available():
+        raise ValueError("precision='bf16' on CPU needs a torch build with oneDNN (mkldnn); use 'fp32'.")
     if requested != "auto":
         return requested
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if device.type == "cpu" and cpu_has_bf16_matrix_units():
+    if device.type == "cpu" and cpu_has_bf16_matrix_units() and torch.backends.mkldnn.is_available():
         return "bf16"
     return "fp32"
 
@@ -89,6 +97,15 @@ def autocast(device: torch.device, precision: str):
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=DTYPES[precision])
+
+
+def inference_context(module: nn.Module, device: torch.device):
+    """What a prepared detector or encoder runs under: autocast to its precision, except the CPU
+    detector, whose packed blocks cast for themselves (its patch embedding, norms and projection
+    stay exact fp32)."""
+    if isinstance(module, UFDDetector) and device.type == "cpu":
+        return contextlib.nullcontext()
+    return autocast(device, prepared_precision(module))
 
 
 def fold_encoder_batchnorms(encoder: E4EEncoder) -> None:
@@ -105,27 +122,6 @@ def fold_encoder_batchnorms(encoder: E4EEncoder) -> None:
             short[0], short[1] = fuse_conv_bn_eval(short[0], short[1]), nn.Identity()
 
 
-def _cast_matmul_weights(module: nn.Module, dtype: torch.dtype) -> None:
-    """Store the weights that feed matrix units in ``dtype``; norms and embeddings stay fp32."""
-    for sub in module.modules():
-        if isinstance(sub, (nn.Linear, nn.Conv2d, EqualLinear)):
-            sub.to(dtype)
-        elif isinstance(sub, nn.MultiheadAttention) and sub.in_proj_weight is not None:
-            sub.in_proj_weight.data = sub.in_proj_weight.data.to(dtype)
-            sub.in_proj_bias.data = sub.in_proj_bias.data.to(dtype)
-
-
-def _attention_in_fp32(attention: nn.MultiheadAttention) -> None:
-    """Make this attention module run in fp32 even inside an autocast region."""
-    forward = attention.forward
-
-    def forward_fp32(query, key, value, *args, **kwargs):
-        with torch.autocast("cpu", enabled=False):
-            return forward(query.float(), key.float(), value.float(), *args, **kwargs)
-
-    attention.forward = forward_fp32
-
-
 def prepared_precision(module: nn.Module) -> str:
     """The precision ``module`` was prepared for ("fp32" when untouched)."""
     return getattr(module, "_ganorigin_precision", "fp32")
@@ -138,23 +134,140 @@ def prepare_detector(detector: UFDDetector, device: torch.device, precision: str
     detector._ganorigin_precision = precision
     if device.type != "cpu":
         return  # CUDA autocast casts on the fly and keeps fp32 master weights
-    # The MLPs (two thirds of ViT-L/14's FLOPs) go to bf16; attention stays fp32. Under CPU
-    # autocast, batched attention took a bf16 path that was ~100x slower and moved P(fake) by 0.012
-    # on the probe images; with fp32 attention it moves 0.002, at any batch size, 1.9x faster.
-    for block in detector.visual.transformer.resblocks:
-        _cast_matmul_weights(block.mlp, DTYPES[precision])
-        _attention_in_fp32(block.attn)
+    blocks = detector.visual.transformer.resblocks
+    for i, block in enumerate(blocks):
+        if PackedResidualBlock.supports(block):
+            blocks[i] = PackedResidualBlock(block, DTYPES[precision])
+            release_file_pages(block.parameters())  # one block's fp32 pages at a time
+            _return_freed_memory()
 
 
 def prepare_encoder(encoder: E4EEncoder, device: torch.device, precision: str) -> None:
-    """Fold BatchNorms, switch to channels_last and (on CPU) store conv weights in the low dtype."""
+    """Fold BatchNorms, switch to channels_last and (on CPU) pack the convolutions in the low dtype."""
     if precision == "fp32":
         return
     encoder._ganorigin_precision = precision
     fold_encoder_batchnorms(encoder)
-    encoder.to(memory_format=torch.channels_last)
     if device.type == "cpu":
-        _cast_matmul_weights(encoder, DTYPES[precision])
+        dtype = DTYPES[precision]
+        for block in encoder.styles:  # conv, LeakyReLU, conv, LeakyReLU, ...: fuse each pair
+            convs = block.convs
+            for i in range(0, len(convs), 2):
+                packed = PackedConv2d(convs[i], dtype, "leaky_relu", [convs[i + 1].negative_slope])
+                release_file_pages(convs[i].parameters())
+                convs[i], convs[i + 1] = packed, nn.Identity()
+            linear = block.linear  # EqualLinear: its 1/sqrt(in) scale goes into the packed weight
+            block.linear = PackedLinear(linear.weight * linear.scale, linear.bias, dtype)
+            _return_freed_memory()
+        convs = [(parent, name, child) for parent in encoder.modules() for name, child in parent.named_children()
+                 if isinstance(child, nn.Conv2d)]
+        for i, (parent, name, conv) in enumerate(convs, 1):
+            setattr(parent, name, PackedConv2d(conv, dtype))
+            release_file_pages(conv.parameters())
+            if i % 16 == 0 or i == len(convs):
+                _return_freed_memory()
+    encoder.to(memory_format=torch.channels_last)
+
+
+def _return_freed_memory() -> None:
+    """Hand a conversion's freed temporaries back to the OS as it goes (glibc keeps freed heap
+    memory, which would add a few hundred MB to the peak)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc
+
+
+class PackedLinear(nn.Module):
+    """A linear layer whose weight is stored once in oneDNN's blocked layout for the CPU's matrix
+    units (``dtype``, usually bf16), with an optional fused activation (``"none"`` or ``"swish"``).
+    Inputs are cast to ``dtype``; the output is in ``dtype``. When a gradient is wanted (the
+    explanation heat map), it runs unfused on the unpacked weight so autograd can follow."""
+
+    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], dtype: torch.dtype, activation: str = "none"):
+        super().__init__()
+        self.dtype, self.activation = dtype, activation
+        self.out_features, self.in_features = weight.shape
+        self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(dtype))
+        self.bias = None if bias is None else bias.detach().to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            y = F.linear(x.to(self.dtype), self.packed_weight.to_dense(), self.bias)
+            return F.silu(y) if self.activation == "swish" else y
+        flat = x.reshape(-1, self.in_features).to(self.dtype)
+        y = torch.ops.mkldnn._linear_pointwise(flat, self.packed_weight, self.bias, self.activation, [], "")
+        return y.view(*x.shape[:-1], self.out_features)
+
+
+class PackedConv2d(nn.Module):
+    """``nn.Conv2d`` with its weight stored once in oneDNN's blocked layout (``dtype``) and an
+    optional fused activation (``"leaky_relu"`` with ``[slope]``, ``"relu"``, ...)."""
+
+    def __init__(self, conv: nn.Conv2d, dtype: torch.dtype, activation: str = "none", scalars: Sequence = ()):
+        super().__init__()
+        self.dtype, self.activation, self.scalars = dtype, activation, list(scalars)
+        self.padding, self.stride = list(conv.padding), list(conv.stride)
+        self.dilation, self.groups = list(conv.dilation), conv.groups
+        weight = conv.weight.detach().to(dtype).to_mkldnn()
+        self.packed_weight = torch._C._nn.mkldnn_reorder_conv2d_weight(
+            weight, self.padding, self.stride, self.dilation, self.groups
+        )
+        self.bias = None if conv.bias is None else conv.bias.detach().to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._convolution_pointwise(
+            x.to(self.dtype), self.packed_weight, self.bias, self.padding, self.stride, self.dilation, self.groups,
+            self.activation, self.scalars, "",
+        )
+
+
+QUICK_GELU_SCALE = 1.702  # QuickGELU(y) = y * sigmoid(1.702 y) = swish(1.702 y) / 1.702
+
+
+class PackedResidualBlock(nn.Module):
+    """OpenAI CLIP's transformer block (open_clip ``ResidualAttentionBlock`` with QuickGELU and no
+    LayerScale) on packed low-precision linears: LayerNorms and the residual stream stay fp32,
+    attention runs on the low-precision q/k/v (fp32 accumulation), and QuickGELU is fused into the
+    first MLP layer as swish, with its 1/1.702 folded into the second."""
+
+    def __init__(self, block: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        attn, mlp = block.attn, block.mlp
+        self.ln_1, self.ln_2 = block.ln_1, block.ln_2
+        self.heads, self.batch_first = attn.num_heads, attn.batch_first
+        self.qkv = PackedLinear(attn.in_proj_weight, attn.in_proj_bias, dtype)
+        self.out = PackedLinear(attn.out_proj.weight, attn.out_proj.bias, dtype)
+        self.fc = PackedLinear(mlp.c_fc.weight * QUICK_GELU_SCALE, mlp.c_fc.bias * QUICK_GELU_SCALE, dtype, "swish")
+        self.proj = PackedLinear(mlp.c_proj.weight / QUICK_GELU_SCALE, mlp.c_proj.bias, dtype)
+
+    @staticmethod
+    def supports(block: nn.Module) -> bool:
+        """True for the blocks of OpenAI CLIP's image tower; anything else is left as it is."""
+        from open_clip.transformer import QuickGELU
+
+        return (
+            isinstance(getattr(block, "attn", None), nn.MultiheadAttention)
+            and block.attn.in_proj_weight is not None
+            and isinstance(block.mlp.gelu, QuickGELU)
+            and isinstance(block.ls_1, nn.Identity)
+            and isinstance(block.ls_2, nn.Identity)
+            and not hasattr(block, "ln_1_kv")
+        )
+
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if attn_mask is not None:
+            raise ValueError("PackedResidualBlock runs the image tower, which has no attention mask.")
+        if not self.batch_first:
+            x = x.transpose(0, 1)
+        x = x.float()
+        batch, tokens, width = x.shape
+        qkv = self.qkv(self.ln_1(x)).view(batch, tokens, 3, self.heads, width // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, tokens, width)
+        x = x + self.out(attended).float()
+        x = x + self.proj(self.fc(self.ln_2(x))).float()
+        return x if self.batch_first else x.transpose(0, 1)
 
 
 def probe_images() -> list[Image.Image]:
@@ -169,6 +282,7 @@ def probe_images() -> list[Image.Image]:
 def compare(reference: tuple, fast: tuple) -> dict:
     """Agreement of ``(fake_probabilities, attribution_probabilities)`` pairs, per model: the fake
     probability depends only on the detector, the attribution only on the encoder."""
+    reference, fast = [[np.asarray(a, dtype=np.float64) for a in pair] for pair in (reference, fast)]
     fake_delta = float(np.max(np.abs(reference[0] - fast[0])))
     gan_delta = float(np.max(np.abs(reference[1] - fast[1])))
     same_argmax = bool((reference[1].argmax(1) == fast[1].argmax(1)).all())
@@ -182,7 +296,7 @@ def check_key(weight_files: Optional[list], device: torch.device, precision: str
     """A cache key for one (weights, machine, torch, precision); ``None`` when the weights are unknown."""
     if not weight_files:
         return None
-    parts = [precision, device.type, torch.__version__, cpu_model_name()]
+    parts = [precision, FAST_PATH_VERSION, device.type, torch.__version__, cpu_model_name()]
     for path in weight_files:
         stat = Path(path).stat()
         parts.append(f"{Path(path).resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
@@ -235,9 +349,3 @@ def rebuild_fp32(module: nn.Module, state: dict) -> nn.Module:
     if isinstance(module, E4EEncoder):
         fresh.latent_avg = module.latent_avg
     return fresh
-
-
-def run_probe(predict: Callable[[list], tuple]) -> tuple:
-    """``predict(images) -> (fake_probabilities, attribution_probabilities)`` on the probe images."""
-    fake, gan = predict(probe_images())
-    return np.asarray(fake, dtype=np.float64), np.asarray(gan, dtype=np.float64)

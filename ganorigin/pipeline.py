@@ -9,6 +9,7 @@ from typing import Iterable, Optional, Sequence, Union
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
 from . import fast
 from .align import AlignmentResult, align_face, alignment_available
@@ -206,10 +207,10 @@ class GANOrigin:
     @torch.inference_mode()
     def fake_probabilities(self, images: Sequence) -> np.ndarray:
         """UFD's P(fake) for decoded RGB images, shape (B,)."""
-        with fast.autocast(self.device, fast.prepared_precision(self.detector)):
+        with fast.inference_context(self.detector, self.device):
             return np.concatenate([
                 self.detector.predict_proba(torch.stack([ufd_transform(im) for im in chunk]).to(self.device)).cpu().numpy()
-                for chunk in self._forward_chunks(images)
+                for chunk in self._forward_chunks(images, self.detector)
             ])
 
     @torch.inference_mode()
@@ -218,18 +219,20 @@ class GANOrigin:
         precision = fast.prepared_precision(self.encoder)
         memory_format = torch.contiguous_format if precision == "fp32" else torch.channels_last
         codes = []
-        with fast.autocast(self.device, precision):
-            for chunk in self._forward_chunks(images):
+        with fast.inference_context(self.encoder, self.device):
+            for chunk in self._forward_chunks(images, self.encoder):
                 x = torch.stack([e4e_transform(im) for im in chunk]).to(self.device, memory_format=memory_format)
                 codes.append(self.encoder(x).flatten(1).float().cpu().numpy())
         return np.concatenate(codes)
 
-    def _forward_chunks(self, images: Sequence) -> list:
-        """On a GPU the whole batch at once. On a CPU one image at a time: batching gains nothing
-        there (measured), and reduced-precision kernels would make an image's answer depend on the
-        other images in its batch."""
-        step = len(images) if self.device.type == "cuda" else 1
-        return [images[i : i + step] for i in range(0, len(images), max(step, 1))]
+    def _forward_chunks(self, images: Sequence, module: nn.Module) -> list:
+        """How ``module`` takes ``images``: on a GPU all at once. On a CPU the packed e4e also takes
+        them all at once (its convolutions give bitwise the same codes at any batch size, and each
+        weight is read from memory once per batch); everything else one image at a time, since
+        reduced-precision matrix kernels would make an image's answer depend on its batch-mates."""
+        whole = self.device.type == "cuda" or (module is self.encoder and fast.prepared_precision(module) != "fp32")
+        step = max(len(images), 1) if whole else 1
+        return [images[i : i + step] for i in range(0, len(images), step)]
 
     def _use_precision(self, precision: str) -> None:
         """Run each model in ``precision`` where it agrees with fp32 on the probe images (checked
@@ -245,16 +248,8 @@ class GANOrigin:
             if check.get("encoder_ok", check["ok"]):
                 fast.prepare_encoder(self.encoder, self.device, precision)
         else:
-            reference = fast.run_probe(self._probe_predict)
-            fp32_states = {"detector": self.detector.state_dict(), "encoder": self.encoder.state_dict()}
-            fast.prepare_detector(self.detector, self.device, precision)
-            fast.prepare_encoder(self.encoder, self.device, precision)
-            check = fast.compare(reference, fast.run_probe(self._probe_predict))
+            check = self._check_precision(precision)
             fast.store_check(key, check)
-            for name in ("detector", "encoder"):
-                if not check[f"{name}_ok"]:
-                    module = fast.rebuild_fp32(getattr(self, name), fp32_states[name])
-                    setattr(self, name, module.to(self.device).eval())
         if not check["ok"]:
             logger.warning("%s disagrees with fp32 on the probe images (%s); the disagreeing model runs fp32.",
                            precision, check)
@@ -268,8 +263,24 @@ class GANOrigin:
             return detector
         return f"{encoder} (e4e only)" if detector == "fp32" else f"{detector} (CLIP only)"
 
-    def _probe_predict(self, images: list) -> tuple:
-        return self.fake_probabilities(images), self.attributor.predict_proba(self.encode(images))
+    def _check_precision(self, precision: str) -> dict:
+        """Prepare both models for ``precision`` and compare each with its exact fp32 self on the
+        probe images; a model that disagrees is rebuilt in fp32. One model at a time, so the fp32
+        and converted copies of both are never in memory together."""
+        images = fast.probe_images()
+        fp32_states = {"detector": self.detector.state_dict(), "encoder": self.encoder.state_dict()}
+        reference_fake = self.fake_probabilities(images)
+        fast.prepare_detector(self.detector, self.device, precision)
+        fast_fake = self.fake_probabilities(images)
+        reference_gan = self.attributor.predict_proba(self.encode(images))
+        fast.prepare_encoder(self.encoder, self.device, precision)
+        fast_gan = self.attributor.predict_proba(self.encode(images))
+        check = fast.compare((reference_fake, reference_gan), (fast_fake, fast_gan))
+        for name in ("detector", "encoder"):
+            if not check[f"{name}_ok"]:
+                module = fast.rebuild_fp32(getattr(self, name), fp32_states[name])
+                setattr(self, name, module.to(self.device).eval())
+        return check
 
     def _weight_files(self) -> Optional[list]:
         if self.weights is None:

@@ -41,6 +41,7 @@ def test_quick_bench_writes_every_measurement(quick_result):
     for path in bench.PATHS:
         run = quick_result["paths"][path]
         assert run["cold_start_s"] > 0 and run["peak_rss_gb"] > 0 and run["throughput_images_per_s"] > 0
+        assert run["first_start_s"] > 0 and run["first_start_peak_rss_gb"] > 0
         for stage in bench.STAGES:
             assert 0 < run["latency"][stage]["p50_ms"] <= run["latency"][stage]["p95_ms"]
         assert len(run["answers"]) == len(quick_result["images"]) == 2
@@ -68,6 +69,11 @@ def test_agreement_counts_disagreements():
     result = bench.agreement(base, ours)
     assert result["max_fake_probability_delta"] == pytest.approx(0.05)
     assert result["identical_verdicts"] == 0.5 and result["identical_attributions"] == 0.5
+    logit = lambda p: np.log(p / (1 - p))  # noqa: E731
+    assert result["max_fake_logit_delta"] == pytest.approx(max(logit(0.25) - logit(0.2), logit(0.9) - logit(0.88)))
+    assert result["logit_images"] == 2
+    saturated = bench.agreement([{**base[0], "fake_probability": 0.0}], [{**ours[0], "fake_probability": 1e-9}])
+    assert saturated["max_fake_logit_delta"] is None and saturated["logit_images"] == 0
 
 
 def test_precision_resolution(monkeypatch):

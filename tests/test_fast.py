@@ -1,0 +1,142 @@
+"""The CPU fast path's building blocks, each against the exact module it replaces.
+
+Proves that the packed oneDNN layers (weights stored once in the matrix units' layout) compute
+what ``nn.Linear`` / ``nn.Conv2d`` / open_clip's transformer block compute, within bf16 rounding,
+including the fused activations (QuickGELU as scaled swish, LeakyReLU) and the differentiable path
+the explanation heat map uses; that e4e's subsampling shortcut is upstream's ``MaxPool2d(1, s)``;
+and that releasing a memory-mapped checkpoint's pages frees memory without changing a value, and
+never touches ordinary memory. Full-size agreement is the benchmark's job (no timings here).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import nn
+
+from ganorigin import fast
+from ganorigin.checkpoints import load_tensors, release_file_pages
+from ganorigin.encoder import Subsample
+
+needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+BF16 = torch.bfloat16
+
+
+def _bf16_reference(x, weight, bias):
+    """F.linear on bf16-rounded operands, accumulated in fp32: what the packed layer should give."""
+    return F.linear(x.to(BF16).float(), weight.to(BF16).float(), bias.to(BF16).float())
+
+
+@needs_onednn
+@pytest.mark.parametrize("activation", ["none", "swish"])
+def test_packed_linear_matches_linear(activation):
+    torch.manual_seed(0)
+    weight, bias, x = torch.randn(96, 64) / 8, torch.randn(96), torch.randn(2, 5, 64)
+    layer = fast.PackedLinear(weight, bias, BF16, activation)
+    with torch.inference_mode():
+        y = layer(x)
+    expected = _bf16_reference(x, weight, bias)
+    expected = F.silu(expected) if activation == "swish" else expected
+    assert y.dtype == BF16 and y.shape == (2, 5, 96)
+    torch.testing.assert_close(y.float(), expected, rtol=2e-2, atol=2e-2)
+    assert not torch.allclose(y.float(), F.linear(x, weight), atol=1e-3)  # the bias and activation were applied
+
+
+@needs_onednn
+def test_packed_linear_is_differentiable_for_explanations():
+    torch.manual_seed(0)
+    weight, bias = torch.randn(32, 16), torch.randn(32)
+    layer = fast.PackedLinear(weight, bias, BF16, "swish")
+    x = torch.randn(3, 16, requires_grad=True)
+    (grad,) = torch.autograd.grad(layer(x).float().sum(), x)
+    x_ref = x.detach().to(BF16).float().requires_grad_(True)
+    (expected,) = torch.autograd.grad(F.silu(_bf16_reference(x_ref, weight, bias)).sum(), x_ref)
+    torch.testing.assert_close(grad, expected, rtol=3e-2, atol=3e-2)
+
+
+@needs_onednn
+@pytest.mark.parametrize("stride, activation", [(1, "none"), (2, "leaky_relu")])
+def test_packed_conv_matches_conv(stride, activation):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 24, 3, stride=stride, padding=1)
+    x = torch.randn(1, 16, 20, 20).to(memory_format=torch.channels_last)
+    scalars = [0.2] if activation == "leaky_relu" else []
+    packed = fast.PackedConv2d(conv, BF16, activation, scalars)
+    with torch.inference_mode():
+        y = packed(x).float()
+        expected = F.conv2d(x.to(BF16).float(), conv.weight.to(BF16).float(), conv.bias.to(BF16).float(), stride, 1)
+    if activation == "leaky_relu":
+        expected = F.leaky_relu(expected, 0.2)
+    assert y.shape == expected.shape == (1, 24, 20 // stride, 20 // stride)
+    torch.testing.assert_close(y, expected, rtol=2e-2, atol=2e-2)
+
+
+@needs_onednn
+def test_packed_block_matches_open_clip_block():
+    """Fused QuickGELU (swish of 1.702x with 1/1.702 folded into c_proj), bf16 attention and the
+    fp32 residual stream give open_clip's block output within bf16 rounding."""
+    from open_clip.transformer import QuickGELU, ResidualAttentionBlock
+
+    torch.manual_seed(0)
+    block = ResidualAttentionBlock(64, 4, act_layer=QuickGELU).eval()
+    x = torch.randn(2, 17, 64)
+    with torch.inference_mode():
+        expected = block(x)
+        packed = fast.PackedResidualBlock(block, BF16)
+        y = packed(x)
+    assert fast.PackedResidualBlock.supports(block)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, expected, rtol=0, atol=0.05)
+    assert (y - expected).abs().mean() < 0.01
+    assert not fast.PackedResidualBlock.supports(ResidualAttentionBlock(64, 4))  # nn.GELU: left alone
+
+
+def test_subsample_is_upstreams_1x1_max_pool():
+    x = torch.randn(2, 8, 9, 10)
+    for stride in (1, 2):
+        torch.testing.assert_close(Subsample(stride)(x), nn.MaxPool2d(1, stride)(x), rtol=0, atol=0)
+
+
+def _rss_file_bytes() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssFile:"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="page release is Linux only")
+def test_release_file_pages_frees_memory_and_keeps_values(tmp_path):
+    torch.manual_seed(0)
+    original = torch.randn(64, 1024, 1024)  # 256 MiB
+    save_file({"visual.w": original}, str(tmp_path / "big.safetensors"))
+    mapped = load_tensors(tmp_path / "big.safetensors", prefix="visual.")["visual.w"]
+    assert torch.equal(mapped, original)  # reads every page: now resident
+    before = _rss_file_bytes()
+    release_file_pages([mapped])
+    assert before - _rss_file_bytes() > 128 * 2**20
+    assert torch.equal(mapped, original)  # re-read from the file on access, unchanged
+
+    ordinary = original.clone()  # anonymous memory: must be left alone, never zeroed
+    release_file_pages([ordinary])
+    assert torch.equal(ordinary, original)
+
+
+@needs_onednn
+def test_packed_encoder_codes_do_not_depend_on_the_batch():
+    """The pipeline feeds the packed e4e whole batches on CPU because each image's codes are
+    bitwise the same alone or among others; this is that property, on the real prepare path."""
+    from ganorigin.encoder import E4EEncoder
+    from ganorigin.testing import TINY_E4E
+
+    torch.manual_seed(0)
+    encoder = E4EEncoder(TINY_E4E)
+    fast.prepare_encoder(encoder, torch.device("cpu"), "bf16")
+    x = (torch.rand(5, 3, 256, 256) * 2 - 1).to(memory_format=torch.channels_last)
+    with torch.inference_mode(), fast.inference_context(encoder, torch.device("cpu")):
+        alone = torch.cat([encoder(x[i : i + 1]) for i in range(5)])
+        together = encoder(x)
+        in_pairs = torch.cat([encoder(x[i : i + 2]) for i in range(0, 5, 2)])
+    assert any(isinstance(m, fast.PackedConv2d) for m in encoder.modules())
+    assert torch.equal(together, alone) and torch.equal(in_pairs, alone)
