@@ -31,8 +31,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
@@ -110,16 +110,16 @@ def inference_context(module: nn.Module, device: torch.device):
 
 def fold_encoder_batchnorms(encoder: E4EEncoder) -> None:
     """Fold every BatchNorm that directly follows a conv into that conv (in place, eval only)."""
-    layer = encoder.input_layer
-    layer[0], layer[1] = fuse_conv_bn_eval(layer[0], layer[1]), nn.Identity()
+    pairs = [(encoder.input_layer, 0, 1)]
     for unit in encoder.body:
-        if not isinstance(unit, BottleneckIRSE):
-            continue
-        res = unit.res_layer
-        res[3], res[4] = fuse_conv_bn_eval(res[3], res[4]), nn.Identity()
-        if isinstance(unit.shortcut_layer, nn.Sequential):
-            short = unit.shortcut_layer
-            short[0], short[1] = fuse_conv_bn_eval(short[0], short[1]), nn.Identity()
+        if isinstance(unit, BottleneckIRSE):
+            pairs.append((unit.res_layer, 3, 4))
+            if isinstance(unit.shortcut_layer, nn.Sequential):
+                pairs.append((unit.shortcut_layer, 0, 1))
+    for sequence, conv, norm in pairs:
+        fused = fuse_conv_bn_eval(sequence[conv], sequence[norm])
+        release_file_pages([*sequence[conv].parameters(), *sequence[norm].parameters(), *sequence[norm].buffers()])
+        sequence[conv], sequence[norm] = fused, nn.Identity()
 
 
 def prepared_precision(module: nn.Module) -> str:

@@ -4,6 +4,7 @@ Proves that the packed oneDNN layers (weights stored once in the matrix units' l
 what ``nn.Linear`` / ``nn.Conv2d`` / open_clip's transformer block compute, within bf16 rounding,
 including the fused activations (QuickGELU as scaled swish, LeakyReLU) and the differentiable path
 the explanation heat map uses; that e4e's subsampling shortcut is upstream's ``MaxPool2d(1, s)``;
+that the side-by-side model workers limit only their own threads and give the sequential answers;
 and that releasing a memory-mapped checkpoint's pages frees memory without changing a value, and
 never touches ordinary memory. Full-size agreement is the benchmark's job (no timings here).
 """
@@ -11,7 +12,9 @@ never touches ordinary memory. Full-size agreement is the benchmark's job (no ti
 from __future__ import annotations
 
 import sys
+import threading
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -21,6 +24,7 @@ from torch import nn
 from ganorigin import fast
 from ganorigin.checkpoints import load_tensors, release_file_pages
 from ganorigin.encoder import Subsample
+from ganorigin.parallel import ModelWorkers
 
 needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
 BF16 = torch.bfloat16
@@ -140,3 +144,31 @@ def test_packed_encoder_codes_do_not_depend_on_the_batch():
         in_pairs = torch.cat([encoder(x[i : i + 2]) for i in range(0, 5, 2)])
     assert any(isinstance(m, fast.PackedConv2d) for m in encoder.modules())
     assert torch.equal(together, alone) and torch.equal(in_pairs, alone)
+
+
+def test_model_workers_limit_only_their_own_threads():
+    before = torch.get_num_threads()
+    assert ModelWorkers(4).run(torch.get_num_threads, torch.get_num_threads) == (2, 2)
+    assert ModelWorkers(2).run(torch.get_num_threads, torch.get_num_threads) == (1, 1)
+    assert torch.get_num_threads() == before  # the caller and the process-wide setting are untouched
+    fresh = []
+    thread = threading.Thread(target=lambda: fresh.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    assert fresh == [before]
+
+
+def test_side_by_side_predictions_match_the_models_run_one_after_the_other(model, dev_sample):
+    """``predict_batch`` (CLIP and e4e side by side on CPU fast paths) gives the answers the two
+    models give when called one after the other: e4e's codes do not depend on its thread count,
+    CLIP's move only within the fast path's agreement bar (its 4096-wide reduction splits
+    differently on one core than on two)."""
+    from ganorigin.images import load_image
+
+    images = [load_image(p) for p in dev_sample[:4]]
+    predictions = model.predict_batch(images, align=False)
+    fake = model.fake_probabilities(images)
+    gan = model.attributor.predict_proba(model.encode(images))
+    assert (model._workers is not None) == (model.precision != "fp32")
+    np.testing.assert_allclose([p.probabilities for p in predictions], gan, rtol=0, atol=1e-6)
+    np.testing.assert_allclose([p.fake_probability for p in predictions], fake, rtol=0, atol=fast.MAX_FAKE_PROBABILITY_DELTA)
