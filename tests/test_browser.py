@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 from app_server import ROOT, main_server
 
@@ -52,6 +53,9 @@ def test_upload_analyse_and_see_verdict_attribution_and_chart(browser, weights_e
     threshold = page.get_by_label("number input for Decision threshold")
     threshold.fill("0")
     threshold.press("Enter")
+    # The slider follows once the app has taken the value; clicking earlier (a loaded machine) would
+    # analyse with the old threshold.
+    expect(page.get_by_label("range slider for Decision threshold")).to_have_value("0", timeout=WAIT_MS)
     page.get_by_role("button", name="Analyse").click()
 
     card = page.locator("#verdict-card.fake")
