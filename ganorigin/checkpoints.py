@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import re
 import sys
 from pathlib import Path
 from typing import Iterable
@@ -95,18 +96,17 @@ def release_file_pages(tensors: Iterable[torch.Tensor]) -> None:
             madvise(first, last - first, _MADV_DONTNEED)
 
 
+_MAPPING = re.compile(rb"^([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ \S+ +/.*$", re.MULTILINE)
+
+
 def _file_mappings() -> list:
-    """``(start, end)`` of this process's mappings backed by a regular file (from /proc/self/maps)."""
+    """``(start, end)`` of this process's mappings backed by a file (from /proc/self/maps)."""
     if not sys.platform.startswith("linux"):
         return []
-    mappings = []
     try:
-        with open("/proc/self/maps") as f:
-            for line in f:
-                fields = line.split(maxsplit=5)
-                if len(fields) == 6 and fields[5].startswith("/") and not fields[5].rstrip().endswith("(deleted)"):
-                    low, high = (int(a, 16) for a in fields[0].split("-"))
-                    mappings.append((low, high))
+        with open("/proc/self/maps", "rb") as f:
+            maps = f.read()
     except OSError:
         return []
-    return mappings
+    return [(int(m.group(1), 16), int(m.group(2), 16)) for m in _MAPPING.finditer(maps)
+            if not m.group(0).endswith(b" (deleted)")]

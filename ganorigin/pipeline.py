@@ -252,7 +252,7 @@ class GANOrigin:
         return [images[i : i + step] for i in range(0, len(images), step)]
 
     def _use_precision(self, precision: str) -> None:
-        """Run each model in ``precision`` where it agrees with fp32 on the probe images (checked
+        """Run each model in ``precision`` where it agrees with fp32 on the probe image (checked
         once per machine and weights, then cached); a model that disagrees stays exact fp32."""
         if precision == "fp32" or self._precision_summary() != "fp32":  # shared, already prepared modules
             self.precision = self._precision_summary()
@@ -268,7 +268,7 @@ class GANOrigin:
             check = self._check_precision(precision)
             fast.store_check(key, check)
         if not check["ok"]:
-            logger.warning("%s disagrees with fp32 on the probe images (%s); the disagreeing model runs fp32.",
+            logger.warning("%s disagrees with fp32 on the probe image (%s); the disagreeing model runs fp32.",
                            precision, check)
         self.precision_check = check
         self.precision = self._precision_summary()
@@ -282,14 +282,16 @@ class GANOrigin:
 
     def _check_precision(self, precision: str) -> dict:
         """Prepare both models for ``precision`` and compare each with its exact fp32 self on the
-        probe images; a model that disagrees is rebuilt in fp32. One model at a time, so the fp32
+        probe image; a model that disagrees is rebuilt in fp32. One model at a time, so the fp32
         and converted copies of both are never in memory together."""
         images = fast.probe_images()
         fp32_states = {"detector": self.detector.state_dict(), "encoder": self.encoder.state_dict()}
-        reference_fake = self.fake_probabilities(images)
+        with fast.releasing_pages(self.detector):
+            reference_fake = self.fake_probabilities(images)
         fast.prepare_detector(self.detector, self.device, precision)
         fast_fake = self.fake_probabilities(images)
-        reference_gan = self.attributor.predict_proba(self.encode(images))
+        with fast.releasing_pages(self.encoder):
+            reference_gan = self.attributor.predict_proba(self.encode(images))
         fast.prepare_encoder(self.encoder, self.device, precision)
         fast_gan = self.attributor.predict_proba(self.encode(images))
         check = fast.compare((reference_fake, reference_gan), (fast_fake, fast_gan))
