@@ -133,13 +133,16 @@ def releasing_pages(model: nn.Module, every_bytes: int = 128 * 2**20):
         blocks = list(model.visual.transformer.resblocks)
     else:
         blocks = [model.input_layer, *model.body, *model.styles, model.latlayer1, model.latlayer2]
-    pending = []
+    pending, pending_bytes = [], 0
 
     def after_forward(block, args, output):
+        nonlocal pending_bytes
         pending.extend(block.parameters())
-        if sum(t.nbytes for t in pending) >= every_bytes:
+        pending_bytes += sum(t.nbytes for t in block.parameters())
+        if pending_bytes >= every_bytes:
             release_file_pages(pending)
             pending.clear()
+            pending_bytes = 0
 
     hooks = [block.register_forward_hook(after_forward) for block in blocks]
     try:

@@ -172,3 +172,18 @@ def test_side_by_side_predictions_match_the_models_run_one_after_the_other(model
     assert (model._workers is not None) == (model.precision != "fp32")
     np.testing.assert_allclose([p.probabilities for p in predictions], gan, rtol=0, atol=1e-6)
     np.testing.assert_allclose([p.fake_probability for p in predictions], fake, rtol=0, atol=fast.MAX_FAKE_PROBABILITY_DELTA)
+
+
+def test_releasing_pages_during_a_forward_changes_no_value(weights_dir):
+    """The agreement probe's fp32 forwards give back each block's memory-mapped pages as they go
+    (here after every block); the weights are re-read from the file, so the codes are unchanged."""
+    from ganorigin.encoder import E4EEncoder
+    from ganorigin.weights import E4E_FILE
+
+    encoder = E4EEncoder.from_checkpoint(weights_dir / E4E_FILE)  # memory-mapped
+    x = torch.rand(1, 3, 256, 256) * 2 - 1
+    with torch.inference_mode():
+        plain = encoder(x)
+        with fast.releasing_pages(encoder, every_bytes=1):
+            released = [encoder(x), encoder(x)]
+    assert all(torch.equal(codes, plain) for codes in released)
