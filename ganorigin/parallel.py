@@ -9,25 +9,26 @@ via threadpoolctl, so torch's process-wide thread setting is left alone.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Optional, TypeVar
 
 import torch
 from threadpoolctl import threadpool_limits
 
 T = TypeVar("T")
-U = TypeVar("U")
 
 
 class ModelWorkers:
-    """One worker thread per model, each with ``threads // 2`` intra-op threads."""
+    """One worker thread per model (``"detector"``, ``"encoder"``), each with ``threads // 2``
+    intra-op threads."""
 
     def __init__(self, threads: int):
         self.threads_each = max(1, threads // 2)
-        self._detector, self._encoder = (
-            ThreadPoolExecutor(1, f"ganorigin-{name}", initializer=_limit_intra_op_threads, initargs=(self.threads_each,))
+        self._pools = {
+            name: ThreadPoolExecutor(1, f"ganorigin-{name}", initializer=_limit_intra_op_threads,
+                                     initargs=(self.threads_each,))
             for name in ("detector", "encoder")
-        )
+        }
 
     @classmethod
     def for_device(cls, device: torch.device) -> Optional["ModelWorkers"]:
@@ -36,10 +37,9 @@ class ModelWorkers:
         threads = torch.get_num_threads()
         return cls(threads) if device.type == "cpu" and threads >= 2 else None
 
-    def run(self, detect: Callable[[], T], encode: Callable[[], U]) -> tuple[T, U]:
-        """``(detect(), encode())``, computed at the same time."""
-        detected, encoded = self._detector.submit(detect), self._encoder.submit(encode)
-        return detected.result(), encoded.result()
+    def submit(self, model: str, fn: Callable[[], T]) -> Future:
+        """Run ``fn`` on ``model``'s worker thread."""
+        return self._pools[model].submit(fn)
 
 
 def _limit_intra_op_threads(threads: int) -> None:

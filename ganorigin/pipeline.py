@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -194,9 +195,11 @@ class GANOrigin:
         results = []
         while batch := list(itertools.islice(remaining, batch_size)):
             chunk = [load_image(image) for image in batch]  # one batch decoded at a time
+            detection = self._start("detector", lambda: self.fake_probabilities(chunk))  # runs while faces align
             alignments = [align_face(im) if align else None for im in chunk]
             attributed = [a.image if a is not None and a.used else im for a, im in zip(alignments, chunk)]
-            fake, features = self._detect_and_encode(chunk, attributed)
+            encoding = self._start("encoder", lambda: self.encode(attributed))
+            fake, features = detection.result(), encoding.result()
             gan = self.attributor.predict_proba(features)
             unknown = self.attributor.reject_unknown(features)
             labels = tuple(self.attributor.labels)
@@ -208,12 +211,14 @@ class GANOrigin:
             ]
         return results
 
-    def _detect_and_encode(self, images: Sequence, attributed: Sequence) -> tuple:
-        """``(fake_probabilities(images), encode(attributed))``: side by side on a CPU fast path,
-        one after the other elsewhere (see :mod:`ganorigin.parallel`)."""
-        if self._workers is None:
-            return self.fake_probabilities(images), self.encode(attributed)
-        return self._workers.run(lambda: self.fake_probabilities(images), lambda: self.encode(attributed))
+    def _start(self, model: str, fn: Callable[[], Any]) -> Future:
+        """``fn()`` on ``model``'s worker thread on a CPU fast path, so that CLIP and e4e run side by
+        side (see :mod:`ganorigin.parallel`); elsewhere right away."""
+        if self._workers is not None:
+            return self._workers.submit(model, fn)
+        done: Future = Future()
+        done.set_result(fn())
+        return done
 
     @torch.inference_mode()
     def fake_probabilities(self, images: Sequence) -> np.ndarray:

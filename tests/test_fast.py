@@ -148,8 +148,9 @@ def test_packed_encoder_codes_do_not_depend_on_the_batch():
 
 def test_model_workers_limit_only_their_own_threads():
     before = torch.get_num_threads()
-    assert ModelWorkers(4).run(torch.get_num_threads, torch.get_num_threads) == (2, 2)
-    assert ModelWorkers(2).run(torch.get_num_threads, torch.get_num_threads) == (1, 1)
+    for threads, each in ((4, 2), (2, 1)):
+        workers = ModelWorkers(threads)
+        assert [workers.submit(model, torch.get_num_threads).result() for model in ("detector", "encoder")] == [each, each]
     assert torch.get_num_threads() == before  # the caller and the process-wide setting are untouched
     fresh = []
     thread = threading.Thread(target=lambda: fresh.append(torch.get_num_threads()))
