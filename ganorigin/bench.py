@@ -2,8 +2,12 @@
 
     python -m ganorigin.bench [--images 30] [--out bench-results.json] [--quick]
 
-Each path runs in fresh subprocesses, so cold start (process start -> model ready, weights on
-disk) and peak resident memory are measured per path. The baseline rebuilds what the original
+Each path starts in fresh subprocesses, so cold start (process start -> model ready, weights on
+disk) and peak resident memory (after a first request and a first batch) are measured per path.
+Latency and throughput are then timed in one process holding both paths, taking turns in whole
+passes (baseline, ours, ours, baseline), so that drift in a shared machine's speed touches both
+alike. The baseline
+rebuilds what the original
 app did: fp32, eager, modules built with random initialisation and then ``load_state_dict``, the
 whole e4e checkpoint (decoder included) read with ``torch.load`` and no memory mapping. Ours is
 ``GANOrigin.from_pretrained(...)`` with its default precision. Both analyse the same real images
@@ -56,8 +60,7 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--weights-dir", type=Path, help="use these weights instead of finding or writing them")
     parser.add_argument("--images-dir", type=Path, default=DEV_IMAGES, help="folder of test images")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where random weights are written")
-    parser.add_argument("--child", choices=PATHS, help=argparse.SUPPRESS)
-    parser.add_argument("--cold-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=(*PATHS, "both"), help=argparse.SUPPRESS)
     parser.add_argument("--started", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--image-list", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -73,21 +76,22 @@ def main(argv: Optional[list] = None) -> int:
 
     # Ours runs a one-time agreement probe on its first start and caches the verdict; the first
     # start (empty cache, so the probe really runs) is reported apart from the cached cold start
-    # a user sees afterwards.
+    # a user sees afterwards. --quick skips that extra start.
     shutil.rmtree(_check_cache(args), ignore_errors=True)
+    starts = {}
+    for path in PATHS:
+        first = _spawn(path, weights_dir, image_list, args) if path == "ours" and not args.quick else None
+        cold = _spawn(path, weights_dir, image_list, args)
+        starts[path] = {"first": first or cold, "cold": cold}
+    print(f"timing both paths in turns on {len(images)} images ...", flush=True)
+    timed = _spawn("both", weights_dir, image_list, args)
     runs = {}
     for path in PATHS:
-        # --quick spawns one process per path and reports its (uncached) start as both.
-        first = _spawn(path, weights_dir, image_list, args, cold_only=True) if path == "ours" and not args.quick else None
-        cold = None if args.quick else _spawn(path, weights_dir, image_list, args, cold_only=True)
-        print(f"{path}: timing {len(images)} images ...", flush=True)
-        run = _spawn(path, weights_dir, image_list, args, cold_only=False)
-        cold = cold or run
-        run["cold_start_s"] = cold["cold_start_s"]
-        run["first_start_s"] = (first or cold)["cold_start_s"]
-        run["first_start_peak_rss_gb"] = (first or cold)["peak_rss_gb"]
-        run["peak_rss_gb"] = max(cold["peak_rss_gb"], run["peak_rss_gb"])
-        runs[path] = run
+        first, cold = starts[path]["first"], starts[path]["cold"]
+        runs[path] = {**timed[path], "precision": cold["precision"], "precision_check": cold["precision_check"],
+                      "threads": cold["threads"], "cold_start_s": cold["cold_start_s"],
+                      "first_start_s": first["cold_start_s"], "peak_rss_gb": cold["peak_rss_gb"],
+                      "first_start_peak_rss_gb": first["peak_rss_gb"]}
 
     result = {
         "machine": _machine(),
@@ -163,12 +167,10 @@ def _images(folder: Path, count: int, cache_dir: Path) -> list[Path]:
     return paths
 
 
-def _spawn(path: str, weights_dir: Path, image_list: Path, args, *, cold_only: bool) -> dict:
+def _spawn(path: str, weights_dir: Path, image_list: Path, args) -> dict:
     out = args.cache_dir / f"bench-{path}.json"
     command = [sys.executable, "-m", "ganorigin.bench", "--child", path, "--weights-dir", str(weights_dir),
                "--image-list", str(image_list), "--out", str(out), "--batch-size", str(args.batch_size)]
-    if cold_only:
-        command.append("--cold-only")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
            "GANORIGIN_CACHE_DIR": str(_check_cache(args))}
     started = time.time()
@@ -182,17 +184,22 @@ def _check_cache(args) -> Path:
 
 
 def _child(args) -> int:
-    """One path in a fresh process: load, then (unless ``--cold-only``) time and answer."""
+    """A fresh process. For one path: its start (process start -> model ready) and its peak
+    memory once it has served a few requests. For ``both``: the two paths loaded side by side and
+    timed in turns (:func:`time_paths`)."""
     import torch
 
-    model = load_baseline(args.weights_dir) if args.child == "baseline" else load_ours(args.weights_dir)
-    result = {"cold_start_s": time.time() - args.started, "precision": model.precision,
-              "precision_check": model.precision_check, "threads": torch.get_num_threads()}
-    if not args.cold_only:
-        images = [Path(p) for p in json.loads(args.image_list.read_text())]
-        result.update(time_stages(model, images))
-        result.update(time_batch(model, images[:BATCH_IMAGES], args.batch_size))
-    result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux
+    images = [Path(p) for p in json.loads(args.image_list.read_text())]
+    if args.child == "both":
+        models = {"baseline": load_baseline(args.weights_dir), "ours": load_ours(args.weights_dir)}
+        result = time_paths(models, images, args.batch_size)
+    else:
+        model = load_baseline(args.weights_dir) if args.child == "baseline" else load_ours(args.weights_dir)
+        result = {"cold_start_s": time.time() - args.started, "precision": model.precision,
+                  "precision_check": model.precision_check, "threads": torch.get_num_threads()}
+        model.predict(images[0])  # what serving adds to memory: one request and one batch
+        model.predict_batch(images[:BATCH_IMAGES][: args.batch_size], batch_size=args.batch_size)
+        result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux
     args.out.write_text(json.dumps(result))
     return 0
 
@@ -236,41 +243,53 @@ def load_ours(weights_dir: Path):
     return GANOrigin.from_pretrained(sources, device="cpu", align=False)
 
 
-def time_stages(model, images: list) -> dict:
-    """Per image, after one warm-up image: decode, detect, encode and classify, each called on its
-    own; then end to end, which is one ``model.predict(path)`` call (the API users call: it may run
-    stages side by side). The answers compared are those of ``predict``."""
+def time_paths(models: dict, images: list, batch_size: int, passes: int = 2) -> dict:
+    """Per path: stage and end-to-end latency over ``images``, answers, and ``predict_batch``
+    throughput. The paths take turns in blocks (A B, then B A, ...), each block a whole pass over
+    the images as a server would see them; an image's time is its median over the passes, and the
+    throughput the best pass (noise only ever slows a pass down)."""
+    for model in models.values():  # warm-up
+        time_image(model, images[0])
+    times = {path: [] for path in models}
+    answers, batch = {}, {path: [] for path in models}
+    order = list(models)
+    for _ in range(passes):
+        for path in order:
+            timed = [time_image(models[path], image) for image in images]
+            times[path].append([seconds for seconds, _ in timed])
+            answers[path] = [answer for _, answer in timed]
+            batch[path].append(time_batch(models[path], images[:BATCH_IMAGES], batch_size))
+        order.reverse()
+    result = {}
+    for path in models:
+        ms = np.median(np.asarray(times[path]), axis=0) * 1e3  # (images, stages)
+        latency = {stage: {"p50_ms": float(np.percentile(ms[:, i], 50)), "p95_ms": float(np.percentile(ms[:, i], 95))}
+                   for i, stage in enumerate(STAGES)}
+        result[path] = {"latency": latency, "answers": answers[path],
+                        **max(batch[path], key=lambda b: b["throughput_images_per_s"])}
+    return result
+
+
+def time_image(model, path: Path) -> tuple:
+    """Decode, detect, encode and classify, each called on its own; then end to end, which is one
+    ``model.predict(path)`` call (the API users call: it may run stages side by side). The answer
+    is ``predict``'s."""
     from .images import load_image
 
-    def stages(path):
-        t0 = time.perf_counter()
-        image = load_image(path)
-        t1 = time.perf_counter()
-        model.fake_probabilities([image])
-        t2 = time.perf_counter()
-        codes = model.encode([image])
-        t3 = time.perf_counter()
-        model.attributor.predict_proba(codes)
-        t4 = time.perf_counter()
-        return t1 - t0, t2 - t1, t3 - t2, t4 - t3
-
-    def end_to_end(path):
-        t0 = time.perf_counter()
-        prediction = model.predict(path)
-        return time.perf_counter() - t0, prediction
-
-    stages(images[0]), end_to_end(images[0])
-    times, answers = [], []
-    for path in images:
-        stage_times = stages(path)
-        seconds, prediction = end_to_end(path)
-        times.append((*stage_times, seconds))
-        answers.append({"image": str(path), "fake_probability": prediction.fake_probability,
-                        "fake": prediction.is_fake, "attribution": prediction.attribution_label})
-    ms = np.asarray(times) * 1e3
-    latency = {stage: {"p50_ms": float(np.percentile(ms[:, i], 50)), "p95_ms": float(np.percentile(ms[:, i], 95))}
-               for i, stage in enumerate(STAGES)}
-    return {"latency": latency, "answers": answers}
+    t0 = time.perf_counter()
+    image = load_image(path)
+    t1 = time.perf_counter()
+    model.fake_probabilities([image])
+    t2 = time.perf_counter()
+    codes = model.encode([image])
+    t3 = time.perf_counter()
+    model.attributor.predict_proba(codes)
+    t4 = time.perf_counter()
+    prediction = model.predict(path)
+    t5 = time.perf_counter()
+    answer = {"image": str(path), "fake_probability": prediction.fake_probability, "fake": prediction.is_fake,
+              "attribution": prediction.attribution_label}
+    return (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), answer
 
 
 def time_batch(model, images: list, batch_size: int) -> dict:
