@@ -10,12 +10,10 @@ via threadpoolctl, so torch's process-wide thread setting is left alone.
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Optional, TypeVar
+from typing import Any, Callable, Optional
 
 import torch
 from threadpoolctl import threadpool_limits
-
-T = TypeVar("T")
 
 
 class ModelWorkers:
@@ -23,10 +21,10 @@ class ModelWorkers:
     intra-op threads."""
 
     def __init__(self, threads: int):
-        self.threads_each = max(1, threads // 2)
+        each = max(1, threads // 2)
         self._pools = {
             name: ThreadPoolExecutor(1, f"ganorigin-{name}", initializer=_limit_intra_op_threads,
-                                     initargs=(self.threads_each,))
+                                     initargs=(each,))
             for name in ("detector", "encoder")
         }
 
@@ -37,7 +35,7 @@ class ModelWorkers:
         threads = torch.get_num_threads()
         return cls(threads) if device.type == "cpu" and threads >= 2 else None
 
-    def submit(self, model: str, fn: Callable[[], T]) -> Future:
+    def submit(self, model: str, fn: Callable[[], Any]) -> Future:
         """Run ``fn`` on ``model``'s worker thread."""
         return self._pools[model].submit(fn)
 
