@@ -1,35 +1,41 @@
 """GANOrigin: tell GAN-generated faces from real ones and name the GAN that made them."""
 
-from .detector import UFDDetector
-from .encoder import E4EEncoder
 from .errors import (
+    DatasetError,
     GANOriginError,
     ImageTooLargeError,
     InvalidImageError,
+    ModelUnavailableError,
     UnsafePickleError,
     WeightsFormatError,
     WeightsNotFoundError,
 )
+from .factory import create_detector, create_encoder
+from .hub import WeightSources
 from .images import load_image
-from .pipeline import DEFAULT_THRESHOLD, GANOrigin, Prediction
-from .svm import GANAttributor
-from .weights import WeightSources
+from .models import E4EEncoder, GANAttributor, UFDDetector
+from .pipeline import GANOrigin
+from .result import DEFAULT_THRESHOLD, Prediction
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "DEFAULT_THRESHOLD",
+    "DatasetError",
     "E4EEncoder",
     "GANAttributor",
     "GANOrigin",
     "GANOriginError",
     "ImageTooLargeError",
     "InvalidImageError",
+    "ModelUnavailableError",
     "Prediction",
     "UFDDetector",
     "UnsafePickleError",
     "WeightSources",
     "WeightsFormatError",
     "WeightsNotFoundError",
+    "create_detector",
+    "create_encoder",
     "load_image",
 ]

@@ -117,7 +117,7 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _sources(args):
-    from .weights import WeightSources
+    from .hub import WeightSources
 
     sources = WeightSources.parse(args.weights)
     return replace(sources, local_files_only=args.offline or sources.local_files_only,
@@ -125,7 +125,8 @@ def _sources(args):
 
 
 def _load_model(args):
-    from .pipeline import DEFAULT_THRESHOLD, GANOrigin
+    from .pipeline import GANOrigin
+    from .result import DEFAULT_THRESHOLD
 
     threshold = DEFAULT_THRESHOLD if args.threshold is None else args.threshold
     if not 0.0 <= threshold <= 1.0:
@@ -134,7 +135,7 @@ def _load_model(args):
 
 
 def _usage(message: str) -> GANOriginError:
-    from .training import DatasetError
+    from .errors import DatasetError
 
     return DatasetError(message)
 
@@ -185,11 +186,11 @@ class _NoHeader:
 
 
 def _extract(args) -> int:
-    from .encoder import E4EEncoder
+    from .factory import load_encoder
+    from .hub import resolve_file
     from .training import extract_features
-    from .weights import E4E_FILE, resolve_file
 
-    encoder = E4EEncoder.from_checkpoint(resolve_file(E4E_FILE, _sources(args)))
+    encoder = load_encoder(resolve_file("e4e.ffhq_encode", _sources(args)))
     if args.device:
         encoder = encoder.to(args.device)
     summary = extract_features(
@@ -205,7 +206,8 @@ def _extract(args) -> int:
 
 
 def _train(args) -> int:
-    from .training import load_latents, save_attribution_model, save_confusion_png, train_attribution_model
+    from .hub.trained_model import save_attribution_model
+    from .training import load_latents, save_confusion_png, train_attribution_model
 
     latents = load_latents(args.latents)
     result = train_attribution_model(latents.features, latents.labels, test_size=args.test_size, cv=args.cv,

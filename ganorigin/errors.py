@@ -27,3 +27,11 @@ class ImageTooLargeError(InvalidImageError):
 
 class AlignmentUnavailableError(GANOriginError, RuntimeError):
     """Face alignment was asked for but dlib or its landmark model is not installed."""
+
+
+class DatasetError(GANOriginError, ValueError):
+    """A data folder, latents folder or trained-model folder is missing or inconsistent."""
+
+
+class ModelUnavailableError(GANOriginError):
+    """The model is still loading, or its weights could not be loaded."""

@@ -13,7 +13,11 @@ from typing import Optional
 from huggingface_hub import constants as hf_constants
 
 from .errors import GANOriginError
-from .weights import WeightSources, _cache_root, _download
+from .hub import WeightSources
+from .hub.download import download_url
+from .hub.integrity import cache_root
+
+MAX_EXAMPLE_BYTES = 8 * 2**20  # each example is a few hundred KB
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +57,7 @@ def fetch_examples(sources: Optional[WeightSources] = None, base_url: Optional[s
     """
     sources = sources or WeightSources.from_env()
     base_url = base_url or os.environ.get("GANORIGIN_EXAMPLES_URL")
-    folder = _cache_root(sources) / "ganorigin" / "examples"
+    folder = cache_root(sources.cache_dir) / "ganorigin" / "examples"
     paths = []
     for example in EXAMPLES:
         path = folder / example.filename
@@ -62,7 +66,7 @@ def fetch_examples(sources: Optional[WeightSources] = None, base_url: Optional[s
                 continue
             url = f"{base_url.rstrip('/')}/{example.filename}" if base_url else example.url
             try:
-                _download(url, path, example.sha256)
+                download_url(url, path, example.sha256, max_bytes=MAX_EXAMPLE_BYTES)
             except (OSError, GANOriginError) as e:
                 logger.info("Example %s unavailable: %s", example.filename, e)
                 continue

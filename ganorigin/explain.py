@@ -27,8 +27,7 @@ from PIL import Image, ImageDraw
 from torch import nn
 from torchvision.transforms import functional as TF
 
-from . import fast
-from .detector import UFD_PREPROCESS, ufd_transform
+from .hub.registry import UFD_PREPROCESS
 
 __all__ = [
     "FREQUENCY_EXPLANATION",
@@ -87,17 +86,17 @@ def occlusion_heatmap(
     """Occlusion sensitivity of ``detector``'s P(fake) over the 224 px centre crop of ``image``.
 
     ``detector`` maps normalised (B, 3, 224, 224) tensors to logits (B,), like
-    :class:`~ganorigin.detector.UFDDetector`. Cost: one forward per patch position,
+    :class:`~ganorigin.models.UFDDetector`. Cost: one forward per patch position,
     ``((224 - patch) / stride + 1) ** 2`` (49 with the defaults), batched by ``batch_size``.
     """
     size = UFD_PREPROCESS.crop_size
     if not 0 < patch <= size or not 0 < stride <= patch:
         raise ValueError(f"Need 0 < stride <= patch <= {size}; got patch={patch}, stride={stride}.")
     device = next(detector.parameters()).device
-    x = ufd_transform(image).to(device)  # (3, 224, 224)
+    x = UFD_PREPROCESS(image).to(device)  # (3, 224, 224)
     starts = _starts(size, patch, stride)
     boxes = [(top, left) for top in starts for left in starts]
-    with fast.inference_context(detector, device):
+    with torch.inference_mode():
         p_full = torch.sigmoid(detector(x[None]).float())[0]
         drops = []
         for first in range(0, len(boxes), batch_size):
@@ -128,8 +127,8 @@ def gradient_heatmap(detector: nn.Module, image: Image.Image, *, cell: int = 14)
     if size % cell:
         raise ValueError(f"cell must divide {size}; got {cell}.")
     device = next(detector.parameters()).device
-    x = ufd_transform(image).to(device)[None].requires_grad_(True)  # (1, 3, 224, 224)
-    with torch.enable_grad(), fast.inference_context(detector, device):
+    x = UFD_PREPROCESS(image).to(device)[None].requires_grad_(True)  # (1, 3, 224, 224)
+    with torch.enable_grad():
         p = torch.sigmoid(detector(x).float())[0]
         (grad,) = torch.autograd.grad(p, x)
     contribution = (x.detach() * grad).sum(dim=1, keepdim=True)  # (1, 1, 224, 224)

@@ -15,11 +15,9 @@ from typing import Callable, Optional
 from .errors import GANOriginError
 from .explain import FrequencyView, HeatMap, frequency_view, gradient_heatmap, occlusion_heatmap
 from .images import ImageInput, load_image
-from .pipeline import GANOrigin, Prediction
-
-
-class ModelUnavailableError(GANOriginError):
-    """The model is still loading, or its weights could not be loaded."""
+from .errors import ModelUnavailableError
+from .pipeline import GANOrigin
+from .result import Prediction
 
 
 class ModelService:

@@ -23,9 +23,14 @@ from safetensors.torch import save_file
 from sklearn.preprocessing import LabelEncoder, StandardScaler
 from sklearn.svm import SVC
 
-from .detector import EMBED_DIM, VIT_L_14
-from .encoder import E4EConfig, E4EEncoder
-from .weights import CLIP_FILES, E4E_FILE, LABEL_ENCODER_FILE, SCALER_FILE, SVM_FILE, UFD_HEAD_FILE
+from .hub.registry import WEIGHTS
+from .models.detector import EMBED_DIM, VIT_L_14
+from .models.encoder import E4EConfig, E4EEncoder
+
+CLIP_FILE = WEIGHTS["clip.vit_large_patch14_openai"].filename
+UFD_HEAD_FILE = WEIGHTS["ufd.fc"].filename
+E4E_FILE = WEIGHTS["e4e.ffhq_encode"].filename
+SVM_FILE, SCALER_FILE, LABEL_ENCODER_FILE = (WEIGHTS[n].filename for n in ("svm.gan_attribution", "svm.scaler", "svm.label_encoder"))
 
 TINY_VISION = CLIPVisionCfg(layers=2, width=128, patch_size=14, image_size=224)
 TINY_TEXT = CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=1, layers=1)
@@ -53,7 +58,7 @@ def write_test_weights(folder: Path, *, size: str = "tiny", seed: int = 0, ufd_h
     # CLIP, in open_clip's format; values fp16-representable like OpenAI's released weights.
     clip = CLIP(EMBED_DIM, VIT_L_14 if full else TINY_VISION, FULL_TEXT if full else TINY_TEXT, quick_gelu=True)
     clip_sd = {k: _randomize(v, g).half().float().contiguous() for k, v in clip.state_dict().items()}
-    save_file(clip_sd, str(folder / CLIP_FILES[0]))
+    save_file(clip_sd, str(folder / CLIP_FILE))
     del clip, clip_sd
 
     if ufd_head is not None:

@@ -35,12 +35,14 @@ from sklearn.preprocessing import LabelEncoder, StandardScaler
 from sklearn.svm import LinearSVC
 from tqdm import tqdm
 
-from .encoder import E4EEncoder, e4e_transform
+from .hub.registry import E4E_PREPROCESS
+from .models.encoder import E4EEncoder
 from .errors import GANOriginError, InvalidImageError, WeightsFormatError
 from .images import load_image
-from .pipeline import UNKNOWN_GAN, GANOrigin
-from .svm import GANAttributor, display_name
-from .weights import SAFE_ARRAYS_FILE, SAFE_MODEL_FILE
+from .hub.trained_model import load_attribution_model, save_attribution_model
+from .models.attributor import GANAttributor, display_name
+from .pipeline import GANOrigin
+from .result import UNKNOWN_GAN
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +213,7 @@ def _prepare(item: _Item, seed: int, align: bool) -> torch.Tensor:
         image = aligned.image if aligned.used else image
     if item.copy:
         image = resolution_augment(image, _item_rng(seed, item.key))
-    return e4e_transform(image)
+    return E4E_PREPROCESS(image)
 
 
 def _check_manifest(out_dir: Path, settings: dict) -> None:

@@ -17,9 +17,13 @@ from torchvision import transforms
 
 from conftest import REAL_UFD_HEAD, sha256_of
 from ganorigin import UFDDetector
-from ganorigin.detector import EMBED_DIM, UFD_PREPROCESS, ufd_transform, vision_cfg_from_state_dict
-from ganorigin.testing import TINY_TEXT, TINY_VISION
-from ganorigin.weights import CLIP_FILES, UFD_HEAD_SHA256
+from ganorigin.factory import load_detector
+from ganorigin.hub import WEIGHTS
+from ganorigin.hub.registry import UFD_PREPROCESS
+from ganorigin.models.detector import EMBED_DIM, vision_cfg_from_state_dict
+from ganorigin.testing import CLIP_FILE, TINY_TEXT, TINY_VISION
+
+UFD_HEAD_SHA256 = WEIGHTS["ufd.fc"].sha256
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -58,7 +62,7 @@ def test_real_ufd_head_loads_strictly(weights_dir):
     if not REAL_UFD_HEAD.is_file():
         pytest.skip("../shared/reference/ufd_fc_weights.pth is not present")
     assert sha256_of(REAL_UFD_HEAD) == UFD_HEAD_SHA256
-    detector = UFDDetector.from_files(weights_dir / CLIP_FILES[0], REAL_UFD_HEAD)
+    detector = load_detector(weights_dir / CLIP_FILE, REAL_UFD_HEAD)
     head = torch.load(REAL_UFD_HEAD, map_location="cpu", weights_only=True)
     assert set(head) == {"weight", "bias"} and head["weight"].shape == (1, 768)
     assert torch.equal(detector.fc.weight, head["weight"]) and torch.equal(detector.fc.bias, head["bias"])
@@ -95,7 +99,7 @@ def test_preprocessing_uses_clip_mean_and_std():
 
 def test_ufd_transform_crops_the_centre_without_resizing():
     pixels = np.random.default_rng(0).integers(0, 256, (512, 512, 3), dtype=np.uint8)
-    x = ufd_transform(Image.fromarray(pixels, "RGB"))
+    x = UFD_PREPROCESS(Image.fromarray(pixels, "RGB"))
     assert x.shape == (3, 224, 224)
     mean, std = torch.tensor(CLIP_MEAN)[:, None, None], torch.tensor(CLIP_STD)[:, None, None]
     recovered = (x * std + mean) * 255
@@ -106,7 +110,7 @@ def test_ufd_transform_crops_the_centre_without_resizing():
 def test_ufd_transform_zero_pads_small_images():
     pixels = np.full((120, 100, 3), 200, dtype=np.uint8)
     image = Image.fromarray(pixels, "RGB")
-    x = ufd_transform(image)
+    x = UFD_PREPROCESS(image)
     assert x.shape == (3, 224, 224)
     padding = (-torch.tensor(CLIP_MEAN) / torch.tensor(CLIP_STD))[:, None]
     for corner in (x[:, 0, :], x[:, -1, :], x[:, :, 0], x[:, :, -1]):

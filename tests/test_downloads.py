@@ -25,8 +25,9 @@ import pytest
 from huggingface_hub import constants as hf_constants
 
 from ganorigin import WeightSources, WeightsFormatError, WeightsNotFoundError
-from ganorigin import weights as weights_module
-from ganorigin.weights import CLIP_FILES, E4E_FILE, LABEL_ENCODER_FILE, SCALER_FILE, SVM_FILE, UFD_HEAD_FILE, resolve
+from ganorigin.hub import download as download_module
+from ganorigin.hub import resolve
+from ganorigin.testing import CLIP_FILE, E4E_FILE, LABEL_ENCODER_FILE, SCALER_FILE, SVM_FILE, UFD_HEAD_FILE
 
 REPO = "ganorigin-tests/downloads"
 HUB_FILES = (E4E_FILE, SVM_FILE, SCALER_FILE, LABEL_ENCODER_FILE)
@@ -43,7 +44,7 @@ def published(hub, weights_dir, tmp_path_factory):
     hub.add_repo(REPO, {name: weights_dir / name for name in HUB_FILES})
     head_url = hub.add_raw("downloads-fc_weights.pth", weights_dir / UFD_HEAD_FILE)
     clip_only = tmp_path_factory.mktemp("clip_only")
-    shutil.copyfile(weights_dir / CLIP_FILES[0], clip_only / CLIP_FILES[0])
+    shutil.copyfile(weights_dir / CLIP_FILE, clip_only / CLIP_FILE)
     return WeightSources(
         weights_dir=str(clip_only),
         repo_id=REPO,
@@ -145,7 +146,7 @@ def test_faulty_hub_fails_clearly_then_retry_succeeds(sources, weights_dir, hub,
     with monkeypatch.context() as short_timeouts:
         # What GANORIGIN_NETWORK_TIMEOUT=1 and HF_HUB_DOWNLOAD_TIMEOUT=2 set at import time; the
         # retry below runs with the defaults, so a busy CI box cannot make it time out.
-        short_timeouts.setattr(weights_module, "NETWORK_TIMEOUT_S", 1.0)
+        short_timeouts.setattr(download_module, "NETWORK_TIMEOUT_S", 1.0)
         short_timeouts.setattr(hf_constants, "HF_HUB_DOWNLOAD_TIMEOUT", 2)
         try:
             result, error = _resolve_with_watchdog(sources)

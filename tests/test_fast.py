@@ -21,10 +21,12 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from ganorigin import fast
-from ganorigin.checkpoints import load_tensors, release_file_pages
-from ganorigin.encoder import Subsample
-from ganorigin.parallel import ModelWorkers
+from ganorigin import accel
+from ganorigin.accel.memory import release_file_pages, releasing_pages
+from ganorigin.accel.packed import PackedConv2d, PackedLinear, PackedResidualBlock
+from ganorigin.accel.probe import MAX_FAKE_PROBABILITY_DELTA
+from ganorigin.hub.checkpoints import load_tensors
+from ganorigin.models.encoder import Subsample
 
 needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
 BF16 = torch.bfloat16
@@ -40,7 +42,7 @@ def _bf16_reference(x, weight, bias):
 def test_packed_linear_matches_linear(activation):
     torch.manual_seed(0)
     weight, bias, x = torch.randn(96, 64) / 8, torch.randn(96), torch.randn(2, 5, 64)
-    layer = fast.PackedLinear(weight, bias, BF16, activation)
+    layer = PackedLinear(weight, bias, BF16, activation)
     with torch.inference_mode():
         y = layer(x)
     expected = _bf16_reference(x, weight, bias)
@@ -54,7 +56,7 @@ def test_packed_linear_matches_linear(activation):
 def test_packed_linear_is_differentiable_for_explanations():
     torch.manual_seed(0)
     weight, bias = torch.randn(32, 16), torch.randn(32)
-    layer = fast.PackedLinear(weight, bias, BF16, "swish")
+    layer = PackedLinear(weight, bias, BF16, "swish")
     x = torch.randn(3, 16, requires_grad=True)
     (grad,) = torch.autograd.grad(layer(x).float().sum(), x)
     x_ref = x.detach().to(BF16).float().requires_grad_(True)
@@ -69,7 +71,7 @@ def test_packed_conv_matches_conv(stride, activation):
     conv = nn.Conv2d(16, 24, 3, stride=stride, padding=1)
     x = torch.randn(1, 16, 20, 20).to(memory_format=torch.channels_last)
     scalars = [0.2] if activation == "leaky_relu" else []
-    packed = fast.PackedConv2d(conv, BF16, activation, scalars)
+    packed = PackedConv2d(conv, BF16, activation, scalars)
     with torch.inference_mode():
         y = packed(x).float()
         expected = F.conv2d(x.to(BF16).float(), conv.weight.to(BF16).float(), conv.bias.to(BF16).float(), stride, 1)
@@ -90,13 +92,13 @@ def test_packed_block_matches_open_clip_block():
     x = torch.randn(2, 17, 64)
     with torch.inference_mode():
         expected = block(x)
-        packed = fast.PackedResidualBlock(block, BF16)
+        packed = PackedResidualBlock(block, BF16)
         y = packed(x)
-    assert fast.PackedResidualBlock.supports(block)
+    assert PackedResidualBlock.supports(block)
     assert y.dtype == torch.float32
     torch.testing.assert_close(y, expected, rtol=0, atol=0.05)
     assert (y - expected).abs().mean() < 0.01
-    assert not fast.PackedResidualBlock.supports(ResidualAttentionBlock(64, 4))  # nn.GELU: left alone
+    assert not PackedResidualBlock.supports(ResidualAttentionBlock(64, 4))  # nn.GELU: left alone
 
 
 def test_subsample_is_upstreams_1x1_max_pool():
@@ -131,25 +133,24 @@ def test_release_file_pages_frees_memory_and_keeps_values(tmp_path):
 def test_packed_encoder_codes_do_not_depend_on_the_batch():
     """The pipeline feeds the packed e4e whole batches on CPU because each image's codes are
     bitwise the same alone or among others; this is that property, on the real prepare path."""
-    from ganorigin.encoder import E4EEncoder
+    from ganorigin.models.encoder import E4EEncoder
     from ganorigin.testing import TINY_E4E
 
     torch.manual_seed(0)
-    encoder = E4EEncoder(TINY_E4E)
-    fast.prepare_encoder(encoder, torch.device("cpu"), "bf16")
-    x = (torch.rand(5, 3, 256, 256) * 2 - 1).to(memory_format=torch.channels_last)
-    with torch.inference_mode(), fast.inference_context(encoder, torch.device("cpu")):
+    encoder = accel.fast_encoder(E4EEncoder(TINY_E4E), torch.device("cpu"), "bf16")
+    x = torch.rand(5, 3, 256, 256) * 2 - 1
+    with torch.inference_mode():
         alone = torch.cat([encoder(x[i : i + 1]) for i in range(5)])
         together = encoder(x)
         in_pairs = torch.cat([encoder(x[i : i + 2]) for i in range(0, 5, 2)])
-    assert any(isinstance(m, fast.PackedConv2d) for m in encoder.modules())
+    assert any(isinstance(m, PackedConv2d) for m in encoder.modules())
     assert torch.equal(together, alone) and torch.equal(in_pairs, alone)
 
 
 def test_model_workers_limit_only_their_own_threads():
     before = torch.get_num_threads()
     for threads, each in ((4, 2), (2, 1)):
-        workers = ModelWorkers(threads)
+        workers = accel.ModelWorkers(threads)
         assert [workers.submit(model, torch.get_num_threads).result() for model in ("detector", "encoder")] == [each, each]
     assert torch.get_num_threads() == before  # the caller and the process-wide setting are untouched
     fresh = []
@@ -170,21 +171,61 @@ def test_side_by_side_predictions_match_the_models_run_one_after_the_other(model
     predictions = model.predict_batch(images, align=False)
     fake = model.fake_probabilities(images)
     gan = model.attributor.predict_proba(model.encode(images))
-    assert (model._workers is not None) == (model.precision != "fp32")
     np.testing.assert_allclose([p.probabilities for p in predictions], gan, rtol=0, atol=1e-6)
-    np.testing.assert_allclose([p.fake_probability for p in predictions], fake, rtol=0, atol=fast.MAX_FAKE_PROBABILITY_DELTA)
+    np.testing.assert_allclose([p.fake_probability for p in predictions], fake, rtol=0, atol=MAX_FAKE_PROBABILITY_DELTA)
 
 
 def test_releasing_pages_during_a_forward_changes_no_value(weights_dir):
     """The agreement probe's fp32 forwards give back each block's memory-mapped pages as they go
     (here after every block); the weights are re-read from the file, so the codes are unchanged."""
-    from ganorigin.encoder import E4EEncoder
-    from ganorigin.weights import E4E_FILE
+    from ganorigin.accel.convert import page_blocks
+    from ganorigin.factory import load_encoder
+    from ganorigin.testing import E4E_FILE
 
-    encoder = E4EEncoder.from_checkpoint(weights_dir / E4E_FILE)  # memory-mapped
+    encoder = load_encoder(weights_dir / E4E_FILE)  # memory-mapped
     x = torch.rand(1, 3, 256, 256) * 2 - 1
     with torch.inference_mode():
         plain = encoder(x)
-        with fast.releasing_pages(encoder, every_bytes=1):
+        with releasing_pages(page_blocks(encoder), every_bytes=1):
             released = [encoder(x), encoder(x)]
     assert all(torch.equal(codes, plain) for codes in released)
+
+
+@needs_onednn
+@pytest.mark.parametrize("kind", ["detector", "encoder"])
+def test_acceleration_returns_a_new_module_and_leaves_the_model_as_built(kind):
+    """Conversion is a transform: the model given keeps every module and value it was built with
+    (no swapped blocks, no tags), and the new module computes the same within bf16."""
+    from ganorigin.models import E4EEncoder, UFDDetector
+    from ganorigin.testing import TINY_E4E, TINY_VISION
+
+    torch.manual_seed(0)
+    model = UFDDetector(TINY_VISION) if kind == "detector" else E4EEncoder(TINY_E4E)
+    for module in model.modules():  # non-trivial BatchNorm statistics, so a wrong fold would show
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    kinds_before = [(name, type(m)) for name, m in model.named_modules()]
+    state_before = {k: v.clone() for k, v in model.state_dict().items()}
+    convert = accel.fast_detector if kind == "detector" else accel.fast_encoder
+    fast_model = convert(model, torch.device("cpu"), "bf16")
+
+    assert fast_model is not model and accel.precision_of(fast_model) == "bf16" and accel.precision_of(model) == "fp32"
+    assert [(name, type(m)) for name, m in model.named_modules()] == kinds_before
+    assert all(torch.equal(v, state_before[k]) for k, v in model.state_dict().items())
+    packed = PackedResidualBlock if kind == "detector" else PackedConv2d
+    assert any(isinstance(m, packed) for m in fast_model.modules())
+    assert not any(isinstance(m, packed) for m in model.modules())
+    x = torch.rand(2, 3, 224 if kind == "detector" else 256, 224 if kind == "detector" else 256) * 2 - 1
+    with torch.inference_mode():
+        reference, fast_out = model(x).float(), fast_model(x)
+    scale = reference.abs().max()
+    assert (fast_out - reference).abs().max() <= 0.05 * scale
+
+
+def test_replace_modules_copies_only_the_path_to_a_replacement():
+    root = nn.Sequential(nn.Sequential(nn.Linear(2, 2), nn.ReLU()), nn.Linear(2, 2))
+    new = accel.replace_modules(root, {"0.1": nn.Tanh()})
+    assert isinstance(root[0][1], nn.ReLU) and isinstance(new[0][1], nn.Tanh)
+    assert new is not root and new[0] is not root[0]  # the way to the replacement is copied
+    assert new[1] is root[1] and new[0][0] is root[0][0]  # everything else is shared, not copied

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ganorigin import DEFAULT_THRESHOLD, GANOrigin
+from ganorigin import DEFAULT_THRESHOLD, GANOrigin, InvalidImageError
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +124,18 @@ def test_every_input_type_gives_the_same_numbers(model, one_image):
     inputs = [one_image, str(one_image), one_image.read_bytes(), pil, np.asarray(pil)]
     results = [_numbers(model.predict(x)) for x in inputs]
     assert all(r == results[0] for r in results[1:])
+
+
+def test_predict_batch_gives_a_per_item_error_naming_the_bad_file(model, dev_sample, tmp_path):
+    """One unreadable file costs only its own place in the batch; its error names it."""
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    items = [dev_sample[0], bad, b"", dev_sample[1]]
+    results = model.predict_batch(items, batch_size=2)
+    assert len(results) == 4
+    assert isinstance(results[1], InvalidImageError) and str(results[1]).startswith(f"{bad}: ")
+    assert "not an image we can read" in str(results[1])
+    assert isinstance(results[2], InvalidImageError) and str(results[2]).startswith("item 2: ")
+    assert results[0] == model.predict(dev_sample[0]) and results[3] == model.predict(dev_sample[1])
+    with pytest.raises(InvalidImageError, match="not an image we can read"):
+        model.predict(bad)

@@ -18,19 +18,20 @@ import pytest
 
 from conftest import ROOT, sha256_of
 from ganorigin import GANOrigin, WeightsFormatError, WeightsNotFoundError, WeightSources
-from ganorigin.weights import CLIP_FILES, E4E_FILE, LABEL_ENCODER_FILE, SCALER_FILE, SVM_FILE, UFD_HEAD_FILE, resolve
+from ganorigin.hub import resolve
+from ganorigin.testing import CLIP_FILE, E4E_FILE, LABEL_ENCODER_FILE, SCALER_FILE, SVM_FILE, UFD_HEAD_FILE
 
 ATTRIBUTION_REPO = "ganorigin-tests/weights-attribution"
 CLIP_REPO = "ganorigin-tests/weights-clip"
 REPO_FILES = (E4E_FILE, SVM_FILE, SCALER_FILE, LABEL_ENCODER_FILE)
-ALL_FILES = (*REPO_FILES, CLIP_FILES[0], UFD_HEAD_FILE)
+ALL_FILES = (*REPO_FILES, CLIP_FILE, UFD_HEAD_FILE)
 
 
 @pytest.fixture(scope="module")
 def published(hub, weights_dir) -> dict:
     """The tiny weights served as two Hub repos and a raw URL; returns what a client needs."""
     commit = hub.add_repo(ATTRIBUTION_REPO, {name: weights_dir / name for name in REPO_FILES})
-    hub.add_repo(CLIP_REPO, {CLIP_FILES[0]: weights_dir / CLIP_FILES[0]})
+    hub.add_repo(CLIP_REPO, {CLIP_FILE: weights_dir / CLIP_FILE})
     url = hub.add_raw("ufd_fc_weights.pth", weights_dir / UFD_HEAD_FILE)
     return {"commit": commit, "url": url, "sha256": sha256_of(weights_dir / UFD_HEAD_FILE)}
 
@@ -80,7 +81,7 @@ def test_download_cache_then_offline_load_in_a_new_process(hub, published, tmp_p
     gets = [path for method, path in requests if method == "GET"]
     for name in REPO_FILES:
         assert any(p.startswith(f"/{ATTRIBUTION_REPO}/resolve/") and p.endswith(f"/{name}") for p in gets), name
-    assert any(p.startswith(f"/{CLIP_REPO}/resolve/") and p.endswith(f"/{CLIP_FILES[0]}") for p in gets)
+    assert any(p.startswith(f"/{CLIP_REPO}/resolve/") and p.endswith(f"/{CLIP_FILE}") for p in gets)
     assert "/raw/ufd_fc_weights.pth" in gets
     assert model.weights.origins[E4E_FILE] == f"{ATTRIBUTION_REPO}@main"
     for path in (model.weights.e4e, model.weights.clip, model.weights.ufd_head):
@@ -120,7 +121,8 @@ def test_weights_dir_takes_precedence(hub, weights_dir, published, tmp_path, mon
     files = resolve(WeightSources.from_env())
     for path in (files.e4e, files.svm, files.scaler, files.label_encoder, files.clip, files.ufd_head):
         assert path.parent == weights_dir
-    assert all(origin.startswith("local file") for origin in files.origins.values())
+    # Origins name the source, never a server path (they are shown by /health).
+    assert set(files.origins.values()) == {"local folder (GANORIGIN_WEIGHTS_DIR)"}
     assert hub.requests[before:] == []
 
 
@@ -140,6 +142,7 @@ def test_missing_weights_offline(hub, published, tmp_path):
     _assert_names_every_file_and_the_fix(message)
     assert str(tmp_path / "none" / E4E_FILE) in message and published["url"] in message
     assert "offline and not in the cache" in message
+    assert f"The weights folder {tmp_path / 'none'} (GANORIGIN_WEIGHTS_DIR or --weights) does not exist." in message
     assert hub.requests[before:] == []
 
 
@@ -168,7 +171,9 @@ def test_missing_weights_when_the_hub_is_unreachable(hub, published, tmp_path):
 
 def test_ufd_head_with_wrong_sha256_is_refused_and_not_cached(hub, published, weights_dir, tmp_path):
     wrong = tmp_path / "not_the_head.pth"
-    wrong.write_bytes((weights_dir / UFD_HEAD_FILE).read_bytes() + b"tampered")
+    head = bytearray((weights_dir / UFD_HEAD_FILE).read_bytes())
+    head[len(head) // 2] ^= 0xFF  # the published size, another digest
+    wrong.write_bytes(bytes(head))
     sources = replace(_sources(published, tmp_path / "cache"), ufd_head_url=hub.add_raw("tampered_fc_weights.pth", wrong))
     with pytest.raises(WeightsFormatError, match=published["sha256"]) as info:
         resolve(sources)

@@ -1,6 +1,6 @@
 """Benchmark: the seed-style baseline against GANOrigin's default path, side by side.
 
-    python -m ganorigin.bench [--images 30] [--out bench-results.json] [--quick]
+    python -m benchmarks.bench [--images-dir DIR] [--images 30] [--out bench-results.json] [--quick]
 
 Each path starts in fresh subprocesses, so cold start (process start -> model ready, weights on
 disk) and peak resident memory (after a first request and a first batch) are measured per path.
@@ -11,7 +11,9 @@ rebuilds what the original
 app did: fp32, eager, modules built with random initialisation and then ``load_state_dict``, the
 whole e4e checkpoint (decoder included) read with ``torch.load`` and no memory mapping. Ours is
 ``GANOrigin.from_pretrained(...)`` with its default precision. Both analyse the same real images
-(``../shared/data/dev``; synthetic ones where that is absent) and their answers are compared.
+(``--images-dir`` or ``GANORIGIN_DEV_DATA``; synthetic ones where neither is given) and their
+answers are compared. ``--ufd-head`` (or ``GANORIGIN_UFD_HEAD_FILE``) puts the real UFD head into
+the random weights.
 Stages are timed one call each; end to end is one ``predict(path)`` call, the API users call.
 
 Without real weights (``GANORIGIN_WEIGHTS_DIR`` or the Hub cache) the benchmark writes full-size
@@ -36,8 +38,6 @@ from typing import Optional
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-DEV_IMAGES = ROOT.parent / "shared" / "data" / "dev"
-REAL_UFD_HEAD = ROOT.parent / "shared" / "reference" / "ufd_fc_weights.pth"
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ganorigin-bench"
 STAGES = ("decode", "detect", "encode", "classify", "end_to_end")
 PATHS = ("baseline", "ours")
@@ -52,13 +52,16 @@ TARGETS = {  # the issue's targets on a 2-core CPU
 
 
 def main(argv: Optional[list] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ganorigin.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=30, help="dev images to time and compare (default 30)")
     parser.add_argument("--batch-size", type=int, default=8, help="predict_batch size for throughput (default 8)")
     parser.add_argument("--out", type=Path, default=Path("bench-results.json"), help="JSON result file")
     parser.add_argument("--quick", action="store_true", help="tiny random weights, 2 images: a smoke test")
     parser.add_argument("--weights-dir", type=Path, help="use these weights instead of finding or writing them")
-    parser.add_argument("--images-dir", type=Path, default=DEV_IMAGES, help="folder of test images")
+    parser.add_argument("--images-dir", type=Path, default=os.environ.get("GANORIGIN_DEV_DATA"),
+                        help="folder of test images (default: GANORIGIN_DEV_DATA; synthetic images without it)")
+    parser.add_argument("--ufd-head", type=Path, default=os.environ.get("GANORIGIN_UFD_HEAD_FILE"),
+                        help="a real fc_weights.pth to put into the random weights (default: GANORIGIN_UFD_HEAD_FILE)")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where random weights are written")
     parser.add_argument("--child", choices=(*PATHS, "both"), help=argparse.SUPPRESS)
     parser.add_argument("--started", type=float, help=argparse.SUPPRESS)
@@ -88,7 +91,7 @@ def main(argv: Optional[list] = None) -> int:
     runs = {}
     for path in PATHS:
         first, cold = starts[path]["first"], starts[path]["cold"]
-        runs[path] = {**timed[path], "precision": cold["precision"], "precision_check": cold["precision_check"],
+        runs[path] = {**timed[path], "precision": cold["precision"],
                       "threads": cold["threads"], "cold_start_s": cold["cold_start_s"],
                       "first_start_s": first["cold_start_s"], "peak_rss_gb": cold["peak_rss_gb"],
                       "first_start_peak_rss_gb": first["peak_rss_gb"]}
@@ -102,7 +105,7 @@ def main(argv: Optional[list] = None) -> int:
         "paths": runs,
         "ratios": _ratios(runs),
         "agreement": agreement(runs["baseline"]["answers"], runs["ours"]["answers"]),
-        "command": "python -m ganorigin.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m benchmarks.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     result["targets"] = _targets(result)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -118,8 +121,8 @@ def _weights(args) -> tuple[Path, str]:
         return args.weights_dir, f"Weights: {args.weights_dir} (given)."
     size = "tiny" if args.quick else "full"
     if not args.quick:
-        from .weights import WeightSources, resolve
-        from .errors import WeightsNotFoundError
+        from ganorigin import WeightsNotFoundError
+        from ganorigin.hub import WeightSources, resolve
 
         try:
             files = resolve(WeightSources.from_env(local_files_only=True))
@@ -129,11 +132,10 @@ def _weights(args) -> tuple[Path, str]:
             return files.e4e.parent, f"Weights: the real ones, from {files.e4e.parent}."
     folder = args.cache_dir / size
     if not (folder / "e4e_ffhq_encode.pt").is_file():
-        from .testing import write_test_weights
+        from ganorigin.testing import write_test_weights
 
         print(f"Writing {size}-size RANDOM weights in the real formats to {folder} (once) ...", flush=True)
-        head = REAL_UFD_HEAD if REAL_UFD_HEAD.is_file() else None
-        write_test_weights(folder.with_name(folder.name + ".part"), size=size, ufd_head=head)
+        write_test_weights(folder.with_name(folder.name + ".part"), size=size, ufd_head=args.ufd_head)
         os.replace(folder.with_name(folder.name + ".part"), folder)
     return folder, (
         f"Weights: {size}-size RANDOM weights in the real formats from {folder} (real weights not found); "
@@ -141,9 +143,9 @@ def _weights(args) -> tuple[Path, str]:
     )
 
 
-def _images(folder: Path, count: int, cache_dir: Path) -> list[Path]:
+def _images(folder: Optional[Path], count: int, cache_dir: Path) -> list[Path]:
     """``count`` images spread over the dev set's classes, or synthetic ones where it is absent."""
-    found = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+    found = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")) if folder else []
     if found:
         by_class: dict = {}
         for p in found:
@@ -169,7 +171,7 @@ def _images(folder: Path, count: int, cache_dir: Path) -> list[Path]:
 
 def _spawn(path: str, weights_dir: Path, image_list: Path, args) -> dict:
     out = args.cache_dir / f"bench-{path}.json"
-    command = [sys.executable, "-m", "ganorigin.bench", "--child", path, "--weights-dir", str(weights_dir),
+    command = [sys.executable, "-m", "benchmarks.bench", "--child", path, "--weights-dir", str(weights_dir),
                "--image-list", str(image_list), "--out", str(out), "--batch-size", str(args.batch_size)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
            "GANORIGIN_CACHE_DIR": str(_check_cache(args))}
@@ -196,7 +198,7 @@ def _child(args) -> int:
     else:
         model = load_baseline(args.weights_dir) if args.child == "baseline" else load_ours(args.weights_dir)
         result = {"cold_start_s": time.time() - args.started, "precision": model.precision,
-                  "precision_check": model.precision_check, "threads": torch.get_num_threads()}
+                  "threads": torch.get_num_threads()}
         model.predict(images[0])  # what serving adds to memory: one request and one batch
         model.predict_batch(images[:BATCH_IMAGES][: args.batch_size], batch_size=args.batch_size)
         result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux
@@ -209,34 +211,34 @@ def load_baseline(weights_dir: Path):
     import torch
     from safetensors.torch import load_file
 
-    from .detector import UFDDetector, clip_visual_state_dict, vision_cfg_from_state_dict
-    from .encoder import E4EEncoder, Subsample, checkpoint_filter_fn, config_from_state_dict
-    from .pipeline import GANOrigin
-    from .svm import GANAttributor
-    from .weights import CLIP_FILES, E4E_FILE, LABEL_ENCODER_FILE, SCALER_FILE, SVM_FILE, UFD_HEAD_FILE
+    from ganorigin import GANOrigin
+    from ganorigin.models import GANAttributor
+    from ganorigin.models.detector import UFDDetector, clip_visual_state_dict, vision_cfg_from_state_dict
+    from ganorigin.models.encoder import E4EEncoder, Subsample, checkpoint_filter_fn, config_from_state_dict
+    from ganorigin.testing import CLIP_FILE, E4E_FILE, LABEL_ENCODER_FILE, SCALER_FILE, SVM_FILE, UFD_HEAD_FILE
 
-    clip_path = next(weights_dir / f for f in CLIP_FILES if (weights_dir / f).is_file())
+    clip_path = weights_dir / CLIP_FILE
     clip = load_file(str(clip_path)) if clip_path.suffix == ".safetensors" else torch.load(clip_path, weights_only=True)
     visual = clip_visual_state_dict(clip, clip_path)
     detector = UFDDetector(vision_cfg_from_state_dict(visual))
     detector.visual.load_state_dict(visual)
     detector.fc.load_state_dict(torch.load(weights_dir / UFD_HEAD_FILE, map_location="cpu", weights_only=True))
     checkpoint = torch.load(weights_dir / E4E_FILE, map_location="cpu", weights_only=True)  # decoder included
-    state_dict, latent_avg = checkpoint_filter_fn(checkpoint, weights_dir / E4E_FILE)
+    state_dict, _ = checkpoint_filter_fn(checkpoint, weights_dir / E4E_FILE)
     encoder = E4EEncoder(config_from_state_dict(state_dict))
     encoder.load_state_dict(state_dict)
     for unit in encoder.body:  # upstream's shortcut op (ours subsamples by slicing: same values)
         if isinstance(unit.shortcut_layer, Subsample):
             unit.shortcut_layer = torch.nn.MaxPool2d(1, unit.shortcut_layer.stride)
     attributor = GANAttributor.from_pickles(*(weights_dir / f for f in (SVM_FILE, SCALER_FILE, LABEL_ENCODER_FILE)))
-    return GANOrigin(detector, encoder, attributor, device="cpu", align=False, precision="fp32")
+    return GANOrigin(detector, encoder, attributor, device="cpu", align=False)
 
 
 def load_ours(weights_dir: Path):
     import hashlib
 
-    from .pipeline import GANOrigin
-    from .weights import UFD_HEAD_FILE, WeightSources
+    from ganorigin import GANOrigin, WeightSources
+    from ganorigin.testing import UFD_HEAD_FILE
 
     head = hashlib.sha256((weights_dir / UFD_HEAD_FILE).read_bytes()).hexdigest()
     sources = WeightSources(weights_dir=str(weights_dir), ufd_head_sha256=head, local_files_only=True)
@@ -274,7 +276,7 @@ def time_image(model, path: Path) -> tuple:
     """Decode, detect, encode and classify, each called on its own; then end to end, which is one
     ``model.predict(path)`` call (the API users call: it may run stages side by side). The answer
     is ``predict``'s."""
-    from .images import load_image
+    from ganorigin.images import load_image
 
     t0 = time.perf_counter()
     image = load_image(path)
@@ -346,7 +348,7 @@ def _targets(result: dict) -> dict:
 def _machine() -> dict:
     import torch
 
-    from .fast import cpu_has_bf16_matrix_units, cpu_model_name
+    from ganorigin.accel import cpu_has_bf16_matrix_units, cpu_model_name
 
     return {
         "cpu": cpu_model_name(),

@@ -1,4 +1,4 @@
-"""CLIP and e4e side by side on a CPU.
+"""CLIP and e4e side by side on a CPU: one worker thread per model.
 
 On a 2-core CPU the detector and the encoder, each on one core at the same time, finish sooner
 than one after the other on both cores (measured: 0.85x the time). Neither model's kernels scale

@@ -1,19 +1,14 @@
-"""Reading checkpoint files safely and putting their tensors into modules."""
+"""Reading checkpoint files safely (no code runs) and putting their tensors into modules."""
 
 from __future__ import annotations
 
-import ctypes
-import mmap
-import re
-import sys
 from pathlib import Path
-from typing import Iterable
 
 import torch
 from safetensors import safe_open
 from torch import nn
 
-from .errors import WeightsFormatError
+from ..errors import WeightsFormatError
 
 
 def load_torch_file(path: Path) -> dict:
@@ -65,48 +60,3 @@ def strict_load(module: nn.Module, state_dict: dict, path: Path) -> None:
     leftover = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
     if leftover:
         raise WeightsFormatError(f"{path} left {leftover[:5]} of {type(module).__name__} unset.")
-
-
-_MADV_DONTNEED = 4  # Linux
-
-
-def release_file_pages(tensors: Iterable[torch.Tensor]) -> None:
-    """Let the kernel drop the resident pages behind tensors memory-mapped from a checkpoint file.
-
-    The pages are clean copies of the file: touched again, they are re-read from disk, so this
-    never changes a value. It keeps converting a model (fp32 file -> packed bf16) from holding the
-    whole fp32 checkpoint in memory next to the converted copy. Tensors that are not wholly inside
-    a file mapping (ordinary memory) are left alone; a no-op off Linux.
-    """
-    mappings = _file_mappings()
-    if not mappings:
-        return
-    madvise = ctypes.CDLL(None, use_errno=True).madvise
-    madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-    page = mmap.PAGESIZE
-    for tensor in tensors:
-        if tensor.device.type != "cpu" or tensor.layout != torch.strided:
-            continue
-        storage = tensor.untyped_storage()
-        start, end = storage.data_ptr(), storage.data_ptr() + storage.nbytes()
-        if not any(low <= start and end <= high for low, high in mappings):
-            continue
-        first, last = -(-start // page) * page, end // page * page  # whole pages only
-        if last > first:
-            madvise(first, last - first, _MADV_DONTNEED)
-
-
-_MAPPING = re.compile(rb"^([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ \S+ +/.*$", re.MULTILINE)
-
-
-def _file_mappings() -> list:
-    """``(start, end)`` of this process's mappings backed by a file (from /proc/self/maps)."""
-    if not sys.platform.startswith("linux"):
-        return []
-    try:
-        with open("/proc/self/maps", "rb") as f:
-            maps = f.read()
-    except OSError:
-        return []
-    return [(int(m.group(1), 16), int(m.group(2), 16)) for m in _MAPPING.finditer(maps)
-            if not m.group(0).endswith(b" (deleted)")]

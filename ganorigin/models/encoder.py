@@ -15,14 +15,10 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
-from torchvision.transforms import functional as TF
 
-from .checkpoints import load_torch_file, strict_load
-from .errors import WeightsFormatError
+from ..errors import WeightsFormatError
 
-INPUT_SIZE = 256
 COARSE_END, MIDDLE_END = 3, 7  # styles 0-2 read the 16x16 map, 3-6 the 32x32, 7-17 the 64x64
 
 
@@ -41,15 +37,6 @@ class E4EConfig:
     @property
     def latent_dim(self) -> int:
         return self.channels[-1]
-
-
-def e4e_transform(image: Image.Image) -> torch.Tensor:
-    """RGB PIL image -> (3, 256, 256) in [-1, 1]: Resize((256, 256)), ToTensor, Normalize(0.5, 0.5).
-
-    Deterministic; the original app's random pre-resize was a training augmentation.
-    """
-    x = TF.to_tensor(image.resize((INPUT_SIZE, INPUT_SIZE), Image.BILINEAR))
-    return x.mul_(2.0).sub_(1.0)
 
 
 class SEModule(nn.Module):
@@ -136,7 +123,8 @@ class E4EEncoder(nn.Module):
     """e4e ``Encoder4Editing``: image (B, 3, 256, 256) in [-1, 1] -> W+ codes (B, 18, 512).
 
     Codes are the encoder's output *without* ``latent_avg`` (the GANOrigin SVM was trained so).
-    ``E4EEncoder()`` builds the full IR-SE-50 with random weights (no download).
+    ``E4EEncoder()`` builds the full IR-SE-50 with random weights (no download); pretrained
+    weights: :func:`ganorigin.factory.create_encoder`.
     """
 
     def __init__(self, config: E4EConfig = E4EConfig()):
@@ -157,7 +145,6 @@ class E4EEncoder(nn.Module):
         self.styles = nn.ModuleList(GradualStyleBlock(c[-1], s) for s in spatial)
         self.latlayer1 = nn.Conv2d(c[2], c[-1], 1)
         self.latlayer2 = nn.Conv2d(c[1], c[-1], 1)
-        self.latent_avg: Optional[torch.Tensor] = None  # from a checkpoint; not part of the features
         self.requires_grad_(False)
         self.eval()
 
@@ -180,16 +167,6 @@ class E4EEncoder(nn.Module):
                 features = _upsample_add(p2, self.latlayer2(c1))
             deltas.append(w[:, i] + self.styles[i](features))
         return torch.stack(deltas, dim=1)  # (B, 18, 512)
-
-    @classmethod
-    def from_checkpoint(cls, path: Path, device: Optional[torch.device] = None) -> "E4EEncoder":
-        """Load the encoder half of an e4e/pSp checkpoint; the StyleGAN2 decoder is never built."""
-        state_dict, latent_avg = checkpoint_filter_fn(load_torch_file(path), path)
-        with torch.device("meta"):
-            model = cls(config_from_state_dict(state_dict))
-        strict_load(model, state_dict, path)
-        model.latent_avg = latent_avg
-        return model.to(device) if device is not None else model
 
 
 def _upsample_add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,103 @@
+"""Linear and convolution layers whose weights are stored once in oneDNN's blocked low-precision
+layout for the CPU's matrix units (no per-call weight reorder), with fused activations, and
+OpenAI CLIP's transformer block built on them."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class PackedLinear(nn.Module):
+    """A linear layer whose weight is stored once in oneDNN's blocked layout for the CPU's matrix
+    units (``dtype``, usually bf16), with an optional fused activation (``"none"`` or ``"swish"``).
+    Inputs are cast to ``dtype``; the output is in ``dtype``. When a gradient is wanted (the
+    explanation heat map), it runs unfused on the unpacked weight so autograd can follow."""
+
+    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], dtype: torch.dtype, activation: str = "none"):
+        super().__init__()
+        self.dtype, self.activation = dtype, activation
+        self.out_features, self.in_features = weight.shape
+        self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(dtype))
+        self.bias = None if bias is None else bias.detach().to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            y = F.linear(x.to(self.dtype), self.packed_weight.to_dense(), self.bias)
+            return F.silu(y) if self.activation == "swish" else y
+        flat = x.reshape(-1, self.in_features).to(self.dtype)
+        y = torch.ops.mkldnn._linear_pointwise(flat, self.packed_weight, self.bias, self.activation, [], "")
+        return y.view(*x.shape[:-1], self.out_features)
+
+
+class PackedConv2d(nn.Module):
+    """``nn.Conv2d`` with its weight stored once in oneDNN's blocked layout (``dtype``) and an
+    optional fused activation (``"leaky_relu"`` with ``[slope]``, ``"relu"``, ...)."""
+
+    def __init__(self, conv: nn.Conv2d, dtype: torch.dtype, activation: str = "none", scalars: Sequence = ()):
+        super().__init__()
+        self.dtype, self.activation, self.scalars = dtype, activation, list(scalars)
+        self.padding, self.stride = list(conv.padding), list(conv.stride)
+        self.dilation, self.groups = list(conv.dilation), conv.groups
+        weight = conv.weight.detach().to(dtype).to_mkldnn()
+        self.packed_weight = torch._C._nn.mkldnn_reorder_conv2d_weight(
+            weight, self.padding, self.stride, self.dilation, self.groups
+        )
+        self.bias = None if conv.bias is None else conv.bias.detach().to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._convolution_pointwise(
+            x.to(self.dtype), self.packed_weight, self.bias, self.padding, self.stride, self.dilation, self.groups,
+            self.activation, self.scalars, "",
+        )
+
+
+QUICK_GELU_SCALE = 1.702  # QuickGELU(y) = y * sigmoid(1.702 y) = swish(1.702 y) / 1.702
+
+
+class PackedResidualBlock(nn.Module):
+    """OpenAI CLIP's transformer block (open_clip ``ResidualAttentionBlock`` with QuickGELU and no
+    LayerScale) on packed low-precision linears: LayerNorms and the residual stream stay fp32,
+    attention runs on the low-precision q/k/v (fp32 accumulation), and QuickGELU is fused into the
+    first MLP layer as swish, with its 1/1.702 folded into the second."""
+
+    def __init__(self, block: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        attn, mlp = block.attn, block.mlp
+        self.ln_1, self.ln_2 = block.ln_1, block.ln_2
+        self.heads, self.batch_first = attn.num_heads, attn.batch_first
+        self.qkv = PackedLinear(attn.in_proj_weight, attn.in_proj_bias, dtype)
+        self.out = PackedLinear(attn.out_proj.weight, attn.out_proj.bias, dtype)
+        self.fc = PackedLinear(mlp.c_fc.weight * QUICK_GELU_SCALE, mlp.c_fc.bias * QUICK_GELU_SCALE, dtype, "swish")
+        self.proj = PackedLinear(mlp.c_proj.weight / QUICK_GELU_SCALE, mlp.c_proj.bias, dtype)
+
+    @staticmethod
+    def supports(block: nn.Module) -> bool:
+        """True for the blocks of OpenAI CLIP's image tower; anything else is left as it is."""
+        from open_clip.transformer import QuickGELU
+
+        return (
+            isinstance(getattr(block, "attn", None), nn.MultiheadAttention)
+            and block.attn.in_proj_weight is not None
+            and isinstance(block.mlp.gelu, QuickGELU)
+            and isinstance(block.ls_1, nn.Identity)
+            and isinstance(block.ls_2, nn.Identity)
+            and not hasattr(block, "ln_1_kv")
+        )
+
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if attn_mask is not None:
+            raise ValueError("PackedResidualBlock runs the image tower, which has no attention mask.")
+        if not self.batch_first:
+            x = x.transpose(0, 1)
+        x = x.float()
+        batch, tokens, width = x.shape
+        qkv = self.qkv(self.ln_1(x)).view(batch, tokens, 3, self.heads, width // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, tokens, width)
+        x = x + self.out(attended).float()
+        x = x + self.proj(self.fc(self.ln_2(x))).float()
+        return x if self.batch_first else x.transpose(0, 1)

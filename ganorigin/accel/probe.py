@@ -1,0 +1,115 @@
+"""The agreement probe: a fast module is used only where it agrees with its exact fp32 reference.
+
+:func:`accelerate` converts a model, runs the probe image through both, and returns the fast
+module when the scores agree within the bounds below, else the reference (and logs why). The
+verdict is cached per (weights, machine, torch, precision), so later starts skip the probe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from ..hub.integrity import cache_root, read_json, write_json_atomic
+from .convert import fast_detector, fast_encoder, page_blocks, precision_of
+from .memory import releasing_pages
+from .precision import cpu_model_name
+
+logger = logging.getLogger(__name__)
+
+# Agreement a fast model must keep with fp32 on the probe image (the benchmark's bar is 0.01).
+MAX_FAKE_PROBABILITY_DELTA = 0.005
+MAX_ATTRIBUTION_PROBABILITY_DELTA = 0.01
+PROBE_SIZE = 256
+FAST_PATH_VERSION = "packed-4"  # part of the cached verdicts' key: a new fast path is checked afresh
+CHECKS_FILE = "precision-checks.json"
+
+Scores = Callable[[nn.Module, list], np.ndarray]
+
+
+def probe_images() -> list:
+    """The probe's one deterministic image: a smooth face-like blob (low frequencies) under fine
+    noise (high frequencies). One image: each costs a full fp32 forward on the first start."""
+    yy, xx = np.mgrid[0:PROBE_SIZE, 0:PROBE_SIZE] / PROBE_SIZE
+    blob = np.exp(-((xx - 0.5) ** 2 / 0.06 + (yy - 0.45) ** 2 / 0.1))
+    smooth = np.stack([0.3 + 0.6 * blob, 0.25 + 0.5 * blob, 0.2 + 0.4 * blob * yy], axis=-1)
+    noise = np.random.default_rng(0).random((PROBE_SIZE, PROBE_SIZE, 3))
+    return [Image.fromarray(np.clip(255 * (0.8 * smooth + 0.2 * noise), 0, 255).astype(np.uint8), "RGB")]
+
+
+def agreement(reference: np.ndarray, fast: np.ndarray, max_delta: float, same_argmax: bool = False) -> dict:
+    """Max absolute difference of two score arrays (and whether each row's argmax is the same)."""
+    reference, fast = np.asarray(reference, dtype=np.float64), np.asarray(fast, dtype=np.float64)
+    delta = float(np.max(np.abs(reference - fast)))
+    argmax_same = bool((reference.argmax(-1) == fast.argmax(-1)).all()) if same_argmax else True
+    return {"ok": delta <= max_delta and argmax_same, "max_delta": delta, "max_allowed": max_delta,
+            "same_argmax": argmax_same}
+
+
+def accelerate(model: nn.Module, device: torch.device, precision: str, scores: Scores, *,
+               kind: str, weight_files: Sequence = ()) -> nn.Module:
+    """``model`` (on ``device``) converted for ``precision`` where it agrees with itself in fp32.
+
+    Args:
+        kind: ``"detector"`` (P(fake) must move by at most ``MAX_FAKE_PROBABILITY_DELTA``) or
+            ``"encoder"`` (attribution probabilities by ``MAX_ATTRIBUTION_PROBABILITY_DELTA``,
+            same top GAN).
+        scores: ``scores(module, images)`` -> what the comparison is made on.
+        weight_files: the files behind the model and its scores; names the cached verdict.
+    """
+    if precision == "fp32":
+        return model
+    convert = fast_detector if kind == "detector" else fast_encoder
+    key = _check_key(kind, weight_files, device, precision)
+    checks = read_json(_checks_file())
+    if key in checks:
+        check = checks[key]
+    else:
+        images = probe_images()
+        with releasing_pages(page_blocks(model)):
+            reference = scores(model, images)
+        fast = convert(model, device, precision)
+        if kind == "detector":
+            check = agreement(reference, scores(fast, images), MAX_FAKE_PROBABILITY_DELTA)
+        else:
+            check = agreement(reference, scores(fast, images), MAX_ATTRIBUTION_PROBABILITY_DELTA, same_argmax=True)
+        if key is not None and not write_json_atomic(_checks_file(), {**checks, key: check}):
+            logger.warning("Could not cache the precision check in %s; it runs again next start.", _checks_file())
+        if not check["ok"]:
+            logger.warning("The %s disagrees with fp32 in %s on the probe image (%s); it runs exact fp32.",
+                           kind, precision, check)
+            return model
+        return fast
+    if not check["ok"]:
+        return model
+    return convert(model, device, precision)
+
+
+def precision_summary(detector: nn.Module, encoder: nn.Module) -> str:
+    """``"bf16"`` when both models run it, ``"fp32"`` when neither, else e.g. ``"bf16 (e4e only)"``."""
+    d, e = precision_of(detector), precision_of(encoder)
+    if d == e:
+        return d
+    return f"{e} (e4e only)" if d == "fp32" else f"{d} (CLIP only)"
+
+
+def _check_key(kind: str, weight_files: Sequence, device: torch.device, precision: str) -> Optional[str]:
+    """A key for one (model, weights, machine, torch, precision); ``None`` when the weights are unknown."""
+    if not weight_files:
+        return None
+    parts = [kind, precision, FAST_PATH_VERSION, device.type, torch.__version__, cpu_model_name()]
+    for path in weight_files:
+        stat = Path(path).stat()
+        parts.append(f"{Path(path).resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def _checks_file() -> Path:
+    return cache_root() / "ganorigin" / CHECKS_FILE

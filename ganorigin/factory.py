@@ -1,0 +1,131 @@
+"""Builders: architecture + weights + strict loading + acceleration, composed in one call each.
+
+``create_detector()`` / ``create_encoder()`` build the pure model with random weights; with
+``pretrained=True`` (or resolved ``files``) they load the published weights strictly, and with a
+``precision`` other than ``"fp32"`` they return the accelerated module where it agrees with the
+exact one on the probe image (:func:`ganorigin.accel.accelerate`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .accel import accelerate, resolve_precision
+from .errors import WeightsFormatError
+from .hub import ResolvedWeights, WeightSources, resolve
+from .hub.checkpoints import load_tensors, load_torch_file, strict_load
+from .hub.registry import E4E_PREPROCESS, UFD_PREPROCESS
+from .models.detector import UFDDetector, clip_visual_state_dict, vision_cfg_from_state_dict
+from .models.encoder import E4EEncoder, checkpoint_filter_fn, config_from_state_dict
+
+Device = Union[None, str, torch.device]
+
+
+def load_detector(clip_path: Path, head_path: Path) -> UFDDetector:
+    """UFD from an open_clip CLIP checkpoint (only ``visual.*`` is read) and ``fc_weights.pth``."""
+    visual = clip_visual_state_dict(load_tensors(clip_path, prefix="visual."), clip_path)
+    head = load_torch_file(head_path)
+    if not isinstance(head, dict) or head.get("weight") is None or head.get("bias") is None:
+        found = sorted(head) if isinstance(head, dict) else type(head).__name__
+        raise WeightsFormatError(f"{Path(head_path).name} should hold 'weight' and 'bias'; found {found}.")
+    head = {k: v.float() for k, v in head.items()}
+    with torch.device("meta"):
+        model = UFDDetector(vision_cfg=vision_cfg_from_state_dict(visual), embed_dim=head["weight"].shape[1])
+    strict_load(model.visual, visual, clip_path)
+    strict_load(model.fc, head, head_path)
+    return model
+
+
+def load_encoder(path: Path) -> E4EEncoder:
+    """The encoder half of an e4e/pSp checkpoint; the StyleGAN2 decoder is never built."""
+    state_dict, _ = checkpoint_filter_fn(load_torch_file(path), path)
+    with torch.device("meta"):
+        model = E4EEncoder(config_from_state_dict(state_dict))
+    strict_load(model, state_dict, path)
+    return model
+
+
+def create_detector(*, pretrained: bool = False, files: Optional[ResolvedWeights] = None,
+                    sources: Optional[WeightSources] = None, device: Device = None,
+                    precision: Optional[str] = "fp32") -> nn.Module:
+    """UniversalFakeDetect, ready for inference on ``device``.
+
+    Args:
+        pretrained: load the published weights (resolved from ``sources``, or given as ``files``).
+        precision: ``"fp32"`` (exact), ``"auto"``/``None`` (the fastest agreeing path on this
+            device, see :mod:`ganorigin.accel`), ``"bf16"``, ``"fp16"`` (CUDA).
+    """
+    device = as_device(device)
+    if not (pretrained or files):
+        return UFDDetector().to(device)
+    files = files or resolve(sources)
+    model = load_detector(files.clip, files.ufd_head).to(device)
+    return accelerate(model, device, resolve_precision(precision, device), detector_scores, kind="detector",
+                      weight_files=[files.clip, files.ufd_head])
+
+
+def create_encoder(*, pretrained: bool = False, files: Optional[ResolvedWeights] = None,
+                   sources: Optional[WeightSources] = None, device: Device = None,
+                   precision: Optional[str] = "fp32",
+                   attribution: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+                   attribution_files: tuple = ()) -> nn.Module:
+    """The e4e encoder, ready for inference on ``device``.
+
+    Args:
+        attribution: features -> GAN probabilities; the probe compares those. Without it the probe
+            cannot judge agreement and the encoder stays exact fp32.
+        attribution_files: the files behind ``attribution`` (they name the cached verdict).
+    """
+    device = as_device(device)
+    if not (pretrained or files):
+        return E4EEncoder().to(device)
+    files = files or resolve(sources)
+    model = load_encoder(files.e4e).to(device)
+    if attribution is None:
+        return model
+
+    def scores(module: nn.Module, images: list) -> np.ndarray:
+        return attribution(encode(module, images))
+
+    return accelerate(model, device, resolve_precision(precision, device), scores, kind="encoder",
+                      weight_files=[files.e4e, *attribution_files])
+
+
+@torch.inference_mode()
+def detector_scores(detector: nn.Module, images: list, batch: int = 1) -> np.ndarray:
+    """UFD's P(fake) for decoded RGB images, ``batch`` per forward, shape (B,)."""
+    device = _device_of(detector)
+    return np.concatenate([
+        torch.sigmoid(detector(torch.stack([UFD_PREPROCESS(im) for im in images[i : i + batch]]).to(device)).float())
+        .cpu().numpy()
+        for i in range(0, len(images), batch)
+    ])
+
+
+@torch.inference_mode()
+def encode(encoder: nn.Module, images: list, batch: int = 1) -> np.ndarray:
+    """e4e W+ codes of decoded RGB images, ``batch`` per forward, flattened: shape (B, 18 * 512)."""
+    device = _device_of(encoder)
+    return np.concatenate([
+        encoder(torch.stack([E4E_PREPROCESS(im) for im in images[i : i + batch]]).to(device)).flatten(1).float()
+        .cpu().numpy()
+        for i in range(0, len(images), batch)
+    ])
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def as_device(device: Device) -> torch.device:
+    """``device`` as a torch device; ``None`` is :func:`default_device`."""
+    return torch.device(device) if device is not None else default_device()

@@ -1,0 +1,8 @@
+"""Weights as data: the registry of every file, the resolver that finds and verifies them, and
+the safe readers that load them (no code in a weight file ever runs)."""
+
+from .registry import SOURCES, WEIGHTS, WeightFile, weight_file
+from .resolve import TEST_WEIGHTS_MARKER, ResolvedWeights, WeightSources, resolve, resolve_file
+
+__all__ = ["SOURCES", "TEST_WEIGHTS_MARKER", "WEIGHTS", "ResolvedWeights", "WeightFile", "WeightSources",
+           "resolve", "resolve_file", "weight_file"]
