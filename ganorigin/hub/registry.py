@@ -28,7 +28,7 @@ E4E_PREPROCESS = ResizeNormalize(size=256, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 
 
 @dataclass(frozen=True)
 class Source:
-    """Where a group of files is published: a Hub repo (``repo_id``) or a URL folder (``url``).
+    """Where files are published: a Hub repo (``repo_id``), or the pinned ``url`` of one file.
 
     ``env_location`` / ``env_revision`` name the environment variables that override it.
     """
@@ -50,7 +50,7 @@ class WeightFile:
     source: str  # a key of SOURCES
     description: str
     licence: str
-    read_by: str
+    read_by: str  # the function that reads it, as an import path
     sha256: Optional[str] = None
     size: Optional[int] = None  # bytes, when known: a download past it is cut off
     alternatives: tuple = ()  # other file names accepted in its place, in order of preference
@@ -64,7 +64,7 @@ SOURCES = {
     "clip": Source("clip", repo_id="timm/vit_large_patch14_clip_224.openai",
                    env_location="GANORIGIN_CLIP_REPO_ID", env_revision="GANORIGIN_CLIP_REVISION"),
     "ufd": Source("ufd", url="https://github.com/WisconsinAIVision/UniversalFakeDetect/raw/"
-                  "76a0e3e60a8a06458707a625d269ba815a2e5919/pretrained_weights",
+                  "76a0e3e60a8a06458707a625d269ba815a2e5919/pretrained_weights/fc_weights.pth",
                   env_location="GANORIGIN_UFD_HEAD_URL"),
 }
 
@@ -73,20 +73,20 @@ WEIGHTS = {
     for record in (
         WeightFile("clip.vit_large_patch14_openai", "open_clip_model.safetensors", "clip",
                    "OpenAI CLIP ViT-L/14 (only the image tower `visual.*` is read)", "MIT (OpenAI CLIP)",
-                   "ganorigin.models.detector.UFDDetector.visual", alternatives=("open_clip_pytorch_model.bin",),
+                   "ganorigin.factory.load_detector", alternatives=("open_clip_pytorch_model.bin",),
                    preprocess=UFD_PREPROCESS),
-        WeightFile("ufd.fc", "fc_weights.pth", "ufd", "UniversalFakeDetect linear head", "see the UniversalFakeDetect repository",
-                   "ganorigin.models.detector.UFDDetector.fc",
+        WeightFile("ufd.fc", "fc_weights.pth", "ufd", "UniversalFakeDetect linear head", "MIT (UniversalFakeDetect)",
+                   "ganorigin.factory.load_detector",
                    sha256="477100745713bcc957beb2b40859536859b6483fd6301b3b9293151b194c7847", size=4083),
         WeightFile("e4e.ffhq_encode", "e4e_ffhq_encode.pt", "attribution",
                    "e4e encoder (+ StyleGAN2 decoder, never loaded)", "MIT (encoder4editing)",
-                   "ganorigin.models.encoder.E4EEncoder", preprocess=E4E_PREPROCESS),
+                   "ganorigin.factory.load_encoder", preprocess=E4E_PREPROCESS),
         WeightFile("svm.gan_attribution", "gan_attribution_model.pkl", "attribution", "linear SVM (joblib)",
-                   "not stated by the original project", "ganorigin.models.attributor.GANAttributor"),
+                   "not stated by the original project", "ganorigin.models.attributor.GANAttributor.from_pickles"),
         WeightFile("svm.scaler", "gan_scaler.pkl", "attribution", "StandardScaler (joblib)",
-                   "not stated by the original project", "ganorigin.models.attributor.GANAttributor"),
+                   "not stated by the original project", "ganorigin.models.attributor.GANAttributor.from_pickles"),
         WeightFile("svm.label_encoder", "gan_label_encoder.pkl", "attribution", "LabelEncoder (joblib)",
-                   "not stated by the original project", "ganorigin.models.attributor.GANAttributor"),
+                   "not stated by the original project", "ganorigin.models.attributor.GANAttributor.from_pickles"),
         WeightFile("svm.trained", "attribution_model.json", "attribution",
                    "a model trained with `ganorigin train` (JSON + arrays, no pickle); replaces the three pickles",
                    "yours", "ganorigin.hub.trained_model.load_attribution_model", optional=True),
@@ -114,7 +114,7 @@ def filenames(record: WeightFile) -> tuple:
 
 
 def location(source: Source) -> str:
-    """A source as a person reads it: ``Hub org/name`` or the URL folder."""
+    """A source as a person reads it: ``Hub org/name`` or the URL."""
     return f"Hub `{source.repo_id}`" if source.repo_id else source.url
 
 
