@@ -1,6 +1,7 @@
-"""Linear and convolution layers whose weights are stored once in oneDNN's blocked low-precision
-layout for the CPU's matrix units (no per-call weight reorder), with fused activations, and
-OpenAI CLIP's transformer block built on them."""
+"""Linear and convolution layers whose weights are stored once in the layout the CPU's matrix
+kernels read (no per-call weight reorder), with fused activations, and OpenAI CLIP's transformer
+block built on them: bf16 (oneDNN, for CPUs with native bf16), int8 (dynamic quantisation, for
+CPUs with VNNI or AVX2 only) and fp32 (oneDNN, the packed e4e where bf16 is not native)."""
 
 from __future__ import annotations
 
@@ -55,24 +56,60 @@ class PackedConv2d(nn.Module):
         )
 
 
+class Int8Linear(nn.Module):
+    """A linear layer with per-output-channel int8 weights, prepacked once for torch's quantized
+    engine, and activations quantised on the fly per call (dynamic quantisation); fp32 in and out.
+    Activations use 7 bits (``reduce_range``), which keeps AVX2's 16-bit accumulation from
+    saturating. ``activation``: ``"none"`` or ``"swish"``. With a gradient wanted (the heat map)
+    it runs on the dequantised weight."""
+
+    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], activation: str = "none"):
+        super().__init__()
+        self.activation = activation
+        self.out_features, self.in_features = weight.shape
+        weight = weight.detach().float()
+        scales = (weight.abs().amax(dim=1) / 127).clamp_min(1e-12).double()
+        zeros = torch.zeros(self.out_features, dtype=torch.long)
+        qweight = torch.quantize_per_channel(weight, scales, zeros, 0, torch.qint8)
+        self.packed = torch.ops.quantized.linear_prepack(qweight, None if bias is None else bias.detach().float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            qweight, bias = torch.ops.quantized.linear_unpack(self.packed)
+            y = F.linear(x.float(), qweight.dequantize(), bias)
+        else:
+            flat = x.reshape(-1, self.in_features).float().contiguous()
+            y = torch.ops.quantized.linear_dynamic(flat, self.packed, True).view(*x.shape[:-1], self.out_features)
+        return F.silu(y) if self.activation == "swish" else y
+
+
+def linear_for(precision: str):
+    """``(weight, bias, activation) -> module``: the packed linear layer for ``precision`` on a CPU."""
+    if precision == "int8":
+        return Int8Linear
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[precision]
+    return lambda weight, bias, activation="none": PackedLinear(weight, bias, dtype, activation)
+
+
 QUICK_GELU_SCALE = 1.702  # QuickGELU(y) = y * sigmoid(1.702 y) = swish(1.702 y) / 1.702
 
 
 class PackedResidualBlock(nn.Module):
     """OpenAI CLIP's transformer block (open_clip ``ResidualAttentionBlock`` with QuickGELU and no
-    LayerScale) on packed low-precision linears: LayerNorms and the residual stream stay fp32,
-    attention runs on the low-precision q/k/v (fp32 accumulation), and QuickGELU is fused into the
-    first MLP layer as swish, with its 1/1.702 folded into the second."""
+    LayerScale) on packed linears for ``precision`` (``"bf16"`` or ``"int8"``): LayerNorms and the
+    residual stream stay fp32, attention runs on the q/k/v as the linears give them (bf16 or
+    fp32, fp32 accumulation), and QuickGELU is fused into the first MLP layer as swish, with its
+    1/1.702 folded into the second."""
 
-    def __init__(self, block: nn.Module, dtype: torch.dtype):
+    def __init__(self, block: nn.Module, precision: str):
         super().__init__()
-        attn, mlp = block.attn, block.mlp
+        attn, mlp, linear = block.attn, block.mlp, linear_for(precision)
         self.ln_1, self.ln_2 = block.ln_1, block.ln_2
         self.heads, self.batch_first = attn.num_heads, attn.batch_first
-        self.qkv = PackedLinear(attn.in_proj_weight, attn.in_proj_bias, dtype)
-        self.out = PackedLinear(attn.out_proj.weight, attn.out_proj.bias, dtype)
-        self.fc = PackedLinear(mlp.c_fc.weight * QUICK_GELU_SCALE, mlp.c_fc.bias * QUICK_GELU_SCALE, dtype, "swish")
-        self.proj = PackedLinear(mlp.c_proj.weight / QUICK_GELU_SCALE, mlp.c_proj.bias, dtype)
+        self.qkv = linear(attn.in_proj_weight, attn.in_proj_bias)
+        self.out = linear(attn.out_proj.weight, attn.out_proj.bias)
+        self.fc = linear(mlp.c_fc.weight * QUICK_GELU_SCALE, mlp.c_fc.bias * QUICK_GELU_SCALE, "swish")
+        self.proj = linear(mlp.c_proj.weight / QUICK_GELU_SCALE, mlp.c_proj.bias)
 
     @staticmethod
     def supports(block: nn.Module) -> bool:
