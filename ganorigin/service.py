@@ -1,25 +1,55 @@
 """One model instance for a server: loaded in the background, shared by the web UI and the REST API.
 
 The server starts at once; while weights load (or cannot be had) every request gets a clear
-answer saying so, and :meth:`ModelService.reload` tries again without a restart.
+answer saying so. A load has a deadline (``GANORIGIN_LOAD_TIMEOUT`` seconds, default 900), can be
+cancelled (:meth:`ModelService.cancel`) and retried (:meth:`ModelService.reload`) without a
+restart, and ends with one probe prediction, so a model that loads but cannot answer fails here
+rather than on every request. What the service shows a user (errors, steps, weight sources) names
+files and settings, never this server's directories.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import platform
+import re
+import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Optional
 
-from .errors import GANOriginError
+import numpy as np
+
+from .errors import GANOriginError, WeightsFormatError
 from .explain import FrequencyView, HeatMap, frequency_view, gradient_heatmap, occlusion_heatmap
 from .images import ImageInput, load_image
 from .pipeline import GANOrigin, Prediction
+from .weights import CLIP_FILES, E4E_FILE, SAFE_MODEL_FILE, SVM_FILE, UFD_HEAD_FILE
+
+logger = logging.getLogger(__name__)
+# Every loading step (downloads, checks) is logged at INFO under this logger; the service shows
+# the latest one while it loads.
+PACKAGE_LOGGER = logging.getLogger("ganorigin")
+
+DEFAULT_LOAD_TIMEOUT_S = 900.0
 
 
 class ModelUnavailableError(GANOriginError):
     """The model is still loading, or its weights could not be loaded."""
+
+
+@dataclass
+class _Attempt:
+    """One load: when it began, its latest step, and whether it has ended (loaded, failed,
+    timed out or cancelled); a late result of an ended attempt is discarded."""
+
+    started_at: float = field(default_factory=time.monotonic)
+    ended: threading.Event = field(default_factory=threading.Event)
+    step: Optional[str] = None
+    deadline: Optional[threading.Timer] = None
 
 
 class ModelService:
@@ -27,77 +57,130 @@ class ModelService:
 
     Model calls are serialised by a lock: on a small CPU box one analysis at a time is fastest
     and keeps memory flat; Gradio's queue and the REST threadpool wait their turn.
+
+    Args:
+        loader: builds the model (default: weights from the environment).
+        load_timeout: seconds a load may take before it is given up (default
+            ``GANORIGIN_LOAD_TIMEOUT``, else 900). The loader's thread cannot be stopped; it
+            finishes in the background and its result is dropped.
     """
 
-    def __init__(self, loader: Callable[[], GANOrigin] = GANOrigin.from_pretrained):
+    def __init__(self, loader: Callable[[], GANOrigin] = GANOrigin.from_pretrained, *,
+                 load_timeout: Optional[float] = None):
         self._loader = loader
+        self.load_timeout = float(os.environ.get("GANORIGIN_LOAD_TIMEOUT", DEFAULT_LOAD_TIMEOUT_S)
+                                  if load_timeout is None else load_timeout)
         self._model: Optional[GANOrigin] = None
         self._error: Optional[str] = None
-        self._loading = threading.Event()
-        self._started_at = time.monotonic()
+        self._attempt: Optional[_Attempt] = None
         self._ready_after: Optional[float] = None
-        self._step: Optional[_LastMessage] = None
         self._run_lock = threading.Lock()
         self._state_lock = threading.Lock()
 
     def start(self) -> "ModelService":
-        """Begin loading in a background thread (a no-op while a load is running)."""
+        """Begin loading in a background thread (a no-op while a load runs or once loaded)."""
         with self._state_lock:
-            if self._loading.is_set() or self._model is not None:
+            if self._model is not None or self.state == "loading":
                 return self
-            self._loading.set()
+            attempt = self._attempt = _Attempt()
+            attempt.deadline = threading.Timer(self.load_timeout, self._give_up, (attempt,))
+            attempt.deadline.daemon = True
             self._error = None
-            self._started_at = time.monotonic()
-        threading.Thread(target=self._load, name="ganorigin-load", daemon=True).start()
+        logger.info("Loading the model (deadline %g s, GANORIGIN_LOAD_TIMEOUT)", self.load_timeout)
+        attempt.deadline.start()
+        threading.Thread(target=self._load, args=(attempt,), name="ganorigin-load", daemon=True).start()
         return self
 
     reload = start
 
-    def _load(self) -> None:
-        downloads = _LastMessage()
-        weights_logger = logging.getLogger("ganorigin.weights")
-        weights_logger.addHandler(downloads)
-        weights_logger.setLevel(logging.INFO)
-        self._step = downloads
+    def cancel(self) -> bool:
+        """Stop waiting for the load in progress: the state becomes ``"failed"`` and
+        :meth:`reload` may start afresh. Returns whether a load was cancelled."""
+        attempt = self._attempt
+        return attempt is not None and self._end(
+            attempt, error="Loading was cancelled. Retry loading (ModelService.reload) to try again."
+        )
+
+    def _load(self, attempt: _Attempt) -> None:
+        steps = _StepRecorder(attempt, threading.get_ident())
+        if PACKAGE_LOGGER.level == logging.NOTSET:
+            PACKAGE_LOGGER.setLevel(logging.INFO)
+        PACKAGE_LOGGER.addHandler(steps)
         try:
             model = self._loader()
-            with self._state_lock:
-                self._model, self._ready_after = model, time.monotonic() - self._started_at
+            _probe(model)
         except GANOriginError as e:
-            with self._state_lock:
-                self._error = str(e)
+            self._end(attempt, error=str(e))
+        except Exception as e:  # a fault of this program, not of the weights: keep the traceback
+            logger.exception("Loading the model failed")
+            self._end(attempt, error=f"Loading the model failed with an internal error ({type(e).__name__}); "
+                                     "the server log has the details.")
+        else:
+            self._end(attempt, model=model)
         finally:
-            weights_logger.removeHandler(downloads)
-            self._loading.clear()
+            PACKAGE_LOGGER.removeHandler(steps)
+
+    def _give_up(self, attempt: _Attempt) -> None:
+        last = f" The last step was: {attempt.step}." if attempt.step else ""
+        self._end(attempt, error=(
+            f"Loading the model did not finish within {self.load_timeout:g} s (GANORIGIN_LOAD_TIMEOUT).{last} "
+            "The network or the Hub may be too slow: retry loading, or provide the weights in a local folder "
+            "(GANORIGIN_WEIGHTS_DIR)."
+        ))
+
+    def _end(self, attempt: _Attempt, *, model: Optional[GANOrigin] = None, error: Optional[str] = None) -> bool:
+        """Record the outcome of ``attempt`` unless it has already ended; returns whether it was recorded."""
+        with self._state_lock:
+            if attempt.ended.is_set():
+                if model is not None or error is not None:
+                    logger.info("A load that had been cancelled or timed out has finished; its result is dropped.")
+                return False
+            seconds = time.monotonic() - attempt.started_at
+            if model is not None:
+                self._model, self._ready_after = model, seconds
+            else:
+                self._error = public_text(error)
+            attempt.ended.set()
+        attempt.deadline.cancel()
+        if model is not None:
+            logger.info("Model ready in %.1f s (device %s)", seconds, model.device)
+        else:
+            logger.error("The model could not be loaded (after %.1f s):\n%s", seconds, error)
+        return True
 
     @property
     def step(self) -> Optional[str]:
         """While loading: what is happening now, e.g. "Downloading e4e_ffhq_encode.pt from Hub repo …"."""
-        return self._step.message if self._step is not None and self.state == "loading" else None
+        attempt = self._attempt
+        if attempt is None or attempt.step is None or self.state != "loading":
+            return None
+        return public_text(attempt.step)
 
     @property
     def state(self) -> str:
-        """``"ready"``, ``"loading"`` or ``"failed"``."""
+        """``"ready"``, ``"loading"`` or ``"failed"`` (which includes timed out and cancelled)."""
         if self._model is not None:
             return "ready"
-        return "loading" if self._loading.is_set() else "failed"
+        attempt = self._attempt
+        return "loading" if attempt is not None and not attempt.ended.is_set() else "failed"
 
     @property
     def error(self) -> Optional[str]:
+        """Why the last load failed, with no server path in it."""
         return self._error
 
     def wait(self, timeout: Optional[float] = None) -> str:
-        """Wait for the current load to finish; returns the state."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self._loading.is_set() and (deadline is None or time.monotonic() < deadline):
-            time.sleep(0.05)
+        """Wait for the current load to end; returns the state."""
+        attempt = self._attempt
+        if attempt is not None:
+            attempt.ended.wait(timeout)
         return self.state
 
     @property
     def model(self) -> GANOrigin:
         if self._model is None:
             if self.state == "loading":
-                elapsed = time.monotonic() - self._started_at
+                elapsed = time.monotonic() - self._attempt.started_at
                 raise ModelUnavailableError(f"The model is still loading ({elapsed:.0f} s so far); try again shortly.")
             raise ModelUnavailableError(f"The model could not be loaded.\n{self._error}")
         return self._model
@@ -119,7 +202,7 @@ class ModelService:
         return heat, frequency_view(decoded)
 
     def health(self) -> dict:
-        """What ``GET /health`` reports: state, weight sources, versions."""
+        """What ``GET /health`` reports: state, the loading step, weight sources, versions."""
         import gradio
         import open_clip
         import sklearn
@@ -131,9 +214,11 @@ class ModelService:
         return {
             "status": self.state,
             "weights_loaded": model is not None,
+            "step": self.step,
             "error": self._error,
             "load_seconds": None if self._ready_after is None else round(self._ready_after, 2),
-            "weights": dict(model.weights.origins) if model is not None and model.weights else {},
+            "weights": ({name: public_text(origin) for name, origin in model.weights.origins.items()}
+                        if model is not None and model.weights else {}),
             "threshold": model.threshold if model is not None else None,
             "device": str(model.device) if model is not None else None,
             "versions": {
@@ -147,12 +232,93 @@ class ModelService:
         }
 
 
-class _LastMessage(logging.Handler):
-    """Keeps the last log message: the download step shown while the model loads."""
+def _probe(model: GANOrigin) -> None:
+    """One fixed image through the whole model; weights that load but give NaN (or raise) fail here.
 
-    def __init__(self):
+    Raises:
+        WeightsFormatError: naming the files most likely at fault.
+    """
+    logger.info("Checking the model on a test image")
+    image = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    try:
+        result = model.predict(image, align=False)
+    except GANOriginError as e:
+        raise WeightsFormatError(f"The model loaded but failed its check on a test image: {e}") from e
+    except Exception as e:
+        logger.exception("The model failed on the test image")
+        raise WeightsFormatError(
+            f"The model loaded but failed its check on a test image ({type(e).__name__}: {e}). A weight file is "
+            "probably damaged or does not belong with the others."
+        ) from e
+    p = result.fake_probability
+    if not (np.isfinite(p) and 0.0 <= p <= 1.0):
+        raise WeightsFormatError(
+            f"The detector gave P(fake) = {p} on a test image: the CLIP weights ({' or '.join(CLIP_FILES)}) or the "
+            f"UFD head ({UFD_HEAD_FILE}) hold NaN or infinite values. Replace them."
+        )
+    if not np.all(np.isfinite(result.probabilities)):
+        raise WeightsFormatError(
+            f"The attribution gave {list(result.probabilities)} on a test image: the e4e checkpoint ({E4E_FILE}) or "
+            f"the attribution model ({SVM_FILE} and its scaler, or {SAFE_MODEL_FILE}) hold NaN or infinite values. "
+            "Replace them."
+        )
+
+
+def public_text(text: Optional[str]) -> Optional[str]:
+    """``text`` with this server's directories replaced by what configures them, for showing to users.
+
+    ``/data/w/e4e_ffhq_encode.pt`` becomes ``$GANORIGIN_WEIGHTS_DIR/e4e_ffhq_encode.pt``; a path in
+    any other existing directory keeps only its file name (``…/name``). URLs and Hub repo ids are
+    left as they are.
+    """
+    if text is None:
+        return None
+    for folder, label in _known_folders():
+        text = re.sub(_PATH_START + re.escape(folder) + r"(?![\w.-])", lambda _: label, text)
+    return re.sub(_PATH_START + r"/[\w.@+~-]+(?:/[\w.@+~-]+)*", _hide_directories, text)
+
+
+# Where a server path can begin: not inside a word, a URL, a label or another path.
+_PATH_START = r"(?<![\w.:/$~>…-])"
+
+
+def _known_folders() -> list[tuple[str, str]]:
+    """(folder, label) for the directories messages may name, longest first."""
+    from huggingface_hub import constants as hf_constants
+
+    env = os.environ.get
+    labels = [
+        (env("GANORIGIN_WEIGHTS_DIR"), "$GANORIGIN_WEIGHTS_DIR"),
+        (env("GANORIGIN_CACHE_DIR"), "$GANORIGIN_CACHE_DIR"),
+        (hf_constants.HF_HUB_CACHE, "<Hugging Face cache>"),
+        (hf_constants.HF_HOME, "$HF_HOME"),
+        (tempfile.gettempdir(), "<temp>"),
+        (os.getcwd(), "<app folder>"),
+        (str(Path.home()), "~"),
+    ]
+    pairs = {}
+    for folder, label in labels:
+        if folder:
+            for form in (str(Path(folder).expanduser()).rstrip("/"), os.path.realpath(Path(folder).expanduser())):
+                if len(form) > 1:
+                    pairs.setdefault(form, label)
+    return sorted(pairs.items(), key=lambda pair: -len(pair[0]))
+
+
+def _hide_directories(match: re.Match) -> str:
+    """``/srv/x/file`` -> ``…/file`` when ``/srv`` exists here; placeholders like ``/that/folder`` stay."""
+    path = match.group(0)
+    top = "/" + path.split("/")[1]
+    return f"…/{Path(path).name}" if os.path.exists(top) else path
+
+
+class _StepRecorder(logging.Handler):
+    """Keeps an attempt's latest log message from its own loading thread: the step shown while loading."""
+
+    def __init__(self, attempt: _Attempt, thread_id: int):
         super().__init__(logging.INFO)
-        self.message: Optional[str] = None
+        self.attempt, self.thread_id = attempt, thread_id
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.message = record.getMessage()
+        if record.thread == self.thread_id:
+            self.attempt.step = record.getMessage()

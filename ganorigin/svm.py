@@ -18,6 +18,7 @@ import numpy as np
 from joblib.numpy_pickle import NumpyUnpickler
 from joblib.numpy_pickle_utils import _validate_fileobject_and_memmap
 from sklearn.exceptions import InconsistentVersionWarning, NotFittedError
+from sklearn.preprocessing import LabelEncoder, StandardScaler
 from sklearn.utils.validation import check_is_fitted
 
 from .errors import UnsafePickleError, WeightsFormatError
@@ -113,17 +114,19 @@ class GANAttributor:
     centroids: Optional[np.ndarray] = None
     unknown_threshold: Optional[float] = None
 
-    def __init__(self, scaler, classifier, labels: Sequence[str]):
-        for name, est in (("scaler", scaler), ("classifier", classifier)):
-            try:
-                check_is_fitted(est)
-            except (NotFittedError, TypeError) as e:
-                raise WeightsFormatError(f"The {name} ({type(est).__name__}) is not a fitted estimator.") from e
-        if not hasattr(classifier, "predict_proba"):
-            raise WeightsFormatError(f"{type(classifier).__name__} has no predict_proba; attribution needs probabilities.")
-        n_in = getattr(classifier, "n_features_in_", None)
-        if n_in is not None and n_in != scaler.n_features_in_:
-            raise WeightsFormatError(f"The scaler expects {scaler.n_features_in_} features but the SVM {n_in}.")
+    def __init__(self, scaler, classifier, labels: Sequence[str], *,
+                 names: tuple[str, str] = ("The scaler", "The classifier")):
+        """Check the fitted objects before use: kinds, shapes, finite values, one test prediction.
+
+        Args:
+            names: how messages name the scaler and the classifier (e.g. their files).
+
+        Raises:
+            WeightsFormatError: naming the object (or file) at fault.
+        """
+        scaler_name, classifier_name = names
+        n_features = _check_scaler(scaler, scaler_name)
+        _check_classifier(classifier, scaler, n_features, classifier_name)
         if len(labels) != len(classifier.classes_):
             raise WeightsFormatError(f"{len(labels)} labels for {len(classifier.classes_)} SVM classes.")
         self.scaler = scaler
@@ -146,6 +149,8 @@ class GANAttributor:
                 f"The attribution model expects {self.n_features} features, the encoder gives {features.shape[1]}; "
                 "the e4e checkpoint and the SVM do not belong together."
             )
+        if not np.isfinite(features).all():
+            raise WeightsFormatError("The e4e encoder gave NaN or infinite W+ codes: its checkpoint is probably damaged.")
         return self.classifier.predict_proba(self.scaler.transform(features))
 
     def centroid_distances(self, features: np.ndarray) -> np.ndarray:
@@ -163,17 +168,97 @@ class GANAttributor:
 
     @classmethod
     def from_pickles(cls, svm_path: Path, scaler_path: Path, label_encoder_path: Path) -> "GANAttributor":
-        """Load the original project's three joblib files, safely."""
+        """Load the original project's three joblib files, safely, and check what they hold.
+
+        Raises:
+            UnsafePickleError: a file asks for a class outside the allow-list (nothing in it ran).
+            WeightsFormatError: a file is unreadable or holds the wrong kind of object, wrong
+                shapes or non-finite values; the message names the file.
+        """
         classifier = safe_load_pickle(svm_path)
         scaler = safe_load_pickle(scaler_path)
         label_encoder = safe_load_pickle(label_encoder_path)
-        classes = np.asarray(getattr(classifier, "classes_", []))
+        classes = _fitted_classes(classifier, str(svm_path))
         if classes.dtype.kind in "USO":  # fitted on the label strings themselves
-            return cls(scaler, classifier, list(classes))
-        try:
-            labels = label_encoder.inverse_transform(classes)
-        except (AttributeError, ValueError, IndexError, TypeError) as e:
+            labels = list(classes)
+        else:
+            if not isinstance(label_encoder, LabelEncoder) or getattr(label_encoder, "classes_", None) is None:
+                raise WeightsFormatError(f"{label_encoder_path} holds a {type(label_encoder).__name__}, "
+                                         "not a fitted LabelEncoder.")
+            if len(label_encoder.classes_) != len(classes):
+                raise WeightsFormatError(
+                    f"{label_encoder_path} names {len(label_encoder.classes_)} classes but the SVM in {svm_path} has "
+                    f"{len(classes)}; the files do not belong together."
+                )
+            try:
+                labels = list(label_encoder.inverse_transform(classes))
+            except (AttributeError, ValueError, IndexError, TypeError) as e:
+                raise WeightsFormatError(
+                    f"{label_encoder_path} cannot name the SVM's classes {classes!r} ({e})."
+                ) from e
+        return cls(scaler, classifier, labels, names=(str(scaler_path), str(svm_path)))
+
+
+def _check_scaler(scaler, name: str) -> int:
+    """A fitted StandardScaler whose mean and scale are finite, one per feature, scales non-zero.
+    Returns its number of features."""
+    if not isinstance(scaler, StandardScaler):
+        raise WeightsFormatError(f"{name} holds a {type(scaler).__name__}, not a StandardScaler.")
+    try:
+        check_is_fitted(scaler)
+    except NotFittedError as e:
+        raise WeightsFormatError(f"{name} holds a StandardScaler that is not fitted.") from e
+    n_features = getattr(scaler, "n_features_in_", None)
+    if not isinstance(n_features, (int, np.integer)) or n_features < 1:
+        raise WeightsFormatError(f"{name}: the scaler's n_features_in_ is {n_features!r}, not a positive count.")
+    for attr, used in (("mean_", scaler.with_mean), ("scale_", scaler.with_std)):
+        value = getattr(scaler, attr, None)
+        if value is None and not used:
+            continue
+        value = np.asarray(value)
+        finite = value.dtype.kind in "fiu" and bool(np.isfinite(value).all())
+        if value.shape != (n_features,) or not finite:
             raise WeightsFormatError(
-                f"{label_encoder_path} cannot name the SVM's classes {getattr(classifier, 'classes_', None)!r} ({e})."
-            ) from e
-        return cls(scaler, classifier, list(labels))
+                f"{name}: the scaler's {attr} should be {n_features} finite numbers (one per feature); it has shape "
+                f"{value.shape}, dtype {value.dtype}{'' if finite else ', not all finite'}."
+            )
+        if attr == "scale_" and (value == 0).any():
+            raise WeightsFormatError(f"{name}: the scaler's scale_ has zeros; every feature would divide by zero.")
+    return int(n_features)
+
+
+def _fitted_classes(classifier, name: str) -> np.ndarray:
+    """The ``classes_`` of a fitted classifier (two or more)."""
+    try:
+        check_is_fitted(classifier)
+    except (NotFittedError, TypeError) as e:
+        raise WeightsFormatError(f"{name}: {type(classifier).__name__} is not a fitted estimator.") from e
+    classes = np.asarray(getattr(classifier, "classes_", []))
+    if classes.ndim != 1 or len(classes) < 2:
+        raise WeightsFormatError(f"{name}: the classifier's classes_ should list two or more classes, not {classes!r}.")
+    return classes
+
+
+def _check_classifier(classifier, scaler, n_features: int, name: str) -> None:
+    """A fitted classifier with predict_proba over ``n_features`` inputs that gives finite probabilities."""
+    classes = _fitted_classes(classifier, name)
+    if getattr(classifier, "kernel", None) == "precomputed":
+        raise WeightsFormatError(f"{name} holds an SVC with a precomputed kernel; attribution needs a classifier "
+                                 f"over the {n_features} W+ features.")
+    if not hasattr(classifier, "predict_proba"):
+        raise WeightsFormatError(f"{name}: {type(classifier).__name__} has no predict_proba; attribution needs probabilities.")
+    n_in = getattr(classifier, "n_features_in_", None)
+    if n_in is not None and n_in != n_features:
+        raise WeightsFormatError(f"The scaler expects {n_features} features but the SVM {n_in} ({name}).")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            probabilities = classifier.predict_proba(scaler.transform(np.zeros((1, n_features), dtype=np.float32)))
+    except (ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+        raise WeightsFormatError(f"{name}: the classifier cannot score {n_features} features ({e}).") from e
+    probabilities = np.asarray(probabilities)
+    if probabilities.shape != (1, len(classes)) or not np.isfinite(probabilities).all():
+        raise WeightsFormatError(
+            f"{name}: the classifier gives {probabilities.tolist()} for {len(classes)} classes on a test input; "
+            "its fitted values hold NaN or infinite numbers, or do not match its classes."
+        )
