@@ -86,7 +86,6 @@ class ModelService:
             attempt.deadline = threading.Timer(self.load_timeout, self._give_up, (attempt,))
             attempt.deadline.daemon = True
             self._error = None
-        logger.info("Loading the model (deadline %g s, GANORIGIN_LOAD_TIMEOUT)", self.load_timeout)
         attempt.deadline.start()
         threading.Thread(target=self._load, args=(attempt,), name="ganorigin-load", daemon=True).start()
         return self
@@ -107,6 +106,7 @@ class ModelService:
             PACKAGE_LOGGER.setLevel(logging.INFO)
         PACKAGE_LOGGER.addHandler(steps)
         try:
+            logger.info("Loading the model (deadline %g s, GANORIGIN_LOAD_TIMEOUT)", self.load_timeout)
             model = self._loader()
             _probe(model)
         except GANOriginError as e:
@@ -132,20 +132,18 @@ class ModelService:
         """Record the outcome of ``attempt`` unless it has already ended; returns whether it was recorded."""
         with self._state_lock:
             if attempt.ended.is_set():
-                if model is not None or error is not None:
-                    logger.info("A load that had been cancelled or timed out has finished; its result is dropped.")
+                if model is not None:
+                    logger.info("A load that had been cancelled or timed out has finished; its model is dropped.")
                 return False
+            attempt.deadline.cancel()
             seconds = time.monotonic() - attempt.started_at
             if model is not None:
                 self._model, self._ready_after = model, seconds
+                logger.info("Model ready in %.1f s (device %s)", seconds, model.device)
             else:
                 self._error = public_text(error)
+                logger.error("The model could not be loaded (after %.1f s):\n%s", seconds, error)
             attempt.ended.set()
-        attempt.deadline.cancel()
-        if model is not None:
-            logger.info("Model ready in %.1f s (device %s)", seconds, model.device)
-        else:
-            logger.error("The model could not be loaded (after %.1f s):\n%s", seconds, error)
         return True
 
     @property
