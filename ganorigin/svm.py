@@ -216,23 +216,25 @@ def _check_scaler(scaler, name: str) -> int:
         if value is None and not used:
             continue
         value = np.asarray(value)
-        finite = value.dtype.kind in "fiu" and bool(np.isfinite(value).all())
-        if value.shape != (n_features,) or not finite:
+        if value.shape != (n_features,) or value.dtype.kind not in "fiu":
             raise WeightsFormatError(
-                f"{name}: the scaler's {attr} should be {n_features} finite numbers (one per feature); it has shape "
-                f"{value.shape}, dtype {value.dtype}{'' if finite else ', not all finite'}."
+                f"{name}: the scaler's {attr} should be {n_features} numbers (one per feature); it has shape "
+                f"{value.shape}, dtype {value.dtype}."
             )
         if attr == "scale_" and (value == 0).any():
             raise WeightsFormatError(f"{name}: the scaler's scale_ has zeros; every feature would divide by zero.")
+    _check_finite(scaler, name)
     return int(n_features)
 
 
 def _fitted_classes(classifier, name: str) -> np.ndarray:
-    """The ``classes_`` of a fitted classifier (two or more)."""
+    """The ``classes_`` (two or more) of a fitted classifier with ``predict_proba``."""
     try:
         check_is_fitted(classifier)
     except (NotFittedError, TypeError) as e:
         raise WeightsFormatError(f"{name}: {type(classifier).__name__} is not a fitted estimator.") from e
+    if not hasattr(classifier, "predict_proba"):
+        raise WeightsFormatError(f"{name}: {type(classifier).__name__} has no predict_proba; attribution needs probabilities.")
     classes = np.asarray(getattr(classifier, "classes_", []))
     if classes.ndim != 1 or len(classes) < 2:
         raise WeightsFormatError(f"{name}: the classifier's classes_ should list two or more classes, not {classes!r}.")
@@ -245,11 +247,10 @@ def _check_classifier(classifier, scaler, n_features: int, name: str) -> None:
     if getattr(classifier, "kernel", None) == "precomputed":
         raise WeightsFormatError(f"{name} holds an SVC with a precomputed kernel; attribution needs a classifier "
                                  f"over the {n_features} W+ features.")
-    if not hasattr(classifier, "predict_proba"):
-        raise WeightsFormatError(f"{name}: {type(classifier).__name__} has no predict_proba; attribution needs probabilities.")
     n_in = getattr(classifier, "n_features_in_", None)
     if n_in is not None and n_in != n_features:
         raise WeightsFormatError(f"The scaler expects {n_features} features but the SVM {n_in} ({name}).")
+    _check_finite(classifier, name)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -260,5 +261,29 @@ def _check_classifier(classifier, scaler, n_features: int, name: str) -> None:
     if probabilities.shape != (1, len(classes)) or not np.isfinite(probabilities).all():
         raise WeightsFormatError(
             f"{name}: the classifier gives {probabilities.tolist()} for {len(classes)} classes on a test input; "
-            "its fitted values hold NaN or infinite numbers, or do not match its classes."
+            "its fitted values do not match its classes."
         )
+
+
+def _check_finite(estimator, name: str) -> None:
+    """Refuse a fitted estimator with NaN or inf anywhere in its learned numbers (nested ones included):
+    scikit-learn would not fail on them, it would answer wrongly (libsvm even gives finite probabilities)."""
+    where = _non_finite(estimator, type(estimator).__name__, set())
+    if where is not None:
+        raise WeightsFormatError(f"{name}: {where} holds NaN or infinite values.")
+
+
+def _non_finite(obj, where: str, seen: set) -> Optional[str]:
+    """The attribute path of the first NaN or inf in ``obj``, its scikit-learn members and their lists."""
+    if isinstance(obj, np.ndarray):
+        return where if obj.dtype.kind in "fc" and not np.isfinite(obj).all() else None
+    if isinstance(obj, (float, np.floating)):
+        return None if np.isfinite(obj) else where
+    if isinstance(obj, (list, tuple)):
+        members = [(f"{where}[{i}]", item) for i, item in enumerate(obj)]
+    elif type(obj).__module__.startswith("sklearn.") and id(obj) not in seen:
+        seen.add(id(obj))
+        members = [(f"{where}.{key}", value) for key, value in vars(obj).items()]
+    else:
+        return None
+    return next((found for path, value in members if (found := _non_finite(value, path, seen)) is not None), None)
