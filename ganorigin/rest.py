@@ -14,7 +14,7 @@ import logging
 import os
 from typing import Optional, Union
 
-from fastapi import File, Form, Request, UploadFile
+from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
@@ -97,7 +97,7 @@ class _PredictGate:
             self.in_flight -= 1
 
 
-def create_rest_app(service: ModelService) -> FastAPIOffline:
+def create_rest_app(service: ModelService) -> FastAPI:
     """A FastAPI app with ``/predict`` and ``/health`` over ``service``; mount the UI on it.
 
     CORS is off unless ``GANORIGIN_CORS_ORIGINS`` lists origins (comma-separated, or ``*``);

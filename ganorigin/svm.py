@@ -22,6 +22,7 @@ from sklearn.preprocessing import LabelEncoder, StandardScaler
 from sklearn.utils.validation import check_is_fitted
 
 from .errors import UnsafePickleError, WeightsFormatError
+from .weights import E4E_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +151,8 @@ class GANAttributor:
                 "the e4e checkpoint and the SVM do not belong together."
             )
         if not np.isfinite(features).all():
-            raise WeightsFormatError("The e4e encoder gave NaN or infinite W+ codes: its checkpoint is probably damaged.")
+            raise WeightsFormatError(f"The e4e encoder gave NaN or infinite W+ codes: its checkpoint ({E4E_FILE}) is "
+                                     "probably damaged.")
         return self.classifier.predict_proba(self.scaler.transform(features))
 
     def centroid_distances(self, features: np.ndarray) -> np.ndarray:
