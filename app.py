@@ -16,9 +16,9 @@ from ganorigin import DEFAULT_THRESHOLD, GANOriginError, InvalidImageError, Pred
 from ganorigin.align import alignment_available
 from ganorigin.examples import EXAMPLES, fetch_examples
 from ganorigin.images import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
-from ganorigin.rest import create_rest_app
-from ganorigin.service import ModelService
-from ganorigin.svm import display_name
+from ganorigin.serving.rest import create_rest_app
+from ganorigin.serving.service import ModelService
+from ganorigin.models import display_name
 
 try:  # ZeroGPU Spaces: run analyses on a borrowed GPU; elsewhere a no-op.
     import spaces

@@ -212,7 +212,7 @@ def load_baseline(weights_dir: Path):
     from safetensors.torch import load_file
 
     from ganorigin import GANOrigin
-    from ganorigin.models import GANAttributor
+    from ganorigin.hub.pickles import load_attributor_pickles
     from ganorigin.models.detector import UFDDetector, clip_visual_state_dict, vision_cfg_from_state_dict
     from ganorigin.models.encoder import E4EEncoder, Subsample, checkpoint_filter_fn, config_from_state_dict
     from ganorigin.testing import CLIP_FILE, E4E_FILE, LABEL_ENCODER_FILE, SCALER_FILE, SVM_FILE, UFD_HEAD_FILE
@@ -230,7 +230,7 @@ def load_baseline(weights_dir: Path):
     for unit in encoder.body:  # upstream's shortcut op (ours subsamples by slicing: same values)
         if isinstance(unit.shortcut_layer, Subsample):
             unit.shortcut_layer = torch.nn.MaxPool2d(1, unit.shortcut_layer.stride)
-    attributor = GANAttributor.from_pickles(*(weights_dir / f for f in (SVM_FILE, SCALER_FILE, LABEL_ENCODER_FILE)))
+    attributor = load_attributor_pickles(*(weights_dir / f for f in (SVM_FILE, SCALER_FILE, LABEL_ENCODER_FILE)))
     return GANOrigin(detector, encoder, attributor, device="cpu", align=False)
 
 

@@ -46,12 +46,16 @@ def _read_bytes(image) -> bytes:
     if isinstance(image, (bytes, bytearray, memoryview)):
         data = bytes(image)
     elif isinstance(image, (str, os.PathLike)):
+        # Messages name the file, never its folder: on a server that would reveal its paths.
         path = Path(image)
         if not path.is_file():
-            raise InvalidImageError(f"No image file at {str(path)!r}.")
-        if path.stat().st_size > MAX_IMAGE_BYTES:
-            raise ImageTooLargeError(_too_many_bytes(path.stat().st_size))
-        data = path.read_bytes()
+            raise InvalidImageError(f"No image file named {path.name!r}.")
+        try:
+            if path.stat().st_size > MAX_IMAGE_BYTES:
+                raise ImageTooLargeError(_too_many_bytes(path.stat().st_size))
+            data = path.read_bytes()
+        except OSError as e:
+            raise InvalidImageError(f"The image file {path.name!r} could not be read ({e.strerror or type(e).__name__}).") from e
     elif hasattr(image, "read"):
         data = image.read(MAX_IMAGE_BYTES + 1)
     else:

@@ -18,6 +18,7 @@ from .align import AlignmentResult, align_face, alignment_available
 from .errors import InvalidImageError
 from .factory import Device, as_device, create_detector, create_encoder, detector_scores, encode
 from .hub import ResolvedWeights, WeightSources, resolve
+from .hub.pickles import load_attributor_pickles
 from .hub.trained_model import load_attribution_model
 from .images import ImageInput, load_image
 from .models import GANAttributor
@@ -95,7 +96,7 @@ class GANOrigin:
             attributor = load_attribution_model(files.safe_model)
             attribution_files = (files.safe_model,)
         else:
-            attributor = GANAttributor.from_pickles(files.svm, files.scaler, files.label_encoder)
+            attributor = load_attributor_pickles(files.svm, files.scaler, files.label_encoder)
             attribution_files = (files.svm, files.scaler, files.label_encoder)
         device = as_device(device)
         detector = create_detector(files=files, device=device, precision=precision)

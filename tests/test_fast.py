@@ -92,7 +92,7 @@ def test_packed_block_matches_open_clip_block():
     x = torch.randn(2, 17, 64)
     with torch.inference_mode():
         expected = block(x)
-        packed = PackedResidualBlock(block, BF16)
+        packed = PackedResidualBlock(block, "bf16")
         y = packed(x)
     assert PackedResidualBlock.supports(block)
     assert y.dtype == torch.float32

@@ -24,8 +24,8 @@ import pytest
 from sklearn.preprocessing import StandardScaler
 
 from ganorigin import GANAttributor, UnsafePickleError, WeightsFormatError
-from ganorigin.svm import safe_load_pickle
-from ganorigin.weights import LABEL_ENCODER_FILE, SCALER_FILE, SVM_FILE
+from ganorigin.hub.pickles import load_attributor_pickles, safe_load_pickle
+from ganorigin.testing import LABEL_ENCODER_FILE, SCALER_FILE, SVM_FILE
 
 EXT_CODE = 0xF0  # a copyreg extension code this test registers for os.system, then removes
 REFUSED: list[str] = []
@@ -152,9 +152,9 @@ def test_valid_pickle_of_the_wrong_type_is_refused_clearly(tmp_path, weights_dir
     not_a_model = tmp_path / "array.pkl"
     joblib.dump(np.zeros((3, 9216), dtype=np.float32), not_a_model)
     with pytest.raises(WeightsFormatError, match="not a fitted estimator"):
-        GANAttributor.from_pickles(not_a_model, files[SCALER_FILE], files[LABEL_ENCODER_FILE])
+        load_attributor_pickles(not_a_model, files[SCALER_FILE], files[LABEL_ENCODER_FILE])
     # The three files in the wrong order.
     with pytest.raises(WeightsFormatError):
-        GANAttributor.from_pickles(files[SCALER_FILE], files[LABEL_ENCODER_FILE], files[SVM_FILE])
+        load_attributor_pickles(files[SCALER_FILE], files[LABEL_ENCODER_FILE], files[SVM_FILE])
     with pytest.raises(WeightsFormatError):
-        GANAttributor.from_pickles(files[SVM_FILE], files[LABEL_ENCODER_FILE], files[SCALER_FILE])
+        load_attributor_pickles(files[SVM_FILE], files[LABEL_ENCODER_FILE], files[SCALER_FILE])

@@ -1,13 +1,14 @@
 """Image decoding: every Pillow mode and common format becomes RGB of the right size and colour
 (first frame of animations and multi-page files, EXIF orientation applied), and every bad input
 (empty, garbage, truncated, oversized -- refused from the header alone -- or too small) raises
-InvalidImageError with a message a person can act on."""
+InvalidImageError with a message a person can act on, naming a file but never its folder."""
 
 from __future__ import annotations
 
 import io
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -137,9 +138,20 @@ def test_bad_inputs_raise_invalid_image_error(data, message):
         load_image(data)
 
 
-def test_other_bad_inputs(tmp_path):
-    with pytest.raises(InvalidImageError, match="No image file at"):
-        load_image(tmp_path / "missing.png")
+def test_file_errors_name_the_file_not_its_folder(tmp_path):
+    """On a server, a message with the folder would reveal its paths."""
+    unreadable = Path("/proc/self/mem")  # a regular file whose read at offset 0 fails (EIO)
+    cases = {tmp_path / "missing.png": "No image file named 'missing.png'", tmp_path: "No image file named",
+             unreadable: "The image file 'mem' could not be read"}
+    for path, message in cases.items():
+        if not path.parent.is_dir():
+            continue  # /proc is Linux only
+        with pytest.raises(InvalidImageError, match=message) as error:
+            load_image(path)
+        assert str(path.parent) not in str(error.value)
+
+
+def test_other_bad_inputs():
     with pytest.raises(InvalidImageError, match="Cannot read an image from a int"):
         load_image(42)
     with pytest.raises(InvalidImageError, match="at least"):

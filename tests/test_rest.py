@@ -7,22 +7,49 @@ thresholds get the documented status and ``{"error": ...}`` body; ``GET /health`
 while weights are still downloading from the (slowed) local Hub and after they load; CORS is off
 by default and on when configured; and a schemathesis property-based run over the app's own
 OpenAPI spec finds no 5xx and no schema violation.
+
+Hardening (issue 12), each attack reproduced over real sockets: a declared ``Content-Length`` over
+the limit is refused before a byte of the body is sent; a chunked body is cut off at the limit
+and never spooled past it; requests past the in-flight bound get 503 with ``Retry-After`` while
+the admitted ones finish with 200; other methods on ``/predict`` get 405 JSON; ``/health`` and
+its errors name weight files and sources, never server folders; weights that load but hold NaN
+fail the load and ``/health`` says why; a fault of the program is a JSON 500 whose traceback goes
+to the log, while user errors are logged as one line. ``/docs`` works with the internet cut off.
 """
 
 from __future__ import annotations
 
+import hashlib
+import http.client
+import json
+import logging
+import os
+import re
+import shutil
+import socket
 import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
 import schemathesis
+import torch
 from fastapi.testclient import TestClient
 from gradio_client import Client, handle_file
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+from ganorigin import GANOrigin, WeightSources
+from ganorigin.serving.rest import DEFAULT_MAX_INFLIGHT, INTERNAL_ERROR, MAX_BODY_BYTES, RETRY_AFTER_S, TOO_LARGE, create_rest_app
+from ganorigin.serving.service import ModelService
+from ganorigin.testing import E4E_FILE, SVM_FILE, UFD_HEAD_FILE
+
 from app_server import assert_same_prediction, main_server, shared_server
+from uvicorn_server import ThreadedServer
 
 MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 
@@ -127,8 +154,8 @@ def test_cors_is_off_on_the_real_server_by_default(server):
 
 
 def test_cors_follows_the_environment(model, monkeypatch):
-    from ganorigin.rest import create_rest_app
-    from ganorigin.service import ModelService
+    from ganorigin.serving.rest import create_rest_app
+    from ganorigin.serving.service import ModelService
 
     service = ModelService(loader=lambda: model).start()
     assert service.wait(timeout=60) == "ready"
@@ -153,7 +180,7 @@ def test_cors_follows_the_environment(model, monkeypatch):
 
 def test_health_is_truthful_before_and_after_the_weights_load(hub, weights_dir, weights_env):
     """Weights come from the local Hub, slowed down: first "loading", then "ready" with origins."""
-    from ganorigin.weights import E4E_FILE, LABEL_ENCODER_FILE, SCALER_FILE, SVM_FILE, UFD_HEAD_FILE
+    from ganorigin.testing import E4E_FILE, LABEL_ENCODER_FILE, SCALER_FILE, SVM_FILE, UFD_HEAD_FILE
 
     repo, clip_repo = "ganorigin-tests/app-health-attribution", "ganorigin-tests/app-health-clip"
     hub.add_repo(repo, {f: weights_dir / f for f in (E4E_FILE, SVM_FILE, SCALER_FILE, LABEL_ENCODER_FILE)})
@@ -208,3 +235,258 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(server):
     print(f"schemathesis ran {len(ran)} cases: "
           + ", ".join(f"{op} x{ran.count(op)}" for op in sorted(set(ran))))
     assert {"POST /predict", "GET /health"} <= set(ran)
+
+
+# --- Hardening (issue 12) ----------------------------------------------------------------------
+
+BOUNDARY = "ganorigin-test-boundary"
+PART_HEAD = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"face.png\"\r\n"
+             "Content-Type: image/png\r\n\r\n").encode()
+PART_TAIL = f"\r\n--{BOUNDARY}--\r\n".encode()
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def _request_head(port: int, content_length: int | None = None) -> bytes:
+    """A raw ``POST /predict`` head: a declared length, or a chunked body when ``None``."""
+    framing = "Transfer-Encoding: chunked" if content_length is None else f"Content-Length: {content_length}"
+    return (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n{framing}\r\n\r\n").encode()
+
+
+def _chunk(data: bytes) -> bytes:
+    return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+
+def _read_response(sock: socket.socket) -> tuple[http.client.HTTPResponse, bytes]:
+    response = http.client.HTTPResponse(sock)
+    response.begin()
+    return response, response.read()
+
+
+def _spooled_bytes(pid: int) -> int:
+    """Bytes in the unnamed temporary files (upload spools) process ``pid`` holds open."""
+    total = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").endswith("(deleted)"):
+                total += os.stat(f"/proc/{pid}/fd/{fd}").st_size
+        except OSError:  # closed meanwhile
+            pass
+    return total
+
+
+def _small_png(dev_images) -> bytes:
+    return min((p for ps in dev_images.values() for p in ps if p.suffix == ".png"), key=lambda p: p.stat().st_size).read_bytes()
+
+
+def test_a_declared_body_over_the_limit_is_refused_before_it_is_sent(server):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(_request_head(server.port, content_length=10 * 2**30))  # 10 GiB announced, none sent
+        response, body = _read_response(sock)
+        assert response.status == 413 and json.loads(body) == {"error": TOO_LARGE}
+        assert response.getheader("connection") == "close"
+        assert sock.recv(1) == b"", "the server closes the connection instead of reading the body"
+    assert httpx.get(f"{server.url}/health", timeout=5).status_code == 200
+
+
+def test_a_chunked_body_is_cut_off_at_the_limit_and_never_spooled_past_it(server):
+    baseline = _spooled_bytes(server.process.pid)
+    peak, uploading = [0], threading.Event()
+
+    def watch():
+        while uploading.is_set():
+            peak[0] = max(peak[0], _spooled_bytes(server.process.pid) - baseline)
+            time.sleep(0.005)
+
+    block, sent = _chunk(b"\0" * 2**20), 0
+    uploading.set()
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            sock.sendall(_request_head(server.port) + _chunk(PART_HEAD))
+            try:
+                while sent < 4 * MAX_BODY_BYTES:
+                    sock.sendall(block)
+                    sent += 2**20
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the server stopped reading and closed the connection
+            response, body = _read_response(sock)
+    finally:
+        uploading.clear()
+        watcher.join()
+    assert response.status == 413 and json.loads(body) == {"error": TOO_LARGE}
+    # What the kernel's socket buffers took before the close reached us is all that got past.
+    assert sent < MAX_BODY_BYTES + 32 * 2**20, f"{sent / 2**20:.0f} MiB were accepted"
+    assert peak[0] <= MAX_BODY_BYTES, f"the upload spool grew to {peak[0] / 2**20:.0f} MiB"
+    assert httpx.get(f"{server.url}/health", timeout=5).status_code == 200
+
+
+def test_requests_past_the_in_flight_bound_get_503_and_the_admitted_ones_200(server, dev_images):
+    """Hold the bound's worth of uploads open half-sent, fire more, then let the held ones finish."""
+    image = _small_png(dev_images)
+    held = [socket.create_connection(("127.0.0.1", server.port), timeout=60) for _ in range(DEFAULT_MAX_INFLIGHT)]
+    try:
+        for sock in held:
+            sock.sendall(_request_head(server.port) + _chunk(PART_HEAD))
+        post = lambda _=None: _post(server, content=image)  # noqa: E731
+        deadline = time.monotonic() + 30
+        while (first := post()).status_code != 503 and time.monotonic() < deadline:
+            time.sleep(0.2)  # until the server has taken in the held requests' heads
+        with ThreadPoolExecutor(6) as pool:
+            refused = [first, *pool.map(post, range(6))]
+        for response in refused:
+            assert response.status_code == 503, response.text
+            assert response.headers["retry-after"] == str(RETRY_AFTER_S)
+            assert list(response.json()) == ["error"] and "busy" in response.json()["error"]
+        started = time.monotonic()
+        assert httpx.get(f"{server.url}/health", timeout=5).json()["status"] == "ready"
+        assert time.monotonic() - started < 3, "/health is not held up by the bound"
+
+        for sock in held:
+            sock.sendall(_chunk(image + PART_TAIL) + LAST_CHUNK)
+        for sock in held:
+            response, body = _read_response(sock)
+            assert response.status == 200, body
+            assert "prediction" in json.loads(body)
+    finally:
+        for sock in held:
+            sock.close()
+    assert post().status_code == 200
+
+
+def test_other_methods_on_predict_get_405_json(server):
+    for method in ("GET", "PUT", "PATCH", "DELETE"):
+        response = httpx.request(method, f"{server.url}/predict", timeout=10)
+        assert response.status_code == 405, (method, response.text)
+        assert response.headers["allow"] == "POST"
+        assert list(response.json()) == ["error"] and "POST" in response.json()["error"]
+
+
+def _strings(value):
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+    elif isinstance(value, str):
+        yield value
+
+
+def _server_paths(text: str) -> list:
+    """Absolute paths in ``text`` that start in a directory that exists on this machine."""
+    candidates = re.findall(r"(?<![\w.:/$~>…-])/[\w.@+~-]+(?:/[\w.@+~-]+)*", text)
+    return [p for p in candidates if os.path.exists("/" + p.split("/")[1])]
+
+
+def test_health_shows_weight_sources_not_paths(server, weights_env):
+    health = server.get_json("/health")
+    assert health["weights"][E4E_FILE] == f"local file $GANORIGIN_WEIGHTS_DIR/{E4E_FILE}"
+    assert [s for s in _strings(health) if s.startswith("/") or _server_paths(s)] == []
+    assert weights_env["GANORIGIN_WEIGHTS_DIR"] not in json.dumps(health)
+
+
+def test_an_offline_server_without_weights_names_the_files_but_no_folder(dev_images):
+    server = shared_server("offline-no-weights", {  # the same configuration as test_app's
+        "GANORIGIN_WEIGHTS_DIR": tempfile.mkdtemp(prefix="ganorigin-no-weights-"),
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": tempfile.mkdtemp(prefix="ganorigin-empty-hf-home-"),
+    })
+    health = server.wait_until_loaded()
+    assert health["status"] == "failed"
+    error = health["error"]
+    for name in (E4E_FILE, SVM_FILE, UFD_HEAD_FILE):
+        assert name in error
+    assert f"$GANORIGIN_WEIGHTS_DIR/{E4E_FILE}" in error
+    assert _server_paths(error) == [] and tempfile.gettempdir() not in error
+    response = _post(server, content=_small_png(dev_images))
+    assert response.status_code == 503 and error in response.json()["error"]
+
+
+def _tamper(weights_dir: Path, folder: Path, part: str) -> WeightSources:
+    """A copy of the test weights with NaN in the e4e encoder or the UFD head, in their own formats."""
+    shutil.copytree(weights_dir, folder)
+    if part == "e4e":
+        checkpoint = torch.load(folder / E4E_FILE, map_location="cpu", weights_only=True)
+        key = next(k for k in checkpoint["state_dict"] if k.startswith("encoder.") and k.endswith(".weight"))
+        checkpoint["state_dict"][key] = torch.full_like(checkpoint["state_dict"][key], float("nan"))
+        torch.save(checkpoint, folder / E4E_FILE)
+    else:
+        head = torch.load(folder / UFD_HEAD_FILE, map_location="cpu", weights_only=True)
+        torch.save({name: torch.full_like(value, float("nan")) for name, value in head.items()}, folder / UFD_HEAD_FILE)
+    head_sha = hashlib.sha256((folder / UFD_HEAD_FILE).read_bytes()).hexdigest()
+    return WeightSources(weights_dir=str(folder), ufd_head_sha256=head_sha, local_files_only=True)
+
+
+@pytest.mark.parametrize("part, precision, blamed", [
+    ("e4e", "fp32", "e4e"), ("e4e", None, "e4e"), ("ufd head", None, UFD_HEAD_FILE),
+])
+def test_weights_that_load_but_hold_nan_fail_the_load_and_health_says_why(weights_dir, tmp_path, dev_images,
+                                                                           part, precision, blamed):
+    sources = _tamper(weights_dir, tmp_path / "weights", part)
+    service = ModelService(lambda: GANOrigin.from_pretrained(sources, device="cpu", precision=precision)).start()
+    with ThreadedServer(create_rest_app(service)) as rest:
+        assert service.wait(180) == "failed"
+        health = httpx.get(f"{rest.url}/health", timeout=30).json()
+        assert health["status"] == "failed" and health["weights_loaded"] is False
+        assert blamed in health["error"] and ("NaN" in health["error"] or "nan" in health["error"])
+        assert str(tmp_path) not in health["error"]
+        response = httpx.post(f"{rest.url}/predict", files={"image": ("face.png", _small_png(dev_images), "image/png")},
+                              timeout=60)
+        assert response.status_code == 503 and health["error"] in response.json()["error"]
+
+
+def test_a_program_fault_is_a_json_500_with_the_traceback_in_the_log(model, dev_images, caplog):
+    broken = GANOrigin(model.detector, model.encoder, model.attributor, device="cpu", align=False, precision="fp32")
+    service = ModelService(lambda: broken).start()
+    assert service.wait(60) == "ready"
+    broken.attributor = None  # a bug that shows after start-up: every analysis raises AttributeError
+    image = {"image": ("face.png", _small_png(dev_images), "image/png")}
+    with caplog.at_level(logging.INFO), ThreadedServer(create_rest_app(service)) as rest:
+        response = httpx.post(f"{rest.url}/predict", files=image, timeout=60)
+        assert response.status_code == 500 and response.json() == {"error": INTERNAL_ERROR}
+        not_an_image = httpx.post(f"{rest.url}/predict", files={"image": ("a.png", b"text", "image/png")}, timeout=60)
+        assert not_an_image.status_code == 422
+        assert httpx.get(f"{rest.url}/health", timeout=30).status_code == 200
+    faults = [r for r in caplog.records if r.exc_info is not None]
+    assert len(faults) == 1 and isinstance(faults[0].exc_info[1], AttributeError)
+    user_errors = [r for r in caplog.records if r.name == "ganorigin.serving.rest" and r.getMessage().startswith("REST 422")]
+    assert len(user_errors) == 1 and user_errors[0].exc_info is None and "\n" not in user_errors[0].getMessage()
+
+
+def test_docs_page_loads_its_assets_from_this_server(server):
+    page = httpx.get(f"{server.url}/docs", timeout=10)
+    assert page.status_code == 200
+    references = re.findall(r"""(?:src|href|url)\s*[=:]\s*["']([^"']+)["']""", page.text)
+    assert any(r.endswith(".js") for r in references) and "/openapi.json" in references
+    for reference in references:
+        assert not re.match(r"(https?:)?//", reference), f"{reference} is not served by this server"
+        assert httpx.get(f"{server.url}{reference}", timeout=10).status_code == 200, reference
+
+
+def test_docs_render_in_a_browser_with_the_internet_cut_off(server):
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.is_file():
+        pytest.skip(f"{chromium} is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    outside: list[str] = []
+
+    def only_this_server(route):
+        if route.request.url.startswith(server.url):
+            return route.continue_()
+        outside.append(route.request.url)
+        return route.abort()
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium), args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page()
+            page.route("**/*", only_this_server)
+            page.goto(f"{server.url}/docs")
+            page.locator(".opblock-summary-path", has_text="/predict").wait_for(timeout=60_000)
+            page.locator(".opblock-summary-path", has_text="/health").wait_for(timeout=10_000)
+        finally:
+            browser.close()
+    assert outside == []

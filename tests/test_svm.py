@@ -1,11 +1,15 @@
 """Attribution: real scikit-learn objects saved by joblib (compressed or not) or pickle load through
 the restricted unpickler and predict exactly as the originals; labels come from the label encoder;
 pickles that would run code (directly or inside a joblib object array) are refused before their
-payload runs; mismatched scaler/SVM sizes are rejected; display names are mapped."""
+payload runs; mismatched scaler/SVM sizes are rejected; tampered but well-formed files (a scaler
+of the wrong shape, with NaN or a zero scale, the wrong object in a file, a precomputed kernel, NaN
+in an SVM or deep inside a calibrated classifier, class counts that disagree) are refused at load
+naming the file; NaN W+ codes blame the encoder; display names are mapped."""
 
 from __future__ import annotations
 
 import builtins
+import copy
 import os
 import pickle
 import subprocess
@@ -19,7 +23,9 @@ from sklearn.preprocessing import LabelEncoder, StandardScaler
 from sklearn.svm import SVC
 
 from ganorigin import GANAttributor, UnsafePickleError, WeightsFormatError
-from ganorigin.svm import display_name, safe_load_pickle
+from ganorigin.hub.pickles import load_attributor_pickles, safe_load_pickle
+from ganorigin.models import display_name
+from ganorigin.testing import LABEL_ENCODER_FILE, SCALER_FILE, SVM_FILE
 
 N_FEATURES = 24
 LABELS = ["stylegan3", "progan", "stylegan2"]
@@ -59,7 +65,7 @@ def test_real_sklearn_objects_round_trip(fitted, tmp_path, how):
                                   svm.predict_proba(scaler.transform(X)))
     np.testing.assert_array_equal(loaded_encoder.classes_, label_encoder.classes_)
 
-    attributor = GANAttributor.from_pickles(*paths)
+    attributor = load_attributor_pickles(*paths)
     assert attributor.labels == list(label_encoder.classes_) == ["progan", "stylegan2", "stylegan3"]
     assert attributor.display_names == ["ProGAN", "StyleGAN2", "StyleGAN3"]
     np.testing.assert_array_equal(attributor.predict_proba(X), svm.predict_proba(scaler.transform(X.astype(np.float32))))
@@ -68,7 +74,7 @@ def test_real_sklearn_objects_round_trip(fitted, tmp_path, how):
 def test_labels_are_read_from_the_label_encoder(fitted, tmp_path):
     scaler, svm, _, X = fitted
     renamed = LabelEncoder().fit(["gan-c", "gan-a", "gan-b"])
-    attributor = GANAttributor.from_pickles(
+    attributor = load_attributor_pickles(
         _dump(svm, tmp_path / "svm.pkl", "joblib"), _dump(scaler, tmp_path / "scaler.pkl", "joblib"),
         _dump(renamed, tmp_path / "labels.pkl", "joblib"),
     )
@@ -125,7 +131,7 @@ def test_from_pickles_refuses_an_unsafe_file(fitted, tmp_path):
     scaler, svm, _, _ = fitted
     marker = tmp_path / "marker"
     with pytest.raises(UnsafePickleError):
-        GANAttributor.from_pickles(
+        load_attributor_pickles(
             _dump(svm, tmp_path / "svm.pkl", "joblib"), _dump(scaler, tmp_path / "scaler.pkl", "joblib"),
             _dump(_payloads(marker)["eval"], tmp_path / "labels.pkl", "joblib"),
         )
@@ -166,3 +172,93 @@ def test_unfitted_estimators_are_rejected(fitted):
 )
 def test_display_name(label, shown):
     assert display_name(label) == shown
+
+
+def _tampered(fitted, tmp_path, *, scaler=None, svm=None, label_encoder=None):
+    """The three files, real names, with any of the objects replaced."""
+    original_scaler, original_svm, original_encoder, _ = fitted
+    objects = {SVM_FILE: svm if svm is not None else original_svm,
+               SCALER_FILE: scaler if scaler is not None else original_scaler,
+               LABEL_ENCODER_FILE: label_encoder if label_encoder is not None else original_encoder}
+    return [_dump(obj, tmp_path / name, "joblib") for name, obj in objects.items()]
+
+
+def _scaler_with(fitted, **attributes):
+    scaler = copy.deepcopy(fitted[0])
+    for name, value in attributes.items():
+        setattr(scaler, name, value)
+    return scaler
+
+
+@pytest.mark.parametrize(
+    "case, culprit, message",
+    [
+        ("scaler mean of the wrong shape", SCALER_FILE, "mean_ should be 24 numbers"),
+        ("scaler with NaN", SCALER_FILE, r"StandardScaler.mean_ holds NaN"),
+        ("scaler with a zero scale", SCALER_FILE, "scale_ has zeros"),
+        ("an SVC in the scaler file", SCALER_FILE, "holds a SVC, not a StandardScaler"),
+        ("a scaler in the SVM file", SVM_FILE, "StandardScaler has no predict_proba"),
+        ("SVC with a precomputed kernel", SVM_FILE, "precomputed kernel"),
+        ("SVC with NaN coefficients", SVM_FILE, r"SVC._?dual_coef_ holds NaN"),
+        ("SVM with fewer classes than the label encoder", LABEL_ENCODER_FILE, "names 3 classes but the SVM"),
+        ("a LabelEncoder that is not fitted", LABEL_ENCODER_FILE, "not a fitted LabelEncoder"),
+    ],
+)
+def test_tampered_but_well_formed_pickles_are_refused_naming_the_file(fitted, tmp_path, case, culprit, message):
+    scaler, svm, label_encoder, X = fitted
+    mean = scaler.mean_
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        precomputed = SVC(kernel="precomputed", probability=True, random_state=0)
+        precomputed.fit(X @ X.T, label_encoder.transform(label_encoder.classes_[np.arange(len(X)) % 3]))
+        two_classes = SVC(kernel="linear", probability=True, random_state=0)
+        two_classes.fit(scaler.transform(X[:6]), [0, 1, 0, 1, 0, 1])
+    nan_svm = copy.deepcopy(svm)
+    nan_svm.dual_coef_[0, 0] = np.nan  # sklearn reads the private _dual_coef_ too: set both
+    nan_svm._dual_coef_[0, 0] = np.nan
+    files = {
+        "scaler mean of the wrong shape": dict(scaler=_scaler_with(fitted, mean_=mean[:-1])),
+        "scaler with NaN": dict(scaler=_scaler_with(fitted, mean_=np.where(np.arange(len(mean)) == 3, np.nan, mean))),
+        "scaler with a zero scale": dict(scaler=_scaler_with(fitted, scale_=np.where(np.arange(len(mean)) == 0, 0.0, scaler.scale_))),
+        "an SVC in the scaler file": dict(scaler=svm),
+        "a scaler in the SVM file": dict(svm=scaler),
+        "SVC with a precomputed kernel": dict(svm=precomputed),
+        "SVC with NaN coefficients": dict(svm=nan_svm),
+        "SVM with fewer classes than the label encoder": dict(svm=two_classes),
+        "a LabelEncoder that is not fitted": dict(label_encoder=LabelEncoder()),
+    }[case]
+    paths = _tampered(fitted, tmp_path, **files)
+    with pytest.raises(WeightsFormatError, match=message) as error:
+        load_attributor_pickles(*paths)
+    assert culprit in str(error.value)
+
+
+def test_the_untampered_files_load(fitted, tmp_path):
+    """The baseline of the test above: the same files, unmodified, load and predict."""
+    attributor = load_attributor_pickles(*_tampered(fitted, tmp_path))
+    assert attributor.predict_proba(fitted[3]).shape == (7, 3)
+
+
+def test_non_finite_codes_blame_the_encoder(fitted):
+    scaler, svm, label_encoder, X = fitted
+    attributor = GANAttributor(scaler, svm, list(label_encoder.classes_))
+    X = X.copy()
+    X[2, 5] = np.nan
+    with pytest.raises(WeightsFormatError, match="e4e encoder gave NaN"):
+        attributor.predict_proba(X)
+
+
+def test_nan_inside_a_calibrated_classifier_is_found(fitted):
+    """Models trained by ``ganorigin train`` are calibrated LinearSVCs: their nested numbers are checked too."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.svm import LinearSVC
+
+    scaler, _, label_encoder, _ = fitted
+    rng = np.random.default_rng(3)
+    X = np.concatenate([c + rng.normal(0, 1, (15, N_FEATURES)) for c in rng.normal(0, 2, (3, N_FEATURES))])
+    classifier = CalibratedClassifierCV(LinearSVC(), method="sigmoid", cv=3).fit(scaler.transform(X), np.repeat([0, 1, 2], 15))
+    labels = list(label_encoder.classes_)
+    GANAttributor(scaler, classifier, labels)
+    classifier.calibrated_classifiers_[1].calibrators[2].a_ = np.inf
+    with pytest.raises(WeightsFormatError, match=r"calibrated_classifiers_\[1\]\.calibrators\[2\]\.a_ holds NaN"):
+        GANAttributor(scaler, classifier, labels)

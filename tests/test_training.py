@@ -35,7 +35,7 @@ from ganorigin.training import (
     train_attribution_model,
     _item_rng,
 )
-from ganorigin.weights import E4E_FILE, LABEL_ENCODER_FILE, SCALER_FILE, SVM_FILE
+from ganorigin.testing import E4E_FILE, LABEL_ENCODER_FILE, SCALER_FILE, SVM_FILE
 
 KNOWN = ("gan_a", "gan_b", "gan_c")
 UNSEEN = "gan_x"
@@ -208,7 +208,7 @@ def test_saved_model_reproduces_the_trained_model_exactly(latents, trained_dir, 
     # restricted unpickler to the very same probabilities.
     from_cli = load_attribution_model(trained_dir / "attribution_model.json")
     assert np.array_equal(from_cli.predict_proba(data.features), expected)
-    pickled = GANAttributor.from_pickles(trained_dir / SVM_FILE, trained_dir / SCALER_FILE, trained_dir / LABEL_ENCODER_FILE)
+    pickled = load_attributor_pickles(trained_dir / SVM_FILE, trained_dir / SCALER_FILE, trained_dir / LABEL_ENCODER_FILE)
     assert pickled.labels == list(KNOWN) and pickled.unknown_threshold is None
     assert np.array_equal(pickled.predict_proba(data.features), expected)
 

@@ -86,7 +86,7 @@ def fast_detector(detector: UFDDetector, device: torch.device, precision: str) -
     replacements = {}
     for i, block in enumerate(detector.visual.transformer.resblocks):
         if PackedResidualBlock.supports(block):
-            replacements[f"visual.transformer.resblocks.{i}"] = PackedResidualBlock(block, DTYPES[precision])
+            replacements[f"visual.transformer.resblocks.{i}"] = PackedResidualBlock(block, precision)
             give_back(block.parameters())  # one block's fp32 pages at a time
     return Accelerated(replace_modules(detector, replacements), precision)
 

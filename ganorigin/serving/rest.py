@@ -1,0 +1,166 @@
+"""The original GANOrigin REST API (``POST /predict``, form field ``image``), plus ``GET /health``.
+
+Clients of the original Flask server switch by changing only the base URL. Every error is
+``{"error": "<message>"}``, never a traceback. ``POST /predict`` is guarded before its body is
+read: at most ``GANORIGIN_REST_MAX_INFLIGHT`` requests at a time (past that a 503 with
+``Retry-After``), and a body over the byte limit is refused on its ``Content-Length`` or, when
+chunked, as soon as it passes the limit (413). ``/docs`` serves Swagger UI from this server, so
+it works offline.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional, Union
+
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ..errors import ImageTooLargeError, InvalidImageError, ModelUnavailableError
+from ..images import MAX_IMAGE_BYTES
+from .service import ModelService
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_INFLIGHT = 4  # bodies of up to the byte limit each; a 2-vCPU Space analyses one at a time
+RETRY_AFTER_S = 5
+# The image plus its multipart framing (boundaries, part headers, the threshold field).
+MAX_BODY_BYTES = MAX_IMAGE_BYTES + 64 * 1024
+TOO_LARGE = f"The file is larger than the {MAX_IMAGE_BYTES / 2**20:g} MiB limit."
+INTERNAL_ERROR = "Internal error; the server logged the details."
+
+
+class Authentic(BaseModel):
+    prediction: str
+    confidence: float
+    probabilities: dict[str, float]
+
+
+class Attributed(Authentic):
+    deepfake_score: float
+
+
+class ErrorBody(BaseModel):
+    error: str
+
+
+class Health(BaseModel):
+    status: str
+    weights_loaded: bool
+    step: Optional[str]
+    error: Optional[str]
+    load_seconds: Optional[float]
+    weights: dict[str, str]
+    threshold: Optional[float]
+    device: Optional[str]
+    versions: dict[str, str]
+
+
+def _error(status: int, message: str, headers: Optional[dict] = None) -> JSONResponse:
+    """The JSON error answer; the server log gets one line (no traceback: the client's problem)."""
+    logger.info("REST %d: %s", status, message.splitlines()[0] if message else "")
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+class _PredictGate:
+    """What reaches ``POST /predict``, decided on its headers before any byte of the body is read:
+    at most ``max_in_flight`` requests at a time (from headers to answer; past that a 503 with
+    ``Retry-After``), and no declared ``Content-Length`` over ``max_body`` (413). A chunked body
+    is cut off by the route's own ``max_body_size`` as it streams."""
+
+    def __init__(self, app: ASGIApp, max_in_flight: int, max_body: int):
+        self.app, self.max_in_flight, self.max_body = app, max_in_flight, max_body
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/predict":
+            return await self.app(scope, receive, send)
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body:
+            return await _error(413, TOO_LARGE, {"Connection": "close"})(scope, receive, send)
+        if self.in_flight >= self.max_in_flight:
+            busy = f"The server is busy ({self.max_in_flight} analyses in progress); retry in {RETRY_AFTER_S} s."
+            return await _error(503, busy, {"Retry-After": str(RETRY_AFTER_S), "Connection": "close"})(scope, receive, send)
+        self.in_flight += 1  # one event loop: no lock needed
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
+def create_rest_app(service: ModelService) -> FastAPI:
+    """A FastAPI app with ``/predict`` and ``/health`` over ``service``; mount the UI on it.
+
+    CORS is off unless ``GANORIGIN_CORS_ORIGINS`` lists origins (comma-separated, or ``*``);
+    ``GANORIGIN_REST_MAX_INFLIGHT`` (default 4) bounds concurrent ``POST /predict`` requests.
+    """
+    from .. import __version__
+
+    # Swagger UI's assets come from this server; its validator badge would call out to the web.
+    app = FastAPIOffline(title="GANOrigin", version=__version__, redoc_url=None,
+                         description="Detect GAN-generated faces and name the GAN that made them.",
+                         swagger_ui_parameters={"validatorUrl": None})
+    origins = [o.strip() for o in os.environ.get("GANORIGIN_CORS_ORIGINS", "").split(",") if o.strip()]
+    if origins:
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"], allow_headers=["*"])
+    max_in_flight = int(os.environ.get("GANORIGIN_REST_MAX_INFLIGHT", DEFAULT_MAX_INFLIGHT))
+    if max_in_flight < 1:
+        raise ValueError(f"GANORIGIN_REST_MAX_INFLIGHT must be at least 1, got {max_in_flight}.")
+    app.add_middleware(_PredictGate, max_in_flight=max_in_flight, max_body=MAX_BODY_BYTES)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 413:  # a chunked body passed max_body_size: the rest is not read
+            return _error(413, TOO_LARGE, {"Connection": "close"})
+        return _error(exc.status_code, str(exc.detail), exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, exc: Exception):
+        # Starlette raises the exception again after this answer, so the server logs its traceback.
+        return JSONResponse({"error": INTERNAL_ERROR}, status_code=500)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(request: Request, exc: RequestValidationError):
+        if any(e.get("type") == "missing" and tuple(e.get("loc", ())) == ("body", "image") for e in exc.errors()):
+            return _error(400, "No image uploaded")
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return _error(422, f"Invalid request: {where or 'body'}: {first.get('msg', 'malformed')}")
+
+    errors = {code: {"model": ErrorBody} for code in (400, 413, 422, 500, 503)}
+
+    @app.post("/predict", response_model=Union[Attributed, Authentic], responses=errors,
+              summary="Analyse one image (multipart field 'image')", max_body_size=MAX_BODY_BYTES)
+    async def predict(image: UploadFile = File(...), threshold: Optional[float] = Form(None, ge=0.0, le=1.0)):
+        """The original JSON: ``Authentic Image`` with Real/Fake probabilities, or the attributed GAN."""
+        data = await image.read(MAX_IMAGE_BYTES + 1)
+        if len(data) > MAX_IMAGE_BYTES:
+            return _error(413, TOO_LARGE)
+        try:
+            result = await run_in_threadpool(service.predict, data, threshold)
+        except ImageTooLargeError as e:
+            return _error(413, str(e))
+        except InvalidImageError as e:
+            return _error(422, str(e))
+        except ModelUnavailableError as e:
+            return _error(503, str(e))
+        return result.to_dict()
+
+    @app.api_route("/predict", methods=["GET", "HEAD", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    def predict_needs_post():
+        return _error(405, "Use POST /predict with the image in the multipart field 'image'.", {"Allow": "POST"})
+
+    @app.get("/health", response_model=Health, summary="Whether the weights are loaded, their sources, versions")
+    def health():
+        return service.health()
+
+    return app
