@@ -173,7 +173,7 @@ def test_health_names_weight_sources_not_paths(model, weights_env, monkeypatch):
     service = ModelService(lambda: model).start()
     assert service.wait(60) == "ready"
     weights = service.health()["weights"]
-    assert weights[E4E_FILE] == f"local file $GANORIGIN_WEIGHTS_DIR/{E4E_FILE}"
+    assert weights[E4E_FILE] == "local folder (GANORIGIN_WEIGHTS_DIR)"
     assert all(_server_paths(origin) == [] for origin in weights.values())
 
 
