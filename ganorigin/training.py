@@ -7,6 +7,8 @@
 * :func:`train_attribution_model` is the original's recipe, a linear SVM on standardised W+
   codes, with Platt (sigmoid) calibration for probabilities and an open-set rule: a sample
   farther from every class centroid than ``coverage`` of held-out known samples is "Unknown GAN".
+  Every split (hold-out, ``--cv`` folds, calibration folds) keeps all rows of one source image
+  (its augmented copies, and identical files) on the same side: :func:`source_groups`.
 * :func:`save_attribution_model` / :func:`load_attribution_model`: JSON metadata + ``.npz``
   arrays, read with ``allow_pickle=False``; nothing in the files can run code.
 * :func:`predict_paths` and :func:`evaluate` back the ``predict`` and ``evaluate`` commands.
@@ -27,10 +29,11 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import sklearn
 import torch
+from matplotlib.figure import Figure
 from PIL import Image
 from sklearn import metrics
 from sklearn.calibration import CalibratedClassifierCV, _CalibratedClassifier, _SigmoidCalibration
-from sklearn.model_selection import StratifiedKFold, train_test_split
+from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.preprocessing import LabelEncoder, StandardScaler
 from sklearn.svm import LinearSVC
 from tqdm import tqdm
@@ -40,7 +43,7 @@ from .errors import GANOriginError, InvalidImageError, WeightsFormatError
 from .images import load_image
 from .pipeline import UNKNOWN_GAN, GANOrigin
 from .svm import GANAttributor, display_name
-from .weights import SAFE_ARRAYS_FILE, SAFE_MODEL_FILE
+from .weights import SAFE_ARRAYS_FILE, SAFE_MODEL_FILE, _sha256
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +53,9 @@ LATENTS_MANIFEST = "latents.json"
 MODEL_FORMAT = "ganorigin-attribution-model"
 MODEL_FORMAT_VERSION = 1
 REAL_CLASS = "real"
+CALIBRATION_FOLDS = 3
+# Shard columns added after the first release, with the value rows of older shards get.
+OPTIONAL_COLUMNS = {"sources": ""}
 
 
 class DatasetError(GANOriginError, ValueError):
@@ -131,6 +137,26 @@ class Latents:
     labels: np.ndarray  # (N,) str
     keys: np.ndarray  # (N,) str
     paths: np.ndarray  # (N,) str
+    sources: np.ndarray  # (N,) str: sha256 of the source image file; "" in shards that predate it
+    aligned: Optional[bool] = None  # extracted with face alignment (from latents.json), None if unknown
+
+    @property
+    def groups(self) -> np.ndarray:
+        """(N,) int: rows with equal values come from one source image."""
+        return source_groups(self.keys, self.sources)
+
+
+def source_groups(keys: Sequence[str], sources: Optional[Sequence[str]] = None) -> np.ndarray:
+    """One integer per row; rows of one source image share it.
+
+    A row's key is ``"<class>/<path>#<copy>"``: the copies of an image share everything before
+    the last ``#``. Rows whose ``sources`` digest is equal (the same file under two names) are
+    joined too. Older shards have no digest (``""``); their keys alone decide.
+    """
+    stems = [str(key).rsplit("#", 1)[0] for key in keys]
+    digest_of = {stem: str(d) for stem, d in zip(stems, sources if sources is not None else [""] * len(stems)) if d}
+    names = [digest_of.get(stem) or f"key:{stem}" for stem in stems]
+    return np.unique(names, return_inverse=True)[1].astype(np.int64)
 
 
 def extract_features(
@@ -168,17 +194,18 @@ def extract_features(
     done = set(_read_shards(out_dir, "keys").get("keys", []))
     summary = ExtractSummary(total=len(items), already_done=sum(item.key in done for item in items))
     device = device or next(encoder.parameters()).device
-    buffer: dict = {"keys": [], "labels": [], "paths": [], "copies": [], "features": []}
+    buffer: dict = {"keys": [], "labels": [], "paths": [], "sources": [], "copies": [], "features": []}
     bar = tqdm(total=len(items), initial=summary.already_done, desc="extract", unit="img", disable=not progress)
     try:
         for start in range(0, len(items), batch_size):
             if limit is not None and summary.encoded >= limit:
                 return summary
             batch = [item for item in items[start : start + batch_size] if item.key not in done]
-            images, kept = [], []
+            images, kept, digests = [], [], []
             for item in batch:
                 try:
                     images.append(_prepare(item, seed, align))
+                    digests.append(_sha256(item.path))
                     kept.append(item)
                 except InvalidImageError as e:
                     summary.failed.append((str(item.path), str(e)))
@@ -189,6 +216,7 @@ def extract_features(
                 buffer["keys"] += [i.key for i in kept]
                 buffer["labels"] += [i.label for i in kept]
                 buffer["paths"] += [str(i.path) for i in kept]
+                buffer["sources"] += digests
                 buffer["copies"] += [i.copy for i in kept]
                 buffer["features"].append(codes)
                 summary.encoded += len(kept)
@@ -238,6 +266,7 @@ def _write_shard(out_dir: Path, buffer: dict) -> None:
         "keys": np.array(buffer["keys"]),
         "labels": np.array(buffer["labels"]),
         "paths": np.array(buffer["paths"]),
+        "sources": np.array(buffer["sources"]),
         "copies": np.array(buffer["copies"], dtype=np.int32),
         "features": np.concatenate(buffer["features"]).astype(np.float32),
     }
@@ -251,9 +280,15 @@ def _write_shard(out_dir: Path, buffer: dict) -> None:
 def _read_shards(folder: Path, *names: str) -> dict:
     columns: dict = {name: [] for name in names}
     for shard in sorted(Path(folder).glob("shard-*.npz")):
-        with np.load(shard, allow_pickle=False) as data:
-            for name in names:
-                columns[name].append(data[name])
+        try:
+            with np.load(shard, allow_pickle=False) as data:
+                for name in names:
+                    if name not in data.files and name in OPTIONAL_COLUMNS:
+                        columns[name].append(np.full(len(data["keys"]), OPTIONAL_COLUMNS[name]))
+                    else:
+                        columns[name].append(data[name])
+        except (OSError, KeyError, ValueError) as e:
+            raise DatasetError(f"{shard} is not a readable latents shard ({e}); delete it and run extract again.") from e
     return {name: np.concatenate(parts) for name, parts in columns.items() if parts}
 
 
@@ -261,13 +296,17 @@ def load_latents(folder: os.PathLike) -> Latents:
     """Every shard of a latents folder, sorted by key.
 
     Raises:
-        DatasetError: no shards in ``folder``.
+        DatasetError: no shards in ``folder``, or a shard that cannot be read.
     """
-    columns = _read_shards(Path(folder), "keys", "labels", "paths", "features")
+    folder = Path(folder)
+    names = ("features", "labels", "keys", "paths", "sources")
+    columns = _read_shards(folder, *names)
     if not columns:
         raise DatasetError(f"No shard-*.npz files in {folder}; run `ganorigin extract DATA_DIR --out {folder}` first.")
     order = np.argsort(columns["keys"], kind="stable")
-    return Latents(*(columns[name][order] for name in ("features", "labels", "keys", "paths")))
+    manifest = folder / LATENTS_MANIFEST
+    aligned = json.loads(manifest.read_text()).get("align") if manifest.is_file() else None
+    return Latents(*(columns[name][order] for name in names), aligned=aligned)
 
 
 # --------------------------------------------------------------------------------------------
@@ -284,18 +323,55 @@ class TrainResult:
     n_train: int
     n_test: int
     recipe: dict
+    n_train_sources: int = 0  # distinct source images behind the n_train / n_test rows
+    n_test_sources: int = 0
 
 
-def make_classifier(C: float = 1.0, seed: int = 0) -> CalibratedClassifierCV:
-    """Linear SVM with Platt-scaled probabilities: one SVM on all its data, calibrated out-of-fold."""
+def make_classifier(C: float = 1.0, seed: int = 0, cv=CALIBRATION_FOLDS) -> CalibratedClassifierCV:
+    """Linear SVM with Platt-scaled probabilities: one SVM on all its data, calibrated out-of-fold.
+
+    Args:
+        cv: the calibration folds: a number, or ``(train, test)`` index pairs (see :func:`source_folds`).
+    """
     svm = LinearSVC(C=C, max_iter=20_000, random_state=seed)
-    return CalibratedClassifierCV(svm, method="sigmoid", cv=3, ensemble=False)
+    return CalibratedClassifierCV(svm, method="sigmoid", cv=cv, ensemble=False)
+
+
+def split_by_source(y: np.ndarray, groups: np.ndarray, test_size: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified hold-out split that never puts rows of one source image on both sides.
+
+    Each class's source images are shuffled and ``round(test_size * n)`` of them are held out
+    (at least one, and never so many that fewer than ``CALIBRATION_FOLDS`` are left to train on).
+    A group's class is the class of its first row.
+
+    Returns:
+        ``(train, test)`` sorted row indices.
+    """
+    y, groups = np.asarray(y), np.asarray(groups)
+    rng = np.random.default_rng(seed)
+    group_ids, first_rows = np.unique(groups, return_index=True)
+    group_labels = y[first_rows]
+    held_out = []
+    for label in np.unique(group_labels):
+        members = rng.permutation(group_ids[group_labels == label])
+        n_test = min(max(1, round(test_size * len(members))), len(members) - CALIBRATION_FOLDS)
+        held_out.append(members[:n_test])
+    test = np.isin(groups, np.concatenate(held_out))
+    return np.flatnonzero(~test), np.flatnonzero(test)
+
+
+def source_folds(y: np.ndarray, groups: np.ndarray, k: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``k`` stratified folds, each source image entirely inside one fold."""
+    splitter = StratifiedGroupKFold(k, shuffle=True, random_state=seed)
+    return list(splitter.split(np.zeros(len(y)), y, groups))
 
 
 def train_attribution_model(
     features: np.ndarray,
     labels: Sequence[str],
     *,
+    groups: Optional[Sequence] = None,
+    aligned: Optional[bool] = None,
     test_size: float = 0.2,
     cv: Optional[int] = None,
     C: float = 1.0,
@@ -304,51 +380,65 @@ def train_attribution_model(
 ) -> TrainResult:
     """StandardScaler + calibrated linear SVM, evaluated on held-out data, with an open-set rule.
 
-    With ``cv=None`` the model is fitted on a stratified ``1 - test_size`` split and reported on
-    the rest. With ``cv=K`` the report is on out-of-fold predictions and the returned model is
-    refitted on everything. Either way the rejection threshold is the ``coverage`` quantile of
-    held-out known samples' distances to their nearest class centroid.
+    With ``cv=None`` the model is fitted on a stratified ``1 - test_size`` split of the source
+    images and reported on the rest. With ``cv=K`` the report is on out-of-fold predictions and
+    the returned model is refitted on everything. Either way the rejection threshold is the
+    ``coverage`` quantile of held-out known samples' distances to their nearest class centroid.
+
+    Args:
+        groups: one value per row, equal for rows of one source image (:attr:`Latents.groups`);
+            no split ever separates them. Default: every row is its own image.
+        aligned: whether the features were extracted from FFHQ-aligned faces; saved with the model.
 
     Raises:
-        DatasetError: fewer than two classes, or too few samples per class for the split.
+        DatasetError: fewer than two classes, or too few source images per class for the split.
     """
     X = np.asarray(features, dtype=np.float32)
     label_encoder = LabelEncoder().fit(np.asarray(labels).astype(str))
     y = label_encoder.transform(np.asarray(labels).astype(str))
-    counts = np.bincount(y)
+    groups = np.arange(len(y)) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
+    if len(groups) != len(y):
+        raise DatasetError(f"{len(groups)} groups for {len(y)} rows; give one group per row.")
+    counts = np.bincount(y[np.unique(groups, return_index=True)[1]], minlength=len(label_encoder.classes_))
     if len(counts) < 2:
         raise DatasetError("Training needs at least two classes (one folder per GAN).")
-    needed = max(cv or 2, 2) * 3
+    needed = max(cv or 2, 2) * CALIBRATION_FOLDS
     if counts.min() < needed:
         raise DatasetError(
-            f"Class {label_encoder.classes_[counts.argmin()]!r} has {counts.min()} samples; at least {needed} are "
-            "needed for the split and the calibration. Add images or --augment copies."
+            f"Class {label_encoder.classes_[counts.argmin()]!r} has {counts.min()} source images; at least {needed} "
+            "are needed for the split and the calibration (augmented copies of one image count once). Add images."
         )
     if not 0.0 < coverage < 1.0:
         raise DatasetError(f"coverage must be within (0, 1), got {coverage}.")
+    if not cv and not 0.0 < test_size < 1.0:
+        raise DatasetError(f"test_size must be within (0, 1), got {test_size}.")
     if cv:
         held_out_pred, held_out_y, distances = [], [], []
-        for train, test in StratifiedKFold(cv, shuffle=True, random_state=seed).split(X, y):
-            fold = _fit(X[train], y[train], label_encoder, C, seed)
+        for train, test in source_folds(y, groups, cv, seed):
+            fold = _fit(X[train], y[train], groups[train], label_encoder, C, seed)
             held_out_pred.append(fold.predict_proba(X[test]).argmax(1))
             held_out_y.append(y[test])
             distances.append(fold.centroid_distances(X[test]))
-        attributor = _fit(X, y, label_encoder, C, seed)
+        attributor = _fit(X, y, groups, label_encoder, C, seed)
         y_test, y_pred, distances = map(np.concatenate, (held_out_y, held_out_pred, distances))
-        n_train, n_test = len(X), len(X)
+        train = test = np.arange(len(X))
     else:
-        X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=test_size, stratify=y, random_state=seed)
-        attributor = _fit(X_train, y_train, label_encoder, C, seed)
-        y_pred = attributor.predict_proba(X_test).argmax(1)
-        distances = attributor.centroid_distances(X_test)
-        n_train, n_test = len(X_train), len(X_test)
+        train, test = split_by_source(y, groups, test_size, seed)
+        attributor = _fit(X[train], y[train], groups[train], label_encoder, C, seed)
+        y_test = y[test]
+        y_pred = attributor.predict_proba(X[test]).argmax(1)
+        distances = attributor.centroid_distances(X[test])
     attributor.unknown_threshold = float(np.quantile(distances, coverage))
+    attributor.trained_on_aligned = aligned
     names = list(label_encoder.classes_)
-    report = metrics.classification_report(y_test, y_pred, labels=range(len(names)), target_names=names, digits=4)
+    report = metrics.classification_report(y_test, y_pred, labels=range(len(names)), target_names=names, digits=4,
+                                           zero_division=0)
     recipe = {
         "scaler": "StandardScaler",
-        "classifier": f"LinearSVC(C={C}) + CalibratedClassifierCV(method='sigmoid', cv=3, ensemble=False)",
-        "evaluation": f"{cv}-fold cross-validation" if cv else f"stratified hold-out, test_size={test_size}",
+        "classifier": f"LinearSVC(C={C}) + CalibratedClassifierCV(method='sigmoid', cv={CALIBRATION_FOLDS} folds "
+        "grouped by source image, ensemble=False)",
+        "evaluation": (f"{cv}-fold cross-validation" if cv else f"stratified hold-out, test_size={test_size}")
+        + ", split by source image",
         "open_set": f"nearest class centroid RMS distance, {coverage:.0%} of held-out known samples accepted",
         "seed": seed,
     }
@@ -358,16 +448,19 @@ def train_attribution_model(
         report=report,
         confusion=metrics.confusion_matrix(y_test, y_pred, labels=range(len(names))),
         accuracy=float(metrics.accuracy_score(y_test, y_pred)),
-        n_train=n_train,
-        n_test=n_test,
+        n_train=len(train),
+        n_test=len(test),
         recipe=recipe,
+        n_train_sources=len(np.unique(groups[train])),
+        n_test_sources=len(np.unique(groups[test])),
     )
 
 
-def _fit(X: np.ndarray, y: np.ndarray, label_encoder: LabelEncoder, C: float, seed: int) -> GANAttributor:
+def _fit(X: np.ndarray, y: np.ndarray, groups: np.ndarray, label_encoder: LabelEncoder, C: float,
+         seed: int) -> GANAttributor:
     scaler = StandardScaler().fit(X)
     Z = scaler.transform(X)
-    classifier = make_classifier(C, seed).fit(Z, y)
+    classifier = make_classifier(C, seed, cv=source_folds(y, groups, CALIBRATION_FOLDS, seed)).fit(Z, y)
     attributor = GANAttributor(scaler, classifier, list(label_encoder.inverse_transform(classifier.classes_)))
     attributor.centroids = np.stack([Z[y == k].mean(axis=0) for k in classifier.classes_]).astype(np.float64)
     return attributor
@@ -404,12 +497,14 @@ def save_attribution_model(result: TrainResult, folder: os.PathLike, *, export_j
         "n_samples_seen": int(scaler.n_samples_seen_),
         "calibration": "sigmoid",
         "unknown_threshold": attributor.unknown_threshold,
+        "aligned": getattr(attributor, "trained_on_aligned", None),
         "unknown_rule": "reject when the RMS distance of the standardised features to the nearest class "
         "centroid exceeds unknown_threshold",
         "arrays": SAFE_ARRAYS_FILE,
         "sklearn_version": sklearn.__version__,
         "recipe": result.recipe,
-        "held_out": {"accuracy": result.accuracy, "n_train": result.n_train, "n_test": result.n_test},
+        "held_out": {"accuracy": result.accuracy, "n_train": result.n_train, "n_test": result.n_test,
+                     "n_train_sources": result.n_train_sources, "n_test_sources": result.n_test_sources},
     }
     path = folder / SAFE_MODEL_FILE
     path.write_text(json.dumps(meta, indent=2) + "\n")
@@ -433,7 +528,8 @@ def load_attribution_model(path: os.PathLike) -> GANAttributor:
     """Rebuild a :class:`GANAttributor` from ``attribution_model.json`` and its ``.npz`` (no pickle).
 
     The scikit-learn objects are rebuilt with their fitted attributes, so their ``predict_proba``
-    is the very computation the trained model did.
+    is the very computation the trained model did. ``trained_on_aligned`` says whether the
+    features were extracted from aligned faces (None for models saved before it was recorded).
 
     Raises:
         WeightsFormatError: the files are missing, of another format, or inconsistent.
@@ -469,28 +565,44 @@ def load_attribution_model(path: os.PathLike) -> GANAttributor:
         classifier.classes_ = classes
         classifier.n_features_in_ = scaler.n_features_in_
         attributor = GANAttributor(scaler, classifier, labels)
+        attributor.centroids = arrays["centroids"]
+        attributor.unknown_threshold = meta.get("unknown_threshold")
+        attributor.trained_on_aligned = meta.get("aligned")
+        if attributor.trained_on_aligned not in (None, True, False):
+            raise ValueError(f"'aligned' must be true, false or null, not {attributor.trained_on_aligned!r}")
     except (OSError, KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
         if isinstance(e, WeightsFormatError):
             raise
         raise WeightsFormatError(f"{path} (with its {SAFE_ARRAYS_FILE}) is not a readable attribution model ({e}).") from e
-    attributor.centroids = arrays["centroids"]
-    attributor.unknown_threshold = meta.get("unknown_threshold")
     if meta.get("sklearn_version") != sklearn.__version__:
         logger.info("%s was trained with scikit-learn %s; running %s.", path.name, meta.get("sklearn_version"),
                     sklearn.__version__)
     return attributor
 
 
+def alignment_mismatch(attributor: GANAttributor, align: bool) -> Optional[str]:
+    """A warning when ``align`` differs from how the attribution model's training features were made.
+
+    None when they agree or the model does not say (the original pickles).
+    """
+    trained = getattr(attributor, "trained_on_aligned", None)
+    if trained is None or trained == bool(align):
+        return None
+    if align:
+        return ("The attribution model was trained on unaligned images (`ganorigin extract` without --align), but "
+                "face alignment is on: attribution may be off. Turn alignment off (align=False, --no-align, or the "
+                "switch in the app), or retrain on latents extracted with --align.")
+    return ("The attribution model was trained on FFHQ-aligned faces (`ganorigin extract --align`), but face "
+            "alignment is off: attribution may be off. Turn alignment on (needs dlib: pip install dlib-bin "
+            "face-recognition-models), or retrain on latents extracted without --align.")
+
+
 def save_confusion_png(confusion: np.ndarray, names: Sequence[str], path: os.PathLike, title: str,
                        row_names: Optional[Sequence[str]] = None) -> Path:
     """A confusion matrix (rows: truth, columns: prediction) as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
     row_names = list(row_names or names)
-    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(names), 1.4 + 0.9 * len(row_names)))
+    fig = Figure(figsize=(1.6 + 1.1 * len(names), 1.4 + 0.9 * len(row_names)))
+    ax = fig.subplots()
     ax.imshow(confusion, cmap="Blues")
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
     ax.set_yticks(range(len(row_names)), row_names)
@@ -502,7 +614,6 @@ def save_confusion_png(confusion: np.ndarray, names: Sequence[str], path: os.Pat
         ax.text(j, i, str(value), ha="center", va="center", color="white" if value > peak / 2 else "black")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return Path(path)
 
 
@@ -623,12 +734,8 @@ def _detection_metrics(rows: list, threshold: float, roc_png: Path) -> dict:
 
 
 def _roc_png(fpr: np.ndarray, tpr: np.ndarray, auc: float, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    fig = Figure(figsize=(4.5, 4.5))
+    ax = fig.subplots()
     ax.plot(fpr, tpr, label=f"UFD (AUC {auc:.3f})")
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
     ax.set_xlabel("false positive rate (real called fake)")
@@ -637,7 +744,6 @@ def _roc_png(fpr: np.ndarray, tpr: np.ndarray, auc: float, path: Path) -> None:
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _attribution_metrics(rows: list, model: GANOrigin, confusion_png: Path) -> dict:
