@@ -160,13 +160,19 @@ def _check_weights_folder(value: Optional[str]) -> None:
 
 def _load_model(args):
     from .pipeline import DEFAULT_THRESHOLD, GANOrigin
-    from .training import alignment_mismatch
 
     threshold = DEFAULT_THRESHOLD if getattr(args, "threshold", None) is None else args.threshold
     if not 0.0 <= threshold <= 1.0:
         raise _usage(f"--threshold must be within [0, 1], got {threshold}.")
-    model = GANOrigin.from_pretrained(_sources(args), threshold=threshold, device=args.device,
-                                      align=getattr(args, "align", None))
+    return GANOrigin.from_pretrained(_sources(args), threshold=threshold, device=args.device,
+                                     align=getattr(args, "align", None))
+
+
+def _load_attributing_model(args):
+    """The model for commands that attribute; warns when its alignment differs from training's."""
+    from .training import alignment_mismatch
+
+    model = _load_model(args)
     if warning := alignment_mismatch(model.attributor, model.align):
         logging.warning(warning)
     return model
@@ -186,7 +192,7 @@ def _predict(args) -> int:
     paths = find_images(args.paths)
     if not paths:
         raise _usage(f"no images found in {', '.join(args.paths)} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}).")
-    model = _load_model(args)
+    model = _load_attributing_model(args)
     stream = open(args.out, "w", newline="") if args.out else sys.stdout
     written = []
 
@@ -301,8 +307,12 @@ def _explain(args) -> int:
 
 
 def _demo_weights(args) -> int:
-    from .testing import write_demo_weights
+    from .testing import TEST_WEIGHTS_MARKER, write_demo_weights
 
+    if args.dir.is_file() or (args.dir.is_dir() and any(args.dir.iterdir())
+                              and not (args.dir / TEST_WEIGHTS_MARKER).is_file()):
+        raise _usage(f"{args.dir} is not empty; demo-weights writes into a new or empty folder (or one it wrote "
+                     "before), so that no real weights are overwritten.")
     marker = write_demo_weights(args.dir, size=args.size, seed=args.seed)
     folder = args.dir.resolve()
     env = (f"GANORIGIN_WEIGHTS_DIR={shlex.quote(str(folder))} "
@@ -317,7 +327,7 @@ def _demo_weights(args) -> int:
 def _evaluate(args) -> int:
     from .training import evaluate
 
-    model = _load_model(args)
+    model = _load_attributing_model(args)
     report = evaluate(model, args.data_dir, args.out, batch_size=args.batch_size, progress=args.progress)
     print(format_report(report))
     print(f"Wrote {args.out / 'report.json'}, {args.out / 'predictions.csv'} and the PNGs in {args.out}.")

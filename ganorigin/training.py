@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -154,7 +155,8 @@ def source_groups(keys: Sequence[str], sources: Optional[Sequence[str]] = None) 
     joined too. Older shards have no digest (``""``); their keys alone decide.
     """
     stems = [str(key).rsplit("#", 1)[0] for key in keys]
-    digest_of = {stem: str(d) for stem, d in zip(stems, sources if sources is not None else [""] * len(stems)) if d}
+    digests = [""] * len(stems) if sources is None else [str(digest) for digest in sources]
+    digest_of = {stem: digest for stem, digest in zip(stems, digests) if digest}
     names = [digest_of.get(stem) or f"key:{stem}" for stem in stems]
     return np.unique(names, return_inverse=True)[1].astype(np.int64)
 
@@ -287,7 +289,7 @@ def _read_shards(folder: Path, *names: str) -> dict:
                         columns[name].append(np.full(len(data["keys"]), OPTIONAL_COLUMNS[name]))
                     else:
                         columns[name].append(data[name])
-        except (OSError, KeyError, ValueError) as e:
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
             raise DatasetError(f"{shard} is not a readable latents shard ({e}); delete it and run extract again.") from e
     return {name: np.concatenate(parts) for name, parts in columns.items() if parts}
 
@@ -323,8 +325,8 @@ class TrainResult:
     n_train: int
     n_test: int
     recipe: dict
-    n_train_sources: int = 0  # distinct source images behind the n_train / n_test rows
-    n_test_sources: int = 0
+    n_train_sources: int  # distinct source images behind the n_train / n_test rows
+    n_test_sources: int
 
 
 def make_classifier(C: float = 1.0, seed: int = 0, cv=CALIBRATION_FOLDS) -> CalibratedClassifierCV:

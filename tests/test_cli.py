@@ -288,3 +288,15 @@ def test_demo_weights_prints_commands_that_run_the_cli_and_the_app(installed_cli
         assert health["status"] == "ready", server.logs()[-3000:]
     finally:
         server.stop()
+
+
+def test_demo_weights_never_overwrites_a_folder_it_did_not_write(tmp_path, capsys):
+    real = tmp_path / "weights"
+    real.mkdir()
+    (real / "e4e_ffhq_encode.pt").write_bytes(b"the real checkpoint")
+    assert main(["demo-weights", str(real)]) == 2
+    assert "is not empty" in capsys.readouterr().err
+    assert (real / "e4e_ffhq_encode.pt").read_bytes() == b"the real checkpoint"
+    demo = tmp_path / "demo"
+    assert main(["demo-weights", str(demo)]) == 0 and main(["demo-weights", str(demo), "--seed", "1"]) == 0
+    assert json.loads((demo / TEST_WEIGHTS_MARKER).read_text())["seed"] == 1

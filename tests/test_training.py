@@ -389,6 +389,8 @@ def test_a_broken_shard_is_a_dataset_error(tmp_path):
     np.savez(tmp_path / "shard-00000.npz", keys=np.array(["a/1.png#0"]))  # no features
     with pytest.raises(DatasetError, match="shard-00000.npz is not a readable latents shard"):
         load_latents(tmp_path)
+    (tmp_path / "shard-00000.npz").write_bytes(b"PK\x03\x04 cut short")  # an interrupted copy
+    assert main(["train", str(tmp_path), "--out", str(tmp_path / "model")]) == 2
 
 
 # --------------------------------------------------------------------------------------------
