@@ -1,14 +1,15 @@
-"""``ganorigin`` / ``python -m ganorigin``: predict, extract, train, evaluate and explain from the command line.
+"""``ganorigin`` / ``python -m ganorigin``: predict, extract, train, evaluate, explain and demo-weights.
 
 Every command that loads weights takes the same flags as ``GANOrigin.from_pretrained``:
 ``--weights`` (a folder or ``org/repo[@revision]``), ``--offline``, ``--cache-dir``, ``--device``.
-Expected problems (missing weights, bad folders) print one message and exit with status 2.
+Expected problems (missing weights, bad folders, no images) print one message and exit with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="output format (default: jsonl)")
     p.add_argument("--out", type=Path, help="output file (default: stdout)")
     p.add_argument("--batch-size", type=int, default=8)
+    _progress_flag(p)
     _model_flags(p)
     p.set_defaults(run=_predict)
 
@@ -58,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=512, help="images per shard file (default: 512)")
     p.add_argument("--limit", type=int, help="stop after about N newly encoded images (resume later)")
     p.add_argument("--align", action="store_true", help="FFHQ-align the largest face first (needs dlib)")
+    _progress_flag(p)
     _weight_flags(p)
     p.set_defaults(run=_extract)
 
@@ -83,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", type=Path, metavar="IMAGE")
     p.add_argument("--out", type=Path, default=Path("explain"), help="output folder (default: ./explain)")
     p.add_argument("--method", choices=("auto", "gradient", "occlusion"), default="auto")
-    _model_flags(p)
+    _weight_flags(p)
     p.set_defaults(run=_explain)
 
     p = commands.add_parser("evaluate", help="detection and attribution metrics on labelled folders",
@@ -93,8 +96,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data_dir", type=Path, metavar="DATA_DIR")
     p.add_argument("--out", type=Path, default=Path("evaluation"), help="output folder (default: ./evaluation)")
     p.add_argument("--batch-size", type=int, default=8)
+    _progress_flag(p)
     _model_flags(p)
     p.set_defaults(run=_evaluate)
+
+    p = commands.add_parser("demo-weights", help="write random test weights to try the app and CLI without the real ones",
+                            description="Write a complete weights folder with random values (and a "
+                            "TEST_WEIGHTS.json marker) into DIR, and print the commands that run the app and the "
+                            "CLI on it. The answers are meaningless; the real weights download on first use.")
+    p.add_argument("dir", type=Path, metavar="DIR")
+    p.add_argument("--size", choices=("tiny", "full"), default="tiny",
+                   help="tiny: small stand-ins, seconds, ~30 MB (default); full: the real architectures, ~2.6 GB")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_demo_weights)
     return parser
 
 
@@ -105,7 +119,10 @@ def _weight_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--offline", action="store_true", help="use only local and cached files")
     g.add_argument("--cache-dir", help="download cache (default: GANORIGIN_CACHE_DIR or the Hugging Face cache)")
     g.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cuda if available)")
-    g.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+
+
+def _progress_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
 
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
@@ -119,19 +136,37 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
 def _sources(args):
     from .hub import WeightSources
 
+    _check_weights_folder(args.weights)
     sources = WeightSources.parse(args.weights)
     return replace(sources, local_files_only=args.offline or sources.local_files_only,
                    cache_dir=args.cache_dir or sources.cache_dir)
+
+
+def _check_weights_folder(value: Optional[str]) -> None:
+    """``--weights`` that names a folder (not a Hub id ``org/name``) must be an existing folder."""
+    if value is None:
+        return
+    path = Path(value).expanduser()
+    if path.is_dir():
+        return
+    if path.exists():
+        raise _usage(f"--weights {value} is a file; pass the folder that holds the weight files, or a Hub repo "
+                     "id 'org/name[@revision]'.")
+    hub_id = value.partition("@")[0]
+    if path.is_absolute() or value.startswith((".", "~")) or hub_id.count("/") != 1 or "\\" in value:
+        raise _usage(f"--weights {value}: no such folder. Pass an existing weights folder, or a Hub repo id "
+                     "'org/name[@revision]'.")
 
 
 def _load_model(args):
     from .pipeline import GANOrigin
     from .result import DEFAULT_THRESHOLD
 
-    threshold = DEFAULT_THRESHOLD if args.threshold is None else args.threshold
+    threshold = DEFAULT_THRESHOLD if getattr(args, "threshold", None) is None else args.threshold
     if not 0.0 <= threshold <= 1.0:
         raise _usage(f"--threshold must be within [0, 1], got {threshold}.")
-    return GANOrigin.from_pretrained(_sources(args), threshold=threshold, device=args.device, align=args.align)
+    return GANOrigin.from_pretrained(_sources(args), threshold=threshold, device=args.device,
+                                     align=getattr(args, "align", None))
 
 
 def _usage(message: str) -> GANOriginError:
@@ -141,11 +176,13 @@ def _usage(message: str) -> GANOriginError:
 
 
 def _predict(args) -> int:
-    from .training import find_images, predict_paths, write_rows
+    from .training import IMAGE_EXTENSIONS, find_images, predict_paths, write_rows
 
     if args.batch_size < 1:
         raise _usage("--batch-size must be >= 1.")
     paths = find_images(args.paths)
+    if not paths:
+        raise _usage(f"no images found in {', '.join(args.paths)} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}).")
     model = _load_model(args)
     stream = open(args.out, "w", newline="") if args.out else sys.stdout
     written = []
@@ -210,12 +247,14 @@ def _train(args) -> int:
     from .training import load_latents, save_confusion_png, train_attribution_model
 
     latents = load_latents(args.latents)
-    result = train_attribution_model(latents.features, latents.labels, test_size=args.test_size, cv=args.cv,
-                                     C=args.C, coverage=args.coverage, seed=args.seed)
+    result = train_attribution_model(latents.features, latents.labels, groups=latents.groups, aligned=latents.aligned,
+                                     test_size=args.test_size, cv=args.cv, C=args.C, coverage=args.coverage,
+                                     seed=args.seed)
     path = save_attribution_model(result, args.out, export_joblib=args.export_joblib)
     png = save_confusion_png(result.confusion, list(result.label_encoder.classes_), args.out / "confusion_matrix.png",
                              f"Held-out attribution ({result.recipe['evaluation']})")
-    print(f"Trained on {result.n_train} samples, evaluated on {result.n_test} ({result.recipe['evaluation']}).")
+    print(f"Trained on {result.n_train} samples ({result.n_train_sources} source images), evaluated on "
+          f"{result.n_test} ({result.n_test_sources} source images; {result.recipe['evaluation']}).")
     print(result.report)
     print(f"Held-out accuracy: {result.accuracy:.4f}")
     print(f"Open-set threshold (RMS distance to nearest class centroid): {result.attributor.unknown_threshold:.4f}")
@@ -256,6 +295,24 @@ def _explain(args) -> int:
     spectrum.picture.save(args.out / "spectrum.png")
     print(f"fake probability {heat.fake_probability:.4f}; heat map ({method}) and frequency view written to {args.out}")
     print(spectrum.explanation)
+    return 0
+
+
+def _demo_weights(args) -> int:
+    from .testing import TEST_WEIGHTS_MARKER, write_demo_weights
+
+    if args.dir.is_file() or (args.dir.is_dir() and any(args.dir.iterdir())
+                              and not (args.dir / TEST_WEIGHTS_MARKER).is_file()):
+        raise _usage(f"{args.dir} is not empty; demo-weights writes into a new or empty folder (or one it wrote "
+                     "before), so that no real weights are overwritten.")
+    marker = write_demo_weights(args.dir, size=args.size, seed=args.seed)
+    folder = args.dir.resolve()
+    env = (f"GANORIGIN_WEIGHTS_DIR={shlex.quote(str(folder))} "
+           f"GANORIGIN_UFD_HEAD_SHA256={marker['ufd_head_sha256']}")
+    print(f"Wrote random {args.size} test weights to {folder}. Their answers are meaningless: they are for trying "
+          "the app and the CLI, not for judging images.")
+    print(f"Run the app (from the repository root):\n  {env} python app.py")
+    print(f"Run the command line:\n  {env} ganorigin predict face.png")
     return 0
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 from concurrent.futures import Future
 from dataclasses import replace
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import numpy as np
-import torch
 from PIL import Image
 from torch import nn
 
@@ -22,7 +22,10 @@ from .hub.pickles import load_attributor_pickles
 from .hub.trained_model import load_attribution_model
 from .images import ImageInput, load_image
 from .models import GANAttributor
+from .models.attributor import alignment_mismatch
 from .result import DEFAULT_THRESHOLD, Prediction
+
+logger = logging.getLogger(__name__)
 
 CPU_ENCODER_BATCH = 2  # e4e images per CPU forward: most of the weight-reuse gain (measured), little activation memory
 
@@ -57,6 +60,8 @@ class GANOrigin:
         self.threshold = check_threshold(threshold)
         self.weights = weights
         self.align = alignment_available() if align is None else bool(align)
+        self._alignments_checked: set = set()
+        self._align(None)  # warns now if the default setting differs from the model's training
         # CLIP and e4e side by side on a CPU fast path; the exact fp32 path stays the original sequential one.
         self._workers = ModelWorkers.for_device(self.device) if self.precision != "fp32" else None
 
@@ -179,7 +184,14 @@ class GANOrigin:
         return self.threshold if threshold is None else check_threshold(threshold)
 
     def _align(self, align: Optional[bool]) -> bool:
-        return self.align if align is None else bool(align)
+        """``align`` or the default; warns once per setting that differs from how the attribution
+        model's training features were made."""
+        align = self.align if align is None else bool(align)
+        if align not in self._alignments_checked:
+            self._alignments_checked.add(align)
+            if warning := alignment_mismatch(self.attributor, align):
+                logger.warning(warning)
+        return align
 
 
 def _decode(image: ImageInput, index: int) -> Union[Image.Image, InvalidImageError]:

@@ -6,10 +6,14 @@ an e4e/pSp checkpoint (``state_dict`` with ``encoder.*`` *and* ``decoder.*``, ``
 ``opts``) and the three joblib pickles of real scikit-learn objects. ``size="full"`` gives the
 real architectures (ViT-L/14, IR-SE-50, StyleGAN2-sized decoder); ``"tiny"`` small stand-ins
 whose checkpoints load through exactly the same code.
+
+:func:`write_demo_weights` (``ganorigin demo-weights DIR``) adds the :data:`TEST_WEIGHTS_MARKER`
+file, which tells whoever loads the folder that its answers are meaningless.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import warnings
 from pathlib import Path
@@ -23,7 +27,9 @@ from safetensors.torch import save_file
 from sklearn.preprocessing import LabelEncoder, StandardScaler
 from sklearn.svm import SVC
 
+from .hub.integrity import sha256_file
 from .hub.registry import WEIGHTS
+from .hub.resolve import TEST_WEIGHTS_MARKER
 from .models.detector import EMBED_DIM, VIT_L_14
 from .models.encoder import E4EConfig, E4EEncoder
 
@@ -37,6 +43,7 @@ TINY_TEXT = CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=1, 
 FULL_TEXT = CLIPTextCfg(context_length=77, vocab_size=49408, width=768, heads=12, layers=12)
 TINY_E4E = E4EConfig(channels=(16, 32, 48, 64), units=(1, 1, 2, 1))
 GAN_LABELS = ("progan", "stylegan2", "stylegan3")
+# In a weights folder: these are random test weights (JSON: see write_demo_weights).
 # StyleGAN2 1024 px generator: 171 tensors, 30,370,060 parameters in the real e4e checkpoint.
 _DECODER_PARAMS = 30_370_060
 
@@ -80,6 +87,25 @@ def write_test_weights(folder: Path, *, size: str = "tiny", seed: int = 0, ufd_h
 
     _write_attribution_pickles(folder, config.style_count * config.latent_dim, seed)
     return folder
+
+
+def write_demo_weights(folder: Path, *, size: str = "tiny", seed: int = 0) -> dict:
+    """:func:`write_test_weights` plus the :data:`TEST_WEIGHTS_MARKER` file; returns the marker's content.
+
+    The random UFD head cannot match the published digest, so the marker records the head's
+    sha256 for ``GANORIGIN_UFD_HEAD_SHA256``.
+    """
+    folder = write_test_weights(Path(folder), size=size, seed=seed)
+    marker = {
+        "test_weights": True,
+        "note": "Random weights written by `ganorigin demo-weights` for trying GANOrigin; their answers are "
+        "meaningless. The real weights download on first use when GANORIGIN_WEIGHTS_DIR is not set.",
+        "size": size,
+        "seed": seed,
+        "ufd_head_sha256": sha256_file(folder / UFD_HEAD_FILE),
+    }
+    (folder / TEST_WEIGHTS_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+    return marker
 
 
 def _randomize(t: torch.Tensor, g: torch.Generator) -> torch.Tensor:

@@ -1,10 +1,13 @@
 """The command line on real images from ../shared/data/dev with the tiny test weights.
 
-Proves: every command has --help with the shared weight flags; ``predict`` gives one row per
-image (bad files included as rows with an error, exit status 1) with exactly the numbers of
-``GANOrigin.predict``, in JSON lines and CSV, also as a real ``python -m ganorigin`` subprocess;
-expected errors exit 2 with a message and no traceback; ``evaluate`` writes its report, CSV and
-PNGs, and its metrics equal a hand computation with sklearn.metrics from its own CSV.
+Proves: every command has --help with the shared weight flags (progress in the general options,
+no model flags on ``explain``); ``predict`` gives one row per image (bad files included as rows
+with an error, exit status 1) with exactly the numbers of ``GANOrigin.predict``, in JSON lines and
+CSV, also as a real ``python -m ganorigin`` subprocess; expected errors (no images, a weights
+folder that does not exist) exit 2 with a message and no traceback; ``evaluate`` writes its
+report, CSV and PNGs, and its metrics equal a hand computation with sklearn.metrics from its own
+CSV. The package installs with pip and its ``ganorigin`` script works from any directory;
+``demo-weights`` prints commands that run the installed CLI and the app on random test weights.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -22,6 +26,7 @@ import pytest
 from sklearn import metrics
 
 from ganorigin.cli import main
+from ganorigin.testing import TEST_WEIGHTS_MARKER
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -51,18 +56,33 @@ def image_dir(dev_images, tmp_path_factory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("command", ["predict", "extract", "train", "evaluate", "explain"])
+@pytest.mark.parametrize("command", ["predict", "extract", "train", "evaluate", "explain", "demo-weights"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert f"ganorigin {command}" in text
-    if command != "train":
-        for flag in ("--weights", "--offline", "--cache-dir", "--device"):
-            assert flag in text
-    if command in ("predict", "evaluate"):
-        assert "--threshold" in text
+    sections = _help_sections(text)
+    if command not in ("train", "demo-weights"):
+        assert all(flag in sections["weights"] for flag in ("--weights", "--offline", "--cache-dir", "--device"))
+    model_flags = "--threshold" in text, "--no-align" in text
+    assert model_flags == ((True, True) if command in ("predict", "evaluate") else (False, False))
+    if command in ("predict", "extract", "evaluate"):
+        assert "--no-progress" in sections["options"] and "--no-progress" not in sections.get("weights", "")
+
+
+def _help_sections(text: str) -> dict:
+    """argparse help -> {"options": ..., "weights": ..., "model": ...} (the option groups' text)."""
+    sections: dict = {}
+    name = None
+    for line in text.splitlines():
+        if line and not line.startswith(" ") and line.endswith(":"):
+            name = line[:-1]
+            sections[name] = ""
+        elif name:
+            sections[name] += line + "\n"
+    return sections
 
 
 def test_predict_gives_one_row_per_image_with_the_api_numbers(image_dir, weights_dir, cli_env, model, tmp_path):
@@ -176,3 +196,107 @@ def test_explain_writes_heat_map_and_spectrum(dev_images, weights_dir, cli_env, 
     for name, size in (("heatmap_crop.png", (224, 224)), ("spectrum.png", None), ("heatmap.png", None)):
         with Image.open(out / name) as im:
             assert im.mode == "RGB" and (size is None or im.size == size)
+
+
+@pytest.mark.parametrize("listing", ["empty_folder", "folder_without_images", "empty_list"])
+def test_predict_without_images_says_so_and_exits_2(listing, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    if listing == "folder_without_images":
+        (folder / "notes.txt").write_text("not an image")
+        (folder / "sub").mkdir()
+    target = folder
+    if listing == "empty_list":
+        target = tmp_path / "list.txt"
+        target.write_text("# nothing yet\n")
+    assert main(["predict", str(target), "--weights", "not-loaded/because-no-images"]) == 2
+    err = capsys.readouterr().err
+    assert f"no images found in {target}" in err and ".png" in err and "Traceback" not in err
+
+
+def test_a_weights_folder_that_does_not_exist_is_named(dev_images, tmp_path, capsys):
+    image = str(dev_images["real"][0])
+    for missing in (tmp_path / "weights", "./no-such-weights", "my/weights/v2"):
+        assert main(["predict", image, "--weights", str(missing), "--offline"]) == 2
+        assert f"--weights {missing}: no such folder" in capsys.readouterr().err
+    a_file = tmp_path / "fc_weights.pth"
+    a_file.write_bytes(b"x")
+    assert main(["explain", image, "--weights", str(a_file)]) == 2
+    assert "is a file; pass the folder" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def installed_cli(tmp_path_factory) -> dict:
+    """This tree installed by pip into a private folder (nothing added to the test environment).
+
+    Returns the environment that puts its ``ganorigin`` script first on PATH.
+    """
+    source, target = tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("installed")
+    for name in ("pyproject.toml", "README.md", "LICENSE", "requirements.txt"):
+        shutil.copyfile(ROOT / name, source / name)
+    shutil.copytree(ROOT / "ganorigin", source / "ganorigin", ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
+                    "--target", str(target), str(source)], check=True, capture_output=True, timeout=300)
+    env = {name: value for name, value in os.environ.items() if not name.startswith("GANORIGIN_")}
+    return {**env, "PATH": f"{target / 'bin'}{os.pathsep}{env['PATH']}", "PYTHONPATH": str(target)}
+
+
+def test_installed_cli_runs_from_any_directory(installed_cli, tmp_path):
+    run = subprocess.run(["ganorigin", "--help"], cwd=tmp_path, env=installed_cli, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    for command in ("predict", "extract", "train", "evaluate", "explain", "demo-weights"):
+        assert command in run.stdout
+    find = "import importlib.util; print(importlib.util.find_spec('ganorigin').origin)"
+    where = subprocess.run([sys.executable, "-c", find], cwd=tmp_path, env=installed_cli, capture_output=True,
+                           text=True, timeout=300)
+    assert where.stdout.startswith(installed_cli["PYTHONPATH"])  # the installed copy, not this checkout
+
+
+def test_demo_weights_prints_commands_that_run_the_cli_and_the_app(installed_cli, tmp_path, capsys):
+    from PIL import Image
+
+    from app_server import AppServer
+
+    folder = tmp_path / "demo weights"  # a space: the printed command must quote it
+    assert main(["demo-weights", str(folder)]) == 0
+    printed = capsys.readouterr().out
+    marker = json.loads((folder / TEST_WEIGHTS_MARKER).read_text())
+    assert marker["test_weights"] is True and "meaningless" in marker["note"]
+    assert marker["ufd_head_sha256"] in printed and "meaningless" in printed
+    app_line = next(line.strip() for line in printed.splitlines() if line.strip().endswith("python app.py"))
+    cli_line = next(line.strip() for line in printed.splitlines() if "ganorigin predict face.png" in line)
+
+    # The CLI line, verbatim but for the image, from another directory with the installed script.
+    face = tmp_path / "face.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8)).save(face)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    run = subprocess.run(["bash", "-c", cli_line.replace("face.png", shlex.quote(str(face)))], cwd=elsewhere,
+                         env=installed_cli, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    row = json.loads(run.stdout)
+    assert row["path"] == str(face) and 0.0 <= row["fake_probability"] <= 1.0 and row["error"] is None
+
+    # The app line's environment starts the app on these weights (offline, so no example downloads).
+    words = shlex.split(app_line)
+    env = dict(word.split("=", 1) for word in words[: words.index("python")])
+    server = AppServer({**env, "HF_HUB_OFFLINE": "1", "GANORIGIN_CACHE_DIR": str(tmp_path / "cache")},
+                       name="demo-weights").start()
+    try:
+        health = server.wait_until_loaded()
+        assert health["status"] == "ready", server.logs()[-3000:]
+    finally:
+        server.stop()
+
+
+def test_demo_weights_never_overwrites_a_folder_it_did_not_write(tmp_path, capsys):
+    real = tmp_path / "weights"
+    real.mkdir()
+    (real / "e4e_ffhq_encode.pt").write_bytes(b"the real checkpoint")
+    assert main(["demo-weights", str(real)]) == 2
+    assert "is not empty" in capsys.readouterr().err
+    assert (real / "e4e_ffhq_encode.pt").read_bytes() == b"the real checkpoint"
+    demo = tmp_path / "demo"
+    assert main(["demo-weights", str(demo)]) == 0 and main(["demo-weights", str(demo), "--seed", "1"]) == 0
+    assert json.loads((demo / TEST_WEIGHTS_MARKER).read_text())["seed"] == 1

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from sklearn.preprocessing import StandardScaler
 
-from ganorigin import GANAttributor, UnsafePickleError, WeightsFormatError
+from ganorigin import UnsafePickleError, WeightsFormatError
 from ganorigin.hub.pickles import load_attributor_pickles, safe_load_pickle
 from ganorigin.testing import LABEL_ENCODER_FILE, SCALER_FILE, SVM_FILE
 

@@ -7,11 +7,16 @@ held-out data; that the saved JSON + npz model (and the exported joblib files, t
 restricted unpickler) reproduce the trained model's probabilities exactly; that
 ``GANOrigin.from_pretrained`` uses a trained model in place of the pickles; and that the open-set
 threshold, learned from data, rejects an unseen generator while accepting known ones.
+
+Every split keeps the augmented copies of one image together: on copies of random noise with
+random labels, held-out accuracy is chance (a row-wise split reports a perfect score). The model
+records whether its features were aligned, and a mismatch at prediction time is reported.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -20,21 +25,28 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ganorigin import GANAttributor, GANOrigin
+from ganorigin import GANAttributor, GANOrigin, WeightsFormatError
 from ganorigin.cli import main
-from ganorigin.encoder import E4EEncoder
-from ganorigin.pipeline import UNKNOWN_GAN
+from ganorigin.factory import load_encoder
+from ganorigin.models import E4EEncoder
+from ganorigin.result import UNKNOWN_GAN
+from ganorigin.errors import DatasetError
+from ganorigin.hub.pickles import load_attributor_pickles
+from ganorigin.hub.trained_model import load_attribution_model, save_attribution_model
+from ganorigin.models.attributor import alignment_mismatch
 from ganorigin.training import (
-    DatasetError,
+    LATENTS_MANIFEST,
     evaluate,
     extract_features,
-    load_attribution_model,
     load_latents,
     resolution_augment,
-    save_attribution_model,
+    source_folds,
+    source_groups,
+    split_by_source,
     train_attribution_model,
-    _item_rng,
 )
+from ganorigin.training.data import _item_rng
+from ganorigin.hub.trained_model import SAFE_ARRAYS_FILE, SAFE_MODEL_FILE
 from ganorigin.testing import E4E_FILE, LABEL_ENCODER_FILE, SCALER_FILE, SVM_FILE
 
 KNOWN = ("gan_a", "gan_b", "gan_c")
@@ -74,7 +86,7 @@ def synthetic_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def encoder(weights_dir) -> E4EEncoder:
-    return E4EEncoder.from_checkpoint(weights_dir / E4E_FILE)
+    return load_encoder(weights_dir / E4E_FILE)
 
 
 @pytest.fixture(scope="module")
@@ -266,3 +278,181 @@ def test_train_refuses_too_little_data(tmp_path):
     with pytest.raises(DatasetError, match="at least"):
         train_attribution_model(features, ["a", "a", "b", "b"])
     assert main(["train", str(tmp_path), "--out", str(tmp_path / "m")]) == 2
+
+
+# --------------------------------------------------------------------------------------------
+# Splits by source image
+
+
+def _copies_of_random_images(n_images: int = 30, copies: int = 3, dim: int = 256, seed: int = 0):
+    """Features of ``copies`` slightly different copies of each random image, with random labels."""
+    rng = np.random.default_rng(seed)
+    images = rng.normal(size=(n_images, dim))
+    features = np.repeat(images, copies, axis=0) + 0.05 * rng.normal(size=(n_images * copies, dim))
+    image_labels = np.array(["a", "b", "c"] * (n_images // 3))
+    keys = [f"{label}/{i:03d}.png#{c}" for i, label in enumerate(image_labels) for c in range(copies)]
+    return features.astype(np.float32), np.repeat(image_labels, copies), keys
+
+
+@pytest.mark.parametrize("test_size", [0.2, 0.34, 0.5])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_held_out_rows_never_share_a_source_image_with_training_rows(test_size, seed):
+    _, labels, keys = _copies_of_random_images()
+    groups = source_groups(keys)
+    train, test = split_by_source(labels, groups, test_size, seed)
+    assert sorted(np.concatenate([train, test])) == list(range(len(keys)))
+    stems = np.array([key.rsplit("#", 1)[0] for key in keys])
+    assert not set(stems[train]) & set(stems[test])
+    for label in "abc":  # stratified: every class on both sides, in proportion
+        held_out = len(set(stems[test][labels[test] == label]))
+        assert held_out == min(max(1, round(test_size * 10)), 10 - 3)
+    for train, test in source_folds(labels, groups, 5, seed):
+        assert not set(stems[train]) & set(stems[test])
+        assert set(labels[test]) == {"a", "b", "c"}
+
+
+def test_source_groups_join_copies_and_identical_files_and_read_old_shards():
+    keys = ["a/x.png#0", "a/x.png#1", "a/odd#name.png#0", "a/odd#name.png#1", "b/y.png#0", "b/z.png#0"]
+    # y.png and z.png are the same file under two names; old shards have no digest at all.
+    groups = source_groups(keys, ["d1", "d1", "d2", "d2", "d3", "d3"])
+    assert groups[0] == groups[1] and groups[2] == groups[3] and groups[4] == groups[5]
+    assert len(set(groups)) == 3
+    old = source_groups(keys, [""] * 6)
+    assert old[0] == old[1] and old[2] == old[3] and old[4] != old[5] and len(set(old)) == 4
+    assert np.array_equal(source_groups(keys), old)
+
+
+def test_training_on_copies_of_random_images_reports_chance_not_a_leak():
+    features, labels, keys = _copies_of_random_images()
+    groups = source_groups(keys)
+    for cv in (None, 3):
+        honest = train_attribution_model(features, labels, groups=groups, cv=cv, seed=0)
+        assert honest.accuracy <= 0.6, f"cv={cv}: {honest.accuracy}"  # 3 classes of noise: chance is 1/3
+        # The same rows split one by one put copies of test images in training: a "perfect" score.
+        leaked = train_attribution_model(features, labels, cv=cv, seed=0)
+        assert leaked.accuracy >= 0.8
+    assert honest.n_test_sources == 30 and honest.n_train_sources == 30  # cross-validation: every image once
+    held_out = train_attribution_model(features, labels, groups=groups, seed=0)
+    assert held_out.n_test == 3 * held_out.n_test_sources and held_out.n_test_sources == 6
+
+
+def test_train_counts_source_images_not_copies():
+    features, labels, keys = _copies_of_random_images(n_images=15, copies=4)  # 5 images, 20 rows per class
+    with pytest.raises(DatasetError, match="5 source images; at least 6"):
+        train_attribution_model(features, labels, groups=source_groups(keys))
+
+
+@pytest.fixture(scope="module")
+def augmented_noise_latents(weights_dir, tmp_path_factory) -> Path:
+    """Random-noise images in three class folders, extracted with --augment 2 through the CLI."""
+    data = tmp_path_factory.mktemp("noise")
+    rng = np.random.default_rng(5)
+    for cls in ("a", "b", "c"):
+        (data / cls).mkdir()
+        for i in range(8):
+            Image.fromarray(rng.integers(0, 256, (80, 80, 3), dtype=np.uint8)).save(data / cls / f"{i}.png")
+    out = tmp_path_factory.mktemp("noise_latents")
+    assert main(["extract", str(data), "--out", str(out), "--augment", "2", "--weights", str(weights_dir),
+                 "--offline", "--no-progress"]) == 0
+    return out
+
+
+def test_train_on_augmented_latents_holds_out_whole_images(augmented_noise_latents, tmp_path, capsys):
+    latents = load_latents(augmented_noise_latents)
+    assert len(latents.keys) == 72 and all(len(s) == 64 for s in latents.sources)  # sha256 of each source file
+    train, test = split_by_source(latents.labels, latents.groups, 0.2, 0)
+    sources = lambda rows: {str(k).rsplit("#", 1)[0] for k in latents.keys[rows]}  # noqa: E731
+    assert not sources(train) & sources(test)
+
+    assert main(["train", str(augmented_noise_latents), "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "(18 source images)" in out and "(6 source images;" in out
+    meta = json.loads((tmp_path / SAFE_MODEL_FILE).read_text())
+    assert meta["held_out"]["n_test"] == 18 and meta["held_out"]["n_test_sources"] == 6
+    assert meta["held_out"]["accuracy"] <= 0.7  # noise; the row-wise split reported 1.0 here
+    assert meta["aligned"] is False  # latents.json: extracted without --align
+
+
+def test_latents_folder_mixing_old_and_new_shards_groups_by_image(augmented_noise_latents, tmp_path):
+    """A shard written before the source digests were recorded still loads; keys decide its groups."""
+    latents = load_latents(augmented_noise_latents)
+    old, new = latents.keys.astype(str).tolist().index("b/0.png#0"), len(latents.keys)
+    np.savez(tmp_path / "shard-00000.npz", keys=latents.keys[:old], labels=latents.labels[:old],
+             paths=latents.paths[:old], copies=np.zeros(old, dtype=np.int32), features=latents.features[:old])
+    np.savez(tmp_path / "shard-00001.npz", keys=latents.keys[old:new], labels=latents.labels[old:new],
+             paths=latents.paths[old:new], sources=latents.sources[old:new],
+             copies=np.zeros(new - old, dtype=np.int32), features=latents.features[old:new])
+    mixed = load_latents(tmp_path)
+    assert list(mixed.sources[:old]) == [""] * old and mixed.aligned is None  # no latents.json here
+    assert len(set(mixed.groups)) == 24 and np.array_equal(mixed.features, latents.features)
+
+
+def test_a_broken_shard_is_a_dataset_error(tmp_path):
+    np.savez(tmp_path / "shard-00000.npz", keys=np.array(["a/1.png#0"]))  # no features
+    with pytest.raises(DatasetError, match="shard-00000.npz is not a readable latents shard"):
+        load_latents(tmp_path)
+    (tmp_path / "shard-00000.npz").write_bytes(b"PK\x03\x04 cut short")  # an interrupted copy
+    assert main(["train", str(tmp_path), "--out", str(tmp_path / "model")]) == 2
+
+
+# --------------------------------------------------------------------------------------------
+# The saved model: alignment, broken files
+
+
+def test_model_without_centroids_is_a_format_error_naming_the_file(trained_dir, tmp_path):
+    for name in (SAFE_MODEL_FILE, SAFE_ARRAYS_FILE):
+        shutil.copyfile(trained_dir / name, tmp_path / name)
+    with np.load(tmp_path / SAFE_ARRAYS_FILE) as data:
+        arrays = {name: data[name] for name in data.files if name != "centroids"}
+    np.savez(tmp_path / SAFE_ARRAYS_FILE, **arrays)
+    with pytest.raises(WeightsFormatError, match=f"{SAFE_MODEL_FILE}.*not a readable attribution model.*centroids"):
+        load_attribution_model(tmp_path / SAFE_MODEL_FILE)
+
+
+@pytest.fixture(scope="module")
+def aligned_model_dir(known_latents, tmp_path_factory) -> Path:
+    """A model trained through the CLI on latents whose latents.json says they were aligned."""
+    latents = tmp_path_factory.mktemp("aligned_latents")
+    shutil.copyfile(known_latents / "shard-00000.npz", latents / "shard-00000.npz")
+    (latents / LATENTS_MANIFEST).write_text(json.dumps({"format": "ganorigin-latents", "augment": 0, "seed": 0,
+                                                        "align": True}))
+    out = tmp_path_factory.mktemp("aligned_model")
+    assert main(["train", str(latents), "--out", str(out), *TRAIN_ARGS]) == 0
+    return out
+
+
+def test_the_model_records_how_its_features_were_aligned(aligned_model_dir, trained_dir):
+    assert json.loads((aligned_model_dir / SAFE_MODEL_FILE).read_text())["aligned"] is True
+    assert load_attribution_model(aligned_model_dir / SAFE_MODEL_FILE).trained_on_aligned is True
+    # trained_dir's latents have no latents.json: unknown, as for models saved before it was recorded.
+    assert load_attribution_model(trained_dir / SAFE_MODEL_FILE).trained_on_aligned is None
+
+
+def test_alignment_mismatch_says_which_way():
+    attributor = GANAttributor.__new__(GANAttributor)
+    for trained, align, expected in ((True, True, None), (False, False, None), (None, True, None),
+                                     (None, False, None), (False, True, "trained on unaligned images"),
+                                     (True, False, "trained on FFHQ-aligned faces")):
+        attributor.trained_on_aligned = trained
+        message = alignment_mismatch(attributor, align)
+        assert message is None if expected is None else expected in message
+    pickles = GANAttributor.__new__(GANAttributor)  # the original pickles say nothing about alignment
+    assert alignment_mismatch(pickles, True) is None and alignment_mismatch(pickles, False) is None
+
+
+def test_cli_warns_when_alignment_differs_from_training(aligned_model_dir, weights_dir, weights_env, synthetic_dir,
+                                                        tmp_path, monkeypatch, caplog, capsys):
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    for f in weights_dir.iterdir():
+        if not f.name.endswith(".pkl"):
+            (folder / f.name).symlink_to(f)
+    for name in (SAFE_MODEL_FILE, SAFE_ARRAYS_FILE):
+        shutil.copyfile(aligned_model_dir / name, folder / name)
+    image = str(synthetic_dir / "gan_a" / "000.png")
+    monkeypatch.setenv("GANORIGIN_UFD_HEAD_SHA256", weights_env["GANORIGIN_UFD_HEAD_SHA256"])
+    with caplog.at_level(logging.WARNING):
+        assert main(["predict", image, "--weights", str(folder), "--offline", "--no-align", "--no-progress"]) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "trained on FFHQ-aligned faces" in warnings[0] and "alignment is off" in warnings[0]
+    assert json.loads(capsys.readouterr().out)["path"] == image

@@ -1,8 +1,6 @@
 """The attribution model format of ``ganorigin train``: JSON metadata + ``.npz`` arrays, no pickle.
 
-The arrays are read with ``allow_pickle=False``; nothing in the files can run code. The
-scikit-learn objects are rebuilt with their fitted attributes, so their ``predict_proba`` is the
-very computation the trained model did.
+The arrays are read with ``allow_pickle=False``; nothing in the files can run code.
 """
 
 from __future__ import annotations
@@ -14,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import sklearn
-from sklearn.calibration import CalibratedClassifierCV, _CalibratedClassifier, _SigmoidCalibration
+from scipy.special import expit
 from sklearn.preprocessing import StandardScaler
-from sklearn.svm import LinearSVC
 
 from ..errors import WeightsFormatError
 from ..models.attributor import GANAttributor
@@ -30,8 +27,47 @@ SAFE_MODEL_FILE = WEIGHTS["svm.trained"].filename
 SAFE_ARRAYS_FILE = WEIGHTS["svm.trained_arrays"].filename
 
 
+class SigmoidCalibratedSVM:
+    """What ``CalibratedClassifierCV(LinearSVC(), method="sigmoid")`` computes once fitted, from its
+    saved numbers and public APIs only: per member, the linear decision values, a Platt sigmoid per
+    class, normalised; the members' probabilities averaged (scikit-learn 1.x's arithmetic, bit for bit).
+
+    Arrays: ``coef`` (members, n_columns, n_features), ``intercept`` (members, n_columns),
+    ``sigmoid_a`` / ``sigmoid_b`` (members, n_columns); two classes have one column.
+    """
+
+    def __init__(self, coef, intercept, sigmoid_a, sigmoid_b, classes):
+        self.coef_, self.intercept_ = np.asarray(coef), np.asarray(intercept)
+        self.sigmoid_a_, self.sigmoid_b_ = np.asarray(sigmoid_a), np.asarray(sigmoid_b)
+        self.classes_ = np.asarray(classes)
+        self.n_features_in_ = int(self.coef_.shape[-1])
+        if not (self.coef_.ndim == 3 and self.intercept_.shape == self.coef_.shape[:2]
+                and self.sigmoid_a_.shape == self.sigmoid_b_.shape == self.coef_.shape[:2]):
+            raise ValueError(f"inconsistent array shapes: coef {self.coef_.shape}, intercept {self.intercept_.shape}, "
+                             f"sigmoid {self.sigmoid_a_.shape} / {self.sigmoid_b_.shape}")
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        n_classes = len(self.classes_)
+        mean = np.zeros((len(X), n_classes))
+        for coef, intercept, a, b in zip(self.coef_, self.intercept_, self.sigmoid_a_, self.sigmoid_b_):
+            decision = X @ coef.T + intercept  # LinearSVC.decision_function, one column per class
+            proba = np.zeros((len(X), n_classes))
+            if n_classes == 2:
+                proba[:, 1] = expit(-(a[0] * decision[:, 0] + b[0]))
+                proba[:, 0] = 1.0 - proba[:, 1]
+            else:
+                for k in range(n_classes):
+                    proba[:, k] = expit(-(a[k] * decision[:, k] + b[k]))
+                denominator = proba.sum(axis=1)[:, np.newaxis]
+                proba = np.divide(proba, denominator, out=np.full_like(proba, 1 / n_classes), where=denominator != 0)
+            proba[(1.0 < proba) & (proba <= 1.0 + 1e-5)] = 1.0
+            mean += proba
+        return mean / len(self.coef_)
+
+
 def save_attribution_model(result, folder: os.PathLike, *, export_joblib: bool = False) -> Path:
-    """Write ``attribution_model.json`` + ``.npz`` (and the original three joblib files if asked).
+    """Write a :class:`~ganorigin.training.TrainResult` as ``attribution_model.json`` + ``.npz`` (and
+    the original three joblib files if asked).
 
     Returns:
         The JSON file's path.
@@ -61,12 +97,14 @@ def save_attribution_model(result, folder: os.PathLike, *, export_joblib: bool =
         "n_samples_seen": int(scaler.n_samples_seen_),
         "calibration": "sigmoid",
         "unknown_threshold": attributor.unknown_threshold,
+        "aligned": getattr(attributor, "trained_on_aligned", None),
         "unknown_rule": "reject when the RMS distance of the standardised features to the nearest class "
         "centroid exceeds unknown_threshold",
         "arrays": SAFE_ARRAYS_FILE,
         "sklearn_version": sklearn.__version__,
         "recipe": result.recipe,
-        "held_out": {"accuracy": result.accuracy, "n_train": result.n_train, "n_test": result.n_test},
+        "held_out": {"accuracy": result.accuracy, "n_train": result.n_train, "n_test": result.n_test,
+                     "n_train_sources": result.n_train_sources, "n_test_sources": result.n_test_sources},
     }
     path = folder / SAFE_MODEL_FILE
     path.write_text(json.dumps(meta, indent=2) + "\n")
@@ -79,16 +117,18 @@ def _export_joblib(result, folder: Path) -> None:
     """The original project's three files: SVM (calibrated), scaler, label encoder."""
     import joblib
 
-    joblib.dump(result.attributor.classifier, folder / WEIGHTS["svm.gan_attribution"].filename)
-    joblib.dump(result.attributor.scaler, folder / WEIGHTS["svm.scaler"].filename)
-    joblib.dump(result.label_encoder, folder / WEIGHTS["svm.label_encoder"].filename)
+    for name, obj in (("svm.gan_attribution", result.attributor.classifier), ("svm.scaler", result.attributor.scaler),
+                      ("svm.label_encoder", result.label_encoder)):
+        joblib.dump(obj, folder / WEIGHTS[name].filename)
 
 
 def load_attribution_model(path: os.PathLike) -> GANAttributor:
     """Rebuild a :class:`GANAttributor` from ``attribution_model.json`` and its ``.npz`` (no pickle).
 
-    The scikit-learn objects are rebuilt with their fitted attributes, so their ``predict_proba``
-    is the very computation the trained model did.
+    The scaler is rebuilt with its fitted attributes and the calibrated SVM as
+    :class:`SigmoidCalibratedSVM`, so ``predict_proba`` is the very computation the trained model
+    did. ``trained_on_aligned`` says whether the features were extracted from aligned faces (None
+    for models saved before it was recorded).
 
     Raises:
         WeightsFormatError: the files are missing, of another format, or inconsistent.
@@ -108,28 +148,20 @@ def load_attribution_model(path: os.PathLike) -> GANAttributor:
         scaler.mean_, scaler.scale_, scaler.var_ = arrays["scaler_mean"], arrays["scaler_scale"], arrays["scaler_var"]
         scaler.n_features_in_ = int(meta["n_features"])
         scaler.n_samples_seen_ = int(meta["n_samples_seen"])
-        classes = arrays["classes"]
-        classifier = CalibratedClassifierCV(LinearSVC(), method=meta["calibration"])
-        members = []
-        for coef, intercept, a_row, b_row in zip(arrays["coef"], arrays["intercept"], arrays["sigmoid_a"], arrays["sigmoid_b"]):
-            svm = LinearSVC()
-            svm.coef_, svm.intercept_, svm.classes_, svm.n_features_in_ = coef, intercept, classes, scaler.n_features_in_
-            calibrators = []
-            for a, b in zip(a_row, b_row):
-                calibrator = _SigmoidCalibration()
-                calibrator.a_, calibrator.b_ = a, b
-                calibrators.append(calibrator)
-            members.append(_CalibratedClassifier(svm, calibrators, classes=classes, method=meta["calibration"]))
-        classifier.calibrated_classifiers_ = members
-        classifier.classes_ = classes
-        classifier.n_features_in_ = scaler.n_features_in_
+        classifier = SigmoidCalibratedSVM(arrays["coef"], arrays["intercept"], arrays["sigmoid_a"],
+                                          arrays["sigmoid_b"], arrays["classes"])
+        if meta["calibration"] != "sigmoid" or classifier.n_features_in_ != scaler.n_features_in_:
+            raise ValueError(f"calibration {meta['calibration']!r} with {classifier.n_features_in_} SVM inputs")
         attributor = GANAttributor(scaler, classifier, labels)
+        attributor.centroids = arrays["centroids"]
+        attributor.unknown_threshold = meta.get("unknown_threshold")
+        attributor.trained_on_aligned = meta.get("aligned")
+        if attributor.trained_on_aligned not in (None, True, False):
+            raise ValueError(f"'aligned' must be true, false or null, not {attributor.trained_on_aligned!r}")
     except (OSError, KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
         if isinstance(e, WeightsFormatError):
             raise
         raise WeightsFormatError(f"{path} (with its {SAFE_ARRAYS_FILE}) is not a readable attribution model ({e}).") from e
-    attributor.centroids = arrays["centroids"]
-    attributor.unknown_threshold = meta.get("unknown_threshold")
     if meta.get("sklearn_version") != sklearn.__version__:
         logger.info("%s was trained with scikit-learn %s; running %s.", path.name, meta.get("sklearn_version"),
                     sklearn.__version__)

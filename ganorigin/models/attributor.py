@@ -35,6 +35,8 @@ class GANAttributor:
     # The original pickles carry neither, so they never reject.
     centroids: Optional[np.ndarray] = None
     unknown_threshold: Optional[float] = None
+    # Whether the training features came from FFHQ-aligned faces; None when the model does not say.
+    trained_on_aligned: Optional[bool] = None
 
     def __init__(self, scaler, classifier, labels: Sequence[str], *,
                  names: tuple[str, str] = ("The scaler", "The classifier")):
@@ -121,7 +123,8 @@ def _check_scaler(scaler, name: str) -> int:
 def fitted_classes(classifier, name: str) -> np.ndarray:
     """The ``classes_`` (two or more) of a fitted classifier with ``predict_proba``."""
     try:
-        check_is_fitted(classifier)
+        if hasattr(classifier, "fit"):  # a scikit-learn estimator (not a fixed model such as a loaded one)
+            check_is_fitted(classifier)
     except (NotFittedError, TypeError) as e:
         raise WeightsFormatError(f"{name}: {type(classifier).__name__} is not a fitted estimator.") from e
     if not hasattr(classifier, "predict_proba"):
@@ -178,3 +181,20 @@ def _non_finite(obj, where: str, seen: set) -> Optional[str]:
     else:
         return None
     return next((found for path, value in members if (found := _non_finite(value, path, seen)) is not None), None)
+
+
+def alignment_mismatch(attributor: GANAttributor, align: bool) -> Optional[str]:
+    """A warning when ``align`` differs from how the attribution model's training features were made.
+
+    None when they agree or the model does not say (the original pickles).
+    """
+    trained = attributor.trained_on_aligned
+    if trained is None or trained == bool(align):
+        return None
+    if align:
+        return ("The attribution model was trained on unaligned images (`ganorigin extract` without --align), but "
+                "face alignment is on: attribution may be off. Turn alignment off (align=False, --no-align, or the "
+                "switch in the app), or retrain on latents extracted with --align.")
+    return ("The attribution model was trained on FFHQ-aligned faces (`ganorigin extract --align`), but face "
+            "alignment is off: attribution may be off. Turn alignment on (needs dlib: pip install dlib-bin "
+            "face-recognition-models), or retrain on latents extracted without --align.")

@@ -1,0 +1,234 @@
+"""e4e features of ``DATA_DIR/<class>/*`` in resumable ``.npz`` shards.
+
+:func:`extract_features` is resumable (the shards are the index of done images) and bitwise
+reproducible: each image's resolution augmentation draws from its own seeded RNG, and batches are
+fixed slices of the sorted image list, so an interrupted run plus a re-run equals one
+uninterrupted run. Every row records its source image, so splits keep copies together
+(:func:`source_groups`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..errors import DatasetError, InvalidImageError
+from ..hub.integrity import sha256_file
+from ..hub.registry import E4E_PREPROCESS
+from ..images import load_image
+from ..models.encoder import E4EEncoder
+from .data import _item_rng, labelled_images, resolution_augment
+
+logger = logging.getLogger(__name__)
+
+LATENTS_MANIFEST = "latents.json"
+# Shard columns added after the first release, with the value rows of older shards get.
+OPTIONAL_COLUMNS = {"sources": ""}
+
+
+@dataclass(frozen=True)
+class _Item:
+    key: str  # "<class>/<path relative to the class folder>#<copy>"
+    label: str
+    path: Path
+    copy: int  # 0: the image as it is; 1..K: resolution-augmented copies
+
+
+@dataclass
+class ExtractSummary:
+    total: int
+    already_done: int
+    encoded: int = 0
+    failed: list = field(default_factory=list)  # (path, message)
+    complete: bool = False
+
+
+@dataclass(frozen=True)
+class Latents:
+    """Features of a latents folder, sorted by key."""
+
+    features: np.ndarray  # (N, D) float32
+    labels: np.ndarray  # (N,) str
+    keys: np.ndarray  # (N,) str
+    paths: np.ndarray  # (N,) str
+    sources: np.ndarray  # (N,) str: sha256 of the source image file; "" in shards that predate it
+    aligned: Optional[bool] = None  # extracted with face alignment (from latents.json), None if unknown
+
+    @property
+    def groups(self) -> np.ndarray:
+        """(N,) int: rows with equal values come from one source image."""
+        return source_groups(self.keys, self.sources)
+
+
+def source_groups(keys: Sequence[str], sources: Optional[Sequence[str]] = None) -> np.ndarray:
+    """One integer per row; rows of one source image share it.
+
+    A row's key is ``"<class>/<path>#<copy>"``: the copies of an image share everything before
+    the last ``#``. Rows whose ``sources`` digest is equal (the same file under two names) are
+    joined too. Older shards have no digest (``""``); their keys alone decide.
+    """
+    stems = [str(key).rsplit("#", 1)[0] for key in keys]
+    digests = [""] * len(stems) if sources is None else [str(digest) for digest in sources]
+    digest_of = {stem: digest for stem, digest in zip(stems, digests) if digest}
+    names = [digest_of.get(stem) or f"key:{stem}" for stem in stems]
+    return np.unique(names, return_inverse=True)[1].astype(np.int64)
+
+
+def extract_features(
+    data_dir: os.PathLike,
+    out_dir: os.PathLike,
+    encoder: E4EEncoder,
+    *,
+    augment: int = 0,
+    seed: int = 0,
+    batch_size: int = 8,
+    shard_size: int = 512,
+    limit: Optional[int] = None,
+    align: bool = False,
+    device: Optional[torch.device] = None,
+    progress: bool = True,
+) -> ExtractSummary:
+    """Encode every image of ``data_dir/<class>/`` (plus ``augment`` augmented copies) into shards.
+
+    Re-running skips every image already in a shard. ``limit`` stops after about that many new
+    images (whole batches), as an interruption would.
+
+    Raises:
+        DatasetError: the folder is empty, or ``out_dir`` holds latents made with other settings.
+    """
+    if augment < 0 or batch_size < 1 or shard_size < 1:
+        raise DatasetError("--augment must be >= 0, --batch-size and --shard-size >= 1.")
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    items = [
+        _Item(f"{label}/{path.relative_to(data_dir / label).as_posix()}#{copy}", label, path, copy)
+        for label, path in labelled_images(data_dir)
+        for copy in range(augment + 1)
+    ]
+    settings = {"format": "ganorigin-latents", "augment": augment, "seed": seed, "align": bool(align)}
+    _check_manifest(out_dir, settings)
+    done = set(_read_shards(out_dir, "keys").get("keys", []))
+    summary = ExtractSummary(total=len(items), already_done=sum(item.key in done for item in items))
+    device = device or next(encoder.parameters()).device
+    buffer: dict = {"keys": [], "labels": [], "paths": [], "sources": [], "copies": [], "features": []}
+    bar = tqdm(total=len(items), initial=summary.already_done, desc="extract", unit="img", disable=not progress)
+    try:
+        for start in range(0, len(items), batch_size):
+            if limit is not None and summary.encoded >= limit:
+                return summary
+            batch = [item for item in items[start : start + batch_size] if item.key not in done]
+            images, kept, digests = [], [], []
+            for item in batch:
+                try:
+                    images.append(_prepare(item, seed, align))
+                    digests.append(sha256_file(item.path))
+                    kept.append(item)
+                except InvalidImageError as e:
+                    summary.failed.append((str(item.path), str(e)))
+                    logger.warning("%s: %s", item.path, e)
+            if kept:
+                with torch.inference_mode():
+                    codes = encoder(torch.stack(images).to(device)).flatten(1).float().cpu().numpy()
+                buffer["keys"] += [i.key for i in kept]
+                buffer["labels"] += [i.label for i in kept]
+                buffer["paths"] += [str(i.path) for i in kept]
+                buffer["sources"] += digests
+                buffer["copies"] += [i.copy for i in kept]
+                buffer["features"].append(codes)
+                summary.encoded += len(kept)
+            bar.update(len(batch))
+            if len(buffer["keys"]) >= shard_size:
+                _write_shard(out_dir, buffer)
+        summary.complete = True
+        return summary
+    finally:
+        _write_shard(out_dir, buffer)  # also on Ctrl-C: nothing encoded is lost
+        bar.close()
+
+
+def _prepare(item: _Item, seed: int, align: bool) -> torch.Tensor:
+    image = load_image(item.path)
+    if align:
+        from .align import align_face
+
+        aligned = align_face(image)
+        image = aligned.image if aligned.used else image
+    if item.copy:
+        image = resolution_augment(image, _item_rng(seed, item.key))
+    return E4E_PREPROCESS(image)
+
+
+def _check_manifest(out_dir: Path, settings: dict) -> None:
+    manifest = out_dir / LATENTS_MANIFEST
+    if manifest.is_file():
+        existing = json.loads(manifest.read_text())
+        if existing != settings:
+            raise DatasetError(
+                f"{out_dir} holds latents made with {existing}, not {settings}; use another --out folder "
+                "or the same settings to resume."
+            )
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest.write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def _write_shard(out_dir: Path, buffer: dict) -> None:
+    """Write the buffered rows as the next shard (atomically) and empty the buffer."""
+    if not buffer["keys"]:
+        return
+    existing = sorted(out_dir.glob("shard-*.npz"))
+    number = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
+    arrays = {
+        "keys": np.array(buffer["keys"]),
+        "labels": np.array(buffer["labels"]),
+        "paths": np.array(buffer["paths"]),
+        "sources": np.array(buffer["sources"]),
+        "copies": np.array(buffer["copies"], dtype=np.int32),
+        "features": np.concatenate(buffer["features"]).astype(np.float32),
+    }
+    with tempfile.NamedTemporaryFile(dir=out_dir, suffix=".npz.part", delete=False) as tmp:
+        np.savez(tmp, **arrays)
+    os.replace(tmp.name, out_dir / f"shard-{number:05d}.npz")
+    for values in buffer.values():
+        values.clear()
+
+
+def _read_shards(folder: Path, *names: str) -> dict:
+    columns: dict = {name: [] for name in names}
+    for shard in sorted(Path(folder).glob("shard-*.npz")):
+        try:
+            with np.load(shard, allow_pickle=False) as data:
+                for name in names:
+                    if name not in data.files and name in OPTIONAL_COLUMNS:
+                        columns[name].append(np.full(len(data["keys"]), OPTIONAL_COLUMNS[name]))
+                    else:
+                        columns[name].append(data[name])
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
+            raise DatasetError(f"{shard} is not a readable latents shard ({e}); delete it and run extract again.") from e
+    return {name: np.concatenate(parts) for name, parts in columns.items() if parts}
+
+
+def load_latents(folder: os.PathLike) -> Latents:
+    """Every shard of a latents folder, sorted by key.
+
+    Raises:
+        DatasetError: no shards in ``folder``, or a shard that cannot be read.
+    """
+    folder = Path(folder)
+    names = ("features", "labels", "keys", "paths", "sources")
+    columns = _read_shards(folder, *names)
+    if not columns:
+        raise DatasetError(f"No shard-*.npz files in {folder}; run `ganorigin extract DATA_DIR --out {folder}` first.")
+    order = np.argsort(columns["keys"], kind="stable")
+    manifest = folder / LATENTS_MANIFEST
+    aligned = json.loads(manifest.read_text()).get("align") if manifest.is_file() else None
+    return Latents(*(columns[name][order] for name in names), aligned=aligned)
