@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ganorigin import accel
+import ganorigin.accel.packed  # noqa: F401  (accel.packed below)
 from ganorigin.accel.memory import release_file_pages, releasing_pages
 from ganorigin.accel.packed import PackedConv2d, PackedLinear, PackedResidualBlock
 from ganorigin.accel.probe import MAX_FAKE_PROBABILITY_DELTA
@@ -229,3 +230,70 @@ def test_replace_modules_copies_only_the_path_to_a_replacement():
     assert isinstance(root[0][1], nn.ReLU) and isinstance(new[0][1], nn.Tanh)
     assert new is not root and new[0] is not root[0]  # the way to the replacement is copied
     assert new[1] is root[1] and new[0][0] is root[0][0]  # everything else is shared, not copied
+
+
+@pytest.mark.parametrize("activation", ["none", "swish"])
+def test_int8_linear_matches_linear_within_quantisation(activation):
+    torch.manual_seed(0)
+    weight, bias, x = torch.randn(96, 64) / 8, torch.randn(96) / 10, torch.randn(5, 7, 64)
+    layer = accel.packed.Int8Linear(weight, bias, activation)
+    with torch.inference_mode():
+        got = layer(x)
+    want = F.linear(x, weight, bias)
+    want = F.silu(want) if activation == "swish" else want
+    assert got.shape == want.shape and got.dtype == torch.float32
+    error = (got - want).abs().max() / want.abs().max()
+    assert 0 < error < 0.03  # int8 rounding: not exact, but close
+    x.requires_grad_(True)  # the heat map's path: differentiable, on the dequantised weight
+    layer(x).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_int8_clip_block_matches_the_block_it_replaces():
+    from open_clip.transformer import QuickGELU, ResidualAttentionBlock
+
+    torch.manual_seed(0)
+    block = ResidualAttentionBlock(64, 4, act_layer=QuickGELU, batch_first=True).eval()
+    packed = PackedResidualBlock(block, "int8")
+    x = torch.randn(2, 10, 64)
+    with torch.inference_mode():
+        error = (packed(x) - block(x)).abs().max() / block(x).abs().max()
+    assert error < 0.03
+
+
+@pytest.mark.parametrize("isa, expected", [("amx", "bf16"), ("avx512_bf16", "bf16"), ("avx512_vnni", "int8"),
+                                           ("avx_vnni", "int8"), ("avx2", "int8"), ("none", "fp32")])
+def test_auto_precision_follows_the_cpu_class(isa, expected, monkeypatch):
+    monkeypatch.delenv("GANORIGIN_PRECISION", raising=False)
+    monkeypatch.setenv("GANORIGIN_CPU_ISA", isa)
+    assert accel.precision.cpu_class() == isa
+    assert accel.resolve_precision("auto", torch.device("cpu")) == expected
+
+
+def test_cpu_class_is_read_from_the_cpu_flags(monkeypatch):
+    monkeypatch.delenv("GANORIGIN_CPU_ISA", raising=False)
+    for flags, expected in (({"avx2", "avx512_vnni", "avx512_bf16", "amx_bf16"}, "amx"),
+                            ({"avx2", "avx512_vnni", "avx512_bf16"}, "avx512_bf16"),  # AMD Zen 4
+                            ({"avx2", "avx512_vnni"}, "avx512_vnni"), ({"avx2", "avx_vnni"}, "avx_vnni"),
+                            ({"avx2"}, "avx2"), ({"asimd", "fp"}, "none")):  # an ARM CPU
+        monkeypatch.setattr(accel.precision, "cpu_flags", lambda flags=flags: frozenset(flags))
+        assert accel.precision.cpu_class() == expected
+    monkeypatch.setenv("GANORIGIN_CPU_ISA", "pentium")
+    with pytest.raises(ValueError, match="GANORIGIN_CPU_ISA"):
+        accel.precision.cpu_class()
+
+
+def test_int8_path_quantises_clip_keeps_e4e_exact_and_agrees(sources, dev_sample, monkeypatch, tmp_path):
+    """On CPUs without native bf16: CLIP runs int8 (checked by the probe), e4e exact fp32."""
+    from ganorigin import GANOrigin
+
+    monkeypatch.setenv("GANORIGIN_CACHE_DIR", str(tmp_path))
+    exact = GANOrigin.from_pretrained(sources, device="cpu", precision="fp32", align=False)
+    int8 = GANOrigin.from_pretrained(sources, device="cpu", precision="int8", align=False)
+    assert accel.precision_of(int8.encoder) == "fp32"
+    assert accel.precision_of(int8.detector) == "int8" and int8.precision == "int8 (CLIP only)"
+    assert any(isinstance(m, accel.packed.Int8Linear) for m in int8.detector.modules())
+    a, b = exact.predict_batch(dev_sample[:4]), int8.predict_batch(dev_sample[:4])
+    assert max(abs(p.fake_probability - q.fake_probability) for p, q in zip(a, b)) <= 0.01
+    # e4e is the exact model in both; only its thread count differs (side by side with CLIP here).
+    np.testing.assert_allclose([p.probabilities for p in a], [q.probabilities for q in b], rtol=0, atol=1e-6)

@@ -3,12 +3,15 @@
 The model given is never changed. The new module shares every part it does not convert with
 it (no copy of the unconverted weights), and replaces the parts it converts:
 
-- CPU: every CLIP block becomes a :class:`~ganorigin.accel.packed.PackedResidualBlock`; e4e's
-  BatchNorms that follow a convolution are folded into it (exact algebra; the BatchNorm that
-  *precedes* a zero-padded conv is left alone, since folding its shift would be wrong at the
-  borders), its convolutions are packed with their LeakyReLUs fused, and it runs in
-  channels_last under bf16 autocast.
-- CUDA: autocast does the casting and fp32 master weights stay; CLIP's head stays fp32.
+- CPU, bf16 or int8: every CLIP block becomes a :class:`~ganorigin.accel.packed.PackedResidualBlock`
+  on bf16 (oneDNN) or int8 (dynamic quantisation) linears.
+- CPU, bf16: e4e's BatchNorms that follow a convolution are folded into it (exact algebra; the
+  BatchNorm that *precedes* a zero-padded conv is left alone, since folding its shift would be
+  wrong at the borders), its convolutions are packed with their LeakyReLUs fused, and it runs in
+  channels_last under bf16 autocast. For int8 there is no faster e4e: dynamic quantisation has no
+  convolutions, and packed fp32 convolutions ran 5x slower than eager ones with oneDNN limited to
+  AVX2 (measured), so e4e stays exact fp32 there (:func:`converts`).
+- CUDA and mps: autocast does the casting and fp32 master weights stay; CLIP's head stays fp32.
 """
 
 from __future__ import annotations
@@ -76,6 +79,13 @@ def _shallow(module: nn.Module) -> nn.Module:
     twin = copy.copy(module)
     twin._modules = dict(module._modules)
     return twin
+
+
+def converts(kind: str, device: torch.device, precision: str) -> bool:
+    """Whether there is a faster ``kind`` (``"detector"``/``"encoder"``) for ``precision`` on ``device``."""
+    if precision == "fp32":
+        return False
+    return not (kind == "encoder" and device.type == "cpu" and precision == "int8")
 
 
 def fast_detector(detector: UFDDetector, device: torch.device, precision: str) -> nn.Module:

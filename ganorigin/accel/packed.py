@@ -1,15 +1,18 @@
 """Linear and convolution layers whose weights are stored once in the layout the CPU's matrix
 kernels read (no per-call weight reorder), with fused activations, and OpenAI CLIP's transformer
-block built on them: bf16 (oneDNN, for CPUs with native bf16), int8 (dynamic quantisation, for
-CPUs with VNNI or AVX2 only) and fp32 (oneDNN, the packed e4e where bf16 is not native)."""
+block built on them: bf16 (oneDNN, for CPUs with native bf16) and int8 (dynamic quantisation, for
+CPUs with VNNI or AVX2 only)."""
 
 from __future__ import annotations
 
+import warnings
 from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .precision import cpu_class
 
 
 class PackedLinear(nn.Module):
@@ -59,18 +62,24 @@ class PackedConv2d(nn.Module):
 class Int8Linear(nn.Module):
     """A linear layer with per-output-channel int8 weights, prepacked once for torch's quantized
     engine, and activations quantised on the fly per call (dynamic quantisation); fp32 in and out.
-    Activations use 7 bits (``reduce_range``), which keeps AVX2's 16-bit accumulation from
-    saturating. ``activation``: ``"none"`` or ``"swish"``. With a gradient wanted (the heat map)
-    it runs on the dequantised weight."""
+    ``reduce_range`` quantises activations to 7 bits, which keeps the 16-bit accumulation of CPUs
+    without VNNI (AVX2 only) from saturating; with VNNI the full 8 bits are used. ``activation``:
+    ``"none"`` or ``"swish"``. With a gradient wanted (the heat map) it runs on the dequantised
+    weight."""
 
-    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], activation: str = "none"):
+    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], activation: str = "none",
+                 reduce_range: bool = False):
         super().__init__()
-        self.activation = activation
+        self.activation, self.reduce_range = activation, reduce_range
         self.out_features, self.in_features = weight.shape
         weight = weight.detach().float()
         scales = (weight.abs().amax(dim=1) / 127).clamp_min(1e-12).double()
         zeros = torch.zeros(self.out_features, dtype=torch.long)
-        qweight = torch.quantize_per_channel(weight, scales, zeros, 0, torch.qint8)
+        with warnings.catch_warnings():
+            # torch 2.14 deprecates its quantized tensors in favour of torchao, which has no build for
+            # this torch yet; these ops still run and are what fbgemm/oneDNN's int8 kernels take.
+            warnings.filterwarnings("ignore", message="torch.quantize_per_tensor", category=UserWarning)
+            qweight = torch.quantize_per_channel(weight, scales, zeros, 0, torch.qint8)
         self.packed = torch.ops.quantized.linear_prepack(qweight, None if bias is None else bias.detach().float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -79,16 +88,27 @@ class Int8Linear(nn.Module):
             y = F.linear(x.float(), qweight.dequantize(), bias)
         else:
             flat = x.reshape(-1, self.in_features).float().contiguous()
-            y = torch.ops.quantized.linear_dynamic(flat, self.packed, True).view(*x.shape[:-1], self.out_features)
+            y = torch.ops.quantized.linear_dynamic(flat, self.packed, self.reduce_range).view(*x.shape[:-1], self.out_features)
         return F.silu(y) if self.activation == "swish" else y
+
+
+class ExactLinear(nn.Module):
+    """``F.linear`` on the given weight and bias, shared with the layer they come from (no copy)."""
+
+    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor]):
+        super().__init__()
+        self.weight, self.bias = weight, bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
 
 
 def linear_for(precision: str):
     """``(weight, bias, activation) -> module``: the packed linear layer for ``precision`` on a CPU."""
     if precision == "int8":
-        return Int8Linear
-    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[precision]
-    return lambda weight, bias, activation="none": PackedLinear(weight, bias, dtype, activation)
+        reduce_range = cpu_class() == "avx2"
+        return lambda weight, bias, activation="none": Int8Linear(weight, bias, activation, reduce_range)
+    return lambda weight, bias, activation="none": PackedLinear(weight, bias, torch.bfloat16, activation)
 
 
 QUICK_GELU_SCALE = 1.702  # QuickGELU(y) = y * sigmoid(1.702 y) = swish(1.702 y) / 1.702
@@ -96,20 +116,28 @@ QUICK_GELU_SCALE = 1.702  # QuickGELU(y) = y * sigmoid(1.702 y) = swish(1.702 y)
 
 class PackedResidualBlock(nn.Module):
     """OpenAI CLIP's transformer block (open_clip ``ResidualAttentionBlock`` with QuickGELU and no
-    LayerScale) on packed linears for ``precision`` (``"bf16"`` or ``"int8"``): LayerNorms and the
-    residual stream stay fp32, attention runs on the q/k/v as the linears give them (bf16 or
-    fp32, fp32 accumulation), and QuickGELU is fused into the first MLP layer as swish, with its
-    1/1.702 folded into the second."""
+    LayerScale) on packed linears for ``precision``: LayerNorms and the residual stream stay fp32,
+    and QuickGELU is fused into the first MLP layer as swish, with its 1/1.702 folded into the
+    second.
+
+    ``"bf16"``: every linear is a bf16 :class:`PackedLinear`, attention runs on the bf16 q/k/v
+    (fp32 accumulation). ``"int8"``: the MLP (two thirds of the block's work) is
+    :class:`Int8Linear`; attention's projections stay exact fp32, which halves the int8 path's
+    disagreement with fp32 (measured on the full-size model: max |delta P(fake)| 0.0024 against
+    0.0053 with every linear in int8).
+    """
 
     def __init__(self, block: nn.Module, precision: str):
         super().__init__()
-        attn, mlp, linear = block.attn, block.mlp, linear_for(precision)
+        attn, mlp = block.attn, block.mlp
         self.ln_1, self.ln_2 = block.ln_1, block.ln_2
         self.heads, self.batch_first = attn.num_heads, attn.batch_first
-        self.qkv = linear(attn.in_proj_weight, attn.in_proj_bias)
-        self.out = linear(attn.out_proj.weight, attn.out_proj.bias)
-        self.fc = linear(mlp.c_fc.weight * QUICK_GELU_SCALE, mlp.c_fc.bias * QUICK_GELU_SCALE, "swish")
-        self.proj = linear(mlp.c_proj.weight / QUICK_GELU_SCALE, mlp.c_proj.bias)
+        attention = linear_for(precision) if precision != "int8" else ExactLinear
+        self.qkv = attention(attn.in_proj_weight, attn.in_proj_bias)
+        self.out = attention(attn.out_proj.weight, attn.out_proj.bias)
+        mlp_linear = linear_for(precision)
+        self.fc = mlp_linear(mlp.c_fc.weight * QUICK_GELU_SCALE, mlp.c_fc.bias * QUICK_GELU_SCALE, "swish")
+        self.proj = mlp_linear(mlp.c_proj.weight / QUICK_GELU_SCALE, mlp.c_proj.bias)
 
     @staticmethod
     def supports(block: nn.Module) -> bool:

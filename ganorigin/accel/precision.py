@@ -2,10 +2,16 @@
 
 ``precision`` (or ``GANORIGIN_PRECISION``) is one of:
 
-- ``"auto"`` (default): bf16 on CPUs with native bf16 matrix units (Intel AMX, ``amx_bf16`` in
-  /proc/cpuinfo), bf16 or fp16 on CUDA, exact fp32 everywhere else;
+- ``"auto"`` (default): on a CPU, by its instruction sets (:func:`cpu_class`): bf16 where bf16
+  matrix maths is native (Intel AMX, AVX-512-BF16 as on AMD Zen 4 and Intel Cooper Lake), int8
+  where only integer dot products are fast (AVX-512-VNNI, AVX-VNNI, AVX2), exact fp32 elsewhere
+  (ARM, older x86); bf16 or fp16 on CUDA; fp16 on Apple ``mps``;
 - ``"fp32"``: the exact original numerics;
-- ``"bf16"`` / ``"fp16"`` (fp16 on CUDA only): forced, still agreement-checked.
+- ``"bf16"``, ``"int8"`` (CPU), ``"fp16"`` (CUDA, mps): forced, still agreement-checked.
+
+``GANORIGIN_CPU_ISA`` tells the detection which class to assume (``amx``, ``avx512_bf16``,
+``avx512_vnni``, ``avx_vnni``, ``avx2``, ``none``): with ``ONEDNN_MAX_CPU_ISA`` it lets one
+machine measure the paths of CPUs it is not.
 """
 
 from __future__ import annotations
@@ -16,7 +22,10 @@ from typing import Optional
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "int8", "fp16")
+# CPU classes, fastest first, with the flag (/proc/cpuinfo) that marks each and the path auto picks.
+CPU_CLASSES = (("amx", "amx_bf16", "bf16"), ("avx512_bf16", "avx512_bf16", "bf16"),
+               ("avx512_vnni", "avx512_vnni", "int8"), ("avx_vnni", "avx_vnni", "int8"), ("avx2", "avx2", "int8"))
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -32,9 +41,25 @@ def cpu_flags() -> frozenset:
     return frozenset()
 
 
+def cpu_class() -> str:
+    """The fastest of ``CPU_CLASSES`` this CPU has (or ``GANORIGIN_CPU_ISA``), else ``"none"``."""
+    override = os.environ.get("GANORIGIN_CPU_ISA", "").strip().lower()
+    names = [name for name, _, _ in CPU_CLASSES]
+    if override:
+        if override not in (*names, "none"):
+            raise ValueError(f"GANORIGIN_CPU_ISA must be one of {', '.join(names)}, none; got {override!r}.")
+        return override
+    flags = cpu_flags()
+    return next((name for name, flag, _ in CPU_CLASSES if flag in flags), "none")
+
+
 def cpu_has_bf16_matrix_units() -> bool:
-    """True on CPUs with Intel AMX bf16 tiles (Sapphire Rapids and later)."""
-    return "amx_bf16" in cpu_flags()
+    """True on CPUs that run bf16 matrix maths natively (AMX or AVX-512-BF16)."""
+    return _auto_cpu_precision() == "bf16"
+
+
+def _auto_cpu_precision() -> str:
+    return next((path for name, _, path in CPU_CLASSES if name == cpu_class()), "fp32")
 
 
 def cpu_model_name() -> str:
@@ -53,14 +78,23 @@ def resolve_precision(precision: Optional[str], device: torch.device) -> str:
     requested = (precision or os.environ.get("GANORIGIN_PRECISION") or "auto").lower()
     if requested not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {requested!r}.")
-    if requested == "fp16" and device.type != "cuda":
-        raise ValueError("precision='fp16' needs a CUDA device; on CPU use 'bf16', 'fp32' or 'auto'.")
+    if requested == "fp16" and device.type not in ("cuda", "mps"):
+        raise ValueError("precision='fp16' needs a CUDA or mps device; on CPU use 'bf16', 'int8', 'fp32' or 'auto'.")
+    if requested == "int8" and device.type != "cpu":
+        raise ValueError("precision='int8' is for CPUs; on a GPU use 'auto', 'bf16', 'fp16' or 'fp32'.")
     if requested == "bf16" and device.type == "cpu" and not torch.backends.mkldnn.is_available():
         raise ValueError("precision='bf16' on CPU needs a torch build with oneDNN (mkldnn); use 'fp32'.")
     if requested != "auto":
         return requested
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if device.type == "cpu" and cpu_has_bf16_matrix_units() and torch.backends.mkldnn.is_available():
-        return "bf16"
+    if device.type == "mps":
+        return "fp16"
+    if device.type == "cpu":
+        auto = _auto_cpu_precision()
+        if auto == "bf16" and not torch.backends.mkldnn.is_available():
+            return "fp32"
+        if auto == "int8" and "fbgemm" not in torch.backends.quantized.supported_engines:
+            return "fp32"
+        return auto
     return "fp32"

@@ -18,7 +18,7 @@ from PIL import Image
 from torch import nn
 
 from ..hub.integrity import cache_root, read_json, write_json_atomic
-from .convert import fast_detector, fast_encoder, page_blocks, precision_of
+from .convert import converts, fast_detector, fast_encoder, page_blocks, precision_of
 from .memory import releasing_pages
 from .precision import cpu_model_name
 
@@ -64,7 +64,7 @@ def accelerate(model: nn.Module, device: torch.device, precision: str, scores: S
         scores: ``scores(module, images)`` -> what the comparison is made on.
         weight_files: the files behind the model and its scores; names the cached verdict.
     """
-    if precision == "fp32":
+    if not converts(kind, device, precision):
         return model
     convert = fast_detector if kind == "detector" else fast_encoder
     key = _check_key(kind, weight_files, device, precision)
@@ -93,11 +93,13 @@ def accelerate(model: nn.Module, device: torch.device, precision: str, scores: S
 
 
 def precision_summary(detector: nn.Module, encoder: nn.Module) -> str:
-    """``"bf16"`` when both models run it, ``"fp32"`` when neither, else e.g. ``"bf16 (e4e only)"``."""
+    """``"bf16"`` when both models run it, ``"fp32"`` when neither, else e.g. ``"int8 (CLIP only)"``."""
     d, e = precision_of(detector), precision_of(encoder)
     if d == e:
         return d
-    return f"{e} (e4e only)" if d == "fp32" else f"{d} (CLIP only)"
+    if "fp32" in (d, e):
+        return f"{e} (e4e only)" if d == "fp32" else f"{d} (CLIP only)"
+    return f"CLIP {d}, e4e {e}"
 
 
 def _check_key(kind: str, weight_files: Sequence, device: torch.device, precision: str) -> Optional[str]:
