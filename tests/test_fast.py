@@ -22,9 +22,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ganorigin import accel
-import ganorigin.accel.packed  # noqa: F401  (accel.packed below)
 from ganorigin.accel.memory import release_file_pages, releasing_pages
-from ganorigin.accel.packed import PackedConv2d, PackedLinear, PackedResidualBlock
+from ganorigin.accel.packed import Int8Linear, PackedConv2d, PackedLinear, PackedResidualBlock
 from ganorigin.accel.probe import MAX_FAKE_PROBABILITY_DELTA
 from ganorigin.hub.checkpoints import load_tensors
 from ganorigin.models.encoder import Subsample
@@ -236,7 +235,7 @@ def test_replace_modules_copies_only_the_path_to_a_replacement():
 def test_int8_linear_matches_linear_within_quantisation(activation):
     torch.manual_seed(0)
     weight, bias, x = torch.randn(96, 64) / 8, torch.randn(96) / 10, torch.randn(5, 7, 64)
-    layer = accel.packed.Int8Linear(weight, bias, activation)
+    layer = Int8Linear(weight, bias, activation)
     with torch.inference_mode():
         got = layer(x)
     want = F.linear(x, weight, bias)
@@ -292,7 +291,7 @@ def test_int8_path_quantises_clip_keeps_e4e_exact_and_agrees(sources, dev_sample
     int8 = GANOrigin.from_pretrained(sources, device="cpu", precision="int8", align=False)
     assert accel.precision_of(int8.encoder) == "fp32"
     assert accel.precision_of(int8.detector) == "int8" and int8.precision == "int8 (CLIP only)"
-    assert any(isinstance(m, accel.packed.Int8Linear) for m in int8.detector.modules())
+    assert any(isinstance(m, Int8Linear) for m in int8.detector.modules())
     a, b = exact.predict_batch(dev_sample[:4]), int8.predict_batch(dev_sample[:4])
     assert max(abs(p.fake_probability - q.fake_probability) for p, q in zip(a, b)) <= 0.01
     # e4e is the exact model in both; only its thread count differs (side by side with CLIP here).
