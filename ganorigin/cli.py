@@ -37,7 +37,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ganorigin", description="Detect GAN-generated faces and name the GAN.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_predict(commands)
+    _add_extract(commands)
+    _add_train(commands)
+    _add_explain(commands)
+    _add_evaluate(commands)
+    _add_demo_weights(commands)
+    return parser
 
+
+def _add_predict(commands) -> None:
     p = commands.add_parser("predict", help="analyse images, one output row per image",
                             description="Analyse image files, folders (recursive) or .txt lists of paths.")
     p.add_argument("paths", nargs="+", metavar="PATH")
@@ -48,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     _model_flags(p)
     p.set_defaults(run=_predict)
 
+
+def _add_extract(commands) -> None:
     p = commands.add_parser("extract", help="encode DATA_DIR/<class>/* into e4e feature shards (resumable)",
                             description="Encode DATA_DIR/<class>/<images> with e4e into resumable .npz shards. "
                             "Re-running with the same --out skips images already encoded.")
@@ -64,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     _weight_flags(p)
     p.set_defaults(run=_extract)
 
+
+def _add_train(commands) -> None:
     p = commands.add_parser("train", help="fit the scaler + calibrated linear SVM on extracted features",
                             description="Fit StandardScaler + linear SVM (sigmoid-calibrated) on LATENTS, report "
                             "held-out metrics, learn the open-set threshold, save a safe (non-pickle) model.")
@@ -80,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--push-to-hub", metavar="REPO", help="upload MODEL_DIR to this Hub model repo (needs a token)")
     p.set_defaults(run=_train)
 
+
+def _add_explain(commands) -> None:
     p = commands.add_parser("explain", help="heat map and frequency view of one image, as PNG files",
                             description="Write IMAGE's detector heat map (occlusion on a GPU, input x gradient on a "
                             "CPU, or --method) and its frequency view into --out.")
@@ -89,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     _weight_flags(p)
     p.set_defaults(run=_explain)
 
+
+def _add_evaluate(commands) -> None:
     p = commands.add_parser("evaluate", help="detection and attribution metrics on labelled folders",
                             description="DATA_DIR/real, DATA_DIR/<gan label> for known GANs, any other folder = "
                             "unknown generator. Writes report.json, predictions.csv, roc.png and "
@@ -100,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     _model_flags(p)
     p.set_defaults(run=_evaluate)
 
+
+def _add_demo_weights(commands) -> None:
     p = commands.add_parser("demo-weights", help="write random test weights to try the app and CLI without the real ones",
                             description="Write a complete weights folder with random values (and a "
                             "TEST_WEIGHTS.json marker) into DIR, and print the commands that run the app and the "
@@ -109,7 +128,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tiny: small stand-ins, seconds, ~30 MB (default); full: the real architectures, ~2.6 GB")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=_demo_weights)
-    return parser
 
 
 def _weight_flags(p: argparse.ArgumentParser) -> None:
@@ -176,7 +194,7 @@ def _usage(message: str) -> GANOriginError:
 
 
 def _predict(args) -> int:
-    from .training import IMAGE_EXTENSIONS, find_images, predict_paths, write_rows
+    from .training import IMAGE_EXTENSIONS, RowWriter, find_images, predict_paths
 
     if args.batch_size < 1:
         raise _usage("--batch-size must be >= 1.")
@@ -185,21 +203,9 @@ def _predict(args) -> int:
         raise _usage(f"no images found in {', '.join(args.paths)} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}).")
     model = _load_model(args)
     stream = open(args.out, "w", newline="") if args.out else sys.stdout
-    written = []
-
-    def emit(row: dict) -> None:
-        # CSV needs its header once; JSON lines are written as they come.
-        if args.format == "csv" and not written:
-            write_rows([row], stream, "csv")
-        elif args.format == "csv":
-            write_rows([row], _NoHeader(stream), "csv")
-        else:
-            write_rows([row], stream, "jsonl")
-        stream.flush()
-        written.append(row)
-
     try:
-        rows = predict_paths(model, paths, batch_size=args.batch_size, progress=args.progress, on_row=emit)
+        rows = predict_paths(model, paths, batch_size=args.batch_size, progress=args.progress,
+                             on_row=RowWriter(stream, args.format).write)
     finally:
         if args.out:
             stream.close()
@@ -207,19 +213,6 @@ def _predict(args) -> int:
     if failed:
         print(f"{failed} of {len(rows)} images could not be analysed (see their 'error').", file=sys.stderr)
     return 1 if failed else 0
-
-
-class _NoHeader:
-    """A stream that drops the first line written to it (the repeated CSV header)."""
-
-    def __init__(self, stream):
-        self._stream, self._skipped = stream, False
-
-    def write(self, text: str) -> int:
-        if not self._skipped:
-            self._skipped = True
-            text = text.split("\n", 1)[1]
-        return self._stream.write(text)
 
 
 def _extract(args) -> int:
@@ -317,38 +310,10 @@ def _demo_weights(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from .training import evaluate
+    from .training import evaluate, format_report
 
     model = _load_model(args)
     report = evaluate(model, args.data_dir, args.out, batch_size=args.batch_size, progress=args.progress)
     print(format_report(report))
     print(f"Wrote {args.out / 'report.json'}, {args.out / 'predictions.csv'} and the PNGs in {args.out}.")
     return 0
-
-
-def format_report(report: dict) -> str:
-    """The evaluation report as text for the terminal."""
-    det, att = report["detection"], report["attribution"]
-    lines = [f"Images: {report['images']} ({len(report['failed'])} failed) per class: {report['per_class']}",
-             f"Detection ({det['n_real']} real, {det['n_fake']} fake):",
-             f"  accuracy at threshold {report['threshold']:.2f}: {det['accuracy_at_threshold']:.4f}"]
-    if "roc_auc" in det:
-        lines += [f"  average precision: {det['average_precision']:.4f}   ROC AUC: {det['roc_auc']:.4f}",
-                  f"  best threshold (max accuracy): {det['best_threshold']:.4f} -> accuracy "
-                  f"{det['accuracy_at_best_threshold']:.4f}; Youden J threshold {det['youden_threshold']:.4f} "
-                  f"(J = {det['youden_j']:.4f})"]
-    else:
-        lines.append(f"  {det['note']}")
-    lines.append(f"Attribution ({att['n_known_fake']} fakes of known GANs, {att['n_unknown_fake']} of unknown ones):")
-    if "classification_report" in att:
-        lines += ["  " + line for line in att["classification_report"].splitlines()]
-        lines.append(f"  closed-set accuracy: {att['accuracy']:.4f}")
-    if att["open_set_rule"]:
-        if "known_accuracy_open_set" in att:
-            lines.append(f"  known-class accuracy with rejection: {att['known_accuracy_open_set']:.4f} "
-                         f"(accepted {att['known_acceptance_rate']:.4f})")
-        if "unknown_rejection_rate" in att:
-            lines.append(f"  unknown-generator rejection rate: {att['unknown_rejection_rate']:.4f}")
-    else:
-        lines.append("  open-set rule: none (the original pickles never answer 'Unknown GAN')")
-    return "\n".join(lines)

@@ -1,9 +1,11 @@
 """The benchmark's smoke test and the fast path's precision switch.
 
-Proves that ``python -m benchmarks.bench --quick`` runs both paths end to end in subprocesses on
-tiny real-format weights and writes a JSON result with every measurement and the agreement
-figures computed from real answers; that the agreement arithmetic is right; and that precision
-resolves as documented (``fp32`` stays exact, ``GANORIGIN_PRECISION`` is read, bad values fail).
+Proves that ``python -m benchmarks.bench --quick --precisions auto,int8`` runs the baseline and
+two of ours' paths end to end in subprocesses on tiny real-format weights and writes a JSON result
+with every measurement per path, the precision each path ended with, the CPU it ran on, and the
+agreement figures computed from real answers; that emulated runs are marked; that the default
+paths follow the CPU class; that the agreement arithmetic is right; and that precision resolves
+as documented (``fp32`` stays exact, ``GANORIGIN_PRECISION`` is read, bad values fail).
 No timing is asserted: timings belong to the benchmark's output.
 """
 
@@ -26,44 +28,143 @@ from ganorigin import accel
 ROOT = Path(__file__).resolve().parents[1]
 
 
+QUICK_PRECISIONS = ("auto", "int8")  # two of ours' paths; int8 runs on any x86 CPU, as CI's is
+
+
 @pytest.fixture(scope="module")
 def quick_result(tmp_path_factory, weights_dir) -> dict:
     tmp = tmp_path_factory.mktemp("bench")
     out = tmp / "results.json"
     env = {**os.environ, "GANORIGIN_CACHE_DIR": str(tmp / "ganorigin-cache"), "PYTHONPATH": str(ROOT)}
+    for name in bench.EMULATION_ENV:  # a native run
+        env.pop(name, None)
     subprocess.run(
         [sys.executable, "-m", "benchmarks.bench", "--quick", "--weights-dir", str(weights_dir),
+         "--precisions", ",".join(QUICK_PRECISIONS),
          "--cache-dir", str(tmp), "--images-dir", str(tmp / "no-such-folder"), "--out", str(out)],
-        check=True, cwd=ROOT, env=env, timeout=600,
+        check=True, cwd=ROOT, env=env, timeout=900,
     )
     return json.loads(out.read_text())
 
 
+def _ours(result: dict) -> list:
+    return [path for path in result["paths"] if path != bench.BASELINE]
+
+
+def test_quick_bench_times_the_baseline_and_each_requested_path(quick_result):
+    assert list(quick_result["paths"]) == [bench.BASELINE, *(f"ours-{p}" for p in QUICK_PRECISIONS)]
+    assert quick_result["path_order"] == list(quick_result["paths"])
+
+
 def test_quick_bench_writes_every_measurement(quick_result):
-    for path in bench.PATHS:
-        run = quick_result["paths"][path]
+    for path, run in quick_result["paths"].items():
         assert run["cold_start_s"] > 0 and run["peak_rss_gb"] > 0 and run["throughput_images_per_s"] > 0
         assert run["first_start_s"] > 0 and run["first_start_peak_rss_gb"] > 0
+        assert run["batch_seconds"] > 0 and run["threads"] >= 1
         for stage in bench.STAGES:
             assert 0 < run["latency"][stage]["p50_ms"] <= run["latency"][stage]["p95_ms"]
         assert len(run["answers"]) == len(quick_result["images"]) == 2
+        assert [a["image"] for a in run["answers"]] == quick_result["images"]
+        assert isinstance(run["probe_warnings"], list)
     assert quick_result["paths"]["baseline"]["precision"] == "fp32"
-    assert set(quick_result["ratios"]) >= {"end_to_end_p50", "cold_start_s", "peak_rss_gb", "throughput_images_per_s"}
-    assert set(quick_result["targets"]["met"]) == {*bench.TARGETS, "identical_answers"}
+    for path in _ours(quick_result):
+        ratios = quick_result["ratios"][path]
+        assert set(ratios) >= {"end_to_end_p50", "end_to_end_p95", "detect_p50", "encode_p50", "cold_start_s",
+                               "peak_rss_gb", "throughput_images_per_s", "first_start_s"}
+        run, base = quick_result["paths"][path], quick_result["paths"]["baseline"]
+        assert ratios["end_to_end_p50"] == pytest.approx(
+            run["latency"]["end_to_end"]["p50_ms"] / base["latency"]["end_to_end"]["p50_ms"])
+        assert ratios["peak_rss_gb"] == pytest.approx(run["peak_rss_gb"] / base["peak_rss_gb"])
+        assert set(quick_result["targets"][path]["met"]) == {*bench.TARGETS, "identical_answers"}
+    assert set(quick_result["agreement"]) == set(quick_result["ratios"]) == set(_ours(quick_result))
 
 
-def test_quick_bench_agreement_comes_from_both_paths_answers(quick_result):
-    base, ours = (quick_result["paths"][p]["answers"] for p in bench.PATHS)
-    assert [a["image"] for a in base] == [a["image"] for a in ours]
-    expected = max(abs(a["fake_probability"] - b["fake_probability"]) for a, b in zip(base, ours))
-    agreement = quick_result["agreement"]
-    assert agreement["max_fake_probability_delta"] == pytest.approx(expected)
-    same_verdict = np.mean([a["fake"] == b["fake"] for a, b in zip(base, ours)])
-    same_attribution = np.mean([a["attribution"] == b["attribution"] for a, b in zip(base, ours)])
-    assert agreement["identical_verdicts"] == pytest.approx(same_verdict)
-    assert agreement["identical_attributions"] == pytest.approx(same_attribution)
-    # Tiny random weights still give the same answers on both paths, within the issue's bar.
-    assert agreement["max_fake_probability_delta"] <= 0.01
+def test_quick_bench_reports_the_precision_each_path_ended_with(quick_result):
+    """What each path ran in, per model, as the timed process loaded it: the requested path, or
+    exact fp32 for a model the probe refused, and then the probe's warning says so."""
+    for path in _ours(quick_result):
+        run = quick_result["paths"][path]
+        assert run["requested"] == path.removeprefix("ours-")
+        resolved = run["resolved"]
+        assert resolved == accel.resolve_precision(run["requested"], torch.device("cpu"))
+        for model in ("detector", "encoder"):
+            used = run[f"{model}_precision"]
+            fast = resolved if not (model == "encoder" and resolved == "int8") else "fp32"  # int8: e4e stays exact
+            assert used in {fast, "fp32"}
+            if used != fast:
+                assert any("disagrees with fp32" in warning for warning in run["probe_warnings"])
+        d, e = run["detector_precision"], run["encoder_precision"]
+        assert run["precision"] == (d if d == e else f"{e} (e4e only)" if d == "fp32" else f"{d} (CLIP only)")
+        assert run["cold_start_precision"] == run["first_start_precision"] == run["precision"]
+    assert quick_result["paths"]["ours-int8"]["encoder_precision"] == "fp32"
+
+
+def test_quick_bench_names_the_cpu(quick_result):
+    from ganorigin.accel.precision import cpu_class, cpu_flags, cpu_model_name
+
+    machine = quick_result["machine"]
+    assert machine["cpu"] == cpu_model_name()
+    assert machine["cpu_class"] == cpu_class()
+    assert machine["cpu_flags"] == [flag for flag in bench.CPU_FLAGS if flag in cpu_flags()]
+    assert machine["torch"] == torch.__version__ and machine["date"]
+    assert machine["emulated"] is False and machine["emulation_note"] is None
+    assert machine["emulation_env"]["ONEDNN_MAX_CPU_ISA"] is None
+    assert machine["emulation_env"]["GANORIGIN_CPU_ISA"] is None
+    table = bench.format_table(quick_result)
+    assert machine["cpu"] in table and f"cpu_class {machine['cpu_class']}" in table and "native" in table
+    for path in quick_result["paths"]:
+        assert f"| {path}" in table
+    assert "EMULATED" not in table and "(emulated)" not in table
+
+
+def test_an_emulated_result_says_so_in_every_row(quick_result):
+    env = {"ONEDNN_MAX_CPU_ISA": "AVX2", "GANORIGIN_CPU_ISA": "avx2"}
+    settings = bench.emulation_settings(env)
+    assert settings["emulated"] and settings["env"]["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+    assert settings["env"]["GANORIGIN_CPU_ISA"] == "avx2"
+    assert "oneDNN quantized engine" in settings["note"] and "MKL_ENABLE_INSTRUCTIONS unset" in settings["note"]
+    assert bench.emulation_settings({"GANORIGIN_CPU_ISA": "avx512_bf16"})["emulated"]
+    assert not bench.emulation_settings({"MKL_ENABLE_INSTRUCTIONS": "AVX2"})["emulated"]
+    machine = {**quick_result["machine"], "emulated": True, "emulation_env": settings["env"],
+               "emulation_note": settings["note"], "quantized_engine": "onednn"}
+    table = bench.format_table({**quick_result, "machine": machine})
+    assert "**EMULATED** (ONEDNN_MAX_CPU_ISA=AVX2, GANORIGIN_CPU_ISA=avx2; int8 engine onednn)" in table
+    rows = [line for line in table.splitlines() if line.startswith(("| baseline", "| ours-"))]
+    assert len(rows) == len(quick_result["paths"]) and all("(emulated)" in row for row in rows)
+
+
+@pytest.mark.parametrize("isa, machine, expected", [
+    ("amx", "x86_64", ["auto", "bf16", "int8"]), ("avx512_bf16", "x86_64", ["auto", "bf16", "int8"]),
+    ("avx512_vnni", "x86_64", ["auto", "int8"]), ("avx2", "x86_64", ["auto", "int8"]),
+    ("none", "x86_64", ["auto", "int8"]), ("none", "aarch64", ["auto"]),
+])
+def test_default_precisions_are_the_paths_this_cpu_runs(isa, machine, expected, monkeypatch):
+    monkeypatch.setenv("GANORIGIN_CPU_ISA", isa)
+    monkeypatch.setattr(bench.platform, "machine", lambda: machine)
+    assert bench.default_precisions() == expected
+
+
+def test_precisions_option_is_checked():
+    assert bench._precision_list("auto, INT8,auto") == ["auto", "int8"]
+    for wrong in ("fp16", "auto,int4", ""):
+        with pytest.raises(Exception, match="comma list"):
+            bench._precision_list(wrong)
+
+
+def test_quick_bench_agreement_comes_from_each_paths_answers(quick_result):
+    base = quick_result["paths"]["baseline"]["answers"]
+    for path in _ours(quick_result):
+        ours = quick_result["paths"][path]["answers"]
+        assert [a["image"] for a in base] == [a["image"] for a in ours]
+        expected = max(abs(a["fake_probability"] - b["fake_probability"]) for a, b in zip(base, ours))
+        agreement = quick_result["agreement"][path]
+        assert agreement["max_fake_probability_delta"] == pytest.approx(expected)
+        same_verdict = np.mean([a["fake"] == b["fake"] for a, b in zip(base, ours)])
+        same_attribution = np.mean([a["attribution"] == b["attribution"] for a, b in zip(base, ours)])
+        assert agreement["identical_verdicts"] == pytest.approx(same_verdict)
+        assert agreement["identical_attributions"] == pytest.approx(same_attribution)
+        # Tiny random weights still give the same answers on every path, within the issue's bar.
+        assert agreement["max_fake_probability_delta"] <= 0.01
 
 
 def test_agreement_counts_disagreements():
@@ -85,7 +186,10 @@ def test_precision_resolution(monkeypatch):
     cpu = torch.device("cpu")
     monkeypatch.delenv("GANORIGIN_PRECISION", raising=False)
     assert accel.resolve_precision("fp32", cpu) == "fp32"
-    expected_auto = "bf16" if accel.cpu_has_bf16_matrix_units() else "fp32"
+    expected_auto = {"amx": "bf16", "avx512_bf16": "bf16", "avx512_vnni": "int8", "avx_vnni": "int8",
+                     "avx2": "int8", "none": "fp32"}[accel.precision.cpu_class()]
+    if expected_auto == "int8" and "fbgemm" not in torch.backends.quantized.supported_engines:
+        expected_auto = "fp32"
     assert accel.resolve_precision(None, cpu) == expected_auto
     monkeypatch.setenv("GANORIGIN_PRECISION", "fp32")
     assert accel.resolve_precision(None, cpu) == "fp32"

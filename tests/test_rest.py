@@ -438,7 +438,7 @@ def test_weights_that_load_but_hold_nan_fail_the_load_and_health_says_why(weight
 
 
 def test_a_program_fault_is_a_json_500_with_the_traceback_in_the_log(model, dev_images, caplog):
-    broken = GANOrigin(model.detector, model.encoder, model.attributor, device="cpu", align=False, precision="fp32")
+    broken = GANOrigin(model.detector, model.encoder, model.attributor, device="cpu", align=False)
     service = ModelService(lambda: broken).start()
     assert service.wait(60) == "ready"
     broken.attributor = None  # a bug that shows after start-up: every analysis raises AttributeError

@@ -24,7 +24,9 @@ from pathlib import Path
 import pytest
 
 from ganorigin import GANOrigin, WeightSources, WeightsNotFoundError
-from ganorigin.serving.service import ModelService, ModelUnavailableError, public_text
+from ganorigin import ModelUnavailableError
+from ganorigin.serving.redact import public_text
+from ganorigin.serving.service import ModelService
 from ganorigin.testing import E4E_FILE, LABEL_ENCODER_FILE, SCALER_FILE, SVM_FILE, UFD_HEAD_FILE
 
 

@@ -97,6 +97,29 @@ class _PredictGate:
             self.in_flight -= 1
 
 
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error as ``{"error": ...}``: HTTP errors, invalid requests, and program faults (500)."""
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 413:  # a chunked body passed max_body_size: the rest is not read
+            return _error(413, TOO_LARGE, {"Connection": "close"})
+        return _error(exc.status_code, str(exc.detail), exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, exc: Exception):
+        # Starlette raises the exception again after this answer, so the server logs its traceback.
+        return JSONResponse({"error": INTERNAL_ERROR}, status_code=500)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(request: Request, exc: RequestValidationError):
+        if any(e.get("type") == "missing" and tuple(e.get("loc", ())) == ("body", "image") for e in exc.errors()):
+            return _error(400, "No image uploaded")
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return _error(422, f"Invalid request: {where or 'body'}: {first.get('msg', 'malformed')}")
+
+
 def create_rest_app(service: ModelService) -> FastAPI:
     """A FastAPI app with ``/predict`` and ``/health`` over ``service``; mount the UI on it.
 
@@ -117,24 +140,7 @@ def create_rest_app(service: ModelService) -> FastAPI:
         raise ValueError(f"GANORIGIN_REST_MAX_INFLIGHT must be at least 1, got {max_in_flight}.")
     app.add_middleware(_PredictGate, max_in_flight=max_in_flight, max_body=MAX_BODY_BYTES)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException):
-        if exc.status_code == 413:  # a chunked body passed max_body_size: the rest is not read
-            return _error(413, TOO_LARGE, {"Connection": "close"})
-        return _error(exc.status_code, str(exc.detail), exc.headers)
-
-    @app.exception_handler(Exception)
-    async def _internal_error(request: Request, exc: Exception):
-        # Starlette raises the exception again after this answer, so the server logs its traceback.
-        return JSONResponse({"error": INTERNAL_ERROR}, status_code=500)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid_request(request: Request, exc: RequestValidationError):
-        if any(e.get("type") == "missing" and tuple(e.get("loc", ())) == ("body", "image") for e in exc.errors()):
-            return _error(400, "No image uploaded")
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        return _error(422, f"Invalid request: {where or 'body'}: {first.get('msg', 'malformed')}")
+    _add_error_handlers(app)
 
     errors = {code: {"model": ErrorBody} for code in (400, 413, 422, 500, 503)}
 

@@ -13,7 +13,6 @@ from sklearn import metrics
 from tqdm import tqdm
 
 from ..errors import InvalidImageError
-from ..images import load_image
 from ..models.attributor import display_name
 from ..pipeline import GANOrigin
 from ..result import UNKNOWN_GAN
@@ -32,25 +31,16 @@ def predict_paths(
     progress: bool = True,
     on_row: Optional[Callable[[dict], None]] = None,
 ) -> list[dict]:
-    """One row per path: the model's prediction, or ``error`` when the file could not be read.
-
-    Each file is decoded on its own, so a bad file costs only its own row.
-    """
+    """One row per path: the model's prediction, or ``error`` when the file could not be read
+    (a bad file costs only its own row: :meth:`GANOrigin.predict_batch`)."""
     rows: list[dict] = []
     labels = list(model.attributor.labels)
     bar = tqdm(total=len(paths), desc="predict", unit="img", disable=not progress)
     for start in range(0, len(paths), batch_size):
         chunk = list(paths[start : start + batch_size])
-        decoded, errors = {}, {}
-        for i, path in enumerate(chunk):
-            try:
-                decoded[i] = load_image(path)
-            except InvalidImageError as e:
-                errors[i] = str(e)
-        predictions = dict(zip(decoded, model.predict_batch(list(decoded.values()), threshold=threshold,
-                                                            batch_size=batch_size)))
-        for i, path in enumerate(chunk):
-            row = _row(path, predictions.get(i), labels, errors.get(i))
+        for path, result in zip(chunk, model.predict_batch(chunk, threshold=threshold, batch_size=batch_size)):
+            failed = isinstance(result, InvalidImageError)
+            row = _row(path, None if failed else result, labels, str(result) if failed else None)
             rows.append(row)
             if on_row is not None:
                 on_row(row)
@@ -172,11 +162,25 @@ def _write_rows(rows: list, path: os.PathLike, fmt: str) -> None:
 
 def write_rows(rows: list, stream, fmt: str) -> None:
     """Rows as JSON lines or CSV (columns from the first row)."""
-    if fmt == "jsonl":
-        for row in rows:
-            stream.write(json.dumps(row) + "\n")
-        return
-    if rows:
-        writer = csv.DictWriter(stream, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows({k: "" if v is None else v for k, v in row.items()} for row in rows)
+    writer = RowWriter(stream, fmt)
+    for row in rows:
+        writer.write(row)
+
+
+class RowWriter:
+    """Rows written to ``stream`` as they come, flushed each time: JSON lines (``"jsonl"``), or CSV
+    (``"csv"``) whose header, from the first row's keys, is written once."""
+
+    def __init__(self, stream, fmt: str):
+        self.stream, self.fmt = stream, fmt
+        self._csv: Optional[csv.DictWriter] = None
+
+    def write(self, row: dict) -> None:
+        if self.fmt == "jsonl":
+            self.stream.write(json.dumps(row) + "\n")
+        else:
+            if self._csv is None:
+                self._csv = csv.DictWriter(self.stream, fieldnames=list(row), lineterminator="\n")
+                self._csv.writeheader()
+            self._csv.writerow({k: "" if v is None else v for k, v in row.items()})
+        self.stream.flush()

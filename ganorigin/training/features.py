@@ -126,25 +126,7 @@ def extract_features(
             if limit is not None and summary.encoded >= limit:
                 return summary
             batch = [item for item in items[start : start + batch_size] if item.key not in done]
-            images, kept, digests = [], [], []
-            for item in batch:
-                try:
-                    images.append(_prepare(item, seed, align))
-                    digests.append(sha256_file(item.path))
-                    kept.append(item)
-                except InvalidImageError as e:
-                    summary.failed.append((str(item.path), str(e)))
-                    logger.warning("%s: %s", item.path, e)
-            if kept:
-                with torch.inference_mode():
-                    codes = encoder(torch.stack(images).to(device)).flatten(1).float().cpu().numpy()
-                buffer["keys"] += [i.key for i in kept]
-                buffer["labels"] += [i.label for i in kept]
-                buffer["paths"] += [str(i.path) for i in kept]
-                buffer["sources"] += digests
-                buffer["copies"] += [i.copy for i in kept]
-                buffer["features"].append(codes)
-                summary.encoded += len(kept)
+            _encode_batch(batch, encoder, device, seed, align, buffer, summary)
             bar.update(len(batch))
             if len(buffer["keys"]) >= shard_size:
                 _write_shard(out_dir, buffer)
@@ -153,6 +135,31 @@ def extract_features(
     finally:
         _write_shard(out_dir, buffer)  # also on Ctrl-C: nothing encoded is lost
         bar.close()
+
+
+def _encode_batch(batch: list, encoder: E4EEncoder, device, seed: int, align: bool, buffer: dict,
+                  summary: ExtractSummary) -> None:
+    """Encode the readable items of ``batch`` into ``buffer``; unreadable ones go to ``summary.failed``."""
+    images, kept, digests = [], [], []
+    for item in batch:
+        try:
+            images.append(_prepare(item, seed, align))
+            digests.append(sha256_file(item.path))
+            kept.append(item)
+        except InvalidImageError as e:
+            summary.failed.append((str(item.path), str(e)))
+            logger.warning("%s: %s", item.path, e)
+    if not kept:
+        return
+    with torch.inference_mode():
+        codes = encoder(torch.stack(images).to(device)).flatten(1).float().cpu().numpy()
+    buffer["keys"] += [i.key for i in kept]
+    buffer["labels"] += [i.label for i in kept]
+    buffer["paths"] += [str(i.path) for i in kept]
+    buffer["sources"] += digests
+    buffer["copies"] += [i.copy for i in kept]
+    buffer["features"].append(codes)
+    summary.encoded += len(kept)
 
 
 def _prepare(item: _Item, seed: int, align: bool) -> torch.Tensor:

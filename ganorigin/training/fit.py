@@ -105,30 +105,9 @@ def train_attribution_model(
     label_encoder = LabelEncoder().fit(np.asarray(labels).astype(str))
     y = label_encoder.transform(np.asarray(labels).astype(str))
     groups = np.arange(len(y)) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
-    if len(groups) != len(y):
-        raise DatasetError(f"{len(groups)} groups for {len(y)} rows; give one group per row.")
-    counts = np.bincount(y[np.unique(groups, return_index=True)[1]], minlength=len(label_encoder.classes_))
-    if len(counts) < 2:
-        raise DatasetError("Training needs at least two classes (one folder per GAN).")
-    needed = max(cv or 2, 2) * CALIBRATION_FOLDS
-    if counts.min() < needed:
-        raise DatasetError(
-            f"Class {label_encoder.classes_[counts.argmin()]!r} has {counts.min()} source images; at least {needed} "
-            "are needed for the split and the calibration (augmented copies of one image count once). Add images."
-        )
-    if not 0.0 < coverage < 1.0:
-        raise DatasetError(f"coverage must be within (0, 1), got {coverage}.")
-    if not cv and not 0.0 < test_size < 1.0:
-        raise DatasetError(f"test_size must be within (0, 1), got {test_size}.")
+    _check_training_data(y, groups, label_encoder, cv, test_size, coverage)
     if cv:
-        held_out_pred, held_out_y, distances = [], [], []
-        for train, test in source_folds(y, groups, cv, seed):
-            fold = _fit(X[train], y[train], groups[train], label_encoder, C, seed)
-            held_out_pred.append(fold.predict_proba(X[test]).argmax(1))
-            held_out_y.append(y[test])
-            distances.append(fold.centroid_distances(X[test]))
-        attributor = _fit(X, y, groups, label_encoder, C, seed)
-        y_test, y_pred, distances = map(np.concatenate, (held_out_y, held_out_pred, distances))
+        attributor, y_test, y_pred, distances = _cross_validate(X, y, groups, label_encoder, cv, C, seed)
         train = test = np.arange(len(X))
     else:
         train, test = split_by_source(y, groups, test_size, seed)
@@ -162,6 +141,36 @@ def train_attribution_model(
         n_train_sources=len(np.unique(groups[train])),
         n_test_sources=len(np.unique(groups[test])),
     )
+
+
+def _check_training_data(y, groups, label_encoder, cv, test_size, coverage) -> None:
+    if len(groups) != len(y):
+        raise DatasetError(f"{len(groups)} groups for {len(y)} rows; give one group per row.")
+    counts = np.bincount(y[np.unique(groups, return_index=True)[1]], minlength=len(label_encoder.classes_))
+    if len(counts) < 2:
+        raise DatasetError("Training needs at least two classes (one folder per GAN).")
+    needed = max(cv or 2, 2) * CALIBRATION_FOLDS
+    if counts.min() < needed:
+        raise DatasetError(
+            f"Class {label_encoder.classes_[counts.argmin()]!r} has {counts.min()} source images; at least {needed} "
+            "are needed for the split and the calibration (augmented copies of one image count once). Add images."
+        )
+    if not 0.0 < coverage < 1.0:
+        raise DatasetError(f"coverage must be within (0, 1), got {coverage}.")
+    if not cv and not 0.0 < test_size < 1.0:
+        raise DatasetError(f"test_size must be within (0, 1), got {test_size}.")
+
+
+def _cross_validate(X, y, groups, label_encoder, cv: int, C: float, seed: int) -> tuple:
+    """The model refitted on everything, and the out-of-fold truth, predictions and centroid distances."""
+    held_out_pred, held_out_y, distances = [], [], []
+    for train, test in source_folds(y, groups, cv, seed):
+        fold = _fit(X[train], y[train], groups[train], label_encoder, C, seed)
+        held_out_pred.append(fold.predict_proba(X[test]).argmax(1))
+        held_out_y.append(y[test])
+        distances.append(fold.centroid_distances(X[test]))
+    y_test, y_pred, distances = map(np.concatenate, (held_out_y, held_out_pred, distances))
+    return _fit(X, y, groups, label_encoder, C, seed), y_test, y_pred, distances
 
 
 def _fit(X: np.ndarray, y: np.ndarray, groups: np.ndarray, label_encoder: LabelEncoder, C: float,

@@ -42,3 +42,31 @@ def _roc_png(fpr: np.ndarray, tpr: np.ndarray, auc: float, path: Path) -> None:
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+
+
+def format_report(report: dict) -> str:
+    """The evaluation report as text for the terminal."""
+    det, att = report["detection"], report["attribution"]
+    lines = [f"Images: {report['images']} ({len(report['failed'])} failed) per class: {report['per_class']}",
+             f"Detection ({det['n_real']} real, {det['n_fake']} fake):",
+             f"  accuracy at threshold {report['threshold']:.2f}: {det['accuracy_at_threshold']:.4f}"]
+    if "roc_auc" in det:
+        lines += [f"  average precision: {det['average_precision']:.4f}   ROC AUC: {det['roc_auc']:.4f}",
+                  f"  best threshold (max accuracy): {det['best_threshold']:.4f} -> accuracy "
+                  f"{det['accuracy_at_best_threshold']:.4f}; Youden J threshold {det['youden_threshold']:.4f} "
+                  f"(J = {det['youden_j']:.4f})"]
+    else:
+        lines.append(f"  {det['note']}")
+    lines.append(f"Attribution ({att['n_known_fake']} fakes of known GANs, {att['n_unknown_fake']} of unknown ones):")
+    if "classification_report" in att:
+        lines += ["  " + line for line in att["classification_report"].splitlines()]
+        lines.append(f"  closed-set accuracy: {att['accuracy']:.4f}")
+    if att["open_set_rule"]:
+        if "known_accuracy_open_set" in att:
+            lines.append(f"  known-class accuracy with rejection: {att['known_accuracy_open_set']:.4f} "
+                         f"(accepted {att['known_acceptance_rate']:.4f})")
+        if "unknown_rejection_rate" in att:
+            lines.append(f"  unknown-generator rejection rate: {att['unknown_rejection_rate']:.4f}")
+    else:
+        lines.append("  open-set rule: none (the original pickles never answer 'Unknown GAN')")
+    return "\n".join(lines)
