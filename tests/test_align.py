@@ -51,13 +51,13 @@ def test_aligned_gan_images_come_out_unchanged(dev_alignments):
         assert np.mean(np.array(ious) >= 0.8) >= 0.9, f"{cls}: IoUs {sorted(np.round(ious, 3))}"
 
 
-def test_aligned_crop_is_square_rgb_and_of_requested_size(dev_sample):
-    image = load_image(dev_sample[0])
+def test_aligned_crop_is_square_rgb_and_of_requested_size(dev_images):
+    image = load_image(sorted(dev_images["stylegan2"])[0])  # a GAN face: always found
     for size in (256, 128):
         result = align_face(image, output_size=size)
-        if result.used:
-            assert result.image.size == (size, size) and result.image.mode == "RGB"
-            assert len(result.quad) == 4 and len(result.box) == 4
+        assert result.used and result.faces_found >= 1, result.reason
+        assert result.image.size == (size, size) and result.image.mode == "RGB"
+        assert len(result.quad) == 4 and len(result.box) == 4
 
 
 def test_no_face_falls_back_with_a_reason():

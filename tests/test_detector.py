@@ -93,8 +93,14 @@ def test_feature_is_unnormalised_clip_encode_image(tiny_clip, tiny_detector):
 
 
 def test_preprocessing_uses_clip_mean_and_std():
-    assert UFD_PREPROCESS.crop_size == 224
-    assert tuple(UFD_PREPROCESS.mean) == CLIP_MEAN and tuple(UFD_PREPROCESS.std) == CLIP_STD
+    """Checked against open_clip's own record of OpenAI's normalisation and ViT-L/14's input size
+    (an independent source, not a copy of our constants)."""
+    from open_clip import get_model_config
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+    assert UFD_PREPROCESS.crop_size == get_model_config("ViT-L-14-quickgelu")["vision_cfg"]["image_size"]
+    assert tuple(UFD_PREPROCESS.mean) == tuple(OPENAI_DATASET_MEAN)
+    assert tuple(UFD_PREPROCESS.std) == tuple(OPENAI_DATASET_STD)
 
 
 def test_ufd_transform_crops_the_centre_without_resizing():

@@ -73,10 +73,16 @@ def test_frequency_view_shapes_and_picture(real_face):
 
 
 def test_frequency_view_of_a_small_image_is_padded_not_resized():
-    rng = np.random.default_rng(0)
-    small = Image.fromarray(rng.integers(0, 256, (100, 140, 3), dtype=np.uint8))
+    """A 4-pixel stripe period must stay at 1/4 cycle per pixel: resizing the 140 px wide image to
+    256 would move its peak to about 1/7.3."""
+    x = np.arange(140)
+    stripes = 128 + 60 * np.cos(2 * np.pi * x / 4)
+    small = Image.fromarray(np.repeat(np.tile(stripes, (100, 1))[..., None], 3, axis=2).astype(np.uint8))
     view = frequency_view(small)
     assert view.spectrum.shape == (SIZE, SIZE) and np.isfinite(view.spectrum).all()
+    centre_row = view.spectrum[SIZE // 2]
+    peak = int(np.argmax(centre_row[SIZE // 2 + 8 :])) + 8  # away from the lowest frequencies
+    assert abs(peak - SIZE // 4) <= 1, f"stripe peak at {peak / SIZE:.3f} cycles/pixel, not 0.25"
 
 
 class TopLeftDetector(nn.Module):
