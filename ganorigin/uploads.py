@@ -1,0 +1,112 @@
+"""Only files a client uploaded reach the web app's handlers, and Gradio never decodes them.
+
+A Gradio client can name any server path as an input file (``{"path": "/etc/passwd", "meta":
+{"_type": "gradio.FileData"}}``). Gradio copies that file into its cache before a handler runs,
+and checks where it comes from only once ``launch()`` has armed the check. Here, three layers
+stand in the way:
+
+- :class:`UploadsOnlyBlocks` refuses every event whose input names a file that is not a regular
+  file in Gradio's upload folder, before Gradio touches it, with one message (:data:`NOT_AN_UPLOAD`);
+- :func:`mount` serves the app like ``gr.mount_gradio_app`` and arms Gradio's own check;
+- :func:`read_upload` applies the same rule where a handler reads the bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+
+import gradio as gr
+from fastapi import FastAPI
+from gradio.utils import get_upload_folder
+from gradio_client.utils import is_file_obj, traverse
+
+from .images import MAX_IMAGE_BYTES
+
+logger = logging.getLogger(__name__)
+
+# The same answer for every refused path: it says nothing about whether a file exists there.
+NOT_AN_UPLOAD = "This file is not among the uploads the app holds; upload the image again."
+
+
+def _upload_path(path: object) -> str | None:
+    """The resolved path of ``path`` if it names a regular file inside the upload folder, else None."""
+    if not isinstance(path, str) or not os.path.isabs(path):
+        return None
+    folder = os.path.realpath(get_upload_folder())
+    try:
+        real = os.path.realpath(path)
+        inside = real != folder and os.path.commonpath([real, folder]) == folder
+        return real if inside and stat.S_ISREG(os.stat(real).st_mode) else None
+    except (OSError, ValueError):  # e.g. a NUL byte in the path
+        return None
+
+
+def _refused(path: object) -> gr.Error:
+    logger.warning("Refused an input file that was not uploaded: %r", path)
+    return gr.Error(NOT_AN_UPLOAD, title="Not an uploaded file", print_exception=False)
+
+
+def _require_upload(file: dict) -> dict:
+    if _upload_path(file["path"]) is None:
+        raise _refused(file["path"])
+    return file
+
+
+def read_upload(file: dict | str) -> bytes:
+    """The bytes of an uploaded file (Gradio's file dict or its path), at most one byte over the
+    size limit (so the decoding gate can say the file is too large).
+
+    Raises:
+        gradio.Error: :data:`NOT_AN_UPLOAD` for anything but a regular file in the upload folder.
+    """
+    path = file.get("path") if isinstance(file, dict) else file
+    real = _upload_path(path)
+    if real is None:
+        raise _refused(path)
+    try:
+        # O_NONBLOCK: should a FIFO take the file's place after the check, opening it cannot hang.
+        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError:
+        raise _refused(path) from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise _refused(path)
+        return f.read(MAX_IMAGE_BYTES + 1)
+
+
+def discard_upload(file: dict | str) -> None:
+    """Delete an uploaded file (e.g. one that was rejected) and its folder if that is now empty."""
+    path = file.get("path") if isinstance(file, dict) else file
+    real = _upload_path(path)
+    if real is None:
+        return
+    os.unlink(real)
+    folder = os.path.dirname(real)
+    if folder != os.path.realpath(get_upload_folder()):
+        try:
+            os.rmdir(folder)
+        except OSError:
+            pass  # still holds another upload
+
+
+class UploadsOnlyBlocks(gr.Blocks):
+    """``gr.Blocks`` whose events accept as input files only files a client uploaded.
+
+    The check runs before Gradio's own preprocessing, on every route (queue, ``/call``, ``/run``)
+    and every input, so a refused path is never opened, copied or decoded.
+    """
+
+    async def preprocess_data(self, block_fn, inputs, state, explicit_call=False):
+        traverse(inputs, _require_upload, is_file_obj)
+        return await super().preprocess_data(block_fn, inputs, state, explicit_call)
+
+
+def mount(app: FastAPI, blocks: gr.Blocks, **kwargs) -> FastAPI:
+    """``gr.mount_gradio_app(app, blocks, path="/", **kwargs)`` with Gradio's upload-folder check
+    armed as ``launch()`` arms it, and only ``gr.Error`` messages shown to clients (never the text
+    of an unexpected exception)."""
+    mounted = gr.mount_gradio_app(app, blocks, path="/", show_error=False, **kwargs)
+    blocks.has_launched = True
+    return mounted
