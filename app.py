@@ -325,7 +325,7 @@ with UploadsOnlyBlocks(title="GANOrigin — GAN face detection and attribution",
                 crop = gr.Image(label="What attribution saw", show_label=False, height=150, interactive=False,
                                 buttons=[], scale=1, min_width=120, elem_id="attributed-crop")
             chart = gr.BarPlot(x="class", y="probability", y_lim=[0, 1], sort=CLASS_ORDER, x_title=" ",
-                               label="Class probabilities", height=260, x_label_angle=-30,
+                               label="Class probabilities", height=260, x_label_angle=-45,
                                caption=f"Threshold {DEFAULT_THRESHOLD:.2f} on P(fake).", elem_id="class-chart")
             with gr.Accordion("Why this verdict? (heat map and frequency view)", open=False):
                 explain_btn = gr.Button("Explain", size="sm")
