@@ -117,8 +117,8 @@ CSS = """
 """
 EMPTY_CARD = ("<div id='verdict-card'><h2><span class='dot'></span>No image analysed yet</h2>"
               "<div>Upload a face and press Analyse.</div></div>")
-HEAT_LEGEND = ("<div class='heat-legend'><div class='bar'></div><div class='ends'><span>blue: pushes towards <b>real</b>"
-               "</span><span>red: towards <b>GAN-generated</b></span></div></div>")
+HEAT_LEGEND = ("<div class='heat-legend'><div>Each region pushes the verdict towards</div><div class='bar'></div>"
+               "<div class='ends'><span><b>real</b></span><span><b>GAN-generated</b></span></div></div>")
 
 
 def status_text() -> str:

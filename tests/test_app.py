@@ -2,9 +2,11 @@
 
 Proves that ``Client(url).predict(handle_file(p), api_name="/predict")`` returns exactly the
 library's original JSON for real dev images (both branches); that bad files come back as
-``AppError`` with a message a person understands while the server keeps serving; that with no
-weights and no network the app still starts and says what is missing; and that the examples are
-downloaded on first launch (sha256-checked) and listed, and simply absent offline.
+``AppError`` with a message a person understands, the library's own on every endpoint, while the
+server keeps serving; that the API names its outputs; that with no weights and no network the app
+still starts and says what is missing; that the log says where the app listens, how loading went,
+and one line per user error; and that the examples are downloaded on first launch
+(sha256-checked) and listed, and simply absent offline.
 """
 
 from __future__ import annotations
@@ -155,3 +157,21 @@ def test_a_threshold_outside_0_1_is_refused_with_a_message(client, dev_sample):
     with pytest.raises(AppError) as caught:
         client.predict(handle_file(str(dev_sample[0])), 1.5, api_name="/predict")
     assert "threshold is a probability from 0 to 1" in str(caught.value)
+
+
+def test_the_log_says_where_the_app_listens_how_loading_went_and_one_line_per_user_error(client, server, tmp_path):
+    log = server.logs()
+    assert f"GANOrigin on {server.url}" in log
+    assert "Loading the model" in log and "Model ready on cpu (loaded in" in log
+    bad = tmp_path / "words.png"
+    bad.write_bytes(b"words, not pixels\n")
+    before = len(server.logs().splitlines())
+    with pytest.raises(AppError):
+        client.predict(handle_file(str(bad)), api_name="/predict")
+    new_lines = server.logs().splitlines()[before:]
+    assert len(new_lines) == 1 and "This file cannot be analysed: This file is not an image we can" in new_lines[0], \
+        new_lines
+
+    offline = offline_server().logs()
+    assert "The model could not be loaded" in offline and "e4e_ffhq_encode.pt" in offline
+    assert "Provide the weights" in offline and "Traceback" not in offline

@@ -205,7 +205,7 @@ def test_layout_fits_and_nothing_covers_labels_or_the_crop(browser, server, dev_
     assert heat.evaluate("e => [e.naturalWidth, e.naturalHeight]") == [448, 448]
     shown = heat.bounding_box()
     assert min(shown["width"], shown["height"]) >= 224, f"the heat map is shown at {shown}"
-    page.get_by_text("pushes towards").first.wait_for()  # its colour legend
+    expect(page.locator(".heat-legend")).to_contain_text("towards")  # its colour legend
     for view in ("#heat-map", "#frequency-view"):
         label = page.locator(f"{view} [data-testid=block-label]").bounding_box()
         for button in page.locator(f"{view} .icon-button-wrapper button").all():
