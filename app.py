@@ -153,14 +153,19 @@ def _user_error(message: str, title: str) -> gr.Error:
     return gr.Error(message, title=title, print_exception=False)
 
 
+def _number(value) -> float:
+    """``value`` as a float; NaN when it is not a number."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
 def _threshold(value) -> float:
     """The threshold sent by the page or an API client (the slider's own checks do not run)."""
     if value is None:
         return DEFAULT_THRESHOLD
-    try:
-        threshold = float(value)
-    except (TypeError, ValueError):
-        threshold = float("nan")
+    threshold = _number(value)
     if not 0.0 <= threshold <= 1.0:
         raise _user_error(f"The threshold is a probability from 0 to 1; got {value!r}.", "Invalid threshold")
     return threshold
@@ -260,10 +265,7 @@ def analyse(image: dict | None, threshold: float, align: bool | None):
 def rederive(result: Prediction | None, threshold):
     """The verdict of the last analysis under a new threshold, without a new forward pass. A value
     typed outside 0..1 is put back in range (the box would otherwise keep it)."""
-    try:
-        value = float(threshold)
-    except (TypeError, ValueError):
-        value = float("nan")
+    value = _number(threshold)
     corrected = DEFAULT_THRESHOLD if value != value else min(max(value, 0.0), 1.0)
     if corrected != value:
         gr.Warning(f"The threshold is a probability from 0 to 1; it was set to {corrected:g}.")
@@ -349,7 +351,6 @@ with UploadsOnlyBlocks(title="GANOrigin — GAN face detection and attribution",
     timer.tick(refresh_status, outputs=[status, timer, retry], api_visibility="private")
     demo.load(refresh_status, outputs=[status, timer, retry], api_visibility="private")
     retry.click(retry_loading, outputs=[status, timer, retry], api_visibility="private")
-    results = [*verdict_views, crop, last_result, heat_image, spectrum_image, explain_text]
     # A new image (or none) empties every result; a failed analysis empties the image.
     image.change(cleared, outputs=[*verdict_views, crop, last_result, heat_image, spectrum_image, explain_text],
                  api_visibility="private", queue=False)

@@ -103,8 +103,9 @@ class AppServer:
     def upload(self, content: bytes, name: str) -> str:
         """Upload a file the way the page and gradio_client do; returns its server path."""
         boundary = uuid.uuid4().hex
-        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n"
-                "Content-Type: application/octet-stream\r\n\r\n").encode() + content + f"\r\n--{boundary}--\r\n".encode()
+        head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n"
+                "Content-Type: application/octet-stream\r\n\r\n")
+        body = head.encode() + content + f"\r\n--{boundary}--\r\n".encode()
         request = urllib.request.Request(f"{self.url}/gradio_api/upload", data=body,
                                          headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
         with urllib.request.urlopen(request, timeout=30) as response:
@@ -113,7 +114,8 @@ class AppServer:
     def call(self, api_name: str, data: list, timeout: float = 120) -> tuple[str, object]:
         """Gradio's raw HTTP API: POST /gradio_api/call/<name>, then read the event stream.
         Returns the last event's name (``"complete"`` or ``"error"``) and its data."""
-        request = urllib.request.Request(f"{self.url}/gradio_api/call/{api_name}", data=json.dumps({"data": data}).encode(),
+        request = urllib.request.Request(f"{self.url}/gradio_api/call/{api_name}",
+                                         data=json.dumps({"data": data}).encode(),
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=30) as response:
             event_id = json.loads(response.read())["event_id"]

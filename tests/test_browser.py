@@ -229,3 +229,17 @@ def test_the_missing_weights_message_wraps(browser, width):
     assert message.evaluate("e => e.scrollWidth <= e.clientWidth"), "the message needs horizontal scrolling"
     _screenshot(page, f"app-no-weights-{width}.png")
     page.close()
+
+
+def test_an_example_can_be_analysed(browser, server):
+    """Examples are files of the app's own, copied into Gradio's upload folder: the guard lets them through."""
+    from ganorigin.examples import EXAMPLES
+
+    page = _open(browser, server.url, 1400)
+    if not page.get_by_text(EXAMPLES[0].caption).count():
+        pytest.skip("the examples are not available (../shared/data/dev is absent)")
+    page.get_by_text(EXAMPLES[0].caption).click()
+    page.locator("#face-image img").first.wait_for()
+    page.get_by_role("button", name="Analyse").click()
+    page.locator("#verdict-card.real, #verdict-card.fake").wait_for()
+    page.close()
