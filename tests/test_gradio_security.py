@@ -227,3 +227,24 @@ def test_uploads_are_deleted_after_the_cache_lifetime(server):
     while path.exists() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not path.exists(), f"an upload outlived GANORIGIN_CACHE_LIFETIME={CACHE_LIFETIME_S} s"
+
+
+def test_mount_arms_gradios_own_upload_check_and_withholds_its_text(tmp_path):
+    """The second layer on its own: a plain ``gr.Blocks`` served by ``ganorigin.uploads.mount``
+    (no pre-check of ours) still refuses a server path (``gr.mount_gradio_app`` alone reads it),
+    and the client does not see Gradio's text, which names the path."""
+    import gradio as gr
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from ganorigin.uploads import mount
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the secret")
+    with gr.Blocks() as blocks:
+        file, text = gr.File(), gr.Textbox()
+        file.change(lambda path: Path(path).read_text(), file, text, api_name="read", queue=False)
+    with TestClient(mount(FastAPI(), blocks)) as client:
+        answer = client.post("/gradio_api/run/read", json={"data": [{"path": str(secret), "meta": FILE}]})
+    assert answer.json() == {"error": None}
+    assert "the secret" not in answer.text and str(tmp_path) not in answer.text
