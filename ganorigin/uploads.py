@@ -1,4 +1,4 @@
-"""Only files a client uploaded reach the web app's handlers, and Gradio never decodes them.
+"""Only files a client uploaded reach the web app's handlers.
 
 A Gradio client can name any server path as an input file (``{"path": "/etc/passwd", "meta":
 {"_type": "gradio.FileData"}}``). Gradio copies that file into its cache before a handler runs,
@@ -82,7 +82,10 @@ def discard_upload(file: dict | str) -> None:
     real = _upload_path(path)
     if real is None:
         return
-    os.unlink(real)
+    try:
+        os.unlink(real)
+    except FileNotFoundError:
+        return  # another request deleted the same upload first
     folder = os.path.dirname(real)
     if folder != os.path.realpath(get_upload_folder()):
         try:
