@@ -25,7 +25,7 @@ from ganorigin.images import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
 from ganorigin.rest import create_rest_app
 from ganorigin.service import ModelService
 from ganorigin.svm import display_name
-from ganorigin.uploads import UploadsOnlyBlocks, discard_upload, mount, read_upload
+from ganorigin.uploads import UploadsOnlyBlocks, mount, read_upload, reject_upload
 
 try:  # ZeroGPU Spaces: run analyses on a borrowed GPU; elsewhere a no-op.
     import spaces
@@ -176,11 +176,10 @@ def _with_upload(file: dict | None, task, missing: str = NO_IMAGE):
     at once; expected failures become messages for the person."""
     if file is None:
         raise _user_error(missing, "No image")
-    data = read_upload(file)
     try:
-        return task(data)
+        return task(read_upload(file))
     except InvalidImageError as e:
-        discard_upload(file)
+        reject_upload(file, str(e))
         raise _user_error(str(e), "This file cannot be analysed") from e
     except GANOriginError as e:
         raise _user_error(str(e), "Model unavailable") from e

@@ -9,6 +9,10 @@ stand in the way:
   file in Gradio's upload folder, before Gradio touches it, with one message (:data:`NOT_AN_UPLOAD`);
 - :func:`mount` serves the app like ``gr.mount_gradio_app`` and arms Gradio's own check;
 - :func:`read_upload` applies the same rule where a handler reads the bytes.
+
+An upload the decoding gate refuses is deleted at once (:func:`reject_upload`). Gradio stores each
+upload at ``<upload folder>/<sha256 of its bytes>/<name>``, so concurrent requests naming that path
+are for the same bytes: they get the same refusal, remembered by path.
 """
 
 from __future__ import annotations
@@ -16,18 +20,25 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import threading
+from collections import OrderedDict
 
 import gradio as gr
 from fastapi import FastAPI
 from gradio.utils import get_upload_folder
 from gradio_client.utils import is_file_obj, traverse
 
+from .errors import InvalidImageError
 from .images import MAX_IMAGE_BYTES
 
 logger = logging.getLogger(__name__)
 
 # The same answer for every refused path: it says nothing about whether a file exists there.
 NOT_AN_UPLOAD = "This file is not among the uploads the app holds; upload the image again."
+REMEMBERED_REJECTIONS = 4096
+
+_rejected: OrderedDict = OrderedDict()  # resolved path of a deleted upload -> why the gate refused it
+_rejected_lock = threading.Lock()
 
 
 def _upload_path(path: object) -> str | None:
@@ -43,13 +54,25 @@ def _upload_path(path: object) -> str | None:
         return None
 
 
+def _rejection(path: object) -> str | None:
+    """Why the gate refused the upload that was at ``path``, if it did (the file is gone)."""
+    if not isinstance(path, str) or not os.path.isabs(path):
+        return None
+    try:
+        real = os.path.realpath(path)
+    except ValueError:
+        return None
+    with _rejected_lock:
+        return _rejected.get(real)
+
+
 def _refused(path: object) -> gr.Error:
     logger.warning("Refused an input file that was not uploaded: %r", path)
     return gr.Error(NOT_AN_UPLOAD, title="Not an uploaded file", print_exception=False)
 
 
 def _require_upload(file: dict) -> dict:
-    if _upload_path(file["path"]) is None:
+    if _upload_path(file["path"]) is None and _rejection(file["path"]) is None:
         raise _refused(file["path"])
     return file
 
@@ -60,10 +83,14 @@ def read_upload(file: dict | str) -> bytes:
 
     Raises:
         gradio.Error: :data:`NOT_AN_UPLOAD` for anything but a regular file in the upload folder.
+        InvalidImageError: the upload was already refused by the gate (and deleted).
     """
     path = file.get("path") if isinstance(file, dict) else file
     real = _upload_path(path)
     if real is None:
+        reason = _rejection(path)
+        if reason is not None:
+            raise InvalidImageError(reason)
         raise _refused(path)
     try:
         # O_NONBLOCK: should a FIFO take the file's place after the check, opening it cannot hang.
@@ -76,12 +103,17 @@ def read_upload(file: dict | str) -> bytes:
         return f.read(MAX_IMAGE_BYTES + 1)
 
 
-def discard_upload(file: dict | str) -> None:
-    """Delete an uploaded file (e.g. one that was rejected) and its folder if that is now empty."""
+def reject_upload(file: dict | str, reason: str) -> None:
+    """Delete an upload the decoding gate refused, and its folder if that is now empty; requests
+    that name it later get ``reason``."""
     path = file.get("path") if isinstance(file, dict) else file
     real = _upload_path(path)
     if real is None:
         return
+    with _rejected_lock:
+        _rejected[real] = reason
+        while len(_rejected) > REMEMBERED_REJECTIONS:
+            _rejected.popitem(last=False)
     try:
         os.unlink(real)
     except FileNotFoundError:
