@@ -1,24 +1,31 @@
 """GANOrigin web app: Gradio UI, the `predict` API for gradio_client, and the original REST API.
 
 Run ``python app.py`` (host/port from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT); a Hugging Face
-Space runs this same file. All model logic lives in the ``ganorigin`` package.
+Space runs this same file. All model logic lives in the ``ganorigin`` package. Gradio never
+decodes an upload: the events take the uploaded file as it is (``preprocess=False``) and its
+bytes go through ``ganorigin.load_image`` like every other entry point.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
+from dataclasses import replace
 
 import gradio as gr
 import pandas as pd
 import uvicorn
+from PIL import Image, ImageOps
 
 from ganorigin import DEFAULT_THRESHOLD, GANOriginError, InvalidImageError, Prediction
 from ganorigin.align import alignment_available
 from ganorigin.examples import EXAMPLES, fetch_examples
 from ganorigin.images import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
+from ganorigin.models import display_name
 from ganorigin.serving.rest import create_rest_app
 from ganorigin.serving.service import ModelService
-from ganorigin.models import display_name
+from ganorigin.serving.uploads import UploadsOnlyBlocks, mount, read_upload, reject_upload
 
 try:  # ZeroGPU Spaces: run analyses on a borrowed GPU; elsewhere a no-op.
     import spaces
@@ -30,11 +37,34 @@ except ImportError:
         return fn
 
 
+LOG_LEVEL = os.environ.get("GANORIGIN_LOG_LEVEL", "info").upper()
+logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+logging.getLogger("ganorigin").setLevel(LOG_LEVEL)
+logger = logging.getLogger("ganorigin.app")
+
 CLASS_ORDER = ["Real", "ProGAN", "StyleGAN2", "StyleGAN3"]
 QUEUE_SIZE = int(os.environ.get("GANORIGIN_QUEUE_SIZE", 64))
 CONCURRENCY = int(os.environ.get("GANORIGIN_CONCURRENCY", 1))
+# Uploads and Gradio's temporary files older than this are deleted (checked as often).
+CACHE_LIFETIME_S = int(os.environ.get("GANORIGIN_CACHE_LIFETIME", 3600))
+CROP_DISPLAY_SIDE = 256  # e4e's input size: what attribution saw, at the resolution it saw it
+HEAT_DISPLAY_SIDE = 448  # the detector's 224 px crop, shown at twice its size
+NO_IMAGE = "Upload, paste or capture a face image first."
 
+
+def report_load() -> None:
+    """Log how the model load ends: ready in N s, or what is missing and how to provide it."""
+    if service.wait() == "ready":
+        health = service.health()
+        logger.info("Model ready on %s (loaded in %s s).", health["device"], health["load_seconds"])
+    else:
+        logger.error("The model could not be loaded; the app runs, but every analysis fails until it can.\n%s\n"
+                     "Provide the weights, then press 'Retry loading' on the page.", service.error)
+
+
+logger.info("Loading the model (weights from GANORIGIN_WEIGHTS_DIR, the Hugging Face cache or the Hub)…")
 service = ModelService().start()
+threading.Thread(target=report_load, name="ganorigin-load-report", daemon=True).start()
 examples = fetch_examples()
 
 HOW_IT_WORKS = f"""
@@ -74,11 +104,21 @@ CSS = """
 #verdict-card .meter .mark {position: absolute; top: -4px; bottom: -4px; width: 2px; background: #101828;}
 #verdict-card .scale {display: flex; justify-content: space-between; font-size: 0.8em; color: #667085;}
 #status {font-size: 0.92em;}
+#status pre, #status code {white-space: pre-wrap; overflow-wrap: anywhere;}
 /* Gradio sizes the plot to the whole block and the label pushes its x axis out of view: let the
    block grow by the label's height instead. */
 #class-chart {height: auto !important;}
 #class-chart .vega-embed {height: 240px !important;}
+#attributed-crop .icon-button-wrapper {display: none;}  /* no buttons: nothing may cover the crop */
+.heat-legend {font-size: 0.85em; color: #475467;}
+.heat-legend .bar {height: 12px; border-radius: 6px; border: 1px solid #d0d5dd;
+  background: linear-gradient(to right, #0000ff, #ffffff, #ff0000);}
+.heat-legend .ends {display: flex; justify-content: space-between; gap: 8px;}
 """
+EMPTY_CARD = ("<div id='verdict-card'><h2><span class='dot'></span>No image analysed yet</h2>"
+              "<div>Upload a face and press Analyse.</div></div>")
+HEAT_LEGEND = ("<div class='heat-legend'><div>Each region pushes the verdict towards</div><div class='bar'></div>"
+               "<div class='ends'><span><b>real</b></span><span><b>GAN-generated</b></span></div></div>")
 
 
 def status_text() -> str:
@@ -103,34 +143,62 @@ def refresh_status():
 
 def retry_loading():
     service.reload()
+    threading.Thread(target=report_load, name="ganorigin-load-report", daemon=True).start()
     return refresh_status()
 
 
-def _user_errors(fn):
-    """Turn the library's errors into messages for the person using the page or the API."""
+def _user_error(message: str, title: str) -> gr.Error:
+    """A message for the person using the page or the API; the log gets one line, no traceback."""
+    logger.info("%s: %s", title, message.splitlines()[0])
+    return gr.Error(message, title=title, print_exception=False)
 
-    def wrapper(*args):
-        try:
-            return fn(*args)
-        except InvalidImageError as e:
-            raise gr.Error(str(e), title="This file cannot be analysed") from e
-        except GANOriginError as e:
-            raise gr.Error(str(e), title="Model unavailable") from e
 
-    return wrapper
+def _number(value) -> float:
+    """``value`` as a float; NaN when it is not a number."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _threshold(value) -> float:
+    """The threshold sent by the page or an API client (the slider's own checks do not run)."""
+    if value is None:
+        return DEFAULT_THRESHOLD
+    threshold = _number(value)
+    if not 0.0 <= threshold <= 1.0:
+        raise _user_error(f"The threshold is a probability from 0 to 1; got {value!r}.", "Invalid threshold")
+    return threshold
+
+
+def _with_upload(file: dict | None, task, missing: str = NO_IMAGE):
+    """``task(bytes)`` on the uploaded ``file``. A file that is not an image we can read is deleted
+    at once; expected failures become messages for the person."""
+    if file is None:
+        raise _user_error(missing, "No image")
+    try:
+        return task(read_upload(file))
+    except InvalidImageError as e:
+        reject_upload(file, str(e))
+        raise _user_error(str(e), "This file cannot be analysed") from e
+    except GANOriginError as e:
+        raise _user_error(str(e), "Model unavailable") from e
 
 
 @gpu
-@_user_errors
-def _predict(path: str, threshold: float, align: bool | None = None) -> Prediction:
-    return service.predict(path, threshold, align)
+def _predict(data: bytes, threshold: float, align: bool | None = None) -> Prediction:
+    return service.predict(data, threshold, align)
 
 
-def predict_api(file: str | None, threshold: float = DEFAULT_THRESHOLD) -> dict:
+@gpu
+def _explain(data: bytes):
+    return service.explain(data)
+
+
+def predict_api(file: dict | None, threshold: float = DEFAULT_THRESHOLD) -> dict:
     """The original /predict JSON for one image."""
-    if file is None:
-        raise gr.Error("No image uploaded")
-    return _predict(file, threshold).to_dict()
+    threshold = _threshold(threshold)
+    return _with_upload(file, lambda data: _predict(data, threshold).to_dict(), missing="No image uploaded")
 
 
 def _verdict_card(result: Prediction) -> str:
@@ -159,46 +227,83 @@ def _attribution_line(result: Prediction) -> str:
     return line
 
 
-def analyse(image: str | None, threshold: float, align: bool):
-    if image is None:
-        raise gr.Error("Upload, paste or capture a face image first.", title="No image")
-    result = _predict(image, threshold, align)
+def _attribution_title(result: Prediction) -> str:
+    if not result.is_fake:
+        return "Closest GAN (if it were fake)"
+    return "Closest known GAN" if result.unknown else "Attributed GAN"
+
+
+def _result_views(result: Prediction) -> tuple:
+    """What the page shows for ``result``: card, attribution line, per-GAN scores, chart, JSON."""
     chart = pd.DataFrame(
         {"class": list(result.class_probabilities), "probability": list(result.class_probabilities.values())}
     )
+    verdict = "at or above" if result.is_fake else "below"
+    caption = (f"P(fake) {result.fake_probability:.3f} is {verdict} the threshold {result.threshold:.2f}. "
+               "Bars: P(real) and P(fake) × P(GAN | fake); they sum to 1.")
     return (
         _verdict_card(result),
         _attribution_line(result),
-        result.attribution_probabilities,
-        chart,
-        result.attributed_image,
+        gr.Label(result.attribution_probabilities, label=_attribution_title(result)),
+        gr.BarPlot(chart, caption=caption),
         result.to_dict(),
     )
 
 
-@gpu
-@_user_errors
-def explain(image: str | None):
+def analyse(image: dict | None, threshold: float, align: bool | None):
+    """Verdict, attribution, chart, the crop attribution saw and the original JSON for one image."""
+    threshold = _threshold(threshold)
+    result = _with_upload(image, lambda data: _predict(data, threshold, None if align is None else bool(align)))
+    crop = result.attributed_image
+    if crop is not None:
+        crop = ImageOps.contain(crop, (CROP_DISPLAY_SIDE, CROP_DISPLAY_SIDE))
+    # The page keeps the result to re-derive the verdict when the threshold moves, without the image.
+    return (*_result_views(result), crop, replace(result, attributed_image=None))
+
+
+def rederive(result: Prediction | None, threshold):
+    """The verdict of the last analysis under a new threshold, without a new forward pass. A value
+    typed outside 0..1 is put back in range (the box would otherwise keep it)."""
+    value = _number(threshold)
+    corrected = DEFAULT_THRESHOLD if value != value else min(max(value, 0.0), 1.0)
+    if corrected != value:
+        gr.Warning(f"The threshold is a probability from 0 to 1; it was set to {corrected:g}.")
+    views = (gr.skip(),) * 5 if result is None else _result_views(replace(result, threshold=corrected))
+    return (*views, gr.skip() if corrected == value else corrected)
+
+
+def explain(image: dict | None):
     """Heat map over the detector's 224 px centre crop, and the frequency view."""
-    if image is None:
-        raise gr.Error("Upload, paste or capture a face image first.", title="No image")
-    heat, spectrum = service.explain(image)
+    heat, spectrum = _with_upload(image, _explain)
     how = "input × gradient" if heat.method == "gradient" else "occlusion"
     caption = (
-        f"**Heat map** ({how}, P(fake) {heat.fake_probability:.3f}): red regions of the centre crop the detector sees "
-        f"push the fake probability up, blue ones down.  \n**Frequency view:** {spectrum.explanation}"
+        f"**Heat map** ({how}, P(fake) {heat.fake_probability:.3f}): the 224 px centre crop the detector sees; "
+        f"red regions push the fake probability up, blue ones down.  \n**Frequency view:** {spectrum.explanation}"
     )
-    return heat.image_overlay, spectrum.picture, caption
+    heat_map = heat.overlay.resize((HEAT_DISPLAY_SIDE, HEAT_DISPLAY_SIDE), Image.Resampling.NEAREST)
+    return heat_map, spectrum.picture, caption
 
 
-with gr.Blocks(title="GANOrigin — GAN face detection and attribution") as demo:
+def cleared() -> tuple:
+    """Every result view emptied: nothing on the page may describe another image."""
+    return (EMPTY_CARD, "", gr.Label(None, label="Attributed GAN"), None, None, None, None, None, None, "")
+
+
+def drop_image() -> None:
+    """After a failed analysis the input is emptied: a rejected upload is already deleted."""
+    return None
+
+
+with UploadsOnlyBlocks(title="GANOrigin — GAN face detection and attribution",
+                       delete_cache=(CACHE_LIFETIME_S, CACHE_LIFETIME_S)) as demo:
     gr.Markdown("# GANOrigin\nIs this face real or GAN-generated — and which GAN made it?")
+    status = gr.Markdown(status_text(), elem_id="status")
     with gr.Row():
-        status = gr.Markdown(status_text(), elem_id="status")
         retry = gr.Button("Retry loading", size="sm", visible=service.state == "failed", scale=0)
     timer = gr.Timer(1.0, active=service.state == "loading")
+    last_result = gr.State()
     with gr.Row(equal_height=False):
-        with gr.Column(scale=5):
+        with gr.Column(scale=5, min_width=300):
             image = gr.Image(type="filepath", sources=["upload", "clipboard", "webcam"], label="Face image", height=380,
                              elem_id="face-image")
             with gr.Accordion("Advanced", open=False):
@@ -212,40 +317,53 @@ with gr.Blocks(title="GANOrigin — GAN face detection and attribution") as demo
                 captions = {e.filename: e.caption for e in EXAMPLES}
                 gr.Examples([[str(p)] for p in examples], inputs=image, label="Examples",
                             example_labels=[captions.get(p.name, p.name) for p in examples])
-        with gr.Column(scale=6):
-            card = gr.HTML("<div id='verdict-card'><h2><span class='dot'></span>No image analysed yet</h2>"
-                           "<div>Upload a face and press Analyse.</div></div>")
-            gan_line = gr.Markdown()
+        with gr.Column(scale=6, min_width=300):
+            card = gr.HTML(EMPTY_CARD, label="Verdict")
+            gan_line = gr.Markdown(label="Attribution summary")
             with gr.Row(equal_height=False):
                 attribution = gr.Label(label="Attributed GAN", num_top_classes=3, show_heading=False,
-                                       elem_id="attribution", scale=3)
-                crop = gr.Image(label="What attribution saw", show_label=False, height=150, interactive=False, scale=1,
-                                elem_id="attributed-crop")
+                                       elem_id="attribution", scale=3, min_width=180)
+                crop = gr.Image(label="What attribution saw", show_label=False, height=150, interactive=False,
+                                buttons=[], scale=1, min_width=120, elem_id="attributed-crop")
             chart = gr.BarPlot(x="class", y="probability", y_lim=[0, 1], sort=CLASS_ORDER, x_title=" ",
-                               label="Class probabilities", height=260, elem_id="class-chart")
+                               label="Class probabilities", height=260, x_label_angle=-45,
+                               caption=f"Threshold {DEFAULT_THRESHOLD:.2f} on P(fake).", elem_id="class-chart")
             with gr.Accordion("Why this verdict? (heat map and frequency view)", open=False):
                 explain_btn = gr.Button("Explain", size="sm")
                 with gr.Row(equal_height=False):
-                    heat_image = gr.Image(label="Heat map (detector's centre crop)", interactive=False, height=300,
-                                          elem_id="heat-map", scale=2)
-                    spectrum_image = gr.Image(label="Frequency view", interactive=False, height=300,
-                                              elem_id="frequency-view", scale=3)
-                explain_text = gr.Markdown()
+                    with gr.Column(scale=2, min_width=260):
+                        heat_image = gr.Image(label="Heat map", interactive=False, height=320, buttons=["fullscreen"],
+                                              elem_id="heat-map")
+                        gr.HTML(HEAT_LEGEND)
+                    spectrum_image = gr.Image(label="Frequency view", interactive=False, height=320,
+                                              buttons=["fullscreen"], elem_id="frequency-view", scale=3, min_width=260)
+                explain_text = gr.Markdown(label="How to read these views")
             with gr.Accordion("JSON (the original API's answer)", open=False):
                 as_json = gr.JSON(label="POST /predict")
     with gr.Accordion("How it works / limitations", open=False):
         gr.Markdown(HOW_IT_WORKS)
 
-    api_file = gr.File(visible=False)
-    api_json = gr.JSON(visible=False)
+    api_file = gr.File(visible=False, label="image")
+    api_json = gr.JSON(visible=False, label="prediction")
 
+    verdict_views = [card, gan_line, attribution, chart, as_json]
     timer.tick(refresh_status, outputs=[status, timer, retry], api_visibility="private")
     demo.load(refresh_status, outputs=[status, timer, retry], api_visibility="private")
     retry.click(retry_loading, outputs=[status, timer, retry], api_visibility="private")
-    analyse_btn.click(analyse, [image, threshold, align], [card, gan_line, attribution, chart, crop, as_json],
-                      api_name="analyse")
-    explain_btn.click(explain, image, [heat_image, spectrum_image, explain_text], api_name="explain")
-    api_file.change(predict_api, [api_file, threshold], api_json, api_name="predict")
+    # A new image (or none) empties every result; a failed analysis empties the image.
+    image.change(cleared, outputs=[*verdict_views, crop, last_result, heat_image, spectrum_image, explain_text],
+                 api_visibility="private", queue=False)
+    threshold.change(rederive, [last_result, threshold], [*verdict_views, threshold], api_visibility="private",
+                     preprocess=False, concurrency_limit=None)
+    # preprocess=False: the handlers get the uploaded file itself, which Gradio has not opened.
+    # /analyse is the page's own event (its outputs are page views): callable, but not advertised.
+    analyse_btn.click(analyse, [image, threshold, align], [*verdict_views, crop, last_result], api_name="analyse",
+                      api_visibility="undocumented", preprocess=False, show_progress_on=card
+                      ).failure(drop_image, outputs=image, api_visibility="private", queue=False)
+    explain_btn.click(explain, image, [heat_image, spectrum_image, explain_text], api_name="explain", preprocess=False,
+                      show_progress_on=heat_image
+                      ).failure(drop_image, outputs=image, api_visibility="private", queue=False)
+    api_file.change(predict_api, [api_file, threshold], api_json, api_name="predict", preprocess=False)
 
 demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
 
@@ -253,15 +371,11 @@ THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="slate").set(
     button_primary_background_fill="*primary_600", button_primary_background_fill_hover="*primary_700",
     button_primary_text_color="white",
 )
-app = gr.mount_gradio_app(
-    create_rest_app(service), demo, path="/", theme=THEME, css=CSS, max_file_size=MAX_IMAGE_BYTES,
-    footer_links=["api", "settings"],
-)
+app = mount(create_rest_app(service), demo, theme=THEME, css=CSS, max_file_size=MAX_IMAGE_BYTES,
+            footer_links=["api", "settings"])
 
 if __name__ == "__main__":
-    uvicorn.run(
-        app,
-        host=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-        port=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
-        log_level=os.environ.get("GANORIGIN_LOG_LEVEL", "warning"),
-    )
+    host = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")
+    port = int(os.environ.get("GRADIO_SERVER_PORT", 7860))
+    logger.info("GANOrigin on http://%s:%d (REST API: POST /predict, GET /health)", host, port)
+    uvicorn.run(app, host=host, port=port, log_level=LOG_LEVEL.lower(), access_log=LOG_LEVEL == "DEBUG")

@@ -13,12 +13,15 @@ import hashlib
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
+import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,9 +96,39 @@ class AppServer:
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def get_json(self, path: str) -> dict:
-        with urllib.request.urlopen(f"{self.url}{path}", timeout=30) as response:
+    def get_json(self, path: str, timeout: float = 30) -> dict:
+        with urllib.request.urlopen(f"{self.url}{path}", timeout=timeout) as response:
             return json.loads(response.read())
+
+    def upload(self, content: bytes, name: str) -> str:
+        """Upload a file the way the page and gradio_client do; returns its server path."""
+        boundary = uuid.uuid4().hex
+        head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n"
+                "Content-Type: application/octet-stream\r\n\r\n")
+        body = head.encode() + content + f"\r\n--{boundary}--\r\n".encode()
+        request = urllib.request.Request(f"{self.url}/gradio_api/upload", data=body,
+                                         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())[0]
+
+    def call(self, api_name: str, data: list, timeout: float = 120) -> tuple[str, object]:
+        """Gradio's raw HTTP API: POST /gradio_api/call/<name>, then read the event stream.
+        Returns the last event's name (``"complete"`` or ``"error"``) and its data."""
+        request = urllib.request.Request(f"{self.url}/gradio_api/call/{api_name}",
+                                         data=json.dumps({"data": data}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            event_id = json.loads(response.read())["event_id"]
+        with urllib.request.urlopen(f"{self.url}/gradio_api/call/{api_name}/{event_id}", timeout=timeout) as response:
+            stream = response.read().decode()
+        events = [block for block in stream.split("\n\n") if block.startswith("event:")]
+        name, data_line = events[-1].split("\n", 1)
+        return name.removeprefix("event:").strip(), json.loads(data_line.removeprefix("data:"))
+
+    def rss_mb(self) -> float:
+        """The server process's resident memory (VmRSS), in MB."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1]) / 1024
 
 
 _SHARED: dict[str, AppServer] = {}
@@ -108,6 +141,25 @@ def shared_server(key: str, env: dict) -> AppServer:
         server = _SHARED[key] = AppServer(env, name=key).start()
         atexit.register(server.stop)
     return server
+
+
+def offline_server() -> AppServer:
+    """No weights anywhere, no network, an empty cache: the app must start and say what is missing."""
+    return shared_server("offline-no-weights", {
+        "GANORIGIN_WEIGHTS_DIR": tempfile.mkdtemp(prefix="ganorigin-no-weights-"),
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": tempfile.mkdtemp(prefix="ganorigin-empty-hf-home-"),
+    })
+
+
+def png_header(width: int, height: int, colour_type: int = 2) -> bytes:
+    """A valid PNG that declares ``width`` x ``height`` pixels (8-bit RGB, or grayscale with
+    ``colour_type=0``) and holds almost no data: a bomb's header."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
 
 def example_sources() -> dict:

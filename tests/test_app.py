@@ -2,18 +2,17 @@
 
 Proves that ``Client(url).predict(handle_file(p), api_name="/predict")`` returns exactly the
 library's original JSON for real dev images (both branches); that bad files come back as
-``AppError`` with a message a person understands while the server keeps serving; that with no
-weights and no network the app still starts and says what is missing; and that the examples are
-downloaded on first launch (sha256-checked) and listed, and simply absent offline.
+``AppError`` with a message a person understands, the library's own on every endpoint, while the
+server keeps serving; that the API names its outputs; that with no weights and no network the app
+still starts and says what is missing; that the log says where the app listens, how loading went,
+and one line per user error; and that the examples are downloaded on first launch
+(sha256-checked) and listed, and simply absent offline.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import struct
-import tempfile
-import zlib
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from app_server import assert_same_prediction, example_sources, main_server, shared_server
+from app_server import assert_same_prediction, example_sources, main_server, offline_server, png_header
 
 
 @pytest.fixture(scope="module")
@@ -34,30 +33,8 @@ def client(server):
     return Client(server.url, verbose=False)
 
 
-@pytest.fixture(scope="module")
-def offline_server():
-    """No weights anywhere, no network, an empty cache."""
-    empty = tempfile.mkdtemp(prefix="ganorigin-no-weights-")
-    return shared_server("offline-no-weights", {
-        "GANORIGIN_WEIGHTS_DIR": empty,
-        "HF_HUB_OFFLINE": "1",
-        "HF_HOME": tempfile.mkdtemp(prefix="ganorigin-empty-hf-home-"),
-    })
-
-
 def _config_components(server) -> list[dict]:
     return server.get_json("/config")["components"]
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def _huge_png_header() -> bytes:
-    """A valid PNG header declaring 100000x100000 pixels (10 gigapixels), with almost no data."""
-    header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(b""))
-            + _png_chunk(b"IEND", b""))
 
 
 def test_predict_endpoint_returns_the_library_json(client, model, dev_sample):
@@ -81,7 +58,7 @@ def test_bad_files_give_a_clear_app_error_and_the_server_keeps_serving(client, m
         "empty.png": (b"", "empty (0 bytes)"),
         "garbage.jpg": (b"this is not an image\n" * 50, "not an image we can read"),
         "truncated.png": (data[: len(data) // 2], "truncated or corrupt"),
-        "huge.png": (_huge_png_header(), "megapixel limit"),
+        "huge.png": (png_header(100_000, 100_000), "megapixel limit"),
     }
     for name, (content, message) in bad.items():
         path = tmp_path / name
@@ -112,12 +89,13 @@ def test_examples_are_downloaded_checked_and_listed(server):
         assert example.filename in listed and example.caption in listed
 
 
-def test_offline_without_weights_the_app_starts_and_says_what_is_missing(offline_server, tmp_path):
-    health = offline_server.get_json("/health")
+def test_offline_without_weights_the_app_starts_and_says_what_is_missing(tmp_path):
+    offline = offline_server()
+    health = offline.get_json("/health")
     assert health["status"] == "failed" and health["weights_loaded"] is False
     assert "e4e_ffhq_encode.pt" in health["error"] and "offline" in health["error"]
 
-    components = _config_components(offline_server)
+    components = _config_components(offline)
     page_text = json.dumps([c.get("props", {}).get("value") for c in components])
     assert "The model is not available" in page_text
     for filename in ("e4e_ffhq_encode.pt", "gan_attribution_model.pkl", "fc_weights.pth"):
@@ -127,7 +105,7 @@ def test_offline_without_weights_the_app_starts_and_says_what_is_missing(offline
     face = tmp_path / "face.png"
     Image.new("RGB", (64, 64), (120, 90, 60)).save(face)
     with pytest.raises(AppError) as caught:
-        Client(offline_server.url, verbose=False).predict(handle_file(str(face)), api_name="/predict")
+        Client(offline.url, verbose=False).predict(handle_file(str(face)), api_name="/predict")
     assert "e4e_ffhq_encode.pt" in str(caught.value) and "could not be loaded" in str(caught.value)
 
 
@@ -141,3 +119,59 @@ def test_explain_endpoint_returns_heat_map_spectrum_and_caption(client, model, d
     reported = float(caption.split("P(fake) ")[1].split(")")[0])
     assert reported == pytest.approx(model.predict(face).fake_probability, abs=0.02)
     assert "Frequency view" in caption
+
+
+@pytest.mark.parametrize("name, content", [("notes.png", b"this is not an image\n" * 20), ("empty.png", b"")])
+def test_a_file_that_is_not_an_image_gets_the_predict_message_on_every_endpoint(client, server, tmp_path, name,
+                                                                                 content):
+    """A text file and a 0-byte file: /predict, the page's Analyse event (/analyse) and /explain
+    all answer the library's own message, with no server path and no Gradio internals."""
+    from ganorigin import InvalidImageError, load_image
+
+    with pytest.raises(InvalidImageError) as library:
+        load_image(content)
+    path = tmp_path / name
+    path.write_bytes(content)
+    calls = {"/predict": (handle_file(str(path)),), "/analyse": (handle_file(str(path)), 0.5, False),
+             "/explain": (handle_file(str(path)),)}
+    for api_name, args in calls.items():
+        with pytest.raises(AppError) as caught:
+            client.predict(*args, api_name=api_name)
+        assert str(caught.value) == str(library.value), api_name
+        for leak in ("/tmp", "gradio", "preprocess", "Traceback", "UnidentifiedImageError"):
+            assert leak not in str(caught.value), (api_name, leak)
+    assert "Traceback" not in server.logs()
+
+
+def test_api_outputs_are_named_and_the_documented_endpoints_are_listed(client):
+    """view_api names every output after its label (no ``value_15``); /predict and /explain are
+    listed, the page's own /analyse is callable but not advertised."""
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert set(api) == {"/predict", "/explain"}
+    assert [r["label"] for r in api["/predict"]["returns"]] == ["prediction"]
+    assert [r["label"] for r in api["/explain"]["returns"]] == ["Heat map", "Frequency view", "How to read these views"]
+    assert [p["parameter_name"] for p in api["/predict"]["parameters"]] == ["file", "threshold"]
+
+
+def test_a_threshold_outside_0_1_is_refused_with_a_message(client, dev_sample):
+    with pytest.raises(AppError) as caught:
+        client.predict(handle_file(str(dev_sample[0])), 1.5, api_name="/predict")
+    assert "threshold is a probability from 0 to 1" in str(caught.value)
+
+
+def test_the_log_says_where_the_app_listens_how_loading_went_and_one_line_per_user_error(client, server, tmp_path):
+    log = server.logs()
+    assert f"GANOrigin on {server.url}" in log
+    assert "Loading the model" in log and "Model ready on cpu (loaded in" in log
+    bad = tmp_path / "words.png"
+    bad.write_bytes(b"words, not pixels\n")
+    before = len(server.logs().splitlines())
+    with pytest.raises(AppError):
+        client.predict(handle_file(str(bad)), api_name="/predict")
+    new_lines = server.logs().splitlines()[before:]
+    assert len(new_lines) == 1 and "This file cannot be analysed: This file is not an image we can" in new_lines[0], \
+        new_lines
+
+    offline = offline_server().logs()
+    assert "The model could not be loaded" in offline and "e4e_ffhq_encode.pt" in offline
+    assert "Provide the weights" in offline and "Traceback" not in offline

@@ -1,11 +1,15 @@
-"""The app in a real headless Chromium: what a person sees after one upload and one click.
+"""The app in a real headless Chromium: what a person sees and does.
 
 Proves that the page served by ``python app.py`` loads, accepts a real dev face through its
 image input, and after "Analyse" shows the verdict card (GAN-generated, with the threshold set
 in the Advanced panel), the attributed GAN and the class-probability bar chart, with the numbers
-the library gives for that file, the crop attribution saw; then "Explain" shows the heat map and
-the frequency view. Saves full-page screenshots to ``artifacts/app.png`` and ``app-explain.png``.
-Skips only when Debian's ``chromium`` is not installed.
+the library gives for that file, the crop attribution saw; that moving the threshold re-derives
+the verdict at once (no new analysis) and a value outside 0..1 is put back in range; that
+"Explain" shows the heat map big, with its legend, and the frequency view; that a text file or an
+empty file gets the library's message with no server path and no stale verdict left on screen;
+and that at 400 px nothing overflows sideways, the chart's labels do not overlap and no toolbar
+covers a label or the crop, with the model loaded or not. Saves screenshots to ``artifacts/``
+(``app.png`` is the README's). Skips only when Debian's ``chromium`` is not installed.
 """
 
 from __future__ import annotations
@@ -15,14 +19,15 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from app_server import ROOT, main_server
+from app_server import ROOT, main_server, offline_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
-SCREENSHOT = ROOT / "artifacts" / "app.png"
-EXPLAIN_SCREENSHOT = ROOT / "artifacts" / "app-explain.png"
+ARTIFACTS = ROOT / "artifacts"
+SCREENSHOT = ARTIFACTS / "app.png"
 WAIT_MS = 120_000
+CLASSES = ("Real", "ProGAN", "StyleGAN2", "StyleGAN3")
 
 
 @pytest.fixture(scope="module")
@@ -37,22 +42,50 @@ def browser():
         chromium.close()
 
 
-def test_upload_analyse_and_see_verdict_attribution_and_chart(browser, weights_env, hub, model, dev_images):
-    server = main_server(weights_env, hub)
+@pytest.fixture(scope="module")
+def server(weights_env, hub):
+    return main_server(weights_env, hub)
+
+
+def _open(browser, url: str, width: int, ready: str = "Model ready"):
+    page = browser.new_page(viewport={"width": width, "height": 900})
+    page.set_default_timeout(WAIT_MS)
+    page.goto(url)
+    page.get_by_text(ready).wait_for()
+    return page
+
+
+def _upload(page, path) -> None:
+    page.locator("#face-image input[type=file]").set_input_files(str(path))
+
+
+def _set_threshold(page, value: str) -> None:
+    if not page.get_by_label("number input for Decision threshold").is_visible():
+        page.get_by_text("Advanced").click()
+    box = page.get_by_label("number input for Decision threshold")
+    box.fill(value)
+    box.press("Enter")
+
+
+def _screenshot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+    print(f"screenshot: {ARTIFACTS / name}")
+
+
+def _overlap(a: dict, b: dict) -> bool:
+    return (a["x"] < b["x"] + b["width"] and b["x"] < a["x"] + a["width"]
+            and a["y"] < b["y"] + b["height"] and b["y"] < a["y"] + a["height"])
+
+
+def test_upload_analyse_and_see_verdict_attribution_and_chart(browser, server, model, dev_images):
     face = sorted(dev_images["stylegan2"])[0]
     expected = model.predict(face, threshold=0.0)
 
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
-    page.set_default_timeout(WAIT_MS)
-    page.goto(server.url)
-    page.get_by_text("Model ready").wait_for()
-
-    page.locator("#face-image input[type=file]").set_input_files(str(face))
+    page = _open(browser, server.url, 1280)
+    _upload(page, face)
     page.locator("#face-image img").first.wait_for()
-    page.get_by_text("Advanced").click()
-    threshold = page.get_by_label("number input for Decision threshold")
-    threshold.fill("0")
-    threshold.press("Enter")
+    _set_threshold(page, "0")
     # The slider follows once the app has taken the value; clicking earlier (a loaded machine) would
     # analyse with the old threshold.
     expect(page.get_by_label("range slider for Decision threshold")).to_have_value("0", timeout=WAIT_MS)
@@ -64,12 +97,14 @@ def test_upload_analyse_and_see_verdict_attribution_and_chart(browser, weights_e
     assert f"{expected.fake_probability:.3f}" in card.inner_text() and "threshold 0.00" in card.inner_text()
     page.get_by_text(f"Attributed to {expected.attribution}").wait_for()
     attribution = page.locator("#attribution")
+    assert "Attributed GAN" in attribution.inner_text()
     for gan in expected.attribution_probabilities:
         assert gan in attribution.inner_text()
     chart = page.locator("#class-chart")
-    for name in ("Real", "ProGAN", "StyleGAN2", "StyleGAN3"):
+    for name in CLASSES:
         chart.locator("svg text", has_text=name).first.wait_for()
     assert chart.locator("svg .mark-rect path").count() == 4, "one bar per class"
+    assert "threshold 0.00" in chart.inner_text(), "the chart says which threshold the verdict used"
     block, plot = chart.bounding_box(), chart.locator("svg").first.bounding_box()
     assert plot["height"] > 150, "the chart is drawn at a readable size"
     for name in ("StyleGAN2", "probability"):
@@ -78,16 +113,133 @@ def test_upload_analyse_and_see_verdict_attribution_and_chart(browser, weights_e
 
     page.locator("#attributed-crop img").first.wait_for()  # the crop e4e saw
     page.get_by_text(expected.alignment_note).first.wait_for()
-
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    page.screenshot(path=str(SCREENSHOT), full_page=True)
-    print(f"screenshot: {SCREENSHOT}")
+    _screenshot(page, SCREENSHOT.name)
 
     page.get_by_text("Why this verdict?").click()
     page.get_by_role("button", name="Explain").click()
     page.locator("#heat-map img").first.wait_for()
     page.locator("#frequency-view img").first.wait_for()
     page.get_by_text("Heat map (input × gradient").wait_for()
-    page.screenshot(path=str(EXPLAIN_SCREENSHOT), full_page=True)
-    print(f"screenshot: {EXPLAIN_SCREENSHOT}")
+    _screenshot(page, "app-explain.png")
+    page.close()
+
+
+def test_moving_the_threshold_rederives_the_verdict_and_the_box_stays_in_range(browser, server, model, dev_images):
+    face = sorted(dev_images["stylegan2"])[0]
+    p_fake = model.predict(face).fake_probability
+    page = _open(browser, server.url, 1400)
+    _upload(page, face)
+    page.locator("#face-image img").first.wait_for()
+    _set_threshold(page, "0")
+    expect(page.get_by_label("range slider for Decision threshold")).to_have_value("0", timeout=WAIT_MS)
+    page.get_by_role("button", name="Analyse").click()
+    page.locator("#verdict-card.fake").wait_for()
+    analyse_id = next(d["id"] for d in server.get_json("/config")["dependencies"] if d.get("api_name") == "analyse")
+    events = []
+    page.on("request", lambda r: events.append(r.post_data_json.get("fn_index"))
+            if "/gradio_api/queue/join" in r.url else None)
+
+    _set_threshold(page, "1")  # no Analyse: the verdict follows the threshold
+    page.locator("#verdict-card.real").wait_for()
+    assert f"{p_fake:.3f}" in page.locator("#verdict-card").inner_text()
+    assert "threshold 1.00" in page.locator("#verdict-card").inner_text()
+    expect(page.locator("#attribution")).to_contain_text("Closest GAN (if it were fake)")
+    expect(page.locator("#class-chart")).to_contain_text("below the threshold 1.00")
+    expect(page.locator("#verdict-card")).to_contain_text("Real")
+
+    _set_threshold(page, "1.5")
+    page.get_by_text("The threshold is a probability from 0 to 1; it was set to 1.").wait_for()
+    expect(page.get_by_label("number input for Decision threshold")).to_have_value("1")
+    expect(page.get_by_label("range slider for Decision threshold")).to_have_value("1")
+    assert "threshold 1.00" in page.locator("#verdict-card").inner_text()
+    _set_threshold(page, "0")
+    page.locator("#verdict-card.fake").wait_for()
+    assert events and analyse_id not in events, "moving the threshold started a new analysis"
+    page.close()
+
+
+@pytest.mark.parametrize("button", ["Analyse", "Explain"])
+@pytest.mark.parametrize("name, content", [("notes.png", b"this is not an image\n" * 20), ("empty.png", b"")])
+def test_a_file_that_is_not_an_image_gets_the_library_message_and_clears_the_page(browser, server, dev_images,
+                                                                                  tmp_path, name, content, button):
+    from ganorigin import InvalidImageError, load_image
+
+    with pytest.raises(InvalidImageError) as library:
+        load_image(content)
+    bad = tmp_path / name
+    bad.write_bytes(content)
+    page = _open(browser, server.url, 1400)
+    _upload(page, sorted(dev_images["stylegan2"])[0])
+    page.get_by_role("button", name="Analyse").click()
+    page.locator("#verdict-card.real, #verdict-card.fake").wait_for()
+    page.get_by_text("Why this verdict?").click()
+
+    _upload(page, bad)
+    page.get_by_role("button", name=button).click()
+    page.locator(".toast-body", has_text=str(library.value)).first.wait_for()
+    expect(page.locator("#verdict-card")).to_contain_text("No image analysed yet")  # no stale verdict
+    expect(page.locator("#face-image img")).to_have_count(0)  # the rejected upload is gone
+    text = page.locator("body").inner_text()
+    for leak in ("/tmp", "gradio_api", "preprocess", "ImageData", "Traceback"):
+        assert leak not in text, leak
+    _screenshot(page, f"app-{button.lower()}-{name}")
+    page.close()
+
+
+@pytest.mark.parametrize("width", [1400, 400])
+def test_layout_fits_and_nothing_covers_labels_or_the_crop(browser, server, dev_images, width):
+    largest = max(dev_images["real"], key=lambda p: p.stat().st_size)  # a big photo: its 224 px crop is small
+    page = _open(browser, server.url, width)
+    _upload(page, largest)
+    page.get_by_role("button", name="Analyse").click()
+    page.locator("#verdict-card.real, #verdict-card.fake").wait_for()
+    page.get_by_text("Why this verdict?").click()
+    page.get_by_role("button", name="Explain").click()
+    heat = page.locator("#heat-map img").first
+    heat.wait_for()
+    page.locator("#frequency-view img").first.wait_for()
+    expect(heat).to_have_js_property("complete", True)
+
+    assert page.evaluate("document.documentElement.scrollWidth") <= width, "the page scrolls sideways"
+    # The heat map is the detector's 224 px crop itself (square, twice its size), shown at least at 224 px.
+    assert heat.evaluate("e => [e.naturalWidth, e.naturalHeight]") == [448, 448]
+    shown = heat.bounding_box()
+    assert min(shown["width"], shown["height"]) >= 224, f"the heat map is shown at {shown}"
+    expect(page.locator(".heat-legend")).to_contain_text("towards")  # its colour legend
+    for view in ("#heat-map", "#frequency-view"):
+        label = page.locator(f"{view} [data-testid=block-label]").bounding_box()
+        for button in page.locator(f"{view} .icon-button-wrapper button").all():
+            assert not _overlap(label, button.bounding_box()), f"a toolbar button covers the label of {view}"
+    assert page.locator("#attributed-crop button:visible", has=page.locator("svg")).count() == 0, \
+        "a toolbar covers the crop attribution saw"
+    ticks = [page.locator("#class-chart svg text", has_text=name).first.bounding_box() for name in CLASSES]
+    for i in range(len(ticks) - 1):
+        assert not _overlap(ticks[i], ticks[i + 1]), f"x-axis labels {CLASSES[i]} and {CLASSES[i + 1]} overlap"
+    _screenshot(page, f"app-{width}.png")
+    page.close()
+
+
+@pytest.mark.parametrize("width", [1400, 400])
+def test_the_missing_weights_message_wraps(browser, width):
+    page = _open(browser, offline_server().url, width, ready="The model is not available")
+    status = page.locator("#status")
+    expect(status).to_contain_text("e4e_ffhq_encode.pt")
+    assert page.evaluate("document.documentElement.scrollWidth") <= width, "the page scrolls sideways"
+    message = status.locator("pre").first
+    assert message.evaluate("e => e.scrollWidth <= e.clientWidth"), "the message needs horizontal scrolling"
+    _screenshot(page, f"app-no-weights-{width}.png")
+    page.close()
+
+
+def test_an_example_can_be_analysed(browser, server):
+    """Examples are files of the app's own, copied into Gradio's upload folder: the guard lets them through."""
+    from ganorigin.examples import EXAMPLES
+
+    page = _open(browser, server.url, 1400)
+    if not page.get_by_text(EXAMPLES[0].caption).count():
+        pytest.skip("the examples are not available (../shared/data/dev is absent)")
+    page.get_by_text(EXAMPLES[0].caption).click()
+    page.locator("#face-image img").first.wait_for()
+    page.get_by_role("button", name="Analyse").click()
+    page.locator("#verdict-card.real, #verdict-card.fake").wait_for()
     page.close()
