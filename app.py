@@ -138,7 +138,13 @@ def status_text() -> str:
 
 def refresh_status():
     loading = service.state == "loading"
-    return status_text(), gr.Timer(active=loading), gr.Button(visible=service.state == "failed")
+    return (status_text(), gr.Timer(active=loading), gr.Button(visible=service.state == "failed"),
+            gr.Button(visible=loading))
+
+
+def cancel_loading():
+    service.cancel()
+    return refresh_status()
 
 
 def retry_loading():
@@ -300,6 +306,7 @@ with UploadsOnlyBlocks(title="GANOrigin — GAN face detection and attribution",
     status = gr.Markdown(status_text(), elem_id="status")
     with gr.Row():
         retry = gr.Button("Retry loading", size="sm", visible=service.state == "failed", scale=0)
+        cancel = gr.Button("Cancel loading", size="sm", visible=service.state == "loading", scale=0)
     timer = gr.Timer(1.0, active=service.state == "loading")
     last_result = gr.State()
     with gr.Row(equal_height=False):
@@ -347,9 +354,11 @@ with UploadsOnlyBlocks(title="GANOrigin — GAN face detection and attribution",
     api_json = gr.JSON(visible=False, label="prediction")
 
     verdict_views = [card, gan_line, attribution, chart, as_json]
-    timer.tick(refresh_status, outputs=[status, timer, retry], api_visibility="private")
-    demo.load(refresh_status, outputs=[status, timer, retry], api_visibility="private")
-    retry.click(retry_loading, outputs=[status, timer, retry], api_visibility="private")
+    status_outputs = [status, timer, retry, cancel]
+    timer.tick(refresh_status, outputs=status_outputs, api_visibility="private")
+    demo.load(refresh_status, outputs=status_outputs, api_visibility="private")
+    retry.click(retry_loading, outputs=status_outputs, api_visibility="private")
+    cancel.click(cancel_loading, outputs=status_outputs, api_visibility="private")
     # A new image (or none) empties every result; a failed analysis empties the image.
     image.change(cleared, outputs=[*verdict_views, crop, last_result, heat_image, spectrum_image, explain_text],
                  api_visibility="private", queue=False)

@@ -243,3 +243,40 @@ def test_an_example_can_be_analysed(browser, server):
     page.get_by_role("button", name="Analyse").click()
     page.locator("#verdict-card.real, #verdict-card.fake").wait_for()
     page.close()
+
+
+def test_a_slow_load_can_be_cancelled_and_retried_from_the_page(browser, hub, weights_dir, weights_env, tmp_path):
+    """A Hub that answers slowly keeps the model loading: the page says so and offers Cancel; after
+    Cancel it says the model is not available and offers Retry, which loads it once the Hub is back."""
+    from app_server import AppServer
+    from ganorigin.testing import E4E_FILE, LABEL_ENCODER_FILE, SCALER_FILE, SVM_FILE, UFD_HEAD_FILE
+
+    repo, clip_repo = "ganorigin-tests/cancel-attribution", "ganorigin-tests/cancel-clip"
+    hub.add_repo(repo, {f: weights_dir / f for f in (E4E_FILE, SVM_FILE, SCALER_FILE, LABEL_ENCODER_FILE)})
+    hub.add_repo(clip_repo, {"open_clip_model.safetensors": weights_dir / "open_clip_model.safetensors"})
+    env = {
+        "GANORIGIN_REPO_ID": repo, "GANORIGIN_CLIP_REPO_ID": clip_repo,
+        "GANORIGIN_UFD_HEAD_URL": hub.add_raw("cancel-fc_weights.pth", weights_dir / UFD_HEAD_FILE),
+        "GANORIGIN_UFD_HEAD_SHA256": weights_env["GANORIGIN_UFD_HEAD_SHA256"],
+        "GANORIGIN_NETWORK_TIMEOUT": "60", "GANORIGIN_EXAMPLES_URL": "http://127.0.0.1:9",
+        "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf_home"),
+    }
+    slow_seconds = hub.slow_seconds
+    hub.slow_seconds, hub.fault = 30.0, "slow"
+    server = AppServer(env, name="cancel").start()
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(WAIT_MS)
+        page.goto(server.url)
+        page.get_by_text("Loading the model").wait_for()
+        page.get_by_role("button", name="Cancel loading").click()
+        page.get_by_text("The model is not available").wait_for()
+        assert server.get_json("/health")["status"] == "failed"
+        hub.fault = None
+        page.get_by_role("button", name="Retry loading").click()
+        page.get_by_text("Model ready").wait_for()
+        expect(page.get_by_role("button", name="Cancel loading")).to_be_hidden()
+        page.close()
+    finally:
+        hub.fault, hub.slow_seconds = None, slow_seconds
+        server.stop()
