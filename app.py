@@ -23,6 +23,7 @@ from ganorigin.align import alignment_available
 from ganorigin.examples import EXAMPLES, fetch_examples
 from ganorigin.images import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
 from ganorigin.models import display_name
+from ganorigin.pipeline import check_threshold
 from ganorigin.serving.rest import create_rest_app
 from ganorigin.serving.service import ModelService
 from ganorigin.serving.uploads import UploadsOnlyBlocks, mount, read_upload, reject_upload
@@ -171,10 +172,10 @@ def _threshold(value) -> float:
     """The threshold sent by the page or an API client (the slider's own checks do not run)."""
     if value is None:
         return DEFAULT_THRESHOLD
-    threshold = _number(value)
-    if not 0.0 <= threshold <= 1.0:
-        raise _user_error(f"The threshold is a probability from 0 to 1; got {value!r}.", "Invalid threshold")
-    return threshold
+    try:
+        return check_threshold(value)
+    except ValueError as e:
+        raise _user_error(str(e), "Invalid threshold") from e
 
 
 def _with_upload(file: dict | None, task, missing: str = NO_IMAGE):

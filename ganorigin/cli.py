@@ -177,12 +177,14 @@ def _check_weights_folder(value: Optional[str]) -> None:
 
 
 def _load_model(args):
-    from .pipeline import GANOrigin
+    from .pipeline import GANOrigin, check_threshold
     from .result import DEFAULT_THRESHOLD
 
     threshold = DEFAULT_THRESHOLD if getattr(args, "threshold", None) is None else args.threshold
-    if not 0.0 <= threshold <= 1.0:
-        raise _usage(f"--threshold must be within [0, 1], got {threshold}.")
+    try:
+        check_threshold(threshold)
+    except ValueError as e:
+        raise _usage(f"--threshold: {e}") from e
     return GANOrigin.from_pretrained(_sources(args), threshold=threshold, device=args.device,
                                      align=getattr(args, "align", None))
 

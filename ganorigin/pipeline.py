@@ -213,9 +213,12 @@ def _alignment_fields(alignment: Optional[AlignmentResult], attributed: Image.Im
     }
 
 
-def check_threshold(threshold: float) -> float:
-    """``threshold`` as a float in [0, 1]; a ValueError that says so otherwise."""
-    threshold = float(threshold)
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be within [0, 1], got {threshold}.")
-    return threshold
+def check_threshold(threshold) -> float:
+    """``threshold`` as a float in [0, 1]; a ValueError with the one message every entry point shows."""
+    try:
+        value = float(threshold)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:  # NaN fails too
+        raise ValueError(f"The threshold is a probability from 0 to 1; got {threshold}.")
+    return value

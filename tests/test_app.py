@@ -156,7 +156,7 @@ def test_api_outputs_are_named_and_the_documented_endpoints_are_listed(client):
 def test_a_threshold_outside_0_1_is_refused_with_a_message(client, dev_sample):
     with pytest.raises(AppError) as caught:
         client.predict(handle_file(str(dev_sample[0])), 1.5, api_name="/predict")
-    assert "threshold is a probability from 0 to 1" in str(caught.value)
+    assert "The threshold is a probability from 0 to 1; got 1.5." in str(caught.value)
 
 
 def test_the_log_says_where_the_app_listens_how_loading_went_and_one_line_per_user_error(client, server, tmp_path):

@@ -44,6 +44,7 @@ from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from ganorigin import GANOrigin, WeightSources
+from ganorigin.pipeline import check_threshold
 from ganorigin.serving.rest import DEFAULT_MAX_INFLIGHT, INTERNAL_ERROR, MAX_BODY_BYTES, RETRY_AFTER_S, TOO_LARGE, create_rest_app
 from ganorigin.serving.service import ModelService
 from ganorigin.testing import E4E_FILE, SVM_FILE, UFD_HEAD_FILE
@@ -144,7 +145,11 @@ def test_threshold_out_of_range_is_422_json(server, dev_sample):
     for value in (1.5, -0.1, "high"):
         response = _post(server, dev_sample[0], threshold=value)
         assert response.status_code == 422, response.text
-        assert list(response.json()) == ["error"] and "threshold" in response.json()["error"]
+        # The message every entry point gives (Python API, CLI, the page, gradio_client).
+        assert response.json() == {"error": f"The threshold is a probability from 0 to 1; got {value}."}
+        with pytest.raises(ValueError) as python_api:
+            check_threshold(value)
+        assert str(python_api.value) == response.json()["error"]
 
 
 def test_cors_is_off_on_the_real_server_by_default(server):

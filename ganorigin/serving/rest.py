@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import ImageTooLargeError, InvalidImageError, ModelUnavailableError
 from ..images import MAX_IMAGE_BYTES
+from ..pipeline import check_threshold
 from .service import ModelService
 
 logger = logging.getLogger(__name__)
@@ -146,8 +147,13 @@ def create_rest_app(service: ModelService) -> FastAPI:
 
     @app.post("/predict", response_model=Union[Attributed, Authentic], responses=errors,
               summary="Analyse one image (multipart field 'image')", max_body_size=MAX_BODY_BYTES)
-    async def predict(image: UploadFile = File(...), threshold: Optional[float] = Form(None, ge=0.0, le=1.0)):
+    async def predict(image: UploadFile = File(...),
+                      threshold: Optional[str] = Form(None, description="fake-probability threshold, 0 to 1")):
         """The original JSON: ``Authentic Image`` with Real/Fake probabilities, or the attributed GAN."""
+        try:
+            threshold = None if threshold is None else check_threshold(threshold)
+        except ValueError as e:
+            return _error(422, str(e))
         data = await image.read(MAX_IMAGE_BYTES + 1)
         if len(data) > MAX_IMAGE_BYTES:
             return _error(413, TOO_LARGE)
