@@ -107,6 +107,7 @@ def main(argv: Optional[list] = None) -> int:
     print(f"CPU: {describe_machine(_machine(emulation))}", flush=True)
     if emulation["emulated"]:
         print(emulation["note"], flush=True)
+    args.cache_dir.mkdir(parents=True, exist_ok=True)
     weights_dir, weights_note = _weights(args)
     print(weights_note, flush=True)
     images = _images(args.images_dir, args.images, args.cache_dir)

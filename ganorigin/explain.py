@@ -147,8 +147,7 @@ def frequency_view(image: Image.Image, *, size: int = 256) -> FrequencyView:
     """Spectrum of ``image``'s high-pass residual at native resolution (no resizing: resizing
     would move or alias the very peaks we look for). Images smaller than ``size`` are zero-padded.
     """
-    gray = np.asarray(image.convert("L"), dtype=np.float64)
-    crop = _centre_crop(gray, size)
+    crop = _centre_crop(np.asarray(image.convert("L")), size).astype(np.float64)  # float only for the crop
     residual = crop - _median3(crop)
     residual -= residual.mean()
     window = np.outer(np.hanning(residual.shape[0]), np.hanning(residual.shape[1]))
