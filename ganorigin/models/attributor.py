@@ -123,8 +123,10 @@ def _check_scaler(scaler, name: str) -> int:
 def fitted_classes(classifier, name: str) -> np.ndarray:
     """The ``classes_`` (two or more) of a fitted classifier with ``predict_proba``."""
     try:
-        if hasattr(classifier, "fit"):  # a scikit-learn estimator (not a fixed model such as a loaded one)
+        if hasattr(classifier, "fit"):  # a scikit-learn estimator
             check_is_fitted(classifier)
+        elif not hasattr(classifier, "classes_"):  # a fixed model (a loaded trained one) has its classes
+            raise TypeError("neither an estimator nor a fixed model")
     except (NotFittedError, TypeError) as e:
         raise WeightsFormatError(f"{name}: {type(classifier).__name__} is not a fitted estimator.") from e
     if not hasattr(classifier, "predict_proba"):
