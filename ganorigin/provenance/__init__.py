@@ -10,10 +10,10 @@ from .credentials import TRUST_ANCHORS_ENV, ContentCredentials
 from .evidence import Evidence
 from .generators import GeneratorSettings
 from .metadata import Metadata
-from .reader import NOTHING_FOUND, Provenance, load_with_provenance, read_provenance
+from .reader import NOTHING_FOUND, SECTION_NAMES, Provenance, load_with_provenance, read_provenance
 from .vocabulary import NONE, STRONG, WEAK
 from .watermarks import MarkReading, Watermarks
 
-__all__ = ["NONE", "NOTHING_FOUND", "STRONG", "TRUST_ANCHORS_ENV", "WEAK", "ContentCredentials", "Evidence",
+__all__ = ["NONE", "NOTHING_FOUND", "SECTION_NAMES", "STRONG", "TRUST_ANCHORS_ENV", "WEAK", "ContentCredentials", "Evidence",
            "GeneratorSettings", "MarkReading", "Metadata", "Provenance", "Watermarks", "load_with_provenance",
            "read_provenance"]

@@ -79,10 +79,10 @@ def read_content_credentials(data: bytes, mime: Optional[str]) -> ContentCredent
             store = json.loads(reader.json())
     except c2pa.C2paError.ManifestNotFound:
         return ContentCredentials(says="no Content Credentials")
-    except c2pa.C2paError.RemoteManifest as e:
-        return ContentCredentials(found=True, says="Content Credentials are stored remotely; not fetched (offline)",
-                                  error=_short(e))
     except (c2pa.C2paError, ValueError, RecursionError) as e:
+        if isinstance(e, c2pa.C2paError.RemoteManifest) or str(e).startswith("Remote"):
+            return ContentCredentials(found=True, error=_short(e),
+                                      says="Content Credentials are stored remotely; not fetched (no network calls)")
         if b"c2pa" not in data:  # no manifest label anywhere: the file itself could not be parsed
             return ContentCredentials(says="no Content Credentials", error=f"not checked ({_short(e)})")
         return ContentCredentials(found=True, says="unreadable manifest", error=_short(e))
@@ -227,11 +227,11 @@ def _claim_generator(manifest: dict) -> Optional[str]:
 
 
 def _failure_codes(store: dict):
-    results = _dict(_dict(store.get("validation_results")).get("activeManifest"))
-    entries = results.get("failure") if "failure" in results else store.get("validation_status")
-    for entry in _list(entries):
-        if isinstance(_dict(entry).get("code"), str):
-            yield entry["code"]
+    """The failure codes of the active manifest, then those c2pa lists for the whole store (ingredients too)."""
+    active = _dict(_dict(store.get("validation_results")).get("activeManifest")).get("failure")
+    entries = _list(active) + _list(store.get("validation_status"))
+    codes = (_dict(entry).get("code") for entry in entries)
+    return dict.fromkeys(code for code in codes if isinstance(code, str))
 
 
 def _dict(value) -> dict:

@@ -22,6 +22,7 @@ from .watermarks import Watermarks, read_watermarks
 
 logger = logging.getLogger(__name__)
 
+SECTION_NAMES = ("content_credentials", "metadata", "generator_settings", "watermarks")
 NOTHING_FOUND = "No provenance found — most platforms strip it; this says nothing either way."
 E = TypeVar("E", bound=Evidence)
 
@@ -44,12 +45,18 @@ class Provenance:
     watermarks: Watermarks
 
     @property
-    def sections(self) -> tuple[Evidence, ...]:
-        return (self.content_credentials, self.metadata, self.generator_settings, self.watermarks)
+    def sections(self) -> dict[str, Evidence]:
+        """The four kinds of evidence by field name."""
+        return {name: getattr(self, name) for name in SECTION_NAMES}
 
     def to_dict(self) -> dict:
         """Plain JSON-ready values."""
         return dataclasses.asdict(self)
+
+    def to_row(self) -> dict:
+        """One flat row: the strength, the summary, and what each kind of evidence says."""
+        return {"strength": self.strength, "summary": self.summary,
+                **{name: section.says for name, section in self.sections.items()}}
 
 
 def read_provenance(image, *, include_prompt: bool = False, decoded: Optional[Image.Image] = None) -> Provenance:
