@@ -7,6 +7,8 @@ from __future__ import annotations
 import datetime
 import io
 import json
+import struct
+import zlib
 from dataclasses import dataclass
 from typing import Optional
 
@@ -101,6 +103,19 @@ def flip_scan_byte(jpeg: bytes) -> bytes:
     while data[at] in (0xFF, 0xFE) or data[at - 1] == 0xFF:
         at += 1
     data[at] ^= 0x01
+    return bytes(data)
+
+
+def garble_png(png: bytes, marker: bytes, seed: int = 0) -> bytes:
+    """``png`` with the 100 bytes that start 40 bytes after ``marker`` replaced by noise, and that
+    chunk's CRC fixed: a well-formed PNG whose chunk content is garbage."""
+    data, pos = bytearray(png), 8
+    at = data.find(marker) + 40
+    while pos + 12 + struct.unpack(">I", data[pos : pos + 4])[0] <= at:
+        pos += 12 + struct.unpack(">I", data[pos : pos + 4])[0]
+    data[at : at + 100] = np.random.default_rng(seed).integers(0, 256, 100, dtype=np.uint8).tobytes()
+    end = pos + 8 + struct.unpack(">I", data[pos : pos + 4])[0]
+    data[end : end + 4] = struct.pack(">I", zlib.crc32(bytes(data[pos + 4 : end])))
     return bytes(data)
 
 
