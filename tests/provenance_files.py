@@ -134,15 +134,16 @@ def encode(rgb: np.ndarray, fmt: str, **kwargs) -> bytes:
     return buf.getvalue()
 
 
-def png_with_text(rgb: np.ndarray, texts: dict, *, itxt: tuple = ()) -> bytes:
-    """A PNG with tEXt chunks ``texts`` and iTXt chunks for the keys in ``itxt`` (compressed)."""
+def png_with_text(rgb: np.ndarray, texts: dict, *, itxt: tuple = (), **options) -> bytes:
+    """A PNG with tEXt chunks ``texts`` and iTXt chunks for the keys in ``itxt`` (compressed); ``options``
+    go to Pillow's PNG writer (e.g. ``exif``)."""
     info = PngImagePlugin.PngInfo()
     for key, value in texts.items():
         if key in itxt:
             info.add_itxt(key, value, zip=True)
         else:
             info.add_text(key, value)
-    return encode(rgb, "PNG", pnginfo=info)
+    return encode(rgb, "PNG", pnginfo=info, **options)
 
 
 def xmp_packet(*, source_type: Optional[str] = None, creator_tool: Optional[str] = None, as_elements: bool = False,
