@@ -118,9 +118,9 @@ def block_bits(rgb: np.ndarray, convention: str) -> np.ndarray:
     rows = tap * u[0::2] + tap * u[1::2]  # as PyWavelets computes it: rows first, each a sum of two products
     low = tap * rows[:, 0::2] + tap * rows[:, 1::2]
     block_rows, block_cols = low.shape[0] // 4, low.shape[1] // 4
-    blocks = low[: block_rows * 4, : block_cols * 4].reshape(block_rows, 4, block_cols, 4)
-    blocks = np.abs(blocks.transpose(0, 2, 1, 3).reshape(-1, 16)[:, 1:])  # the first coefficient is skipped
-    largest = blocks[np.arange(len(blocks)), blocks.argmax(axis=1)]
+    blocks = np.abs(low[: block_rows * 4, : block_cols * 4]).reshape(block_rows, 4, block_cols, 4)
+    blocks[:, 0, :, 0] = 0  # each block's first coefficient takes no part
+    largest = blocks.max(axis=(1, 3)).ravel()  # the decoder's value at its arg-max of |coefficient|, raster order
     return (largest % _SCALE) > _SCALE / 2
 
 
@@ -135,9 +135,10 @@ def _u_channel(rgb: np.ndarray, convention: str) -> np.ndarray:
     """OpenCV's BGR->YUV ``U`` = 0.492 (B - Y) + offset: on 8-bit pixels in 14-bit fixed point, offset 128,
     rounded and saturated; on float pixels in float32, offset 0.5."""
     if convention == "float":
-        r, g, b = (rgb[..., i].astype(np.float32) for i in range(3))
+        pixels = rgb.astype(np.float32)
+        r, g, b = pixels[..., 0], pixels[..., 1], pixels[..., 2]
         y = r * np.float32(0.299) + g * np.float32(0.587) + b * np.float32(0.114)
         return (b - y) * np.float32(0.492) + np.float32(0.5)
-    r, g, b = (rgb[..., i].astype(np.int32) for i in range(3))
-    y = (r * 4899 + g * 9617 + b * 1868 + (1 << 13)) >> 14
-    return np.clip(((b - y) * 8061 + (128 << 14) + (1 << 13)) >> 14, 0, 255).astype(np.float64)
+    y = (rgb.astype(np.int32) @ np.array([4899, 9617, 1868], dtype=np.int32) + (1 << 13)) >> 14
+    u = ((rgb[..., 2] - y) * 8061 + ((128 << 14) + (1 << 13))) >> 14
+    return np.clip(u, 0, 255, out=u).astype(np.float64)
