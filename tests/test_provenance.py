@@ -9,8 +9,11 @@ and element forms), EXIF camera and software fields, and the generator settings 
 Forge, ComfyUI, NovelAI, InvokeAI, SwarmUI, Midjourney and DALL·E are found, without the prompt
 unless asked. The SD 1.x / 2.x / SDXL watermarks embedded with invisible-watermark read back (the
 reader's votes equal the library's decoder's), and what a JPEG re-save does to them is measured. An
-image with nothing says so in the documented words. When ../shared or the C2PA public test files
-(C2PA_PUBLIC_TESTFILES) are present, they are read too.
+image with nothing says so in the documented words; hostile text chunks and XMP cost only their own
+reading. Predictions of paths and bytes carry provenance (PIL images and arrays: None), the original
+JSON is unchanged, the extended JSON and the model service carry it; the CLI's ``provenance``
+command needs no weights and ``predict`` has provenance columns. When ../shared or the C2PA public
+test files (C2PA_PUBLIC_TESTFILES) are present, they are read too.
 """
 
 from __future__ import annotations
@@ -125,6 +128,19 @@ def test_a_signer_missing_from_the_trust_list_is_weak(stranger, lab, trust):
     assert any("unknown signer" in p for p in cc.problems)
     assert cc.strength == WEAK and result.strength == WEAK and result.ai_generated
     assert "NOT on the configured trust list" in result.summary and "Unknown Signer Co" in result.summary
+
+
+def test_unusable_trust_anchors_are_named_without_their_path(ai_jpeg, tmp_path, monkeypatch):
+    for content in (None, b"not a certificate"):
+        anchors = tmp_path / "secret-folder" / "anchors.pem"
+        if content is not None:
+            anchors.parent.mkdir(exist_ok=True)
+            anchors.write_bytes(content)
+        monkeypatch.setenv(TRUST_ANCHORS_ENV, str(anchors))
+        result = read_provenance(ai_jpeg)
+        error = result.content_credentials.error
+        assert error.startswith(f"the trust anchors in {TRUST_ANCHORS_ENV} could not be used") and "secret" not in error
+        assert not result.content_credentials.found and result.watermarks.marks  # the other kinds still read
 
 
 def test_pixels_changed_after_signing_are_a_hash_mismatch(ai_jpeg):

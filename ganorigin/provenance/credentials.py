@@ -60,20 +60,19 @@ class ContentCredentials(Evidence):
     ingredients: tuple = ()  # {"title", "relationship", "digital_source_type"} per ingredient
     validation: Optional[str] = None
     validation_state: Optional[str] = None  # c2pa's own word: "Trusted", "Valid" or "Invalid"
-    status_codes: tuple = ()  # the failure codes of the active manifest
+    status_codes: tuple = ()  # failure codes: the active manifest's, then the rest of the store's
     problems: tuple = ()  # what those codes mean
     trust_list: bool = False  # whether GANORIGIN_C2PA_TRUST_ANCHORS was configured
 
 
 def read_content_credentials(data: bytes, mime: Optional[str]) -> ContentCredentials:
     """The C2PA manifest of ``data`` (``mime``: its type, or None to let c2pa detect it)."""
-    anchors = _trust_anchors()
-    if isinstance(anchors, ContentCredentials):
-        return anchors
     try:
+        anchors = _trust_anchors()
         context = c2pa.Context(settings=c2pa.Settings.from_dict(_settings(anchors)))
-    except c2pa.C2paError as e:
-        return ContentCredentials(error=f"the trust anchors in {TRUST_ANCHORS_ENV} were refused ({_short(e)})")
+    except (OSError, ValueError, c2pa.C2paError) as e:
+        detail = (e.strerror or type(e).__name__) if isinstance(e, OSError) else _short(e)  # never the server's path
+        return ContentCredentials(error=f"the trust anchors in {TRUST_ANCHORS_ENV} could not be used ({detail})")
     try:
         with c2pa.Reader(mime, io.BytesIO(data), context=context) as reader:
             store = json.loads(reader.json())
@@ -89,19 +88,19 @@ def read_content_credentials(data: bytes, mime: Optional[str]) -> ContentCredent
     return _describe(store, trust_list=anchors is not None)
 
 
-def _trust_anchors():
-    """The PEM text named by GANORIGIN_C2PA_TRUST_ANCHORS, None when unset, or the error as evidence."""
+def _trust_anchors() -> Optional[str]:
+    """The PEM text of the file named by GANORIGIN_C2PA_TRUST_ANCHORS (None when unset).
+
+    Raises:
+        OSError: it cannot be read. ValueError: it is not a PEM file of certificates, or over 1 MiB.
+    """
     path = os.environ.get(TRUST_ANCHORS_ENV)
     if not path:
         return None
-    try:
-        with open(path, "rb") as f:
-            pem = f.read(MAX_TRUST_ANCHORS_BYTES + 1)
-    except OSError as e:
-        return ContentCredentials(error=f"the trust anchors file in {TRUST_ANCHORS_ENV} could not be read "
-                                        f"({e.strerror or type(e).__name__})")
+    with open(path, "rb") as f:
+        pem = f.read(MAX_TRUST_ANCHORS_BYTES + 1)
     if len(pem) > MAX_TRUST_ANCHORS_BYTES or b"-----BEGIN CERTIFICATE-----" not in pem:
-        return ContentCredentials(error=f"{TRUST_ANCHORS_ENV} must name a PEM file of root certificates (at most 1 MiB)")
+        raise ValueError("not a PEM file of root certificates of at most 1 MiB")
     return pem.decode("ascii", "replace")
 
 
@@ -113,8 +112,8 @@ def _settings(anchors: Optional[str]) -> dict:
 
 
 def _describe(store: dict, *, trust_list: bool) -> ContentCredentials:
-    manifests = _dict(store.get("manifests"))
-    manifest = _dict(manifests.get(store.get("active_manifest")))
+    manifests, label = _dict(store.get("manifests")), store.get("active_manifest")
+    manifest = _dict(manifests.get(label)) if isinstance(label, str) else {}
     if not manifest:
         return ContentCredentials(found=True, says="unreadable manifest", error="the manifest store has no active manifest")
     actions, agent, source_type = _actions(manifest)
