@@ -6,9 +6,9 @@ Times ``read_provenance(path)`` on every image of ``--images-dir`` (default ``GA
 else ``../shared/data/dev``) and on a 20 MP JPEG (5472 x 3648, quality 90) made here, and splits
 it into stages: reading the file, the metadata (container walk, XMP / EXIF, generator settings),
 the C2PA check, decoding through the gate, and the watermark read. ``predict`` decodes the image
-anyway and hands the decoded image on, so what provenance adds to a verdict is the total less the
-decode. Also reports the highest watermark bit agreement among the (unmarked) images: the margin
-below the "found" thresholds.
+anyway and hands the decoded image on, so what provenance adds to a verdict is every stage but
+the decode. Also reports the highest watermark bit agreement among the (unmarked) images: the
+margin below the "found" thresholds.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def summarise(paths: list) -> dict:
         for reading in marks.marks:
             if reading.agreement is not None:
                 agreement[reading.name] = max(agreement.get(reading.name, 0.0), reading.agreement)
-    added = [t - d for t, d in zip(totals, stages["decode"])]
+    added = [sum(stages[s][i] for s in STAGES if s != "decode") for i in range(len(paths))]
     return {
         "images": len(paths),
         "total_ms": {"p50": ms(totals, 0.5), "p95": ms(totals, 0.95)},

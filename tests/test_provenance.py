@@ -170,7 +170,7 @@ def test_a_malformed_manifest_is_unreadable_and_the_rest_still_reports(lab):
                   manifest(source_type="trainedAlgorithmicMedia"))
     result = read_provenance(garble_png(signed, b"c2pa.claim"))
     cc = result.content_credentials
-    assert cc.found and cc.says == "unreadable manifest" and cc.error and cc.strength != STRONG
+    assert cc.found and cc.says.startswith("unreadable manifest") and cc.error and cc.strength == WEAK
     assert result.generator_settings.found and result.generator_settings.model == "v1-5-pruned-emaonly"
     assert result.watermarks.found and result.strength == WEAK
 

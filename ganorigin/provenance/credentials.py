@@ -40,6 +40,7 @@ STATUS_MEANINGS = {
     "signingCredential.expired": "the signing certificate had expired",
 }
 UNTRUSTED = "signingCredential.untrusted"
+UNREADABLE = "unreadable manifest: Content Credentials are present but damaged"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,11 +81,11 @@ def read_content_credentials(data: bytes, mime: Optional[str]) -> ContentCredent
         return ContentCredentials(says="no Content Credentials")
     except (c2pa.C2paError, ValueError, RecursionError) as e:
         if isinstance(e, c2pa.C2paError.RemoteManifest) or str(e).startswith("Remote"):
-            return ContentCredentials(found=True, error=_short(e),
+            return ContentCredentials(found=True, strength=WEAK, error=_short(e),
                                       says="Content Credentials are stored remotely; not fetched (no network calls)")
         if b"c2pa" not in data:  # no manifest label anywhere: the file itself could not be parsed
             return ContentCredentials(says="no Content Credentials", error=f"not checked ({_short(e)})")
-        return ContentCredentials(found=True, says="unreadable manifest", error=_short(e))
+        return ContentCredentials(found=True, strength=WEAK, says=UNREADABLE, error=_short(e))
     return _describe(store, trust_list=anchors is not None)
 
 
@@ -115,7 +116,7 @@ def _describe(store: dict, *, trust_list: bool) -> ContentCredentials:
     manifests, label = _dict(store.get("manifests")), store.get("active_manifest")
     manifest = _dict(manifests.get(label)) if isinstance(label, str) else {}
     if not manifest:
-        return ContentCredentials(found=True, says="unreadable manifest", error="the manifest store has no active manifest")
+        return ContentCredentials(found=True, strength=WEAK, says=UNREADABLE, error="the manifest store has no active manifest")
     actions, agent, source_type = _actions(manifest)
     ingredients = tuple(_ingredients(manifest, manifests))
     signature = _dict(manifest.get("signature_info"))

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from dataclasses import dataclass
-from typing import Callable, Optional, TypeVar
+from typing import Callable, Optional, TypeVar, Union
 
 import numpy as np
 from PIL import Image
@@ -59,7 +60,7 @@ class Provenance:
                 **{name: section.says for name, section in self.sections.items()}}
 
 
-def read_provenance(image, *, include_prompt: bool = False, decoded: Optional[Image.Image] = None) -> Provenance:
+def read_provenance(image: Union[str, os.PathLike, bytes, bytearray, memoryview], *, include_prompt: bool = False, decoded: Optional[Image.Image] = None) -> Provenance:
     """Read every kind of provenance evidence from an image file's original bytes.
 
     Args:
