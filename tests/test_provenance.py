@@ -473,6 +473,10 @@ def test_cli_provenance_command_needs_no_weights(ai_jpeg, tmp_path, capsys):
     (folder / "a1111.png").write_bytes(png_with_text(picture(300), {"parameters": A1111}))
     (folder / "plain.png").write_bytes(encode(picture(300), "PNG"))
     (folder / "bad" / "empty.png").write_bytes(b"")
+    with pytest.raises(SystemExit) as help_exit:
+        main(["provenance", "--help"])
+    help_text = capsys.readouterr().out
+    assert help_exit.value.code == 0 and "--prompt" in help_text and "--weights" not in help_text
     assert main(["provenance", str(folder), "--format", "csv", "--no-progress"]) == 1  # one file failed
     rows = {Path(r["path"]).name: r for r in csv.DictReader(capsys.readouterr().out.splitlines())}
     assert list(next(iter(rows.values()))) == ["path", "strength", "summary", "content_credentials", "metadata",
