@@ -15,6 +15,7 @@ from .hub import WeightSources
 from .images import load_image
 from .models import E4EEncoder, GANAttributor, UFDDetector
 from .pipeline import GANOrigin
+from .provenance import Provenance, read_provenance
 from .result import DEFAULT_THRESHOLD, Prediction
 
 __version__ = "0.2.0"
@@ -30,6 +31,7 @@ __all__ = [
     "InvalidImageError",
     "ModelUnavailableError",
     "Prediction",
+    "Provenance",
     "UFDDetector",
     "UnsafePickleError",
     "WeightSources",
@@ -38,4 +40,5 @@ __all__ = [
     "create_detector",
     "create_encoder",
     "load_image",
+    "read_provenance",
 ]

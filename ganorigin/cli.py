@@ -1,4 +1,4 @@
-"""``ganorigin`` / ``python -m ganorigin``: predict, extract, train, evaluate, explain and demo-weights.
+"""``ganorigin`` / ``python -m ganorigin``: predict, provenance, extract, train, evaluate, explain and demo-weights.
 
 Every command that loads weights takes the same flags as ``GANOrigin.from_pretrained``:
 ``--weights`` (a folder or ``org/repo[@revision]``), ``--offline``, ``--cache-dir``, ``--device``.
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ganorigin", description="Detect GAN-generated faces and name the GAN.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_predict(commands)
+    _add_provenance(commands)
     _add_extract(commands)
     _add_train(commands)
     _add_explain(commands)
@@ -56,6 +57,19 @@ def _add_predict(commands) -> None:
     _progress_flag(p)
     _model_flags(p)
     p.set_defaults(run=_predict)
+
+
+def _add_provenance(commands) -> None:
+    p = commands.add_parser("provenance", help="read where images say they came from (no weights needed)",
+                            description="Read C2PA Content Credentials, IPTC / XMP / EXIF source fields, generator "
+                            "settings and invisible Stable Diffusion watermarks from image files, folders (recursive) "
+                            "or .txt lists of paths; one row per file. JSON lines also carry every detail.")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="output format (default: jsonl)")
+    p.add_argument("--out", type=Path, help="output file (default: stdout)")
+    p.add_argument("--prompt", action="store_true", help="also report generator prompts (default: generator and model)")
+    _progress_flag(p)
+    p.set_defaults(run=_provenance)
 
 
 def _add_extract(commands) -> None:
@@ -215,6 +229,45 @@ def _predict(args) -> int:
     if failed:
         print(f"{failed} of {len(rows)} images could not be analysed (see their 'error').", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _provenance(args) -> int:
+    from tqdm import tqdm
+
+    from .errors import InvalidImageError
+    from .provenance import read_provenance
+    from .training import IMAGE_EXTENSIONS, RowWriter, find_images
+
+    paths = find_images(args.paths)
+    if not paths:
+        raise _usage(f"no images found in {', '.join(args.paths)} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}).")
+    stream = open(args.out, "w", newline="") if args.out else sys.stdout
+    writer, failed = RowWriter(stream, args.format), 0
+    try:
+        for path in tqdm(paths, desc="provenance", unit="img", disable=not args.progress):
+            try:
+                provenance, error = read_provenance(path, include_prompt=args.prompt), None
+            except InvalidImageError as e:
+                provenance, error = None, str(e)
+                failed += 1
+            writer.write(_provenance_row(path, provenance, error, details=args.format == "jsonl"))
+    finally:
+        if args.out:
+            stream.close()
+    if failed:
+        print(f"{failed} of {len(paths)} files could not be read (see their 'error').", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _provenance_row(path, provenance, error: Optional[str], *, details: bool) -> dict:
+    """``path``, strength, summary, one column per kind of evidence, ``error``; ``details``: everything."""
+    from .provenance import SECTION_NAMES
+
+    columns = provenance.to_row() if provenance else dict.fromkeys(("strength", "summary", *SECTION_NAMES))
+    row = {"path": str(path), **columns, "error": error}
+    if details:
+        row["details"] = provenance.to_dict() if provenance else None
+    return row
 
 
 def _extract(args) -> int:

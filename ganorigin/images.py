@@ -38,11 +38,15 @@ def load_image(image: ImageInput) -> Image.Image:
         return _to_rgb(image)
     if isinstance(image, np.ndarray):
         return _from_array(image)
-    data = _read_bytes(image)
-    return _decode(data)
+    return _decode(read_image_bytes(image))
 
 
-def _read_bytes(image) -> bytes:
+def read_image_bytes(image) -> bytes:
+    """The bytes of a path, bytes-like or file object, within the byte limit.
+
+    Raises:
+        InvalidImageError: no such file, unreadable, empty or over the limit.
+    """
     if isinstance(image, (bytes, bytearray, memoryview)):
         data = bytes(image)
     elif isinstance(image, (str, os.PathLike)):

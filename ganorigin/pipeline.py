@@ -1,4 +1,4 @@
-"""The pipeline, composition only: decode -> detect -> align -> encode -> classify -> result."""
+"""The pipeline, composition only: decode (and read provenance) -> detect -> align -> encode -> classify -> result."""
 
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ from .factory import Device, as_device, create_detector, create_encoder, detecto
 from .hub import ResolvedWeights, WeightSources, resolve
 from .hub.pickles import load_attributor_pickles
 from .hub.trained_model import load_attribution_model
-from .images import ImageInput, load_image
+from .images import ImageInput
 from .models import GANAttributor
 from .models.attributor import alignment_mismatch
+from .provenance import Provenance, load_with_provenance
 from .result import DEFAULT_THRESHOLD, Prediction
 
 logger = logging.getLogger(__name__)
@@ -110,12 +111,15 @@ class GANOrigin:
         return cls(detector, encoder, attributor, threshold=threshold, device=device, weights=files, align=align)
 
     def predict(self, image: ImageInput, *, threshold: Optional[float] = None, align: Optional[bool] = None) -> Prediction:
-        """Analyse one image (path, bytes, PIL image or numpy array).
+        """Analyse one image (path, bytes, PIL image or numpy array). A path or bytes also get their
+        ``provenance`` read (:mod:`ganorigin.provenance`).
 
         Raises:
             InvalidImageError: the image cannot be read, or is over the limits.
         """
-        return self._analyse([load_image(image)], self._threshold(threshold), self._align(align))[0]
+        decoded, provenance = load_with_provenance(image)
+        result = self._analyse([decoded], self._threshold(threshold), self._align(align))[0]
+        return replace(result, provenance=provenance)
 
     def predict_batch(
         self,
@@ -134,9 +138,10 @@ class GANOrigin:
         remaining, results = iter(images), []
         while batch := list(itertools.islice(remaining, batch_size)):
             decoded = [_decode(image, len(results) + i) for i, image in enumerate(batch)]  # one batch at a time
-            ok = [im for im in decoded if isinstance(im, Image.Image)]
+            ok = [item[0] for item in decoded if not isinstance(item, InvalidImageError)]
             predictions = iter(self._analyse(ok, threshold, align) if ok else [])
-            results += [next(predictions) if isinstance(im, Image.Image) else im for im in decoded]
+            results += [item if isinstance(item, InvalidImageError) else replace(next(predictions), provenance=item[1])
+                        for item in decoded]
         return results
 
     def _analyse(self, images: list, threshold: float, align: bool) -> list[Prediction]:
@@ -194,9 +199,9 @@ class GANOrigin:
         return align
 
 
-def _decode(image: ImageInput, index: int) -> Union[Image.Image, InvalidImageError]:
+def _decode(image: ImageInput, index: int) -> Union[tuple[Image.Image, Optional[Provenance]], InvalidImageError]:
     try:
-        return load_image(image)
+        return load_with_provenance(image)
     except InvalidImageError as e:
         name = os.fspath(image) if isinstance(image, (str, os.PathLike)) else f"item {index}"
         return type(e)(f"{name}: {e}")

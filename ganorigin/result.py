@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 from PIL import Image
 
 from .models.attributor import display_name
+
+if TYPE_CHECKING:
+    from .provenance import Provenance
 
 DEFAULT_THRESHOLD = 0.89  # the original app's MODEL_THRESHOLD
 UNKNOWN_GAN = "Unknown GAN"  # attribution when the open-set rule rejects every known GAN
@@ -29,6 +32,8 @@ class Prediction:
     attributed_image: Optional[Image.Image] = field(default=None, compare=False, repr=False)
     # Open-set rule (models trained by `ganorigin train`): far from every known GAN.
     unknown: bool = False
+    # What the file's own bytes say about its origin (None for PIL images and arrays: no bytes).
+    provenance: Optional["Provenance"] = field(default=None, repr=False)
 
     @property
     def is_fake(self) -> bool:
@@ -55,7 +60,7 @@ class Prediction:
 
     def to_dict(self, extended: bool = False) -> dict:
         """The original GANOrigin ``/predict`` JSON, both branches, exactly; ``extended=True`` adds
-        an ``"alignment"`` entry (used, faces_found, note).
+        an ``"alignment"`` entry (used, faces_found, note) and ``"provenance"`` (or None).
 
         A fake rejected by the open-set rule has ``"prediction": "Unknown GAN"``; its confidence,
         probabilities (of the known GANs) and deepfake_score are as in the known-GAN branch.
@@ -63,6 +68,7 @@ class Prediction:
         result = self._original_dict()
         if extended:
             result["alignment"] = {"used": self.aligned, "faces_found": self.faces_found, "note": self.alignment_note}
+            result["provenance"] = None if self.provenance is None else self.provenance.to_dict()
         return result
 
     def _original_dict(self) -> dict:

@@ -9,6 +9,13 @@ nothing else; no input takes more than ``SLOW_INPUT_S`` (counted by a per-input 
 ``faulthandler`` watchdog ends the run on a true hang); peak memory grows by less than
 ``MEMORY_MARGIN_MB``. Every ``PREDICT_EVERY``-th decodable input also goes through
 ``model.predict``. ``GANORIGIN_FUZZ_N`` sets the number of inputs (default 10,000).
+
+Provenance reading gets its own run (``GANORIGIN_PROVENANCE_FUZZ_N``, default 2,000) from files
+that carry every kind of evidence: PNGs with generator text chunks, XMP and EXIF, JPEG and WebP
+with XMP and EXIF, and C2PA-signed JPEG and PNG; mutated as above and inside the XMP packet, the
+text chunks and the C2PA manifest. For every input ``read_provenance`` returns (or refuses an
+empty input with ``InvalidImageError``), no section falls back on its internal-error text, and
+no input takes more than ``SLOW_PROVENANCE_S``.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image
 
 from ganorigin import InvalidImageError, load_image
+from ganorigin.provenance import read_provenance
 
 # Pillow's TIFF/EXIF reader warns about the damage the mutations make (and then copes or raises);
 # exactly these are expected here. Any other warning stays visible.
@@ -46,6 +54,8 @@ SLOW_PREDICT_S = 60.0  # one tiny-model forward pass on a shared CI core
 HANG_S = 300  # faulthandler ends the process (and prints every stack) if one input runs this long
 MEMORY_MARGIN_MB = 500
 SEED = 20240601
+PROVENANCE_FUZZ_N = int(os.environ.get("GANORIGIN_PROVENANCE_FUZZ_N", 2_000))
+SLOW_PROVENANCE_S = 10.0  # read_provenance on one input of at most ~1 MB, a C2PA check included
 
 
 def _picture(size: int, rng: np.random.Generator) -> np.ndarray:
@@ -129,7 +139,7 @@ def _with_dimensions(data: bytes, width: int, height: int) -> bytes:
     elif data[:2] == b"BM":
         b[18:26] = struct.pack("<ii", min(width, 2**31 - 1), min(height, 2**31 - 1))
     elif data[:4] == b"RIFF" and data[12:16] == b"VP8X":
-        b[24:30] = (min(width, 2**24) - 1).to_bytes(3, "little") + (min(height, 2**24) - 1).to_bytes(3, "little")
+        b[24:30] = (max(1, min(width, 2**24)) - 1).to_bytes(3, "little") + (max(1, min(height, 2**24)) - 1).to_bytes(3, "little")
     elif data[:4] == b"RIFF" and data[12:16] == b"VP8 ":
         b[26:30] = struct.pack("<HH", min(width, 16383), min(height, 16383))
     return bytes(b)
@@ -281,3 +291,89 @@ def test_arrays_of_any_shape_and_dtype(array):
         assert str(e)
     else:
         assert img.mode == "RGB" and min(img.size) >= 16
+
+
+def _provenance_seeds() -> dict[str, bytes]:
+    """Files carrying every kind of provenance evidence, made by the real libraries."""
+    from provenance_files import encode, make_chain, manifest, png_with_text, sign, xmp_packet
+
+    rgb = _picture(256, np.random.default_rng(SEED))
+    xmp = xmp_packet(source_type="trainedAlgorithmicMedia", creator_tool="Fuzz Studio")
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110], exif[0x0131] = "Canon", "EOS R5", "NovelAI"
+    exif.get_ifd(0x8769)[0x9286] = b"UNICODE\x00" + "a cat\nSteps: 20, Sampler: Euler, Seed: 1".encode("utf-16-be")
+    comfy = '{"4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sdxl.safetensors"}}}'
+    texts = {"parameters": "a cat\nNegative prompt: dog\nSteps: 20, Sampler: Euler a, Seed: 1, Model: sd15, Version: v1.9",
+             "prompt": comfy, "workflow": '{"nodes": [{"type": "UNETLoader", "widgets_values": ["flux.safetensors"]}]}',
+             "Software": "NovelAI", "Comment": '{"steps": 28, "seed": 3}', "XML:com.adobe.xmp": xmp.decode()}
+    png = png_with_text(rgb, texts, itxt=("workflow", "XML:com.adobe.xmp"), exif=exif)
+    jpeg = encode(rgb, "JPEG", quality=90, xmp=xmp, exif=exif)
+    chain = make_chain("Fuzz Lab", "Fuzz signer")
+    definition = manifest(source_type="trainedAlgorithmicMedia", agent="Fuzz Diffusion")
+    return {
+        "png-text-xmp-exif": png,
+        "jpeg-xmp-exif": jpeg,
+        "webp-xmp-exif": encode(rgb, "WEBP", xmp=xmp, exif=exif),
+        "jpeg-c2pa": sign(jpeg, "image/jpeg", chain, definition),
+        "png-c2pa": sign(png, "image/png", chain, definition),
+    }
+
+
+REGIONS = (b"<x:xmpmeta", b"parameters", b"workflow", b"jumb", b"c2pa.claim", b"c2pa.signature", b"Exif")
+
+
+def _mutate_region(seed: bytes, rng: random.Random) -> tuple[str, bytes]:
+    """Damage inside a metadata block: flips, noise, a cut, or an XML entity declaration."""
+    marker = rng.choice([m for m in REGIONS if m in seed] or [b""])
+    at = seed.find(marker) + rng.randrange(0, 400)
+    data = bytearray(seed)
+    kind = rng.choice(["flip", "noise", "cut", "dtd"])
+    if kind == "flip":
+        for _ in range(rng.randint(1, 8)):
+            data[min(len(data) - 1, at + rng.randrange(200))] ^= 1 << rng.randrange(8)
+    elif kind == "noise":
+        data[at : at + 64] = rng.randbytes(64)
+    elif kind == "cut":
+        del data[at : at + rng.randint(1, 2000)]
+    else:
+        data[at:at] = b'<!DOCTYPE x [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;">]>'
+    return f"region-{kind}", bytes(data)
+
+
+def test_fuzz_read_provenance():
+    seeds = _provenance_seeds()
+    rng = random.Random(SEED)
+    pool = list(seeds.values())
+    inputs = [("seed", data) for data in pool] + [("empty", b"")]
+    while len(inputs) < PROVENANCE_FUZZ_N:
+        seed = rng.choice(pool)
+        inputs.append(_mutate_region(seed, rng) if rng.random() < 0.5 else _mutate(seed, rng.choice(pool), rng))
+    outcomes, slow, unexpected = {"read": 0, "refused": 0, "found": 0}, [], []
+    start = time.perf_counter()
+    try:
+        for i, (kind, data) in enumerate(inputs):
+            faulthandler.dump_traceback_later(HANG_S, exit=True)
+            t0 = time.perf_counter()
+            try:
+                result = read_provenance(data)
+            except InvalidImageError:
+                outcomes["refused"] += 1
+                continue
+            except Exception as e:  # the finding this test exists for
+                unexpected.append((i, kind, f"{type(e).__name__}: {e}"))
+                continue
+            finally:
+                if time.perf_counter() - t0 > SLOW_PROVENANCE_S:
+                    slow.append((i, kind, round(time.perf_counter() - t0, 1)))
+            outcomes["read"] += 1
+            outcomes["found"] += result.strength != "none"
+            internal = [name for name, s in result.sections.items() if s.error and "internal error" in s.error]
+            if internal:
+                unexpected.append((i, kind, f"internal error in {internal}"))
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+    print(f"\nread_provenance on {len(inputs)} inputs in {time.perf_counter() - start:.0f} s: {outcomes}; "
+          f"{len(unexpected)} unexpected, {len(slow)} slow")
+    assert not unexpected, f"{len(unexpected)} inputs broke a reader, e.g. {unexpected[:10]}"
+    assert not slow, f"{len(slow)} inputs exceeded {SLOW_PROVENANCE_S} s: {slow[:10]}"
+    assert outcomes["refused"] == 1 and outcomes["found"] > len(inputs) // 4  # the mutations leave evidence to read

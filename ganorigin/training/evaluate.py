@@ -52,6 +52,7 @@ def predict_paths(
 def _row(path, prediction, labels: list, error: Optional[str]) -> dict:
     row = {"path": str(path), "fake_probability": None, "is_fake": None, "attribution": None, "unknown": None}
     row.update({f"p_{label}": None for label in labels})
+    row.update(provenance_strength=None, provenance=None)
     if prediction is not None:
         row.update(
             fake_probability=prediction.fake_probability,
@@ -60,6 +61,8 @@ def _row(path, prediction, labels: list, error: Optional[str]) -> dict:
             unknown=prediction.unknown,
         )
         row.update({f"p_{label}": p for label, p in zip(prediction.labels, prediction.probabilities)})
+        if prediction.provenance is not None:
+            row.update(provenance_strength=prediction.provenance.strength, provenance=prediction.provenance.summary)
     row["error"] = error
     return row
 
