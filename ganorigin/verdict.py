@@ -96,9 +96,10 @@ def effective_band(threshold: float, band: float) -> float:
 def detector_state(probability: float, threshold: float, band: float) -> str:
     """``"fake"``, ``"real"`` or ``"unsure"`` for one detector (see the module docstring)."""
     band = effective_band(threshold, band)
-    if probability >= threshold + band:
+    upper, lower = round(threshold + band, 9), round(threshold - band, 9)  # 0.89 + 0.05 is 0.94, not 0.9400000000000001
+    if probability >= upper:
         return "fake"
-    return "real" if probability < threshold - band else "unsure"
+    return "real" if probability < lower else "unsure"
 
 
 def overall(states: dict, scores: dict, degradation_reasons: tuple) -> tuple:
