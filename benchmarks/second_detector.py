@@ -48,6 +48,8 @@ def parse_args(argv: Optional[list]) -> argparse.Namespace:
     parser.add_argument("--ufd-head", type=Path, default=os.environ.get("GANORIGIN_UFD_HEAD_FILE"),
                         help="a real fc_weights.pth for the random weights (env GANORIGIN_UFD_HEAD_FILE)")
     parser.add_argument("--out", type=Path, default=Path("second-detector.json"))
+    parser.add_argument("--align", action="store_true", help="FFHQ-align faces for e4e (needs dlib; default off, "
+                        "as in benchmarks.bench)")
     parser.add_argument("--quick", action="store_true", help="tiny weights, two images, one pass: a smoke test")
     args = parser.parse_args(argv)
     if args.quick:
@@ -97,7 +99,7 @@ def resident_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def load(folder: Path, precision: str) -> tuple:
+def load(folder: Path, precision: str, align: bool) -> tuple:
     """``(pipelines by name, memory figures)``: the current pipeline and the variants with Community
     Forensics, all sharing one set of models."""
     from ganorigin import GANOrigin, WeightSources
@@ -121,9 +123,9 @@ def load(folder: Path, precision: str) -> tuple:
     before = resident_mb()
     commfor = create_commfor(files=files, device="cpu", precision=precision)
     memory = {"rss_before_second_detector_mb": before, "rss_after_loading_it_mb": resident_mb()}
-    pipelines = {CURRENT: GANOrigin(detector, encoder, attributor, device="cpu", align=False)}
+    pipelines = {CURRENT: GANOrigin(detector, encoder, attributor, device="cpu", align=align)}
     for variant, lane in LANES.items():
-        pipeline = GANOrigin(detector, encoder, attributor, device="cpu", align=False, commfor=commfor)
+        pipeline = GANOrigin(detector, encoder, attributor, device="cpu", align=align, commfor=commfor)
         if pipeline._workers is not None:  # the variant's lane for Community Forensics (default: encoder)
             pipeline._workers = ModelWorkers(torch.get_num_threads(), {"detector": "detector", "encoder": "encoder",
                                                                       "commfor": lane})
@@ -154,7 +156,10 @@ def time_pipelines(pipelines: dict, images: list, passes: int) -> dict:
 
 
 def time_parts(pipeline, images: list) -> dict:
-    """The second detector's own forward and the degradation gate, each on its own (all threads)."""
+    """The second detector's own forward (with its lane's share of the threads) and the degradation
+    gate, each on its own."""
+    from threadpoolctl import threadpool_limits
+
     from ganorigin.degradation import assess
     from ganorigin.images import load_image
 
@@ -162,12 +167,13 @@ def time_parts(pipeline, images: list) -> dict:
     parts = {}
     for name, run in (("commfor_forward", lambda i: pipeline.commfor_probabilities([decoded[i]])),
                       ("degradation_gate", lambda i: assess(images[i], decoded[i]))):
-        run(0)
         ms = []
-        for i in range(len(images)):
-            start = time.perf_counter()
-            run(i)
-            ms.append((time.perf_counter() - start) * 1e3)
+        with threadpool_limits(max(1, torch.get_num_threads() // 2), user_api="openmp"):
+            run(0)
+            for i in range(len(images)):
+                start = time.perf_counter()
+                run(i)
+                ms.append((time.perf_counter() - start) * 1e3)
         parts[name] = {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95))}
     return parts
 
@@ -180,7 +186,7 @@ def main(argv: Optional[list] = None) -> int:
 
     folder = weights_folder(args)
     images = pick_images(args.images_dir, args.images, args.cache_dir)
-    pipelines, memory = load(folder, args.precision)
+    pipelines, memory = load(folder, args.precision, args.align)
     with_second = pipelines["with-commfor-encoder"]
     pipelines[CURRENT].predict(images[0])
     memory["rss_after_current_analysis_mb"] = resident_mb()
@@ -191,7 +197,7 @@ def main(argv: Optional[list] = None) -> int:
     result = {
         "machine": {"cpu": cpu_model_name(), "cpu_class": cpu_class(), "threads": torch.get_num_threads(),
                     "torch": torch.__version__, "date": datetime.datetime.now().isoformat(timespec="seconds")},
-        "weights": str(folder), "images": len(images), "passes": args.passes,
+        "weights": str(folder), "images": len(images), "passes": args.passes, "align": args.align,
         "precision": {name: precision_of(model) for name, model in
                       (("CLIP", with_second.detector), ("e4e", with_second.encoder), ("CommFor", with_second.commfor))},
         "end_to_end": latency,
@@ -208,15 +214,18 @@ def main(argv: Optional[list] = None) -> int:
 def format_result(result: dict) -> str:
     m, mem = result["machine"], result["memory"]
     lines = [f"CPU: {m['cpu']} ({m['cpu_class']}), {m['threads']} threads, torch {m['torch']}; precision "
-             f"{result['precision']}; {result['images']} images x {result['passes']} passes",
+             f"{result['precision']}; {result['images']} images x {result['passes']} passes; "
+             f"alignment {'on' if result['align'] else 'off'}",
              f"{'pipeline':28s} {'p50 ms':>8s} {'p95 ms':>8s} {'x current':>9s}"]
     for name, entry in result["end_to_end"].items():
         lines.append(f"{name:28s} {entry['p50_ms']:8.0f} {entry['p95_ms']:8.0f} {result['ratio_p50'][name]:9.2f}")
     for name, entry in result["parts"].items():
         lines.append(f"  {name:26s} {entry['p50_ms']:8.1f} {entry['p95_ms']:8.1f}")
-    lines.append(f"memory: +{mem['rss_after_loading_it_mb'] - mem['rss_before_second_detector_mb']:.0f} MB to load "
-                 f"Community Forensics; resident {mem['rss_after_current_analysis_mb']:.0f} MB after an analysis "
-                 f"without it, {mem['rss_after_second_detector_analysis_mb']:.0f} MB after one with it")
+    added = mem["rss_after_second_detector_analysis_mb"] - mem["rss_after_current_analysis_mb"]
+    lines.append(f"memory: resident {mem['rss_after_current_analysis_mb']:.0f} MB after an analysis without Community "
+                 f"Forensics, {mem['rss_after_second_detector_analysis_mb']:.0f} MB after one with it ({added:+.0f} MB, "
+                 f"{added / mem['rss_after_current_analysis_mb']:+.1%}); loading it: "
+                 f"{mem['rss_after_loading_it_mb'] - mem['rss_before_second_detector_mb']:+.0f} MB")
     return "\n".join(lines)
 
 
