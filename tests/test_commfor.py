@@ -160,7 +160,7 @@ def test_the_probe_keeps_the_fast_path_only_within_its_own_bound(sources, monkey
     fast = create_commfor(files=files, device="cpu", precision="bf16")
     assert accel.precision_of(fast) == "bf16"
     monkeypatch.setenv("GANORIGIN_CACHE_DIR", str(tmp_path / "fresh"))
-    monkeypatch.setitem(probe.KINDS, "commfor", (accel.fast_commfor, 0.0, False))  # nothing but exact agrees
+    monkeypatch.setattr(probe, "MAX_COMMFOR_PROBABILITY_DELTA", -1.0)  # nothing can agree this well
     refused = create_commfor(files=files, device="cpu", precision="bf16")
     assert isinstance(refused, CommForDetector) and accel.precision_of(refused) == "fp32"
     assert create_commfor(files=files, device="cpu", precision="fp32").__class__ is CommForDetector

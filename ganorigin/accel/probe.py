@@ -34,12 +34,14 @@ CHECKS_FILE = "precision-checks.json"
 
 Scores = Callable[[nn.Module, list], np.ndarray]
 
-# kind -> (converter, bound on the scores' max |delta|, whether the top class must stay the same)
-KINDS = {
-    "detector": (fast_detector, MAX_FAKE_PROBABILITY_DELTA, False),
-    "encoder": (fast_encoder, MAX_ATTRIBUTION_PROBABILITY_DELTA, True),
-    "commfor": (fast_commfor, MAX_COMMFOR_PROBABILITY_DELTA, False),
-}
+# kind -> (converter, whether the top class must stay the same)
+KINDS = {"detector": (fast_detector, False), "encoder": (fast_encoder, True), "commfor": (fast_commfor, False)}
+
+
+def max_delta(kind: str) -> float:
+    """The bound on the scores' max |delta| for ``kind`` (read when the probe runs)."""
+    return {"detector": MAX_FAKE_PROBABILITY_DELTA, "encoder": MAX_ATTRIBUTION_PROBABILITY_DELTA,
+            "commfor": MAX_COMMFOR_PROBABILITY_DELTA}[kind]
 
 
 def probe_images() -> list:
@@ -75,7 +77,7 @@ def accelerate(model: nn.Module, device: torch.device, precision: str, scores: S
     """
     if not converts(kind, device, precision):
         return model
-    convert, max_delta, same_argmax = KINDS[kind]
+    convert, same_argmax = KINDS[kind]
     key = _check_key(kind, weight_files, device, precision)
     checks = read_json(_checks_file())
     if key in checks:
@@ -85,7 +87,7 @@ def accelerate(model: nn.Module, device: torch.device, precision: str, scores: S
         with releasing_pages(page_blocks(model)):
             reference = scores(model, images)
         fast = convert(model, device, precision)
-        check = agreement(reference, scores(fast, images), max_delta, same_argmax=same_argmax)
+        check = agreement(reference, scores(fast, images), max_delta(kind), same_argmax=same_argmax)
         if key is not None and not write_json_atomic(_checks_file(), {**checks, key: check}):
             logger.warning("Could not cache the precision check in %s; it runs again next start.", _checks_file())
         if not check["ok"]:
