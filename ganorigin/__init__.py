@@ -1,4 +1,4 @@
-"""GANOrigin: tell GAN-generated faces from real ones and name the GAN that made them."""
+"""GANOrigin: tell GAN-generated faces from real ones and name the GAN that made them (and flag other generators)."""
 
 from .errors import (
     DatasetError,
@@ -10,17 +10,19 @@ from .errors import (
     WeightsFormatError,
     WeightsNotFoundError,
 )
-from .factory import create_detector, create_encoder
+from .factory import create_commfor, create_detector, create_encoder
 from .hub import WeightSources
 from .images import load_image
-from .models import E4EEncoder, GANAttributor, UFDDetector
+from .models import CommForDetector, E4EEncoder, GANAttributor, UFDDetector
 from .pipeline import GANOrigin
 from .provenance import Provenance, read_provenance
 from .result import DEFAULT_THRESHOLD, Prediction
+from .verdict import UnsurePolicy
 
 __version__ = "0.2.0"
 
 __all__ = [
+    "CommForDetector",
     "DEFAULT_THRESHOLD",
     "DatasetError",
     "E4EEncoder",
@@ -34,9 +36,11 @@ __all__ = [
     "Provenance",
     "UFDDetector",
     "UnsafePickleError",
+    "UnsurePolicy",
     "WeightSources",
     "WeightsFormatError",
     "WeightsNotFoundError",
+    "create_commfor",
     "create_detector",
     "create_encoder",
     "load_image",

@@ -1,4 +1,5 @@
-"""``ganorigin`` / ``python -m ganorigin``: predict, provenance, extract, train, evaluate, explain and demo-weights.
+"""``ganorigin`` / ``python -m ganorigin``: predict, provenance, extract, train, evaluate, explain, robustness and
+demo-weights.
 
 Every command that loads weights takes the same flags as ``GANOrigin.from_pretrained``:
 ``--weights`` (a folder or ``org/repo[@revision]``), ``--offline``, ``--cache-dir``, ``--device``.
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(commands)
     _add_explain(commands)
     _add_evaluate(commands)
+    _add_robustness(commands)
     _add_demo_weights(commands)
     return parser
 
@@ -130,6 +132,19 @@ def _add_evaluate(commands) -> None:
     _progress_flag(p)
     _model_flags(p)
     p.set_defaults(run=_evaluate)
+
+
+def _add_robustness(commands) -> None:
+    p = commands.add_parser("robustness", help="how scores and verdicts move under re-compression and resizing",
+                            description="Re-score every image under DIR after JPEG q90/q75/q60/q40, resizing to "
+                            "x0.75/x0.5 and to <= 768/512 px, a PNG round trip, and the web (<= 768 px, JPEG 60) and "
+                            "hard (<= 512 px, JPEG 40) protocols. Writes robustness.csv (one row per image and "
+                            "degradation), robustness_summary.csv and robustness.png into --out.")
+    p.add_argument("data_dir", type=Path, metavar="DIR")
+    p.add_argument("--out", type=Path, default=Path("robustness"), help="output folder (default: ./robustness)")
+    _progress_flag(p)
+    _model_flags(p)
+    p.set_defaults(run=_robustness)
 
 
 def _add_demo_weights(commands) -> None:
@@ -371,4 +386,27 @@ def _evaluate(args) -> int:
     report = evaluate(model, args.data_dir, args.out, batch_size=args.batch_size, progress=args.progress)
     print(format_report(report))
     print(f"Wrote {args.out / 'report.json'}, {args.out / 'predictions.csv'} and the PNGs in {args.out}.")
+    return 0
+
+
+def _robustness(args) -> int:
+    from .robustness import format_summary, robustness_rows, save_robustness_png, summarize
+    from .training import IMAGE_EXTENSIONS, find_images, write_rows
+
+    if not args.data_dir.is_dir():
+        raise _usage(f"{args.data_dir} is not a folder of images.")
+    paths = find_images([args.data_dir])
+    if not paths:
+        raise _usage(f"no images found in {args.data_dir} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}).")
+    model = _load_model(args)
+    rows = robustness_rows(model, paths, progress=args.progress)
+    summary = summarize(rows)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, table in (("robustness.csv", rows), ("robustness_summary.csv", summary)):
+        with open(args.out / name, "w", newline="") as f:
+            write_rows(table, f, "csv")
+    save_robustness_png(rows, summary, args.out / "robustness.png",
+                        {"ufd": model.threshold, "commfor": model.commfor_threshold})
+    print(format_summary(summary))
+    print(f"Wrote robustness.csv, robustness_summary.csv and robustness.png to {args.out}.")
     return 0

@@ -1,6 +1,6 @@
 """Builders: architecture + weights + strict loading + acceleration, composed in one call each.
 
-``create_detector()`` / ``create_encoder()`` build the pure model with random weights; with
+``create_detector()`` / ``create_encoder()`` / ``create_commfor()`` build the pure model with random weights; with
 ``pretrained=True`` (or resolved ``files``) they load the published weights strictly, and with a
 ``precision`` other than ``"fp32"`` they return the accelerated module where it agrees with the
 exact one on the probe image (:func:`ganorigin.accel.accelerate`).
@@ -15,11 +15,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .accel import accelerate, resolve_precision
+from .accel import Accelerated, accelerate, resolve_precision
 from .errors import WeightsFormatError
 from .hub import ResolvedWeights, WeightSources, resolve
 from .hub.checkpoints import load_tensors, load_torch_file, strict_load
-from .hub.registry import E4E_PREPROCESS, UFD_PREPROCESS
+from .hub.registry import COMMFOR_PREPROCESS, E4E_PREPROCESS, UFD_PREPROCESS
+from .models.commfor import CommForDetector, vit_cfg_from_state_dict
 from .models.detector import UFDDetector, clip_visual_state_dict, vision_cfg_from_state_dict
 from .models.encoder import E4EEncoder, checkpoint_filter_fn, config_from_state_dict
 
@@ -46,6 +47,19 @@ def load_encoder(path: Path) -> E4EEncoder:
     state_dict, _ = checkpoint_filter_fn(load_torch_file(path), path)
     with torch.device("meta"):
         model = E4EEncoder(config_from_state_dict(state_dict))
+    strict_load(model, state_dict, path)
+    return model
+
+
+def load_commfor(path: Path) -> CommForDetector:
+    """Community Forensics from the authors' ``model.safetensors`` (PyTorchModelHubMixin: keys ``vit.*``)."""
+    state_dict = {k: v.float() for k, v in load_tensors(path).items()}
+    vit_cfg = vit_cfg_from_state_dict(state_dict)
+    if vit_cfg["img_size"] not in COMMFOR_PREPROCESS:
+        raise WeightsFormatError(f"{Path(path).name} is a Community Forensics ViT for {vit_cfg['img_size']} px inputs; "
+                                 f"the published models take {' or '.join(map(str, COMMFOR_PREPROCESS))} px.")
+    with torch.device("meta"):
+        model = CommForDetector(vit_cfg)
     strict_load(model, state_dict, path)
     return model
 
@@ -96,12 +110,42 @@ def create_encoder(*, pretrained: bool = False, files: Optional[ResolvedWeights]
                       weight_files=[files.e4e, *attribution_files])
 
 
+def create_commfor(*, pretrained: bool = False, files: Optional[ResolvedWeights] = None,
+                   sources: Optional[WeightSources] = None, device: Device = None,
+                   precision: Optional[str] = "fp32") -> nn.Module:
+    """Community Forensics (the any-generator detector), ready for inference on ``device``.
+
+    Args:
+        pretrained: load the published weights (resolved from ``sources``, or given as ``files``).
+        precision: as :func:`create_detector`; the probe bounds its P(fake) on its own.
+    """
+    device = as_device(device)
+    if not (pretrained or files):
+        return CommForDetector().to(device)
+    files = files or resolve(sources)
+    model = load_commfor(files.commfor).to(device)
+    return accelerate(model, device, resolve_precision(precision, device), commfor_scores, kind="commfor",
+                      weight_files=[files.commfor])
+
+
 @torch.inference_mode()
 def detector_scores(detector: nn.Module, images: list, batch: int = 1) -> np.ndarray:
     """UFD's P(fake) for decoded RGB images, ``batch`` per forward, shape (B,)."""
     device = _device_of(detector)
     return np.concatenate([
         torch.sigmoid(detector(torch.stack([UFD_PREPROCESS(im) for im in images[i : i + batch]]).to(device)).float())
+        .cpu().numpy()
+        for i in range(0, len(images), batch)
+    ])
+
+
+@torch.inference_mode()
+def commfor_scores(commfor: nn.Module, images: list, batch: int = 1) -> np.ndarray:
+    """Community Forensics' P(fake) for decoded RGB images, ``batch`` per forward, shape (B,)."""
+    device = _device_of(commfor)
+    preprocess = COMMFOR_PREPROCESS[(commfor.module if isinstance(commfor, Accelerated) else commfor).input_size]
+    return np.concatenate([
+        torch.sigmoid(commfor(torch.stack([preprocess(im) for im in images[i : i + batch]]).to(device)).float())
         .cpu().numpy()
         for i in range(0, len(images), batch)
     ])

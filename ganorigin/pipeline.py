@@ -1,4 +1,5 @@
-"""The pipeline, composition only: decode (and read provenance) -> detect -> align -> encode -> classify -> result."""
+"""The pipeline, composition only: decode (and read provenance) -> detect (two detectors) -> align -> encode
+-> classify -> result."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from torch import nn
 
 from .accel import ModelWorkers, precision_of, precision_summary
 from .align import AlignmentResult, align_face, alignment_available
+from .degradation import assess
 from .errors import InvalidImageError
-from .factory import Device, as_device, create_detector, create_encoder, detector_scores, encode
+from .factory import (Device, as_device, commfor_scores, create_commfor, create_detector, create_encoder,
+                      detector_scores, encode)
 from .hub import ResolvedWeights, WeightSources, resolve
 from .hub.pickles import load_attributor_pickles
 from .hub.trained_model import load_attribution_model
@@ -25,6 +28,7 @@ from .models import GANAttributor
 from .models.attributor import alignment_mismatch
 from .provenance import Provenance, load_with_provenance
 from .result import DEFAULT_THRESHOLD, Prediction
+from .verdict import COMMFOR_THRESHOLD, UnsurePolicy
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +36,7 @@ CPU_ENCODER_BATCH = 2  # e4e images per CPU forward: most of the weight-reuse ga
 
 
 class GANOrigin:
-    """Detect GAN-generated faces and name the GAN.
+    """Detect GAN-generated faces and name the GAN; a second detector (Community Forensics) covers other generators.
 
     Example::
 
@@ -51,12 +55,19 @@ class GANOrigin:
         device: Device = None,
         weights: Optional[ResolvedWeights] = None,
         align: Optional[bool] = None,
+        commfor: Optional[nn.Module] = None,
+        commfor_threshold: float = COMMFOR_THRESHOLD,
+        policy: Optional[UnsurePolicy] = None,
     ):
-        """``detector`` and ``encoder`` are ready to run: pure models or accelerated ones from
-        :mod:`ganorigin.factory`."""
+        """``detector``, ``encoder`` and ``commfor`` are ready to run: pure models or accelerated ones
+        from :mod:`ganorigin.factory`. Without ``commfor`` only UFD detects (as the original).
+        ``policy``: the "unsure" bands and degradation gate (default: ``UnsurePolicy.from_env()``)."""
         self.device = as_device(device)
         self.detector = detector.to(self.device).eval()
         self.encoder = encoder.to(self.device).eval()
+        self.commfor = None if commfor is None else commfor.to(self.device).eval()
+        self.commfor_threshold = check_threshold(commfor_threshold)
+        self.policy = policy or UnsurePolicy.from_env()
         self.attributor = attributor
         self.threshold = check_threshold(threshold)
         self.weights = weights
@@ -68,8 +79,14 @@ class GANOrigin:
 
     @property
     def precision(self) -> str:
-        """What the models run in: ``"fp32"``, ``"bf16"``, or e.g. ``"bf16 (e4e only)"``."""
+        """What CLIP and e4e run in: ``"fp32"``, ``"bf16"``, or e.g. ``"bf16 (e4e only)"``."""
         return precision_summary(self.detector, self.encoder)
+
+    @property
+    def precisions(self) -> dict:
+        """What each model runs in, e.g. ``{"detector": "bf16", "encoder": "bf16", "commfor": "bf16"}``."""
+        models = {"detector": self.detector, "encoder": self.encoder, "commfor": self.commfor}
+        return {name: precision_of(model) for name, model in models.items() if model is not None}
 
     @classmethod
     def from_pretrained(
@@ -108,7 +125,9 @@ class GANOrigin:
         detector = create_detector(files=files, device=device, precision=precision)
         encoder = create_encoder(files=files, device=device, precision=precision, attribution=attributor.predict_proba,
                                  attribution_files=attribution_files)
-        return cls(detector, encoder, attributor, threshold=threshold, device=device, weights=files, align=align)
+        commfor = create_commfor(files=files, device=device, precision=precision)
+        return cls(detector, encoder, attributor, threshold=threshold, device=device, weights=files, align=align,
+                   commfor=commfor)
 
     def predict(self, image: ImageInput, *, threshold: Optional[float] = None, align: Optional[bool] = None) -> Prediction:
         """Analyse one image (path, bytes, PIL image or numpy array). A path or bytes also get their
@@ -118,7 +137,7 @@ class GANOrigin:
             InvalidImageError: the image cannot be read, or is over the limits.
         """
         decoded, provenance = load_with_provenance(image)
-        result = self._analyse([decoded], self._threshold(threshold), self._align(align))[0]
+        result = self._analyse([decoded], [image], self._threshold(threshold), self._align(align))[0]
         return replace(result, provenance=provenance)
 
     def predict_batch(
@@ -138,24 +157,33 @@ class GANOrigin:
         remaining, results = iter(images), []
         while batch := list(itertools.islice(remaining, batch_size)):
             decoded = [_decode(image, len(results) + i) for i, image in enumerate(batch)]  # one batch at a time
-            ok = [item[0] for item in decoded if not isinstance(item, InvalidImageError)]
-            predictions = iter(self._analyse(ok, threshold, align) if ok else [])
+            ok = [i for i, item in enumerate(decoded) if not isinstance(item, InvalidImageError)]
+            predictions = iter(self._analyse([decoded[i][0] for i in ok], [batch[i] for i in ok], threshold, align)
+                               if ok else [])
             results += [item if isinstance(item, InvalidImageError) else replace(next(predictions), provenance=item[1])
                         for item in decoded]
         return results
 
-    def _analyse(self, images: list, threshold: float, align: bool) -> list[Prediction]:
+    def _analyse(self, images: list, sources: list, threshold: float, align: bool) -> list[Prediction]:
+        """``images`` decoded from ``sources`` (what the caller gave, read again for the JPEG tables)."""
         detection = self._start("detector", lambda: self.fake_probabilities(images))  # runs while faces align
+        second = self._start("commfor", lambda: self.commfor_probabilities(images)) if self.commfor is not None else None
+        degradations = [assess(source, im) for source, im in zip(sources, images)]
         alignments = [align_face(im) if align else None for im in images]
         attributed = [a.image if a is not None and a.used else im for a, im in zip(alignments, images)]
         encoding = self._start("encoder", lambda: self.encode(attributed))
         fake, features = detection.result(), encoding.result()
+        other = second.result() if second is not None else [None] * len(images)
         gan = self.attributor.predict_proba(features)
         unknown = self.attributor.reject_unknown(features)
         labels = tuple(self.attributor.labels)
+        policy = self.policy
         return [
-            Prediction(float(p), threshold, labels, tuple(float(q) for q in row), unknown=bool(u), **_alignment_fields(a, im))
-            for p, row, u, a, im in zip(fake, gan, unknown, alignments, attributed)
+            Prediction(float(p), threshold, labels, tuple(float(q) for q in row), unknown=bool(u),
+                       commfor_probability=None if c is None else float(c), commfor_threshold=self.commfor_threshold,
+                       ufd_band=policy.ufd_band, commfor_band=policy.commfor_band, degradation=d,
+                       degradation_reasons=policy.degradation_reasons(d), **_alignment_fields(a, im))
+            for p, c, row, u, d, a, im in zip(fake, other, gan, unknown, degradations, alignments, attributed)
         ]
 
     def _start(self, model: str, fn: Callable[[], Any]) -> Future:
@@ -173,6 +201,10 @@ class GANOrigin:
         On a GPU all at once; on a CPU one image at a time, since reduced-precision matrix kernels
         would make an image's answer depend on its batch-mates."""
         return detector_scores(self.detector, list(images), batch=len(images) if self.device.type == "cuda" else 1)
+
+    def commfor_probabilities(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Community Forensics' P(fake) for decoded RGB images, shape (B,); batched as :meth:`fake_probabilities`."""
+        return commfor_scores(self.commfor, list(images), batch=len(images) if self.device.type == "cuda" else 1)
 
     def encode(self, images: Sequence[Image.Image]) -> np.ndarray:
         """e4e W+ codes of decoded RGB images, flattened: shape (B, 18 * 512).

@@ -1,4 +1,4 @@
-"""What an analysis returns: :class:`Prediction`, and its original ``/predict`` JSON."""
+"""What an analysis returns: :class:`Prediction`, its original ``/predict`` JSON and the extended one."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 from PIL import Image
 
+from .degradation import Degradation
 from .models.attributor import display_name
+from .verdict import AI_GENERATED, COMMFOR_THRESHOLD, OTHER_GENERATOR, UNSURE, detector_state, overall
 
 if TYPE_CHECKING:
     from .provenance import Provenance
@@ -32,6 +34,14 @@ class Prediction:
     attributed_image: Optional[Image.Image] = field(default=None, compare=False, repr=False)
     # Open-set rule (models trained by `ganorigin train`): far from every known GAN.
     unknown: bool = False
+    # The any-generator detector (None when the pipeline ran UFD alone), the bands around both
+    # thresholds, and the degradation gate: see ganorigin.verdict.
+    commfor_probability: Optional[float] = None
+    commfor_threshold: float = COMMFOR_THRESHOLD
+    ufd_band: float = 0.0
+    commfor_band: float = 0.0
+    degradation: Optional[Degradation] = None
+    degradation_reasons: tuple = ()
     # What the file's own bytes say about its origin (None for PIL images and arrays: no bytes).
     provenance: Optional["Provenance"] = field(default=None, repr=False)
 
@@ -58,9 +68,59 @@ class Prediction:
         p = self.fake_probability
         return {"Real": 1.0 - p, **{name: p * q for name, q in self.attribution_probabilities.items()}}
 
+    @property
+    def detector_scores(self) -> dict:
+        """Detector key (``"ufd"``, ``"commfor"``) -> ``(probability, threshold, band)``, for those that ran."""
+        scores = {"ufd": (self.fake_probability, self.threshold, self.ufd_band)}
+        if self.commfor_probability is not None:
+            scores["commfor"] = (self.commfor_probability, self.commfor_threshold, self.commfor_band)
+        return scores
+
+    @property
+    def detector_states(self) -> dict:
+        """Detector key -> ``"fake"``, ``"real"`` or ``"unsure"`` (its score against its threshold and band)."""
+        return {key: detector_state(*score) for key, score in self.detector_scores.items()}
+
+    @property
+    def _overall(self) -> tuple:
+        return overall(self.detector_states, self.detector_scores, self.degradation_reasons)
+
+    @property
+    def verdict(self) -> str:
+        """``"AI-generated"``, ``"real"`` or ``"unsure"``: both detectors and the degradation gate."""
+        return self._overall[0]
+
+    @property
+    def verdict_by(self) -> tuple:
+        """The detectors (keys) confident that the image is generated; empty unless AI-generated."""
+        return self._overall[1]
+
+    @property
+    def unsure_reasons(self) -> tuple:
+        """Why the verdict is "unsure" (the degradation, or a score inside its band); empty otherwise."""
+        return self._overall[2]
+
+    @property
+    def verdict_attribution(self) -> Optional[str]:
+        """The GAN named with an AI-generated verdict: UFD's hit is attributed as ever; Community
+        Forensics alone names no GAN (None)."""
+        return self.attribution if self.verdict == AI_GENERATED and "ufd" in self.verdict_by else None
+
+    @property
+    def verdict_text(self) -> str:
+        """The verdict as a person reads it, e.g. "AI-generated — StyleGAN2"."""
+        verdict, _, reasons = self._overall
+        if verdict == AI_GENERATED:
+            attribution = self.verdict_attribution
+            return f"AI-generated — {attribution}" if attribution else OTHER_GENERATOR
+        return f"Unsure — {'; '.join(reasons)}" if verdict == UNSURE else "Real"
+
     def to_dict(self, extended: bool = False) -> dict:
-        """The original GANOrigin ``/predict`` JSON, both branches, exactly; ``extended=True`` adds
-        an ``"alignment"`` entry (used, faces_found, note) and ``"provenance"`` (or None).
+        """The original GANOrigin ``/predict`` JSON, both branches, exactly (UFD's verdict alone);
+        ``extended=True`` adds ``"alignment"`` (used, faces_found, note), ``"detectors"`` (each
+        detector's probability, threshold, band and state), ``"verdict"`` (both detectors and the
+        degradation gate), ``"degradation"`` (what was measured; null when not measured) and
+        ``"provenance"`` (what the file's own bytes say; null for PIL images and arrays).
 
         A fake rejected by the open-set rule has ``"prediction": "Unknown GAN"``; its confidence,
         probabilities (of the known GANs) and deepfake_score are as in the known-GAN branch.
@@ -68,6 +128,12 @@ class Prediction:
         result = self._original_dict()
         if extended:
             result["alignment"] = {"used": self.aligned, "faces_found": self.faces_found, "note": self.alignment_note}
+            states = self.detector_states
+            result["detectors"] = {key: {"probability": p, "threshold": t, "band": band, "state": states[key]}
+                                   for key, (p, t, band) in self.detector_scores.items()}
+            result["verdict"] = {"label": self.verdict, "text": self.verdict_text, "by": list(self.verdict_by),
+                                 "attribution": self.verdict_attribution, "unsure_reasons": list(self.unsure_reasons)}
+            result["degradation"] = None if self.degradation is None else self.degradation.to_dict()
             result["provenance"] = None if self.provenance is None else self.provenance.to_dict()
         return result
 

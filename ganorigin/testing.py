@@ -1,11 +1,12 @@
 """Random weights in the real file formats, for tests and benchmarks where the real ones are absent.
 
 :func:`write_test_weights` writes a folder laid out like ``GANORIGIN_WEIGHTS_DIR`` (and like the
-original Hub repo): an open_clip CLIP checkpoint (``visual.*`` and text tower), ``fc_weights.pth``,
+original Hub repos): an open_clip CLIP checkpoint (``visual.*`` and text tower), ``fc_weights.pth``,
 an e4e/pSp checkpoint (``state_dict`` with ``encoder.*`` *and* ``decoder.*``, ``latent_avg``,
-``opts``) and the three joblib pickles of real scikit-learn objects. ``size="full"`` gives the
-real architectures (ViT-L/14, IR-SE-50, StyleGAN2-sized decoder); ``"tiny"`` small stand-ins
-whose checkpoints load through exactly the same code.
+``opts``), the three joblib pickles of real scikit-learn objects, and Community Forensics'
+``model.safetensors`` as its PyTorchModelHubMixin saves it (a timm ViT under ``vit.*``).
+``size="full"`` gives the real architectures (ViT-L/14, IR-SE-50, StyleGAN2-sized decoder,
+ViT-S/16-384); ``"tiny"`` small stand-ins whose checkpoints load through exactly the same code.
 
 :func:`write_demo_weights` (``ganorigin demo-weights DIR``) adds the :data:`TEST_WEIGHTS_MARKER`
 file, which tells whoever loads the folder that its answers are meaningless.
@@ -26,22 +27,26 @@ from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from safetensors.torch import save_file
 from sklearn.preprocessing import LabelEncoder, StandardScaler
 from sklearn.svm import SVC
+from timm.models.vision_transformer import VisionTransformer
 
 from .hub.integrity import sha256_file
 from .hub.registry import WEIGHTS
 from .hub.resolve import TEST_WEIGHTS_MARKER
+from .models.commfor import VIT_S_16_384
 from .models.detector import EMBED_DIM, VIT_L_14
 from .models.encoder import E4EConfig, E4EEncoder
 
 CLIP_FILE = WEIGHTS["clip.vit_large_patch14_openai"].filename
 UFD_HEAD_FILE = WEIGHTS["ufd.fc"].filename
 E4E_FILE = WEIGHTS["e4e.ffhq_encode"].filename
+COMMFOR_FILE = WEIGHTS["commfor.vit_small_patch16_384"].filename
 SVM_FILE, SCALER_FILE, LABEL_ENCODER_FILE = (WEIGHTS[n].filename for n in ("svm.gan_attribution", "svm.scaler", "svm.label_encoder"))
 
 TINY_VISION = CLIPVisionCfg(layers=2, width=128, patch_size=14, image_size=224)
 TINY_TEXT = CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=1, layers=1)
 FULL_TEXT = CLIPTextCfg(context_length=77, vocab_size=49408, width=768, heads=12, layers=12)
 TINY_E4E = E4EConfig(channels=(16, 32, 48, 64), units=(1, 1, 2, 1))
+TINY_COMMFOR = {"img_size": 384, "patch_size": 16, "embed_dim": 64, "depth": 2, "num_heads": 1}
 GAN_LABELS = ("progan", "stylegan2", "stylegan3")
 # In a weights folder: these are random test weights (JSON: see write_demo_weights).
 # StyleGAN2 1024 px generator: 171 tensors, 30,370,060 parameters in the real e4e checkpoint.
@@ -86,7 +91,17 @@ def write_test_weights(folder: Path, *, size: str = "tiny", seed: int = 0, ufd_h
     torch.save(checkpoint, folder / E4E_FILE)
 
     _write_attribution_pickles(folder, config.style_count * config.latent_dim, seed)
+    write_commfor_weights(folder / COMMFOR_FILE, VIT_S_16_384 if full else TINY_COMMFOR, g)
     return folder
+
+
+def write_commfor_weights(path: Path, vit_cfg: dict, g: torch.Generator) -> Path:
+    """Community Forensics' file format: the state dict of ``ViTClassifier`` (a timm ViT as ``vit``,
+    its head a ``Linear(width, 1)``) in safetensors, as ``PyTorchModelHubMixin.save_pretrained`` writes it."""
+    vit = VisionTransformer(**vit_cfg, num_classes=1)
+    state = {f"vit.{k}": _randomize(v, g).contiguous() for k, v in vit.state_dict().items()}
+    save_file(state, str(path), metadata={"format": "pt"})
+    return path
 
 
 def write_demo_weights(folder: Path, *, size: str = "tiny", seed: int = 0) -> dict:

@@ -33,3 +33,18 @@ class ResizeNormalize:
     def __call__(self, image: Image.Image) -> torch.Tensor:
         x = TF.to_tensor(image.resize((self.size, self.size), Image.BILINEAR))
         return TF.normalize(x, self.mean, self.std)
+
+
+@dataclass(frozen=True)
+class ResizeCenterCropNormalize:
+    """torchvision's ``Resize(resize)`` (shorter side, bilinear, antialiased), ``CenterCrop(crop_size)``,
+    ToTensor, Normalize: the usual ImageNet-style test transform."""
+
+    resize: int
+    crop_size: int
+    mean: tuple
+    std: tuple
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        x = TF.center_crop(TF.resize(image, [self.resize], interpolation=TF.InterpolationMode.BILINEAR), [self.crop_size])
+        return TF.normalize(TF.to_tensor(x), self.mean, self.std)

@@ -56,7 +56,7 @@ def image_dir(dev_images, tmp_path_factory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("command", ["predict", "extract", "train", "evaluate", "explain", "demo-weights"])
+@pytest.mark.parametrize("command", ["predict", "extract", "train", "evaluate", "explain", "robustness", "demo-weights"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
@@ -67,8 +67,8 @@ def test_every_command_has_help(command, capsys):
     if command not in ("train", "demo-weights"):
         assert all(flag in sections["weights"] for flag in ("--weights", "--offline", "--cache-dir", "--device"))
     model_flags = "--threshold" in text, "--no-align" in text
-    assert model_flags == ((True, True) if command in ("predict", "evaluate") else (False, False))
-    if command in ("predict", "extract", "evaluate"):
+    assert model_flags == ((True, True) if command in ("predict", "evaluate", "robustness") else (False, False))
+    if command in ("predict", "extract", "evaluate", "robustness"):
         assert "--no-progress" in sections["options"] and "--no-progress" not in sections.get("weights", "")
 
 
@@ -124,6 +124,9 @@ def test_predict_csv_from_a_text_list(image_dir, weights_dir, cli_env, model, ca
         assert float(row["fake_probability"]) == expected.fake_probability and not row["error"]
         assert row["is_fake"] == str(expected.is_fake) and row["attribution"] == expected.attribution
         assert [float(row[f"p_{label}"]) for label in expected.labels] == list(expected.probabilities)
+        assert float(row["commfor_probability"]) == expected.commfor_probability
+        assert (row["verdict"], row["verdict_text"]) == (expected.verdict, expected.verdict_text)
+        assert row["unsure_reasons"] == "; ".join(expected.unsure_reasons)
 
 
 def test_python_m_ganorigin_subprocess(image_dir, weights_env):

@@ -27,7 +27,7 @@ from huggingface_hub import constants as hf_constants
 from ganorigin import WeightSources, WeightsFormatError, WeightsNotFoundError
 from ganorigin.hub import download as download_module
 from ganorigin.hub import resolve
-from ganorigin.testing import CLIP_FILE, E4E_FILE, LABEL_ENCODER_FILE, SCALER_FILE, SVM_FILE, UFD_HEAD_FILE
+from ganorigin.testing import CLIP_FILE, COMMFOR_FILE, E4E_FILE, LABEL_ENCODER_FILE, SCALER_FILE, SVM_FILE, UFD_HEAD_FILE
 
 REPO = "ganorigin-tests/downloads"
 HUB_FILES = (E4E_FILE, SVM_FILE, SCALER_FILE, LABEL_ENCODER_FILE)
@@ -40,11 +40,12 @@ def _sha256(path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def published(hub, weights_dir, tmp_path_factory):
-    """Publish the test weights: four files in a Hub repo, the UFD head at a URL, CLIP local."""
+    """Publish the test weights: four files in a Hub repo, the UFD head at a URL, CLIP and Community Forensics local."""
     hub.add_repo(REPO, {name: weights_dir / name for name in HUB_FILES})
     head_url = hub.add_raw("downloads-fc_weights.pth", weights_dir / UFD_HEAD_FILE)
     clip_only = tmp_path_factory.mktemp("clip_only")
     shutil.copyfile(weights_dir / CLIP_FILE, clip_only / CLIP_FILE)
+    shutil.copyfile(weights_dir / COMMFOR_FILE, clip_only / COMMFOR_FILE)
     return WeightSources(
         weights_dir=str(clip_only),
         repo_id=REPO,

@@ -185,15 +185,18 @@ def test_cors_follows_the_environment(model, monkeypatch):
 
 def test_health_is_truthful_before_and_after_the_weights_load(hub, weights_dir, weights_env):
     """Weights come from the local Hub, slowed down: first "loading", then "ready" with origins."""
-    from ganorigin.testing import E4E_FILE, LABEL_ENCODER_FILE, SCALER_FILE, SVM_FILE, UFD_HEAD_FILE
+    from ganorigin.testing import COMMFOR_FILE, E4E_FILE, LABEL_ENCODER_FILE, SCALER_FILE, SVM_FILE, UFD_HEAD_FILE
 
     repo, clip_repo = "ganorigin-tests/app-health-attribution", "ganorigin-tests/app-health-clip"
+    commfor_repo = "ganorigin-tests/app-health-commfor"
     hub.add_repo(repo, {f: weights_dir / f for f in (E4E_FILE, SVM_FILE, SCALER_FILE, LABEL_ENCODER_FILE)})
     hub.add_repo(clip_repo, {"open_clip_model.safetensors": weights_dir / "open_clip_model.safetensors"})
+    hub.add_repo(commfor_repo, {COMMFOR_FILE: weights_dir / COMMFOR_FILE})
     head_url = hub.add_raw("app-health-fc_weights.pth", weights_dir / UFD_HEAD_FILE)
     env = {
         "GANORIGIN_REPO_ID": repo,
         "GANORIGIN_CLIP_REPO_ID": clip_repo,
+        "GANORIGIN_COMMFOR_REPO_ID": commfor_repo,
         "GANORIGIN_UFD_HEAD_URL": head_url,
         "GANORIGIN_UFD_HEAD_SHA256": weights_env["GANORIGIN_UFD_HEAD_SHA256"],
         "GANORIGIN_NETWORK_TIMEOUT": "60",
@@ -216,7 +219,7 @@ def test_health_is_truthful_before_and_after_the_weights_load(hub, weights_dir, 
     assert after["weights"] == {
         E4E_FILE: f"{repo}@main", SVM_FILE: f"{repo}@main", SCALER_FILE: f"{repo}@main",
         LABEL_ENCODER_FILE: f"{repo}@main", "open_clip_model.safetensors": f"{clip_repo}@main",
-        UFD_HEAD_FILE: head_url,
+        UFD_HEAD_FILE: head_url, COMMFOR_FILE: f"{commfor_repo}@main",
     }
     assert after["threshold"] == 0.89 and after["device"] == "cpu"
     assert set(after["versions"]) >= {"ganorigin", "torch", "open_clip", "gradio"}

@@ -19,25 +19,28 @@ import pytest
 from conftest import ROOT, sha256_of
 from ganorigin import GANOrigin, WeightsFormatError, WeightsNotFoundError, WeightSources
 from ganorigin.hub import resolve
-from ganorigin.testing import CLIP_FILE, E4E_FILE, LABEL_ENCODER_FILE, SCALER_FILE, SVM_FILE, UFD_HEAD_FILE
+from ganorigin.testing import CLIP_FILE, COMMFOR_FILE, E4E_FILE, LABEL_ENCODER_FILE, SCALER_FILE, SVM_FILE, UFD_HEAD_FILE
 
 ATTRIBUTION_REPO = "ganorigin-tests/weights-attribution"
 CLIP_REPO = "ganorigin-tests/weights-clip"
+COMMFOR_REPO = "ganorigin-tests/weights-commfor"
 REPO_FILES = (E4E_FILE, SVM_FILE, SCALER_FILE, LABEL_ENCODER_FILE)
-ALL_FILES = (*REPO_FILES, CLIP_FILE, UFD_HEAD_FILE)
+ALL_FILES = (*REPO_FILES, CLIP_FILE, UFD_HEAD_FILE, COMMFOR_FILE)
 
 
 @pytest.fixture(scope="module")
 def published(hub, weights_dir) -> dict:
-    """The tiny weights served as two Hub repos and a raw URL; returns what a client needs."""
+    """The tiny weights served as three Hub repos and a raw URL; returns what a client needs."""
     commit = hub.add_repo(ATTRIBUTION_REPO, {name: weights_dir / name for name in REPO_FILES})
     hub.add_repo(CLIP_REPO, {CLIP_FILE: weights_dir / CLIP_FILE})
+    hub.add_repo(COMMFOR_REPO, {COMMFOR_FILE: weights_dir / COMMFOR_FILE})
     url = hub.add_raw("ufd_fc_weights.pth", weights_dir / UFD_HEAD_FILE)
     return {"commit": commit, "url": url, "sha256": sha256_of(weights_dir / UFD_HEAD_FILE)}
 
 
 def _sources(published, cache_dir: Path, **changes) -> WeightSources:
-    return WeightSources(repo_id=ATTRIBUTION_REPO, clip_repo_id=CLIP_REPO, ufd_head_url=published["url"],
+    return WeightSources(repo_id=ATTRIBUTION_REPO, clip_repo_id=CLIP_REPO, commfor_repo_id=COMMFOR_REPO,
+                         ufd_head_url=published["url"],
                          ufd_head_sha256=published["sha256"], cache_dir=str(cache_dir), **changes)
 
 
@@ -45,6 +48,7 @@ def _env(sources: WeightSources, **extra) -> dict:
     """This process's environment plus ``sources`` as GANORIGIN_* variables, for a child process."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GANORIGIN_") and k != "HF_HUB_OFFLINE"}
     env.update(GANORIGIN_REPO_ID=sources.repo_id, GANORIGIN_CLIP_REPO_ID=sources.clip_repo_id,
+               GANORIGIN_COMMFOR_REPO_ID=sources.commfor_repo_id,
                GANORIGIN_UFD_HEAD_URL=sources.ufd_head_url, GANORIGIN_UFD_HEAD_SHA256=sources.ufd_head_sha256,
                GANORIGIN_CACHE_DIR=sources.cache_dir, PYTHONPATH=str(ROOT), **extra)
     return env
@@ -82,9 +86,10 @@ def test_download_cache_then_offline_load_in_a_new_process(hub, published, tmp_p
     for name in REPO_FILES:
         assert any(p.startswith(f"/{ATTRIBUTION_REPO}/resolve/") and p.endswith(f"/{name}") for p in gets), name
     assert any(p.startswith(f"/{CLIP_REPO}/resolve/") and p.endswith(f"/{CLIP_FILE}") for p in gets)
+    assert any(p.startswith(f"/{COMMFOR_REPO}/resolve/") and p.endswith(f"/{COMMFOR_FILE}") for p in gets)
     assert "/raw/ufd_fc_weights.pth" in gets
     assert model.weights.origins[E4E_FILE] == f"{ATTRIBUTION_REPO}@main"
-    for path in (model.weights.e4e, model.weights.clip, model.weights.ufd_head):
+    for path in (model.weights.e4e, model.weights.clip, model.weights.ufd_head, model.weights.commfor):
         assert Path(path).is_file() and (tmp_path / "cache") in Path(path).parents
 
     before = len(hub.requests)
@@ -119,7 +124,7 @@ def test_weights_dir_takes_precedence(hub, weights_dir, published, tmp_path, mon
     monkeypatch.setenv("GANORIGIN_CACHE_DIR", str(tmp_path / "cache"))
     before = len(hub.requests)
     files = resolve(WeightSources.from_env())
-    for path in (files.e4e, files.svm, files.scaler, files.label_encoder, files.clip, files.ufd_head):
+    for path in (files.e4e, files.svm, files.scaler, files.label_encoder, files.clip, files.ufd_head, files.commfor):
         assert path.parent == weights_dir
     # Origins name the source, never a server path (they are shown by /health).
     assert set(files.origins.values()) == {"local folder (GANORIGIN_WEIGHTS_DIR)"}
@@ -130,6 +135,7 @@ def _assert_names_every_file_and_the_fix(message: str) -> None:
     for name in ALL_FILES:
         assert name in message, name
     assert f"Hub repo {ATTRIBUTION_REPO}@main" in message and f"Hub repo {CLIP_REPO}@main" in message
+    assert f"Hub repo {COMMFOR_REPO}@main" in message
     assert "GANORIGIN_WEIGHTS_DIR" in message
 
 

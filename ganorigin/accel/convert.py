@@ -3,15 +3,16 @@
 The model given is never changed. The new module shares every part it does not convert with
 it (no copy of the unconverted weights), and replaces the parts it converts:
 
-- CPU, bf16 or int8: every CLIP block becomes a :class:`~ganorigin.accel.packed.PackedResidualBlock`
-  on bf16 (oneDNN) or int8 (dynamic quantisation) linears.
+- CPU, bf16 or int8: every CLIP block becomes a :class:`~ganorigin.accel.packed.PackedResidualBlock`,
+  every Community Forensics ViT block a :class:`~ganorigin.accel.packed.PackedViTBlock`, on bf16
+  (oneDNN) or int8 (dynamic quantisation) linears.
 - CPU, bf16: e4e's BatchNorms that follow a convolution are folded into it (exact algebra; the
   BatchNorm that *precedes* a zero-padded conv is left alone, since folding its shift would be
   wrong at the borders), its convolutions are packed with their LeakyReLUs fused, and it runs in
   channels_last under bf16 autocast. For int8 there is no faster e4e: dynamic quantisation has no
   convolutions, and packed fp32 convolutions ran 5x slower than eager ones with oneDNN limited to
   AVX2 (measured), so e4e stays exact fp32 there (:func:`converts`).
-- CUDA and mps: autocast does the casting and fp32 master weights stay; CLIP's head stays fp32.
+- CUDA and mps: autocast does the casting and fp32 master weights stay; the detectors' heads stay fp32.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from ..models.commfor import CommForDetector
 from ..models.detector import UFDDetector
 from ..models.encoder import BottleneckIRSE, E4EEncoder
 from .memory import give_back
-from .packed import PackedConv2d, PackedLinear, PackedResidualBlock
+from .packed import PackedConv2d, PackedLinear, PackedResidualBlock, PackedViTBlock
 from .precision import DTYPES
 
 
@@ -82,7 +84,7 @@ def _shallow(module: nn.Module) -> nn.Module:
 
 
 def converts(kind: str, device: torch.device, precision: str) -> bool:
-    """Whether there is a faster ``kind`` (``"detector"``/``"encoder"``) for ``precision`` on ``device``."""
+    """Whether there is a faster ``kind`` (``"detector"``, ``"encoder"``, ``"commfor"``) for ``precision`` on ``device``."""
     if precision == "fp32":
         return False
     return not (kind == "encoder" and device.type == "cpu" and precision == "int8")
@@ -99,6 +101,21 @@ def fast_detector(detector: UFDDetector, device: torch.device, precision: str) -
             replacements[f"visual.transformer.resblocks.{i}"] = PackedResidualBlock(block, precision)
             give_back(block.parameters())  # one block's fp32 pages at a time
     return Accelerated(replace_modules(detector, replacements), precision)
+
+
+def fast_commfor(commfor: CommForDetector, device: torch.device, precision: str) -> nn.Module:
+    """Community Forensics for ``precision`` on ``device``, as a new module: on a CPU every ViT
+    block packed (:class:`PackedViTBlock`), elsewhere the blocks under autocast; the patch
+    embedding, final norm and head stay fp32."""
+    if device.type != "cpu":
+        blocks = Accelerated(commfor.vit.blocks, precision, autocast_device=device.type)
+        return Accelerated(replace_modules(commfor, {"vit.blocks": blocks}), precision)
+    replacements = {}
+    for i, block in enumerate(commfor.vit.blocks):
+        if PackedViTBlock.supports(block):
+            replacements[f"vit.blocks.{i}"] = PackedViTBlock(block, precision)
+            give_back(block.parameters())
+    return Accelerated(replace_modules(commfor, replacements), precision)
 
 
 def fold_encoder_batchnorms(encoder: E4EEncoder) -> dict:
@@ -153,4 +170,6 @@ def page_blocks(model: nn.Module) -> list:
     (:func:`ganorigin.accel.memory.releasing_pages`)."""
     if isinstance(model, UFDDetector):
         return list(model.visual.transformer.resblocks)
+    if isinstance(model, CommForDetector):
+        return list(model.vit.blocks)
     return [model.input_layer, *model.body, *model.styles, model.latlayer1, model.latlayer2]

@@ -1,7 +1,7 @@
 """Linear and convolution layers whose weights are stored once in the layout the CPU's matrix
-kernels read (no per-call weight reorder), with fused activations, and OpenAI CLIP's transformer
-block built on them: bf16 (oneDNN, for CPUs with native bf16) and int8 (dynamic quantisation, for
-CPUs with VNNI or AVX2 only)."""
+kernels read (no per-call weight reorder), with fused activations, and the transformer blocks built
+on them (OpenAI CLIP's, timm's ViT's): bf16 (oneDNN, for CPUs with native bf16) and int8 (dynamic
+quantisation, for CPUs with VNNI or AVX2 only)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,14 @@ from torch import nn
 
 from .precision import cpu_class
 
+# The activations a packed linear can fuse (oneDNN post-ops), and what each computes when run unfused.
+ACTIVATIONS = {"none": lambda y: y, "swish": F.silu, "gelu": F.gelu}
+_ONEDNN_ALGORITHM = {"gelu": "none"}  # exact (erf) GELU, as nn.GELU()
+
 
 class PackedLinear(nn.Module):
     """A linear layer whose weight is stored once in oneDNN's blocked layout for the CPU's matrix
-    units (``dtype``, usually bf16), with an optional fused activation (``"none"`` or ``"swish"``).
+    units (``dtype``, usually bf16), with an optional fused activation (a key of ``ACTIVATIONS``).
     Inputs are cast to ``dtype``; the output is in ``dtype``. When a gradient is wanted (the
     explanation heat map), it runs unfused on the unpacked weight so autograd can follow."""
 
@@ -31,9 +35,10 @@ class PackedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and x.requires_grad:
             y = F.linear(x.to(self.dtype), self.packed_weight.to_dense(), self.bias)
-            return F.silu(y) if self.activation == "swish" else y
+            return ACTIVATIONS[self.activation](y)
         flat = x.reshape(-1, self.in_features).to(self.dtype)
-        y = torch.ops.mkldnn._linear_pointwise(flat, self.packed_weight, self.bias, self.activation, [], "")
+        y = torch.ops.mkldnn._linear_pointwise(flat, self.packed_weight, self.bias, self.activation, [],
+                                               _ONEDNN_ALGORITHM.get(self.activation, ""))
         return y.view(*x.shape[:-1], self.out_features)
 
 
@@ -64,7 +69,7 @@ class Int8Linear(nn.Module):
     engine, and activations quantised on the fly per call (dynamic quantisation); fp32 in and out.
     ``reduce_range`` quantises activations to 7 bits, which keeps the 16-bit accumulation of CPUs
     without VNNI (AVX2 only) from saturating; with VNNI the full 8 bits are used. ``activation``:
-    ``"none"`` or ``"swish"``. With a gradient wanted (the heat map) it runs on the dequantised
+    a key of ``ACTIVATIONS``. With a gradient wanted (the heat map) it runs on the dequantised
     weight."""
 
     def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], activation: str = "none",
@@ -89,7 +94,7 @@ class Int8Linear(nn.Module):
         else:
             flat = x.reshape(-1, self.in_features).float().contiguous()
             y = torch.ops.quantized.linear_dynamic(flat, self.packed, self.reduce_range).view(*x.shape[:-1], self.out_features)
-        return F.silu(y) if self.activation == "swish" else y
+        return ACTIVATIONS[self.activation](y)
 
 
 class ExactLinear(nn.Module):
@@ -111,6 +116,22 @@ def linear_for(precision: str):
     return lambda weight, bias, activation="none": PackedLinear(weight, bias, torch.bfloat16, activation)
 
 
+def attention_linear_for(precision: str):
+    """The linear layer of attention's projections: packed for bf16; exact fp32 for int8, which
+    halves the int8 path's disagreement with fp32 (measured on the full-size CLIP: max |delta
+    P(fake)| 0.0024 against 0.0053 with every linear in int8)."""
+    return linear_for(precision) if precision != "int8" else ExactLinear
+
+
+def self_attention(qkv: nn.Module, out: nn.Module, x: torch.Tensor, heads: int) -> torch.Tensor:
+    """Multi-head self-attention of normalised tokens ``x`` (B, T, width), from a fused ``qkv``
+    projection to the ``out`` projection, in fp32."""
+    batch, tokens, width = x.shape
+    q, k, v = qkv(x).view(batch, tokens, 3, heads, width // heads).permute(2, 0, 3, 1, 4).unbind(0)  # (B, heads, T, hs)
+    attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, tokens, width)
+    return out(attended).float()
+
+
 QUICK_GELU_SCALE = 1.702  # QuickGELU(y) = y * sigmoid(1.702 y) = swish(1.702 y) / 1.702
 
 
@@ -122,9 +143,7 @@ class PackedResidualBlock(nn.Module):
 
     ``"bf16"``: every linear is a bf16 :class:`PackedLinear`, attention runs on the bf16 q/k/v
     (fp32 accumulation). ``"int8"``: the MLP (two thirds of the block's work) is
-    :class:`Int8Linear`; attention's projections stay exact fp32, which halves the int8 path's
-    disagreement with fp32 (measured on the full-size model: max |delta P(fake)| 0.0024 against
-    0.0053 with every linear in int8).
+    :class:`Int8Linear`; attention's projections stay exact fp32 (:func:`attention_linear_for`).
     """
 
     def __init__(self, block: nn.Module, precision: str):
@@ -132,7 +151,7 @@ class PackedResidualBlock(nn.Module):
         attn, mlp = block.attn, block.mlp
         self.ln_1, self.ln_2 = block.ln_1, block.ln_2
         self.heads, self.batch_first = attn.num_heads, attn.batch_first
-        attention = linear_for(precision) if precision != "int8" else ExactLinear
+        attention = attention_linear_for(precision)
         self.qkv = attention(attn.in_proj_weight, attn.in_proj_bias)
         self.out = attention(attn.out_proj.weight, attn.out_proj.bias)
         mlp_linear = linear_for(precision)
@@ -159,10 +178,44 @@ class PackedResidualBlock(nn.Module):
         if not self.batch_first:
             x = x.transpose(0, 1)
         x = x.float()
-        batch, tokens, width = x.shape
-        qkv = self.qkv(self.ln_1(x)).view(batch, tokens, 3, self.heads, width // self.heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, tokens, width)
-        x = x + self.out(attended).float()
+        x = x + self_attention(self.qkv, self.out, self.ln_1(x), self.heads)
         x = x + self.proj(self.fc(self.ln_2(x))).float()
         return x if self.batch_first else x.transpose(0, 1)
+
+
+class PackedViTBlock(nn.Module):
+    """timm's ViT ``Block`` (pre-norm; no LayerScale, q/k norm or attention norm; exact GELU) on packed
+    linears for ``precision``, as :class:`PackedResidualBlock`: LayerNorms and the residual stream stay
+    fp32, GELU is fused into the first MLP layer, int8 keeps attention's projections exact."""
+
+    def __init__(self, block: nn.Module, precision: str):
+        super().__init__()
+        attn, mlp = block.attn, block.mlp
+        self.norm1, self.norm2, self.heads = block.norm1, block.norm2, attn.num_heads
+        attention = attention_linear_for(precision)
+        self.qkv = attention(attn.qkv.weight, attn.qkv.bias)
+        self.proj = attention(attn.proj.weight, attn.proj.bias)
+        mlp_linear = linear_for(precision)
+        self.fc1 = mlp_linear(mlp.fc1.weight, mlp.fc1.bias, "gelu")
+        self.fc2 = mlp_linear(mlp.fc2.weight, mlp.fc2.bias)
+
+    @staticmethod
+    def supports(block: nn.Module) -> bool:
+        """True for the blocks of a plain timm ViT (as Community Forensics'); anything else is left as it is."""
+        from timm.models.vision_transformer import Block
+
+        identities = ("ls1", "ls2", "drop_path1", "drop_path2")
+        attn, mlp = block.attn, getattr(block, "mlp", None)
+        return (
+            type(block) is Block
+            and all(isinstance(getattr(block, name), nn.Identity) for name in identities)
+            and all(isinstance(getattr(attn, name, nn.Identity()), nn.Identity) for name in ("q_norm", "k_norm", "norm"))
+            and isinstance(mlp.act, nn.GELU) and mlp.act.approximate == "none"
+            and isinstance(getattr(mlp, "norm", nn.Identity()), nn.Identity)
+            and attn.qkv.bias is not None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        x = x + self_attention(self.qkv, self.proj, self.norm1(x), self.heads)
+        return x + self.fc2(self.fc1(self.norm2(x))).float()

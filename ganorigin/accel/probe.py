@@ -18,7 +18,7 @@ from PIL import Image
 from torch import nn
 
 from ..hub.integrity import cache_root, read_json, write_json_atomic
-from .convert import converts, fast_detector, fast_encoder, page_blocks, precision_of
+from .convert import converts, fast_commfor, fast_detector, fast_encoder, page_blocks, precision_of
 from .memory import releasing_pages
 from .precision import cpu_model_name
 
@@ -27,11 +27,21 @@ logger = logging.getLogger(__name__)
 # Agreement a fast model must keep with fp32 on the probe image (the benchmark's bar is 0.01).
 MAX_FAKE_PROBABILITY_DELTA = 0.005
 MAX_ATTRIBUTION_PROBABILITY_DELTA = 0.01
+MAX_COMMFOR_PROBABILITY_DELTA = 0.005
 PROBE_SIZE = 256
 FAST_PATH_VERSION = "packed-4"  # part of the cached verdicts' key: a new fast path is checked afresh
 CHECKS_FILE = "precision-checks.json"
 
 Scores = Callable[[nn.Module, list], np.ndarray]
+
+# kind -> (converter, whether the top class must stay the same)
+KINDS = {"detector": (fast_detector, False), "encoder": (fast_encoder, True), "commfor": (fast_commfor, False)}
+
+
+def max_delta(kind: str) -> float:
+    """The bound on the scores' max |delta| for ``kind`` (read when the probe runs)."""
+    return {"detector": MAX_FAKE_PROBABILITY_DELTA, "encoder": MAX_ATTRIBUTION_PROBABILITY_DELTA,
+            "commfor": MAX_COMMFOR_PROBABILITY_DELTA}[kind]
 
 
 def probe_images() -> list:
@@ -58,15 +68,16 @@ def accelerate(model: nn.Module, device: torch.device, precision: str, scores: S
     """``model`` (on ``device``) converted for ``precision`` where it agrees with itself in fp32.
 
     Args:
-        kind: ``"detector"`` (P(fake) must move by at most ``MAX_FAKE_PROBABILITY_DELTA``) or
+        kind: ``"detector"`` (P(fake) must move by at most ``MAX_FAKE_PROBABILITY_DELTA``),
             ``"encoder"`` (attribution probabilities by ``MAX_ATTRIBUTION_PROBABILITY_DELTA``,
-            same top GAN).
+            same top GAN) or ``"commfor"`` (Community Forensics' P(fake), by
+            ``MAX_COMMFOR_PROBABILITY_DELTA``).
         scores: ``scores(module, images)`` -> what the comparison is made on.
         weight_files: the files behind the model and its scores; names the cached verdict.
     """
     if not converts(kind, device, precision):
         return model
-    convert = fast_detector if kind == "detector" else fast_encoder
+    convert, same_argmax = KINDS[kind]
     key = _check_key(kind, weight_files, device, precision)
     checks = read_json(_checks_file())
     if key in checks:
@@ -76,10 +87,7 @@ def accelerate(model: nn.Module, device: torch.device, precision: str, scores: S
         with releasing_pages(page_blocks(model)):
             reference = scores(model, images)
         fast = convert(model, device, precision)
-        if kind == "detector":
-            check = agreement(reference, scores(fast, images), MAX_FAKE_PROBABILITY_DELTA)
-        else:
-            check = agreement(reference, scores(fast, images), MAX_ATTRIBUTION_PROBABILITY_DELTA, same_argmax=True)
+        check = agreement(reference, scores(fast, images), max_delta(kind), same_argmax=same_argmax)
         if key is not None and not write_json_atomic(_checks_file(), {**checks, key: check}):
             logger.warning("Could not cache the precision check in %s; it runs again next start.", _checks_file())
         if not check["ok"]:

@@ -1,4 +1,4 @@
-"""CLIP and e4e side by side on a CPU: one worker thread per model.
+"""The models side by side on a CPU: one worker thread per lane (CLIP on one, e4e and Community Forensics on the other).
 
 On a 2-core CPU the detector and the encoder, each on one core at the same time, finish sooner
 than one after the other on both cores (measured: 0.85x the time). Neither model's kernels scale
@@ -16,16 +16,22 @@ import torch
 from threadpoolctl import threadpool_limits
 
 
-class ModelWorkers:
-    """One worker thread per model (``"detector"``, ``"encoder"``), each with ``threads // 2``
-    intra-op threads."""
+# Community Forensics (ViT-S/16, ~12 GMACs) queues on e4e's worker: e4e waits for face alignment
+# anyway, and a third thread would oversubscribe two cores (measured: benchmarks/second_detector.py).
+LANES = {"detector": "detector", "encoder": "encoder", "commfor": "encoder"}
 
-    def __init__(self, threads: int):
+
+class ModelWorkers:
+    """One worker thread per lane (``"detector"``, ``"encoder"``), each with ``threads // 2``
+    intra-op threads; each model runs on its lane (``LANES``), in the order submitted."""
+
+    def __init__(self, threads: int, lanes: Optional[dict] = None):
         each = max(1, threads // 2)
+        self.lanes = dict(LANES if lanes is None else lanes)
         self._pools = {
             name: ThreadPoolExecutor(1, f"ganorigin-{name}", initializer=_limit_intra_op_threads,
                                      initargs=(each,))
-            for name in ("detector", "encoder")
+            for name in sorted(set(self.lanes.values()))
         }
 
     @classmethod
@@ -36,8 +42,8 @@ class ModelWorkers:
         return cls(threads) if device.type == "cpu" and threads >= 2 else None
 
     def submit(self, model: str, fn: Callable[[], Any]) -> Future:
-        """Run ``fn`` on ``model``'s worker thread."""
-        return self._pools[model].submit(fn)
+        """Run ``fn`` on the worker thread of ``model``'s lane."""
+        return self._pools[self.lanes[model]].submit(fn)
 
 
 def _limit_intra_op_threads(threads: int) -> None:

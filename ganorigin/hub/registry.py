@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from ..transforms import CenterCropNormalize, ResizeNormalize
+from ..transforms import CenterCropNormalize, ResizeCenterCropNormalize, ResizeNormalize
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -24,6 +24,16 @@ UFD_PREPROCESS = CenterCropNormalize(crop_size=224, mean=CLIP_MEAN, std=CLIP_STD
 # e4e: Resize((256, 256)), ToTensor, Normalize(0.5, 0.5) -> [-1, 1]. Deterministic; the original
 # app's random pre-resize was a training augmentation.
 E4E_PREPROCESS = ResizeNormalize(size=256, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+# Community Forensics: dataloader.get_transform(mode="test"): Resize(440), CenterCrop(384),
+# ImageNet mean/std, by input size (the authors' 224 px model, OwensLab/commfor-model-224, takes
+# Resize(256), CenterCrop(224)). Not timm's transform for the backbone (bicubic, mean/std 0.5):
+# the detector was fine-tuned with these.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+COMMFOR_PREPROCESS = {
+    384: ResizeCenterCropNormalize(resize=440, crop_size=384, mean=IMAGENET_MEAN, std=IMAGENET_STD),
+    224: ResizeCenterCropNormalize(resize=256, crop_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD),
+}
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,8 @@ SOURCES = {
     "ufd": Source("ufd", url="https://github.com/WisconsinAIVision/UniversalFakeDetect/raw/"
                   "76a0e3e60a8a06458707a625d269ba815a2e5919/pretrained_weights/fc_weights.pth",
                   env_location="GANORIGIN_UFD_HEAD_URL"),
+    "commfor": Source("commfor", repo_id="OwensLab/commfor-model-384",
+                      env_location="GANORIGIN_COMMFOR_REPO_ID", env_revision="GANORIGIN_COMMFOR_REVISION"),
 }
 
 WEIGHTS = {
@@ -81,6 +93,10 @@ WEIGHTS = {
         WeightFile("e4e.ffhq_encode", "e4e_ffhq_encode.pt", "attribution",
                    "e4e encoder (+ StyleGAN2 decoder, never loaded)", "MIT (encoder4editing)",
                    "ganorigin.factory.load_encoder", preprocess=E4E_PREPROCESS),
+        WeightFile("commfor.vit_small_patch16_384", "model.safetensors", "commfor",
+                   "Community Forensics ViT-S/16 at 384 px (`vit.*`; the `config.json` beside it only repeats "
+                   "the constructor's arguments, the architecture is read from the tensor shapes)",
+                   "MIT (Community Forensics)", "ganorigin.factory.load_commfor", preprocess=COMMFOR_PREPROCESS[384]),
         WeightFile("svm.gan_attribution", "gan_attribution_model.pkl", "attribution", "linear SVM (joblib)",
                    "not stated by the original project", "ganorigin.hub.pickles.load_attributor_pickles"),
         WeightFile("svm.scaler", "gan_scaler.pkl", "attribution", "StandardScaler (joblib)",

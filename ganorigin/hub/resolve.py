@@ -55,7 +55,7 @@ def resolve(sources: Optional[WeightSources] = None) -> ResolvedWeights:
         WeightsFormatError: a file whose digest is wrong.
     """
     lookup = _start(sources)
-    names = ["clip.vit_large_patch14_openai", "ufd.fc", "e4e.ffhq_encode"]
+    names = ["clip.vit_large_patch14_openai", "ufd.fc", "e4e.ffhq_encode", "commfor.vit_small_patch16_384"]
     paths = {name: _find(lookup, WEIGHTS[name]) for name in names}
     trained = _trained_model(lookup)
     if trained is not None:
@@ -264,7 +264,8 @@ def _missing_message(lookup: _Lookup) -> str:
         "(file names as listed; see weights/README.md), or",
         "  - run once with network access so they download into the cache "
         f"({cache_root(lookup.sources.cache_dir)}), or",
-        "  - point GANORIGIN_REPO_ID / GANORIGIN_CLIP_REPO_ID / GANORIGIN_UFD_HEAD_URL at copies you host, or",
+        "  - point GANORIGIN_REPO_ID / GANORIGIN_CLIP_REPO_ID / GANORIGIN_COMMFOR_REPO_ID / GANORIGIN_UFD_HEAD_URL "
+        "at copies you host, or",
         "  - try the app on random test weights: python -m ganorigin demo-weights DIR (prints the command).",
     ]
     return "\n".join(lines)

@@ -22,6 +22,8 @@ class WeightSources:
     clip_revision: Optional[str] = None
     ufd_head_url: str = SOURCES["ufd"].url
     ufd_head_sha256: str = WEIGHTS["ufd.fc"].sha256
+    commfor_repo_id: str = SOURCES["commfor"].repo_id
+    commfor_revision: Optional[str] = None
     cache_dir: Optional[str] = None
     local_files_only: bool = False
 
@@ -36,6 +38,8 @@ class WeightSources:
             clip_revision=env("GANORIGIN_CLIP_REVISION") or None,
             ufd_head_url=env("GANORIGIN_UFD_HEAD_URL") or cls.ufd_head_url,
             ufd_head_sha256=env("GANORIGIN_UFD_HEAD_SHA256") or cls.ufd_head_sha256,
+            commfor_repo_id=env("GANORIGIN_COMMFOR_REPO_ID") or cls.commfor_repo_id,
+            commfor_revision=env("GANORIGIN_COMMFOR_REVISION") or None,
             cache_dir=env("GANORIGIN_CACHE_DIR") or None,
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -64,7 +68,8 @@ class WeightSources:
 
     def hub_location(self, source: str) -> tuple:
         """``(repo_id, revision)`` of a Hub source of the registry."""
-        return {"attribution": (self.repo_id, self.revision), "clip": (self.clip_repo_id, self.clip_revision)}[source]
+        return {"attribution": (self.repo_id, self.revision), "clip": (self.clip_repo_id, self.clip_revision),
+                "commfor": (self.commfor_repo_id, self.commfor_revision)}[source]
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,10 @@ class ResolvedWeights:
     @property
     def e4e(self) -> Path:
         return self.paths["e4e.ffhq_encode"]
+
+    @property
+    def commfor(self) -> Path:
+        return self.paths["commfor.vit_small_patch16_384"]
 
     @property
     def svm(self) -> Optional[Path]:

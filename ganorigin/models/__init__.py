@@ -2,7 +2,8 @@
 Builders that add weights and acceleration: :mod:`ganorigin.factory`."""
 
 from .attributor import GANAttributor, display_name
+from .commfor import CommForDetector
 from .detector import UFDDetector
 from .encoder import E4EConfig, E4EEncoder
 
-__all__ = ["E4EConfig", "E4EEncoder", "GANAttributor", "UFDDetector", "display_name"]
+__all__ = ["CommForDetector", "E4EConfig", "E4EEncoder", "GANAttributor", "UFDDetector", "display_name"]

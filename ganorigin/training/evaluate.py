@@ -63,8 +63,17 @@ def _row(path, prediction, labels: list, error: Optional[str]) -> dict:
         row.update({f"p_{label}": p for label, p in zip(prediction.labels, prediction.probabilities)})
         if prediction.provenance is not None:
             row.update(provenance_strength=prediction.provenance.strength, provenance=prediction.provenance.summary)
+    row.update(_verdict_columns(prediction))
     row["error"] = error
     return row
+
+
+def _verdict_columns(prediction) -> dict:
+    """The second detector and the overall verdict (:mod:`ganorigin.verdict`), empty without a prediction."""
+    if prediction is None:
+        return dict.fromkeys(("commfor_probability", "verdict", "verdict_text", "unsure_reasons"))
+    return {"commfor_probability": prediction.commfor_probability, "verdict": prediction.verdict,
+            "verdict_text": prediction.verdict_text, "unsure_reasons": "; ".join(prediction.unsure_reasons)}
 
 
 def evaluate(

@@ -1,0 +1,167 @@
+"""Community Forensics (issue 17): the module is timm's vit_small_patch16_384 with a one-logit head key
+for key, the authors' checkpoint format (``vit.*`` in safetensors) loads strictly and nothing else
+does, P(fake) is sigmoid of timm's own forward, the preprocessing is the authors' test transform
+(Resize 440 / CenterCrop 384 / ImageNet mean-std; 256 / 224 for the 224 px model), and the fast CPU
+path (packed timm blocks) stays within its own agreement bound or is refused by the probe."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torchvision import transforms
+
+from ganorigin import WeightsFormatError, accel
+from ganorigin.accel import probe
+from ganorigin.accel.packed import Int8Linear, PackedLinear, PackedViTBlock
+from ganorigin.factory import commfor_scores, create_commfor, load_commfor
+from ganorigin.hub.registry import COMMFOR_PREPROCESS, WEIGHTS
+from ganorigin.models.commfor import VIT_S_16_384, CommForDetector, vit_cfg_from_state_dict
+from ganorigin.testing import COMMFOR_FILE, TINY_COMMFOR, write_commfor_weights
+
+needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    return write_commfor_weights(tmp_path_factory.mktemp("commfor") / COMMFOR_FILE, TINY_COMMFOR,
+                                 torch.Generator().manual_seed(0))
+
+
+def _images(n: int = 3) -> list:
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 256, (300 + 90 * i, 520 - 40 * i, 3), dtype=np.uint8)) for i in range(n)]
+
+
+def test_module_is_timm_vit_small_patch16_384_with_one_logit_key_for_key():
+    """timm's own registered architecture (as the authors' ViTClassifier creates it) against ours."""
+    with torch.device("meta"):
+        reference = timm.create_model("vit_small_patch16_384", pretrained=False, num_classes=1)
+        ours = CommForDetector()
+    theirs = {f"vit.{k}": tuple(v.shape) for k, v in reference.state_dict().items()}
+    assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == theirs
+    assert theirs["vit.head.weight"] == (1, 384) and theirs["vit.pos_embed"] == (1, 577, 384)
+    assert vit_cfg_from_state_dict(reference_sd := {f"vit.{k}": v for k, v in reference.state_dict().items()}) == {
+        **VIT_S_16_384, "mlp_ratio": 4.0}
+    assert len([k for k in reference_sd if k.endswith("attn.qkv.weight")]) == 12
+
+
+def test_authors_checkpoint_loads_strictly_into_the_module(tiny_checkpoint):
+    model = load_commfor(tiny_checkpoint)
+    saved = load_file(str(tiny_checkpoint))
+    assert set(saved) == set(model.state_dict()) and all(k.startswith("vit.") for k in saved)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, saved[key]), key
+    assert model.vit_cfg["embed_dim"] == TINY_COMMFOR["embed_dim"] and model.input_size == 384
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda sd: sd.pop("vit.norm.weight"), "norm.weight"),
+    (lambda sd: sd.update({"vit.extra.weight": torch.zeros(1)}), "extra.weight"),
+    (lambda sd: sd.update({"vit.head.weight": torch.zeros(2, 64), "vit.head.bias": torch.zeros(2)}), "1 logit"),
+    (lambda sd: sd.pop("vit.patch_embed.proj.weight"), "Not a Community Forensics"),
+    (lambda sd: sd.update({"vit.pos_embed": torch.zeros(1, 1 + 20 * 20, 64)}), "320 px"),
+])
+def test_a_checkpoint_of_another_shape_is_refused_naming_the_problem(tiny_checkpoint, tmp_path, change, message):
+    state = load_file(str(tiny_checkpoint))
+    change(state)
+    bad = tmp_path / "model.safetensors"
+    save_file(state, str(bad))
+    with pytest.raises(WeightsFormatError, match=message):
+        load_commfor(bad)
+
+
+def test_probability_is_sigmoid_of_timm_forward(tiny_checkpoint):
+    model = load_commfor(tiny_checkpoint)
+    reference = timm.models.vision_transformer.VisionTransformer(**TINY_COMMFOR, num_classes=1).eval()
+    reference.load_state_dict({k[len("vit."):]: v for k, v in load_file(str(tiny_checkpoint)).items()}, strict=True)
+    x = torch.randn(2, 3, 384, 384, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        expected = torch.sigmoid(reference(x)).squeeze(-1)
+        probabilities = model.predict_proba(x)
+    torch.testing.assert_close(probabilities, expected, rtol=0, atol=0)
+    assert probabilities.shape == (2,) and 0.0 < probabilities.min() and probabilities.max() < 1.0
+
+
+@pytest.mark.parametrize("size, resize", [(384, 440), (224, 256)])
+def test_preprocessing_is_the_authors_test_transform(size, resize):
+    """torchvision's Resize/CenterCrop/ToTensor/Normalize with timm's ImageNet constants (an independent
+    record of the values in the authors' dataloader)."""
+    transform = COMMFOR_PREPROCESS[size]
+    reference = transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(size), transforms.ToTensor(),
+                                    transforms.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)])
+    for image in _images():
+        x = transform(image)
+        assert x.shape == (3, size, size)
+        torch.testing.assert_close(x, reference(image), rtol=0, atol=0)
+    assert WEIGHTS["commfor.vit_small_patch16_384"].preprocess is COMMFOR_PREPROCESS[384]
+
+
+def test_scores_do_not_depend_on_the_batch(tiny_checkpoint):
+    model = load_commfor(tiny_checkpoint)
+    images = _images()
+    alone = commfor_scores(model, images, batch=1)
+    together = commfor_scores(model, images, batch=len(images))
+    assert alone.shape == (3,)
+    np.testing.assert_allclose(alone, together, rtol=0, atol=1e-6)
+    assert len(set(np.round(alone, 6))) == 3  # three different images, three different scores
+
+
+@needs_onednn
+@pytest.mark.parametrize("precision, linear, atol", [("bf16", PackedLinear, 0.06), ("int8", Int8Linear, 0.06)])
+def test_packed_vit_block_matches_the_timm_block(precision, linear, atol):
+    torch.manual_seed(0)
+    vit = timm.models.vision_transformer.VisionTransformer(**TINY_COMMFOR, num_classes=1).eval()
+    block = vit.blocks[0]
+    assert PackedViTBlock.supports(block)
+    packed = PackedViTBlock(block, precision)
+    assert isinstance(packed.fc1, linear) and packed.fc1.activation == "gelu"
+    x = torch.randn(2, 577, TINY_COMMFOR["embed_dim"])
+    with torch.inference_mode():
+        expected, y = block(x), packed(x)
+    assert y.dtype == torch.float32 and y.shape == expected.shape
+    torch.testing.assert_close(y, expected, rtol=0, atol=atol)
+    assert not torch.allclose(y, x, atol=1e-3)  # the block did something
+
+
+def test_blocks_that_are_not_plain_vit_blocks_are_left_alone():
+    torch.manual_seed(0)
+    scaled = timm.models.vision_transformer.VisionTransformer(**TINY_COMMFOR, num_classes=1, init_values=1e-5)
+    quick = timm.models.vision_transformer.VisionTransformer(**TINY_COMMFOR, num_classes=1,
+                                                             act_layer=torch.nn.SiLU)
+    assert not PackedViTBlock.supports(scaled.blocks[0])  # LayerScale
+    assert not PackedViTBlock.supports(quick.blocks[0])  # another activation
+
+
+@needs_onednn
+def test_fast_commfor_is_a_new_module_and_agrees(tiny_checkpoint):
+    model = load_commfor(tiny_checkpoint)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fast = accel.fast_commfor(model, torch.device("cpu"), "bf16")
+    assert fast is not model and accel.precision_of(fast) == "bf16"
+    assert all(isinstance(b, PackedViTBlock) for b in fast.module.vit.blocks)
+    assert not any(isinstance(b, PackedViTBlock) for b in model.vit.blocks)  # the model given is unchanged
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    images = _images()
+    exact, quick = commfor_scores(model, images), commfor_scores(fast, images)
+    assert np.abs(exact - quick).max() <= probe.MAX_COMMFOR_PROBABILITY_DELTA
+
+
+@needs_onednn
+def test_the_probe_keeps_the_fast_path_only_within_its_own_bound(sources, monkeypatch, tmp_path):
+    from ganorigin.hub import resolve
+
+    monkeypatch.setenv("GANORIGIN_CACHE_DIR", str(tmp_path))
+    files = resolve(sources)
+    fast = create_commfor(files=files, device="cpu", precision="bf16")
+    assert accel.precision_of(fast) == "bf16"
+    monkeypatch.setenv("GANORIGIN_CACHE_DIR", str(tmp_path / "fresh"))
+    monkeypatch.setattr(probe, "MAX_COMMFOR_PROBABILITY_DELTA", -1.0)  # nothing can agree this well
+    refused = create_commfor(files=files, device="cpu", precision="bf16")
+    assert isinstance(refused, CommForDetector) and accel.precision_of(refused) == "fp32"
+    assert create_commfor(files=files, device="cpu", precision="fp32").__class__ is CommForDetector
+
