@@ -101,6 +101,19 @@ def test_preprocessing_is_the_authors_test_transform(size, resize):
     assert WEIGHTS["commfor.vit_small_patch16_384"].preprocess is COMMFOR_PREPROCESS[384]
 
 
+def test_very_elongated_images_are_cut_to_their_centre_4_to_1_first():
+    """A 16 x 5001 strip would be resized to 440 x 137,527 px by torchvision; up to 4:1 nothing changes."""
+    rng = np.random.default_rng(1)
+    reference = transforms.Compose([transforms.Resize(440), transforms.CenterCrop(384), transforms.ToTensor(),
+                                    transforms.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)])
+    strip = Image.fromarray(rng.integers(0, 256, (5001, 16, 3), dtype=np.uint8))
+    x = COMMFOR_PREPROCESS[384](strip)
+    torch.testing.assert_close(x, reference(transforms.CenterCrop((64, 16))(strip)), rtol=0, atol=0)  # its 4:1 centre
+    assert not torch.equal(x, reference(strip))
+    four_to_one = Image.fromarray(rng.integers(0, 256, (100, 400, 3), dtype=np.uint8))
+    torch.testing.assert_close(COMMFOR_PREPROCESS[384](four_to_one), reference(four_to_one), rtol=0, atol=0)
+
+
 def test_scores_do_not_depend_on_the_batch(tiny_checkpoint):
     model = load_commfor(tiny_checkpoint)
     images = _images()
