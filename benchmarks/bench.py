@@ -314,9 +314,12 @@ def _load(path: str, weights_dir: Path) -> tuple:
             model = load_ours(weights_dir, requested)
     finally:
         probe_logger.removeHandler(handler)
+    commfor = getattr(model, "commfor", None)  # the second detector, where the pipeline has one
     return model, {"requested": requested, "resolved": resolve_precision(requested, torch.device("cpu")),
                    "precision": model.precision, "detector_precision": precision_of(model.detector),
-                   "encoder_precision": precision_of(model.encoder), "probe_warnings": handler.messages}
+                   "encoder_precision": precision_of(model.encoder),
+                   "commfor_precision": None if commfor is None else precision_of(commfor),
+                   "probe_warnings": handler.messages}
 
 
 def _child(args) -> int:
@@ -510,7 +513,22 @@ def _machine(emulation: dict) -> dict:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": platform.machine(),
+        "source": _source_version(),
     }
+
+
+def _source_version() -> Optional[str]:
+    """The commit of the code measured (with "+changes" when ``ganorigin/`` differs from it), where git can tell."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                timeout=10)
+        changed = subprocess.run(["git", "status", "--porcelain", "--", "ganorigin", "benchmarks"], cwd=ROOT,
+                                 capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if commit.returncode != 0:
+        return None
+    return commit.stdout.strip() + ("+changes" if changed.stdout.strip() else "")
 
 
 def describe_machine(m: dict) -> str:
@@ -520,8 +538,9 @@ def describe_machine(m: dict) -> str:
     mode = ("**EMULATED** (" + ", ".join(f"{k}={env[k] or 'unset'}" for k in EMULATION_ENV)
             + (f", MKL_ENABLE_INSTRUCTIONS={env['MKL_ENABLE_INSTRUCTIONS']}" if env.get("MKL_ENABLE_INSTRUCTIONS") else "")
             + f"; int8 engine {m['quantized_engine']})") if m["emulated"] else "native"
+    source = f"; code {m['source']}" if m.get("source") else ""
     return (f"{m['cpu']}, {m['cores']} cores, cpu_class {m['cpu_class']}, flags: {flags}; torch {m['torch']}; "
-            f"{m['date']}; {mode}")
+            f"{m['date']}{source}; {mode}")
 
 
 def _number(value: float) -> str:
@@ -551,6 +570,8 @@ def format_table(result: dict) -> str:
     for path in order:
         run, lat = paths[path], paths[path]["latency"]
         used = f"CLIP {run['detector_precision']} / e4e {run['encoder_precision']}"
+        if run.get("commfor_precision"):
+            used += f" / CommFor {run['commfor_precision']}"
         if path == BASELINE:
             first, agree_cells = "—", ["—", "—", "—"]
         else:
@@ -592,6 +613,10 @@ def format_table(result: dict) -> str:
             if a.get("max_fake_logit_delta") is not None:
                 lines.append(f"{path}: max |Δ logit| {a['max_fake_logit_delta']:.3f} on the {a['logit_images']} "
                              "images whose P(fake) is not saturated.")
+    with_commfor = [path for path in order if paths[path].get("commfor_precision")]
+    if with_commfor:
+        lines.append(f"{', '.join(with_commfor)} also run the second detector (Community Forensics); the baseline, "
+                     "as the original app, does not.")
     lines.append(f"{len(result['images'])} images, {result.get('passes', 2)} passes taking turns in one process; "
                  f"load average {m['load_average_1m']:.1f} at the end. {result['weights']}")
     for path, targets in result["targets"].items():

@@ -67,6 +67,8 @@ def test_quick_bench_writes_every_measurement(quick_result):
         assert [a["image"] for a in run["answers"]] == quick_result["images"]
         assert isinstance(run["probe_warnings"], list)
     assert quick_result["paths"]["baseline"]["precision"] == "fp32"
+    assert quick_result["paths"]["baseline"]["commfor_precision"] is None  # the original had no second detector
+    assert all(quick_result["paths"][path]["commfor_precision"] for path in _ours(quick_result))
     for path in _ours(quick_result):
         ratios = quick_result["ratios"][path]
         assert set(ratios) >= {"end_to_end_p50", "end_to_end_p95", "detect_p50", "encode_p50", "cold_start_s",
@@ -87,7 +89,8 @@ def test_quick_bench_reports_the_precision_each_path_ended_with(quick_result):
         assert run["requested"] == path.removeprefix("ours-")
         resolved = run["resolved"]
         assert resolved == accel.resolve_precision(run["requested"], torch.device("cpu"))
-        for model in ("detector", "encoder"):
+        models = ("detector", "encoder", "commfor") if run["commfor_precision"] is not None else ("detector", "encoder")
+        for model in models:
             used = run[f"{model}_precision"]
             fast = resolved if not (model == "encoder" and resolved == "int8") else "fp32"  # int8: e4e stays exact
             assert used in {fast, "fp32"}
@@ -107,6 +110,7 @@ def test_quick_bench_names_the_cpu(quick_result):
     assert machine["cpu_class"] == cpu_class()
     assert machine["cpu_flags"] == [flag for flag in bench.CPU_FLAGS if flag in cpu_flags()]
     assert machine["torch"] == torch.__version__ and machine["date"]
+    assert machine["source"] is None or machine["source"] in bench.format_table(quick_result)
     assert machine["emulated"] is False and machine["emulation_note"] is None
     assert machine["emulation_env"]["ONEDNN_MAX_CPU_ISA"] is None
     assert machine["emulation_env"]["GANORIGIN_CPU_ISA"] is None

@@ -249,13 +249,15 @@ def test_a_slow_load_can_be_cancelled_and_retried_from_the_page(browser, hub, we
     """A Hub that answers slowly keeps the model loading: the page says so and offers Cancel; after
     Cancel it says the model is not available and offers Retry, which loads it once the Hub is back."""
     from app_server import AppServer
-    from ganorigin.testing import E4E_FILE, LABEL_ENCODER_FILE, SCALER_FILE, SVM_FILE, UFD_HEAD_FILE
+    from ganorigin.testing import COMMFOR_FILE, E4E_FILE, LABEL_ENCODER_FILE, SCALER_FILE, SVM_FILE, UFD_HEAD_FILE
 
     repo, clip_repo = "ganorigin-tests/cancel-attribution", "ganorigin-tests/cancel-clip"
+    commfor_repo = "ganorigin-tests/cancel-commfor"
+    hub.add_repo(commfor_repo, {COMMFOR_FILE: weights_dir / COMMFOR_FILE})
     hub.add_repo(repo, {f: weights_dir / f for f in (E4E_FILE, SVM_FILE, SCALER_FILE, LABEL_ENCODER_FILE)})
     hub.add_repo(clip_repo, {"open_clip_model.safetensors": weights_dir / "open_clip_model.safetensors"})
     env = {
-        "GANORIGIN_REPO_ID": repo, "GANORIGIN_CLIP_REPO_ID": clip_repo,
+        "GANORIGIN_REPO_ID": repo, "GANORIGIN_CLIP_REPO_ID": clip_repo, "GANORIGIN_COMMFOR_REPO_ID": commfor_repo,
         "GANORIGIN_UFD_HEAD_URL": hub.add_raw("cancel-fc_weights.pth", weights_dir / UFD_HEAD_FILE),
         "GANORIGIN_UFD_HEAD_SHA256": weights_env["GANORIGIN_UFD_HEAD_SHA256"],
         "GANORIGIN_NETWORK_TIMEOUT": "60", "GANORIGIN_EXAMPLES_URL": "http://127.0.0.1:9",

@@ -154,7 +154,7 @@ def test_original_json_is_unchanged_and_extended_json_adds_the_rest(model, face_
     assert original == ufd_only.to_dict()  # the second detector and the gate never touch the original JSON
     extended = json.loads(json.dumps(result.to_dict(extended=True)))
     assert {k: extended[k] for k in original} == original
-    assert set(extended) == {*original, "alignment", "detectors", "verdict", "degradation"}
+    assert set(extended) == {*original, "alignment", "detectors", "verdict", "degradation", "provenance"}
     assert extended["detectors"]["ufd"] == {"probability": result.fake_probability, "threshold": 0.89, "band": 0.05,
                                             "state": result.detector_states["ufd"]}
     assert extended["detectors"]["commfor"]["probability"] == result.commfor_probability
