@@ -95,11 +95,9 @@ def test_offline_without_weights_the_app_starts_and_says_what_is_missing(tmp_pat
     assert health["status"] == "failed" and health["weights_loaded"] is False
     assert "e4e_ffhq_encode.pt" in health["error"] and "offline" in health["error"]
 
+    # What the page says is read in a real browser (test_browser.py): the page's status is filled in by its
+    # load event, while /config holds whatever the status was when the page was built.
     components = _config_components(offline)
-    page_text = json.dumps([c.get("props", {}).get("value") for c in components])
-    assert "The model is not available" in page_text
-    for filename in ("e4e_ffhq_encode.pt", "gan_attribution_model.pkl", "fc_weights.pth"):
-        assert filename in page_text
     assert not [c for c in components if c.get("type") == "dataset"], "offline with an empty cache: no examples"
 
     face = tmp_path / "face.png"
