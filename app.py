@@ -18,7 +18,7 @@ import pandas as pd
 import uvicorn
 from PIL import Image, ImageOps
 
-from ganorigin import DEFAULT_THRESHOLD, GANOriginError, InvalidImageError, Prediction
+from ganorigin import DEFAULT_THRESHOLD, Prediction
 from ganorigin.align import alignment_available
 from ganorigin.examples import EXAMPLES, fetch_examples
 from ganorigin.images import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
@@ -26,17 +26,8 @@ from ganorigin.models import display_name
 from ganorigin.pipeline import check_threshold
 from ganorigin.serving.rest import create_rest_app
 from ganorigin.serving.service import ModelService
-from ganorigin.serving.uploads import UploadsOnlyBlocks, mount, read_upload, reject_upload
-
-try:  # ZeroGPU Spaces: run analyses on a borrowed GPU; elsewhere a no-op.
-    import spaces
-
-    gpu = spaces.GPU
-except ImportError:
-
-    def gpu(fn):
-        return fn
-
+from ganorigin.serving.uploads import UploadsOnlyBlocks, mount
+from ganorigin.ui.common import gpu, user_error, with_upload
 
 LOG_LEVEL = os.environ.get("GANORIGIN_LOG_LEVEL", "info").upper()
 logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -50,7 +41,6 @@ CONCURRENCY = int(os.environ.get("GANORIGIN_CONCURRENCY", 1))
 CACHE_LIFETIME_S = int(os.environ.get("GANORIGIN_CACHE_LIFETIME", 3600))
 CROP_DISPLAY_SIDE = 256  # e4e's input size: what attribution saw, at the resolution it saw it
 HEAT_DISPLAY_SIDE = 448  # the detector's 224 px crop, shown at twice its size
-NO_IMAGE = "Upload, paste or capture a face image first."
 
 
 def report_load() -> None:
@@ -154,12 +144,6 @@ def retry_loading():
     return refresh_status()
 
 
-def _user_error(message: str, title: str) -> gr.Error:
-    """A message for the person using the page or the API; the log gets one line, no traceback."""
-    logger.info("%s: %s", title, message.splitlines()[0])
-    return gr.Error(message, title=title, print_exception=False)
-
-
 def _number(value) -> float:
     """``value`` as a float; NaN when it is not a number."""
     try:
@@ -175,21 +159,7 @@ def _threshold(value) -> float:
     try:
         return check_threshold(value)
     except ValueError as e:
-        raise _user_error(str(e), "Invalid threshold") from e
-
-
-def _with_upload(file: dict | None, task, missing: str = NO_IMAGE):
-    """``task(bytes)`` on the uploaded ``file``. A file that is not an image we can read is deleted
-    at once; expected failures become messages for the person."""
-    if file is None:
-        raise _user_error(missing, "No image")
-    try:
-        return task(read_upload(file))
-    except InvalidImageError as e:
-        reject_upload(file, str(e))
-        raise _user_error(str(e), "This file cannot be analysed") from e
-    except GANOriginError as e:
-        raise _user_error(str(e), "Model unavailable") from e
+        raise user_error(str(e), "Invalid threshold") from e
 
 
 @gpu
@@ -205,7 +175,7 @@ def _explain(data: bytes):
 def predict_api(file: dict | None, threshold: float = DEFAULT_THRESHOLD) -> dict:
     """The original /predict JSON for one image."""
     threshold = _threshold(threshold)
-    return _with_upload(file, lambda data: _predict(data, threshold).to_dict(), missing="No image uploaded")
+    return with_upload(file, lambda data: _predict(data, threshold).to_dict(), missing="No image uploaded")
 
 
 def _verdict_card(result: Prediction) -> str:
@@ -224,7 +194,8 @@ def _verdict_card(result: Prediction) -> str:
 def _attribution_line(result: Prediction) -> str:
     share = max(result.probabilities)
     if result.unknown:
-        line = f"**Unknown GAN**: unlike the three known GANs (closest: {display_name(result.attribution_label)}, {share:.0%})."
+        closest = display_name(result.attribution_label)
+        line = f"**Unknown GAN**: unlike the three known GANs (closest: {closest}, {share:.0%})."
     elif result.is_fake:
         line = f"Attributed to **{result.attribution}** ({share:.0%} among the three known GANs)."
     else:
@@ -260,7 +231,7 @@ def _result_views(result: Prediction) -> tuple:
 def analyse(image: dict | None, threshold: float, align: bool | None):
     """Verdict, attribution, chart, the crop attribution saw and the original JSON for one image."""
     threshold = _threshold(threshold)
-    result = _with_upload(image, lambda data: _predict(data, threshold, None if align is None else bool(align)))
+    result = with_upload(image, lambda data: _predict(data, threshold, None if align is None else bool(align)))
     crop = result.attributed_image
     if crop is not None:
         crop = ImageOps.contain(crop, (CROP_DISPLAY_SIDE, CROP_DISPLAY_SIDE))
@@ -281,7 +252,7 @@ def rederive(result: Prediction | None, threshold):
 
 def explain(image: dict | None):
     """Heat map over the detector's 224 px centre crop, and the frequency view."""
-    heat, spectrum = _with_upload(image, _explain)
+    heat, spectrum = with_upload(image, _explain)
     how = "input × gradient" if heat.method == "gradient" else "occlusion"
     caption = (
         f"**Heat map** ({how}, P(fake) {heat.fake_probability:.3f}): the 224 px centre crop the detector sees; "
@@ -309,45 +280,49 @@ with UploadsOnlyBlocks(title="GANOrigin — GAN face detection and attribution",
         retry = gr.Button("Retry loading", size="sm", visible=service.state == "failed", scale=0)
         cancel = gr.Button("Cancel loading", size="sm", visible=service.state == "loading", scale=0)
     timer = gr.Timer(1.0, active=service.state == "loading")
-    last_result = gr.State()
-    with gr.Row(equal_height=False):
-        with gr.Column(scale=5, min_width=300):
-            image = gr.Image(type="filepath", sources=["upload", "clipboard", "webcam"], label="Face image", height=380,
-                             elem_id="face-image")
-            with gr.Accordion("Advanced", open=False):
-                threshold = gr.Slider(0.0, 1.0, value=DEFAULT_THRESHOLD, step=0.01, label="Decision threshold",
-                                      info="Fake probability at or above this is called GAN-generated (original: 0.89).")
-                align = gr.Checkbox(value=alignment_available(), interactive=alignment_available(),
-                                    label="Align the face (FFHQ-style) before attribution",
-                                    info="The detector always sees the whole image.")
-            analyse_btn = gr.Button("Analyse", variant="primary", size="lg")
-            if examples:
-                captions = {e.filename: e.caption for e in EXAMPLES}
-                gr.Examples([[str(p)] for p in examples], inputs=image, label="Examples",
-                            example_labels=[captions.get(p.name, p.name) for p in examples])
-        with gr.Column(scale=6, min_width=300):
-            card = gr.HTML(EMPTY_CARD, label="Verdict")
-            gan_line = gr.Markdown(label="Attribution summary")
+    with gr.Tabs(elem_id="tabs"):
+        with gr.Tab("Image", id="image"):
+            last_result = gr.State()
             with gr.Row(equal_height=False):
-                attribution = gr.Label(label="Attributed GAN", num_top_classes=3, show_heading=False,
-                                       elem_id="attribution", scale=3, min_width=180)
-                crop = gr.Image(label="What attribution saw", show_label=False, height=150, interactive=False,
-                                buttons=[], scale=1, min_width=120, elem_id="attributed-crop")
-            chart = gr.BarPlot(x="class", y="probability", y_lim=[0, 1], sort=CLASS_ORDER, x_title=" ",
-                               label="Class probabilities", height=260, x_label_angle=-45,
-                               caption=f"Threshold {DEFAULT_THRESHOLD:.2f} on P(fake).", elem_id="class-chart")
-            with gr.Accordion("Why this verdict? (heat map and frequency view)", open=False):
-                explain_btn = gr.Button("Explain", size="sm")
-                with gr.Row(equal_height=False):
-                    with gr.Column(scale=2, min_width=260):
-                        heat_image = gr.Image(label="Heat map", interactive=False, height=320, buttons=["fullscreen"],
-                                              elem_id="heat-map")
-                        gr.HTML(HEAT_LEGEND)
-                    spectrum_image = gr.Image(label="Frequency view", interactive=False, height=320,
-                                              buttons=["fullscreen"], elem_id="frequency-view", scale=3, min_width=260)
-                explain_text = gr.Markdown(label="How to read these views")
-            with gr.Accordion("JSON (the original API's answer)", open=False):
-                as_json = gr.JSON(label="POST /predict")
+                with gr.Column(scale=5, min_width=300):
+                    image = gr.Image(type="filepath", sources=["upload", "clipboard", "webcam"], label="Face image",
+                                     height=380, elem_id="face-image")
+                    with gr.Accordion("Advanced", open=False):
+                        threshold = gr.Slider(
+                            0.0, 1.0, value=DEFAULT_THRESHOLD, step=0.01, label="Decision threshold",
+                            info="Fake probability at or above this is called GAN-generated (original: 0.89).")
+                        align = gr.Checkbox(value=alignment_available(), interactive=alignment_available(),
+                                            label="Align the face (FFHQ-style) before attribution",
+                                            info="The detector always sees the whole image.")
+                    analyse_btn = gr.Button("Analyse", variant="primary", size="lg")
+                    if examples:
+                        captions = {e.filename: e.caption for e in EXAMPLES}
+                        gr.Examples([[str(p)] for p in examples], inputs=image, label="Examples",
+                                    example_labels=[captions.get(p.name, p.name) for p in examples])
+                with gr.Column(scale=6, min_width=300):
+                    card = gr.HTML(EMPTY_CARD, label="Verdict")
+                    gan_line = gr.Markdown(label="Attribution summary")
+                    with gr.Row(equal_height=False):
+                        attribution = gr.Label(label="Attributed GAN", num_top_classes=3, show_heading=False,
+                                               elem_id="attribution", scale=3, min_width=180)
+                        crop = gr.Image(label="What attribution saw", show_label=False, height=150, interactive=False,
+                                        buttons=[], scale=1, min_width=120, elem_id="attributed-crop")
+                    chart = gr.BarPlot(x="class", y="probability", y_lim=[0, 1], sort=CLASS_ORDER, x_title=" ",
+                                       label="Class probabilities", height=260, x_label_angle=-45,
+                                       caption=f"Threshold {DEFAULT_THRESHOLD:.2f} on P(fake).", elem_id="class-chart")
+                    with gr.Accordion("Why this verdict? (heat map and frequency view)", open=False):
+                        explain_btn = gr.Button("Explain", size="sm")
+                        with gr.Row(equal_height=False):
+                            with gr.Column(scale=2, min_width=260):
+                                heat_image = gr.Image(label="Heat map", interactive=False, height=320,
+                                                      buttons=["fullscreen"], elem_id="heat-map")
+                                gr.HTML(HEAT_LEGEND)
+                            spectrum_image = gr.Image(label="Frequency view", interactive=False, height=320,
+                                                      buttons=["fullscreen"], elem_id="frequency-view", scale=3,
+                                                      min_width=260)
+                        explain_text = gr.Markdown(label="How to read these views")
+                    with gr.Accordion("JSON (the original API's answer)", open=False):
+                        as_json = gr.JSON(label="POST /predict")
     with gr.Accordion("How it works / limitations", open=False):
         gr.Markdown(HOW_IT_WORKS)
 

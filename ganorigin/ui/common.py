@@ -1,0 +1,43 @@
+"""What every tab of the page shares: user-facing errors, reading an upload, the ZeroGPU decorator."""
+
+from __future__ import annotations
+
+import logging
+
+import gradio as gr
+
+from ..errors import GANOriginError, InvalidImageError
+from ..serving.uploads import read_upload, reject_upload
+
+try:  # ZeroGPU Spaces: run analyses on a borrowed GPU; elsewhere a no-op.
+    import spaces
+
+    gpu = spaces.GPU
+except ImportError:
+
+    def gpu(fn):
+        return fn
+
+
+logger = logging.getLogger("ganorigin.app")
+NO_IMAGE = "Upload, paste or capture a face image first."
+
+
+def user_error(message: str, title: str) -> gr.Error:
+    """A message for the person using the page or the API; the log gets one line, no traceback."""
+    logger.info("%s: %s", title, message.splitlines()[0])
+    return gr.Error(message, title=title, print_exception=False)
+
+
+def with_upload(file: dict | None, task, missing: str = NO_IMAGE):
+    """``task(bytes)`` on the uploaded ``file``. A file that is not one we can read is deleted at
+    once; expected failures become messages for the person."""
+    if file is None:
+        raise user_error(missing, "No image")
+    try:
+        return task(read_upload(file))
+    except InvalidImageError as e:
+        reject_upload(file, str(e))
+        raise user_error(str(e), "This file cannot be analysed") from e
+    except GANOriginError as e:
+        raise user_error(str(e), "Model unavailable") from e
