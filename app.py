@@ -19,6 +19,7 @@ import uvicorn
 from PIL import Image, ImageOps
 
 from ganorigin import DEFAULT_THRESHOLD, Prediction
+from ganorigin.verdict import COMMFOR_THRESHOLD
 from ganorigin.align import alignment_available
 from ganorigin.examples import EXAMPLES, fetch_examples
 from ganorigin.images import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
@@ -27,6 +28,7 @@ from ganorigin.pipeline import check_threshold
 from ganorigin.serving.rest import create_rest_app
 from ganorigin.serving.service import ModelService
 from ganorigin.serving.uploads import UploadsOnlyBlocks, mount
+from ganorigin.ui.cards import CARD_CSS, EMPTY_CARD, provenance_panel, verdict_card
 from ganorigin.ui.common import gpu, user_error, with_upload
 
 LOG_LEVEL = os.environ.get("GANORIGIN_LOG_LEVEL", "info").upper()
@@ -82,18 +84,7 @@ screenshots or resized images are unreliable. A verdict is evidence, not proof.
 Limits: {MAX_IMAGE_BYTES / 2**20:g} MiB, {MAX_IMAGE_PIXELS / 1e6:g} megapixels per image.
 """
 
-CSS = """
-#verdict-card {border-radius: 12px; padding: 16px 20px; margin-bottom: 4px; border: 1px solid #d0d5dd;}
-#verdict-card.fake {background: #fdecea; border-color: #f5b7b1;}
-#verdict-card.real {background: #e8f6ee; border-color: #a9dfbf;}
-#verdict-card h2 {margin: 0 0 6px 0; display: flex; align-items: center; gap: 10px;}
-#verdict-card .dot {width: 14px; height: 14px; border-radius: 50%; background: #98a2b3; display: inline-block;}
-#verdict-card.fake .dot {background: #d92d20;}
-#verdict-card.real .dot {background: #12b76a;}
-#verdict-card .meter {position: relative; height: 10px; border-radius: 5px; background: #e4e7ec; margin: 10px 0 4px;}
-#verdict-card .meter .fill {position: absolute; left: 0; top: 0; bottom: 0; border-radius: 5px; background: #6172f3;}
-#verdict-card .meter .mark {position: absolute; top: -4px; bottom: -4px; width: 2px; background: #101828;}
-#verdict-card .scale {display: flex; justify-content: space-between; font-size: 0.8em; color: #667085;}
+CSS = CARD_CSS + """
 #status {font-size: 0.92em;}
 #status pre, #status code {white-space: pre-wrap; overflow-wrap: anywhere;}
 /* Gradio sizes the plot to the whole block and the label pushes its x axis out of view: let the
@@ -106,8 +97,6 @@ CSS = """
   background: linear-gradient(to right, #0000ff, #ffffff, #ff0000);}
 .heat-legend .ends {display: flex; justify-content: space-between; gap: 8px;}
 """
-EMPTY_CARD = ("<div id='verdict-card'><h2><span class='dot'></span>No image analysed yet</h2>"
-              "<div>Upload a face and press Analyse.</div></div>")
 HEAT_LEGEND = ("<div class='heat-legend'><div>Each region pushes the verdict towards</div><div class='bar'></div>"
                "<div class='ends'><span><b>real</b></span><span><b>GAN-generated</b></span></div></div>")
 
@@ -116,7 +105,11 @@ def status_text() -> str:
     state = service.state
     if state == "ready":
         h = service.health()
-        return f"**Model ready** on `{h['device']}` (loaded in {h['load_seconds']} s)."
+        ready = f"**Model ready** on `{h['device']}` (loaded in {h['load_seconds']} s)."
+        if h["test_weights"]:
+            ready += ("\n\n⚠️ **Test weights.** These are random weights from `ganorigin demo-weights`: every verdict "
+                      "on this page is meaningless. Remove GANORIGIN_WEIGHTS_DIR to use the real weights.")
+        return ready
     if state == "loading":
         step = f" {service.step}…" if service.step else ""
         return (f"**Loading the model…**{step} The first launch downloads about 2 GB of weights; "
@@ -178,23 +171,22 @@ def predict_api(file: dict | None, threshold: float = DEFAULT_THRESHOLD) -> dict
     return with_upload(file, lambda data: _predict(data, threshold).to_dict(), missing="No image uploaded")
 
 
-def _verdict_card(result: Prediction) -> str:
-    p, t = result.fake_probability, result.threshold
-    kind = "fake" if result.is_fake else "real"
-    title = "GAN-generated" if result.is_fake else "Real"
-    return (
-        f"<div id='verdict-card' class='{kind}'><h2><span class='dot'></span>{title}</h2>"
-        f"<div>Fake probability <b>{p:.3f}</b> — threshold {t:.2f}</div>"
-        f"<div class='meter'><div class='fill' style='width:{p * 100:.1f}%'></div>"
-        f"<div class='mark' style='left:calc({t * 100:.1f}% - 1px)' title='threshold'></div></div>"
-        "<div class='scale'><span>real</span><span>GAN-generated</span></div></div>"
-    )
+def predict_extended_api(file: dict | None, threshold: float = DEFAULT_THRESHOLD,
+                         commfor_threshold: float = COMMFOR_THRESHOLD) -> dict:
+    """The extended JSON: the original keys plus both detectors, the overall verdict, the
+    degradation gate, alignment and provenance."""
+    threshold, commfor_threshold = _threshold(threshold), _threshold(commfor_threshold)
+    return with_upload(file, lambda data: replace(_predict(data, threshold), commfor_threshold=commfor_threshold)
+                       .to_dict(extended=True), missing="No image uploaded")
 
 
 def _attribution_line(result: Prediction) -> str:
     share = max(result.probabilities)
-    if result.unknown:
-        closest = display_name(result.attribution_label)
+    closest = display_name(result.attribution_label)
+    if result.verdict_by == ("commfor",):
+        line = (f"**Not one of the known GANs** (diffusion or other): only the any-generator detector is confident "
+                f"(closest known GAN: {closest}, {share:.0%}).")
+    elif result.unknown:
         line = f"**Unknown GAN**: unlike the three known GANs (closest: {closest}, {share:.0%})."
     elif result.is_fake:
         line = f"Attributed to **{result.attribution}** ({share:.0%} among the three known GANs)."
@@ -211,43 +203,59 @@ def _attribution_title(result: Prediction) -> str:
     return "Closest known GAN" if result.unknown else "Attributed GAN"
 
 
-def _result_views(result: Prediction) -> tuple:
-    """What the page shows for ``result``: card, attribution line, per-GAN scores, chart, JSON."""
-    chart = pd.DataFrame(
-        {"class": list(result.class_probabilities), "probability": list(result.class_probabilities.values())}
-    )
+def _chart_caption(result: Prediction) -> str:
+    if result.verdict_by == ("commfor",):
+        return (f"Only the any-generator detector is confident (P {result.commfor_probability:.3f}). Bars: P(real), "
+                "the known GANs' share and the other generators' share of it (the GAN detector decides the split); "
+                "they sum to 1.")
     verdict = "at or above" if result.is_fake else "below"
-    caption = (f"P(fake) {result.fake_probability:.3f} is {verdict} the threshold {result.threshold:.2f}. "
-               "Bars: P(real) and P(fake) × P(GAN | fake); they sum to 1.")
+    return (f"P(fake) {result.fake_probability:.3f} is {verdict} the threshold {result.threshold:.2f}. "
+            "Bars: P(real) and P(fake) × P(GAN | fake); they sum to 1.")
+
+
+def _result_views(result: Prediction) -> tuple:
+    """What the page shows for ``result``: card, attribution line, per-GAN scores, chart, provenance, JSON."""
+    shares = result.class_probabilities
+    chart = pd.DataFrame({"class": list(shares), "probability": list(shares.values())})
     return (
-        _verdict_card(result),
+        verdict_card(result),
         _attribution_line(result),
         gr.Label(result.attribution_probabilities, label=_attribution_title(result)),
-        gr.BarPlot(chart, caption=caption),
+        gr.BarPlot(chart, caption=_chart_caption(result), sort=list(shares)),
+        provenance_panel(result),
         result.to_dict(),
     )
 
 
-def analyse(image: dict | None, threshold: float, align: bool | None):
-    """Verdict, attribution, chart, the crop attribution saw and the original JSON for one image."""
-    threshold = _threshold(threshold)
+def analyse(image: dict | None, threshold: float, align: bool | None, commfor_threshold: float = COMMFOR_THRESHOLD):
+    """Verdict, attribution, chart, provenance, the crop attribution saw and the original JSON for one image."""
+    threshold, commfor_threshold = _threshold(threshold), _threshold(commfor_threshold)
     result = with_upload(image, lambda data: _predict(data, threshold, None if align is None else bool(align)))
+    result = replace(result, commfor_threshold=commfor_threshold)
     crop = result.attributed_image
     if crop is not None:
         crop = ImageOps.contain(crop, (CROP_DISPLAY_SIDE, CROP_DISPLAY_SIDE))
-    # The page keeps the result to re-derive the verdict when the threshold moves, without the image.
+    # The page keeps the result to re-derive the verdict when a threshold moves, without the image.
     return (*_result_views(result), crop, replace(result, attributed_image=None))
 
 
-def rederive(result: Prediction | None, threshold):
-    """The verdict of the last analysis under a new threshold, without a new forward pass. A value
-    typed outside 0..1 is put back in range (the box would otherwise keep it)."""
-    value = _number(threshold)
-    corrected = DEFAULT_THRESHOLD if value != value else min(max(value, 0.0), 1.0)
-    if corrected != value:
+def _in_range(value, default: float) -> tuple[float, bool]:
+    """``value`` put back in 0..1 (``default`` when not a number), and whether that changed it."""
+    number = _number(value)
+    corrected = default if number != number else min(max(number, 0.0), 1.0)
+    if corrected != number:
         gr.Warning(f"The threshold is a probability from 0 to 1; it was set to {corrected:g}.")
-    views = (gr.skip(),) * 5 if result is None else _result_views(replace(result, threshold=corrected))
-    return (*views, gr.skip() if corrected == value else corrected)
+    return corrected, corrected != number
+
+
+def rederive(result: Prediction | None, threshold, commfor_threshold):
+    """The verdict of the last analysis under new thresholds, without a new forward pass. A value
+    typed outside 0..1 is put back in range (the box would otherwise keep it)."""
+    threshold, fixed = _in_range(threshold, DEFAULT_THRESHOLD)
+    commfor_threshold, commfor_fixed = _in_range(commfor_threshold, COMMFOR_THRESHOLD)
+    views = (gr.skip(),) * 6 if result is None else _result_views(
+        replace(result, threshold=threshold, commfor_threshold=commfor_threshold))
+    return (*views, threshold if fixed else gr.skip(), commfor_threshold if commfor_fixed else gr.skip())
 
 
 def explain(image: dict | None):
@@ -264,7 +272,7 @@ def explain(image: dict | None):
 
 def cleared() -> tuple:
     """Every result view emptied: nothing on the page may describe another image."""
-    return (EMPTY_CARD, "", gr.Label(None, label="Attributed GAN"), None, None, None, None, None, None, "")
+    return (EMPTY_CARD, "", gr.Label(None, label="Attributed GAN"), None, "", None, None, None, None, None, "")
 
 
 def drop_image() -> None:
@@ -274,7 +282,7 @@ def drop_image() -> None:
 
 with UploadsOnlyBlocks(title="GANOrigin — GAN face detection and attribution",
                        delete_cache=(CACHE_LIFETIME_S, CACHE_LIFETIME_S)) as demo:
-    gr.Markdown("# GANOrigin\nIs this face real or GAN-generated — and which GAN made it?")
+    gr.Markdown("# GANOrigin\nIs this face real or AI-generated — and which GAN made it?")
     status = gr.Markdown(status_text(), elem_id="status")
     with gr.Row():
         retry = gr.Button("Retry loading", size="sm", visible=service.state == "failed", scale=0)
@@ -291,6 +299,10 @@ with UploadsOnlyBlocks(title="GANOrigin — GAN face detection and attribution",
                         threshold = gr.Slider(
                             0.0, 1.0, value=DEFAULT_THRESHOLD, step=0.01, label="Decision threshold",
                             info="Fake probability at or above this is called GAN-generated (original: 0.89).")
+                        commfor_threshold = gr.Slider(
+                            0.0, 1.0, value=COMMFOR_THRESHOLD, step=0.01, label="Any-generator threshold",
+                            info="Community Forensics' probability at or above this is called AI-generated "
+                                 "(authors': 0.5).")
                         align = gr.Checkbox(value=alignment_available(), interactive=alignment_available(),
                                             label="Align the face (FFHQ-style) before attribution",
                                             info="The detector always sees the whole image.")
@@ -301,6 +313,7 @@ with UploadsOnlyBlocks(title="GANOrigin — GAN face detection and attribution",
                                     example_labels=[captions.get(p.name, p.name) for p in examples])
                 with gr.Column(scale=6, min_width=300):
                     card = gr.HTML(EMPTY_CARD, label="Verdict")
+                    provenance = gr.HTML(label="Provenance")
                     gan_line = gr.Markdown(label="Attribution summary")
                     with gr.Row(equal_height=False):
                         attribution = gr.Label(label="Attributed GAN", num_top_classes=3, show_heading=False,
@@ -308,7 +321,7 @@ with UploadsOnlyBlocks(title="GANOrigin — GAN face detection and attribution",
                         crop = gr.Image(label="What attribution saw", show_label=False, height=150, interactive=False,
                                         buttons=[], scale=1, min_width=120, elem_id="attributed-crop")
                     chart = gr.BarPlot(x="class", y="probability", y_lim=[0, 1], sort=CLASS_ORDER, x_title=" ",
-                                       label="Class probabilities", height=260, x_label_angle=-45,
+                                       label="Class probabilities", height=260, x_label_angle=-90,
                                        caption=f"Threshold {DEFAULT_THRESHOLD:.2f} on P(fake).", elem_id="class-chart")
                     with gr.Accordion("Why this verdict? (heat map and frequency view)", open=False):
                         explain_btn = gr.Button("Explain", size="sm")
@@ -329,7 +342,7 @@ with UploadsOnlyBlocks(title="GANOrigin — GAN face detection and attribution",
     api_file = gr.File(visible=False, label="image")
     api_json = gr.JSON(visible=False, label="prediction")
 
-    verdict_views = [card, gan_line, attribution, chart, as_json]
+    verdict_views = [card, gan_line, attribution, chart, provenance, as_json]
     status_outputs = [status, timer, retry, cancel]
     timer.tick(refresh_status, outputs=status_outputs, api_visibility="private")
     demo.load(refresh_status, outputs=status_outputs, api_visibility="private")
@@ -338,17 +351,21 @@ with UploadsOnlyBlocks(title="GANOrigin — GAN face detection and attribution",
     # A new image (or none) empties every result; a failed analysis empties the image.
     image.change(cleared, outputs=[*verdict_views, crop, last_result, heat_image, spectrum_image, explain_text],
                  api_visibility="private", queue=False)
-    threshold.change(rederive, [last_result, threshold], [*verdict_views, threshold], api_visibility="private",
-                     preprocess=False, concurrency_limit=None)
+    thresholds = [threshold, commfor_threshold]
+    for slider in thresholds:
+        slider.change(rederive, [last_result, *thresholds], [*verdict_views, *thresholds], api_visibility="private",
+                      preprocess=False, concurrency_limit=None)
     # preprocess=False: the handlers get the uploaded file itself, which Gradio has not opened.
     # /analyse is the page's own event (its outputs are page views): callable, but not advertised.
-    analyse_btn.click(analyse, [image, threshold, align], [*verdict_views, crop, last_result], api_name="analyse",
-                      api_visibility="undocumented", preprocess=False, show_progress_on=card
+    analyse_btn.click(analyse, [image, threshold, align, commfor_threshold], [*verdict_views, crop, last_result],
+                      api_name="analyse", api_visibility="undocumented", preprocess=False, show_progress_on=card
                       ).failure(drop_image, outputs=image, api_visibility="private", queue=False)
     explain_btn.click(explain, image, [heat_image, spectrum_image, explain_text], api_name="explain", preprocess=False,
                       show_progress_on=heat_image
                       ).failure(drop_image, outputs=image, api_visibility="private", queue=False)
     api_file.change(predict_api, [api_file, threshold], api_json, api_name="predict", preprocess=False)
+    api_file.change(predict_extended_api, [api_file, *thresholds], api_json, api_name="predict_extended",
+                    preprocess=False)
 
 demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
 

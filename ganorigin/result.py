@@ -10,7 +10,8 @@ from PIL import Image
 
 from .degradation import Degradation
 from .models.attributor import display_name
-from .verdict import AI_GENERATED, COMMFOR_THRESHOLD, OTHER_GENERATOR, UNSURE, detector_state, overall
+from .verdict import (AI_GENERATED, COMMFOR_THRESHOLD, OTHER_GENERATOR, OTHER_GENERATOR_CLASS, UNSURE, detector_state,
+                      overall)
 
 if TYPE_CHECKING:
     from .provenance import Provenance
@@ -64,8 +65,17 @@ class Prediction:
 
     @property
     def class_probabilities(self) -> dict:
-        """P(real) and P(fake) * P(GAN | fake) per GAN: sums to one, for the bar chart."""
+        """P(real) and P(fake) * P(GAN | fake) per GAN: sums to one, for the bar chart.
+
+        When Community Forensics alone is confident (a generator other than the known GANs), its
+        probability c is P(generated), split as c * P(fake) * P(GAN | fake) per GAN and
+        c * (1 - P(fake)) for "Other generator" (P(fake) being UFD's, the GAN detector's).
+        """
         p = self.fake_probability
+        if self.verdict_by == ("commfor",):
+            c = self.commfor_probability
+            return {"Real": 1.0 - c, **{name: c * p * q for name, q in self.attribution_probabilities.items()},
+                    OTHER_GENERATOR_CLASS: c * (1.0 - p)}
         return {"Real": 1.0 - p, **{name: p * q for name, q in self.attribution_probabilities.items()}}
 
     @property

@@ -27,6 +27,7 @@ from .degradation import Degradation
 AI_GENERATED, REAL, UNSURE = "AI-generated", "real", "unsure"
 DETECTOR_NAMES = {"ufd": "UniversalFakeDetect (GAN detector)", "commfor": "Community Forensics (any generator)"}
 OTHER_GENERATOR = "AI-generated — not one of the known GANs (diffusion or other)"
+OTHER_GENERATOR_CLASS = "Other generator"  # the bar chart's class for it
 COMMFOR_THRESHOLD = 0.5  # sigmoid(logit) > 0.5, the authors' operating point
 
 _ENV = {

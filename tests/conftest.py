@@ -7,6 +7,7 @@ HF_HUB_OFFLINE at import time): the whole session talks to the local Hub server,
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 import tempfile
@@ -50,10 +51,13 @@ def hub():
 def weights_dir() -> Path:
     """A folder of tiny random weights in the real formats; the UFD head is the real one when
     ../shared is present."""
+    from ganorigin.hub import TEST_WEIGHTS_MARKER
     from ganorigin.testing import write_test_weights
 
     head = REAL_UFD_HEAD if REAL_UFD_HEAD.is_file() else None
-    return write_test_weights(_SESSION_TMP / "weights", size="tiny", seed=0, ufd_head=head)
+    folder = write_test_weights(_SESSION_TMP / "weights", size="tiny", seed=0, ufd_head=head)
+    (folder / TEST_WEIGHTS_MARKER).write_text(json.dumps({"test_weights": True}))  # the app must say so
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -130,7 +130,7 @@ def test_a_file_that_is_not_an_image_gets_the_predict_message_on_every_endpoint(
         load_image(content)
     path = tmp_path / name
     path.write_bytes(content)
-    calls = {"/predict": (handle_file(str(path)),), "/analyse": (handle_file(str(path)), 0.5, False),
+    calls = {"/predict": (handle_file(str(path)),), "/analyse": (handle_file(str(path)), 0.5, False, 0.5),
              "/explain": (handle_file(str(path)),)}
     for api_name, args in calls.items():
         with pytest.raises(AppError) as caught:
@@ -142,11 +142,13 @@ def test_a_file_that_is_not_an_image_gets_the_predict_message_on_every_endpoint(
 
 
 def test_api_outputs_are_named_and_the_documented_endpoints_are_listed(client):
-    """view_api names every output after its label (no ``value_15``); /predict and /explain are
-    listed, the page's own /analyse is callable but not advertised."""
+    """view_api names every output after its label (no ``value_15``); /predict, /predict_extended and
+    /explain are listed, the page's own /analyse is callable but not advertised."""
     api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert set(api) == {"/predict", "/explain"}
+    assert set(api) == {"/predict", "/predict_extended", "/explain"}
     assert [r["label"] for r in api["/predict"]["returns"]] == ["prediction"]
+    assert [p["parameter_name"] for p in api["/predict_extended"]["parameters"]] == [
+        "file", "threshold", "commfor_threshold"]
     assert [r["label"] for r in api["/explain"]["returns"]] == ["Heat map", "Frequency view", "How to read these views"]
     assert [p["parameter_name"] for p in api["/predict"]["parameters"]] == ["file", "threshold"]
 

@@ -14,12 +14,15 @@ covers a label or the crop, with the model loaded or not. Saves screenshots to `
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from playwright.sync_api import expect
 
 from app_server import ROOT, main_server, offline_server
+from ganorigin.ui.cards import CARD_CLASSES
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -59,11 +62,11 @@ def _upload(page, path) -> None:
     page.locator("#face-image input[type=file]").set_input_files(str(path))
 
 
-def _set_threshold(page, value: str) -> None:
-    if not page.get_by_label("number input for Decision threshold").is_visible():
+def _set_threshold(page, value: str, which: str = "Decision threshold") -> None:
+    if not page.get_by_label(f"number input for {which}").is_visible():
         page.get_by_text("Advanced").click()
-    box = page.get_by_label("number input for Decision threshold")
-    slider = page.get_by_label("range slider for Decision threshold")
+    box = page.get_by_label(f"number input for {which}")
+    slider = page.get_by_label(f"range slider for {which}")
     for attempt in range(3):  # under load the page can re-render the box between the fill and the Enter
         box.fill(value)
         box.press("Enter")
@@ -91,6 +94,7 @@ def test_upload_analyse_and_see_verdict_attribution_and_chart(browser, server, m
     expected = model.predict(face, threshold=0.0)
 
     page = _open(browser, server.url, 1280)
+    expect(page.locator("#status")).to_contain_text("Test weights.")  # random weights say so on the page
     _upload(page, face)
     page.locator("#face-image img").first.wait_for()
     _set_threshold(page, "0")
@@ -99,9 +103,9 @@ def test_upload_analyse_and_see_verdict_attribution_and_chart(browser, server, m
     expect(page.get_by_label("range slider for Decision threshold")).to_have_value("0", timeout=WAIT_MS)
     page.get_by_role("button", name="Analyse").click()
 
-    card = page.locator("#verdict-card.fake")
+    card = page.locator(f"#verdict-card.{CARD_CLASSES[expected.verdict]}")
     card.wait_for()
-    assert "GAN-generated" in card.inner_text()
+    assert expected.verdict == "AI-generated" and expected.verdict_text in card.inner_text()
     assert f"{expected.fake_probability:.3f}" in card.inner_text() and "threshold 0.00" in card.inner_text()
     page.get_by_text(f"Attributed to {expected.attribution}").wait_for()
     attribution = page.locator("#attribution")
@@ -138,8 +142,8 @@ def test_moving_the_threshold_rederives_the_verdict_and_the_box_stays_in_range(b
     page = _open(browser, server.url, 1400)
     _upload(page, face)
     page.locator("#face-image img").first.wait_for()
+    _set_threshold(page, "1", "Any-generator threshold")  # the GAN detector alone decides here
     _set_threshold(page, "0")
-    expect(page.get_by_label("range slider for Decision threshold")).to_have_value("0", timeout=WAIT_MS)
     page.get_by_role("button", name="Analyse").click()
     page.locator("#verdict-card.fake").wait_for()
     analyse_id = next(d["id"] for d in server.get_json("/config")["dependencies"] if d.get("api_name") == "analyse")
@@ -179,7 +183,7 @@ def test_a_file_that_is_not_an_image_gets_the_library_message_and_clears_the_pag
     page = _open(browser, server.url, 1400)
     _upload(page, sorted(dev_images["stylegan2"])[0])
     page.get_by_role("button", name="Analyse").click()
-    page.locator("#verdict-card.real, #verdict-card.fake").wait_for()
+    page.locator("#verdict-card.real, #verdict-card.fake, #verdict-card.unsure").wait_for()
     page.get_by_text("Why this verdict?").click()
 
     _upload(page, bad)
@@ -200,7 +204,7 @@ def test_layout_fits_and_nothing_covers_labels_or_the_crop(browser, server, dev_
     page = _open(browser, server.url, width)
     _upload(page, largest)
     page.get_by_role("button", name="Analyse").click()
-    page.locator("#verdict-card.real, #verdict-card.fake").wait_for()
+    page.locator("#verdict-card.real, #verdict-card.fake, #verdict-card.unsure").wait_for()
     page.get_by_text("Why this verdict?").click()
     page.get_by_role("button", name="Explain").click()
     heat = page.locator("#heat-map img").first
@@ -227,6 +231,60 @@ def test_layout_fits_and_nothing_covers_labels_or_the_crop(browser, server, dev_
     page.close()
 
 
+def test_a_hit_from_the_any_generator_detector_alone_names_no_gan(browser, server, model, dev_images):
+    """The diffusion-style case: the GAN detector says real (threshold 1), the any-generator detector
+    is confident (threshold 0): AI-generated, not one of the known GANs, with an "Other generator" bar."""
+    face = sorted(dev_images["real"])[0]
+    page = _open(browser, server.url, 1400)
+    _upload(page, face)
+    page.locator("#face-image img").first.wait_for()
+    _set_threshold(page, "1")
+    _set_threshold(page, "0", "Any-generator threshold")
+    page.get_by_role("button", name="Analyse").click()
+    card = page.locator("#verdict-card.fake")
+    card.wait_for()
+    expect(card).to_contain_text("AI-generated — not one of the known GANs")
+    expect(card).to_contain_text("Confident: Community Forensics (any generator).")
+    p_commfor = model.predict(face).commfor_probability
+    expect(card.locator(".detector.commfor")).to_contain_text(f"P(fake) {p_commfor:.3f} — threshold 0.00")
+    expect(card.locator(".detector.ufd")).to_contain_text("threshold 1.00")
+    expect(page.get_by_text("Not one of the known GANs", exact=True)).to_be_visible()  # the attribution line
+    chart = page.locator("#class-chart")
+    chart.locator("svg text", has_text="Other generator").first.wait_for()
+    assert chart.locator("svg .mark-rect path").count() == 5, "the known GANs, Real and Other generator"
+    _screenshot(page, "app-other-generator.png")
+    page.close()
+
+
+@pytest.mark.parametrize("width", [1400, 400])
+def test_signed_ai_credentials_are_shown_beside_a_real_verdict_and_the_page_says_both(browser, server, dev_images,
+                                                                                         tmp_path, width):
+    from provenance_files import make_chain, manifest, sign
+
+    face = sorted(dev_images["real"])[0]
+    with Image.open(face) as image:
+        buffer = io.BytesIO()
+        image.convert("RGB").save(buffer, "JPEG", quality=95)
+    signed = tmp_path / "signed.jpg"
+    signed.write_bytes(sign(buffer.getvalue(), "image/jpeg", make_chain("Example AI Lab", "Example signer"),
+                            manifest(source_type="trainedAlgorithmicMedia", agent="Example Diffusion 3")))
+    page = _open(browser, server.url, width)
+    _upload(page, signed)
+    page.locator("#face-image img").first.wait_for()
+    _set_threshold(page, "1")
+    _set_threshold(page, "1", "Any-generator threshold")
+    page.get_by_role("button", name="Analyse").click()
+    page.locator("#verdict-card.real").wait_for()
+    panel = page.locator("#provenance")
+    expect(panel).to_contain_text("(strong evidence)")
+    expect(panel).to_contain_text("Signed Content Credentials say this image is AI-generated, while the detectors "
+                                  "say real")
+    expect(panel).to_contain_text("Content Credentials (C2PA)")
+    assert page.evaluate("document.documentElement.scrollWidth") <= width, "the page scrolls sideways"
+    _screenshot(page, f"app-provenance-{width}.png")
+    page.close()
+
+
 @pytest.mark.parametrize("width", [1400, 400])
 def test_the_missing_weights_message_wraps(browser, width):
     page = _open(browser, offline_server().url, width, ready="The model is not available")
@@ -250,7 +308,7 @@ def test_an_example_can_be_analysed(browser, server):
     page.get_by_text(EXAMPLES[0].caption).click()
     page.locator("#face-image img").first.wait_for()
     page.get_by_role("button", name="Analyse").click()
-    page.locator("#verdict-card.real, #verdict-card.fake").wait_for()
+    page.locator("#verdict-card.real, #verdict-card.fake, #verdict-card.unsure").wait_for()
     page.close()
 
 

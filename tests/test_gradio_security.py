@@ -31,7 +31,7 @@ FILE = {"_type": "gradio.FileData"}
 # Each endpoint's inputs around the file under test.
 ENDPOINTS = {
     "predict": lambda file: [file, 0.5],
-    "analyse": lambda file: [file, 0.5, False],
+    "analyse": lambda file: [file, 0.5, False, 0.5],
     "explain": lambda file: [file],
 }
 

@@ -109,13 +109,21 @@ def test_threshold_per_call_and_per_pipeline(model, one_image):
         model.predict(one_image, threshold=1.5)
 
 
-def test_class_probabilities_sum_to_one(batch):
+def test_class_probabilities_sum_to_one_with_an_other_generator_bar_when_only_commfor_fires(batch):
     for result in batch:
-        shares = result.class_probabilities
-        assert list(shares) == ["Real", *result.attribution_probabilities]
         assert set(result.attribution_probabilities) == {"ProGAN", "StyleGAN2", "StyleGAN3"}
+        gan = replace(result, threshold=0.0, degradation_reasons=())  # UFD confident: the GAN chart
+        shares = gan.class_probabilities
+        assert list(shares) == ["Real", *result.attribution_probabilities]
         assert sum(shares.values()) == pytest.approx(1.0, abs=1e-9)
         assert shares["Real"] == 1.0 - result.fake_probability
+        other = replace(result, threshold=1.0, commfor_threshold=0.0, degradation_reasons=())
+        assert other.verdict_by == ("commfor",)
+        shares = other.class_probabilities
+        assert list(shares) == ["Real", *result.attribution_probabilities, "Other generator"]
+        assert sum(shares.values()) == pytest.approx(1.0, abs=1e-9)
+        assert shares["Real"] == 1.0 - result.commfor_probability
+        assert shares["Other generator"] == pytest.approx(result.commfor_probability * (1 - result.fake_probability))
 
 
 def test_every_input_type_gives_the_same_numbers(model, one_image):

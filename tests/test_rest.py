@@ -101,6 +101,28 @@ def test_rest_and_gradio_endpoint_give_identical_json(server, dev_sample):
             assert rest == gradio
 
 
+def test_extended_adds_both_detectors_the_verdict_and_provenance_and_gradio_gives_the_same(server, model, dev_sample):
+    """``extended=true`` on REST and ``/predict_extended`` for gradio_client: the original keys as
+    ever, plus the library's ``detectors``, ``verdict``, ``degradation``, ``alignment`` and
+    ``provenance``; without it, the original JSON alone."""
+    client = Client(server.url, verbose=False)
+    for path in dev_sample[:2]:
+        want = model.predict(path).to_dict(extended=True)
+        got = _post(server, path, extended="true")
+        assert got.status_code == 200, got.text
+        got = got.json()
+        assert set(got) == set(want)
+        original = set(model.predict(path).to_dict())
+        assert_same_prediction({k: got[k] for k in original}, {k: want[k] for k in original})
+        for key, detector in want["detectors"].items():
+            assert got["detectors"][key]["probability"] == pytest.approx(detector["probability"], abs=1e-6)
+            assert got["detectors"][key]["state"] == detector["state"]
+        assert got["verdict"] == want["verdict"] and got["degradation"] == want["degradation"]
+        assert got["provenance"] == json.loads(json.dumps(want["provenance"]))
+        assert client.predict(handle_file(str(path)), 0.89, 0.5, api_name="/predict_extended") == got
+        assert set(_post(server, path).json()) == original
+
+
 def test_no_file_is_400(server):
     for form in ({}, {"threshold": 0.5}):
         response = _post(server, **form)
@@ -222,6 +244,7 @@ def test_health_is_truthful_before_and_after_the_weights_load(hub, weights_dir, 
         UFD_HEAD_FILE: head_url, COMMFOR_FILE: f"{commfor_repo}@main",
     }
     assert after["threshold"] == 0.89 and after["device"] == "cpu"
+    assert after["test_weights"] is False, "weights from a Hub repo carry no test-weights marker"
     assert set(after["versions"]) >= {"ganorigin", "torch", "open_clip", "gradio"}
 
 
@@ -393,6 +416,7 @@ def test_health_shows_weight_sources_not_paths(server, weights_env):
     assert health["weights"][E4E_FILE] == "local folder (GANORIGIN_WEIGHTS_DIR)"
     assert [s for s in _strings(health) if s.startswith("/") or _server_paths(s)] == []
     assert weights_env["GANORIGIN_WEIGHTS_DIR"] not in json.dumps(health)
+    assert health["test_weights"] is True, "the test weights folder is marked: /health must say so"
 
 
 def test_an_offline_server_without_weights_names_the_files_but_no_folder(dev_images):

@@ -15,6 +15,7 @@ import os
 from typing import Optional, Union
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
@@ -61,6 +62,7 @@ class Health(BaseModel):
     error: Optional[str]
     load_seconds: Optional[float]
     weights: dict[str, str]
+    test_weights: bool  # random weights from `ganorigin demo-weights`: every answer is meaningless
     threshold: Optional[float]
     device: Optional[str]
     versions: dict[str, str]
@@ -148,8 +150,12 @@ def create_rest_app(service: ModelService) -> FastAPI:
     @app.post("/predict", response_model=Union[Attributed, Authentic], responses=errors,
               summary="Analyse one image (multipart field 'image')", max_body_size=MAX_BODY_BYTES)
     async def predict(image: UploadFile = File(...),
-                      threshold: Optional[str] = Form(None, description="fake-probability threshold, 0 to 1")):
-        """The original JSON: ``Authentic Image`` with Real/Fake probabilities, or the attributed GAN."""
+                      threshold: Optional[str] = Form(None, description="fake-probability threshold, 0 to 1"),
+                      extended: bool = Form(False, description="add both detectors, the overall verdict, the "
+                                                               "degradation gate, alignment and provenance")):
+        """The original JSON: ``Authentic Image`` with Real/Fake probabilities, or the attributed GAN.
+        With ``extended=true``, the original keys plus ``detectors``, ``verdict``, ``degradation``,
+        ``alignment`` and ``provenance`` (see ``Prediction.to_dict``)."""
         try:
             threshold = None if threshold is None else check_threshold(threshold)
         except ValueError as e:
@@ -165,6 +171,8 @@ def create_rest_app(service: ModelService) -> FastAPI:
             return _error(422, str(e))
         except ModelUnavailableError as e:
             return _error(503, str(e))
+        if extended:  # past the response model, which holds the original keys only
+            return JSONResponse(jsonable_encoder(result.to_dict(extended=True)))
         return result.to_dict()
 
     @app.api_route("/predict", methods=["GET", "HEAD", "PUT", "PATCH", "DELETE"], include_in_schema=False)

@@ -213,6 +213,7 @@ class ModelService:
             "load_seconds": None if self._ready_after is None else round(self._ready_after, 2),
             "weights": ({name: public_text(origin) for name, origin in model.weights.origins.items()}
                         if model is not None and model.weights else {}),
+            "test_weights": bool(model is not None and model.weights and model.weights.test_weights),
             "threshold": model.threshold if model is not None else None,
             "device": str(model.device) if model is not None else None,
             "versions": {
