@@ -40,6 +40,7 @@ import torch
 from fastapi.testclient import TestClient
 from gradio_client import Client, handle_file
 from hypothesis import HealthCheck, Phase, given, settings
+from safetensors.torch import load_file, save_file
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
@@ -47,7 +48,7 @@ from ganorigin import GANOrigin, WeightSources
 from ganorigin.pipeline import check_threshold
 from ganorigin.serving.rest import DEFAULT_MAX_INFLIGHT, INTERNAL_ERROR, MAX_BODY_BYTES, RETRY_AFTER_S, TOO_LARGE, create_rest_app
 from ganorigin.serving.service import ModelService
-from ganorigin.testing import E4E_FILE, SVM_FILE, UFD_HEAD_FILE
+from ganorigin.testing import COMMFOR_FILE, E4E_FILE, SVM_FILE, UFD_HEAD_FILE
 
 from app_server import assert_same_prediction, main_server, shared_server
 from uvicorn_server import ThreadedServer
@@ -444,6 +445,10 @@ def _tamper(weights_dir: Path, folder: Path, part: str) -> WeightSources:
         key = next(k for k in checkpoint["state_dict"] if k.startswith("encoder.") and k.endswith(".weight"))
         checkpoint["state_dict"][key] = torch.full_like(checkpoint["state_dict"][key], float("nan"))
         torch.save(checkpoint, folder / E4E_FILE)
+    elif part == "commfor":
+        state = load_file(str(folder / COMMFOR_FILE))
+        state = {k: torch.full_like(v, float("nan")) if k.endswith("head.weight") else v for k, v in state.items()}
+        save_file(state, str(folder / COMMFOR_FILE), metadata={"format": "pt"})
     else:
         head = torch.load(folder / UFD_HEAD_FILE, map_location="cpu", weights_only=True)
         torch.save({name: torch.full_like(value, float("nan")) for name, value in head.items()}, folder / UFD_HEAD_FILE)
@@ -453,6 +458,7 @@ def _tamper(weights_dir: Path, folder: Path, part: str) -> WeightSources:
 
 @pytest.mark.parametrize("part, precision, blamed", [
     ("e4e", "fp32", "e4e"), ("e4e", None, "e4e"), ("ufd head", None, UFD_HEAD_FILE),
+    ("commfor", None, COMMFOR_FILE),
 ])
 def test_weights_that_load_but_hold_nan_fail_the_load_and_health_says_why(weights_dir, tmp_path, dev_images,
                                                                            part, precision, blamed):

@@ -253,6 +253,12 @@ def _probe(model: GANOrigin) -> None:
             f"The detector gave P(fake) = {p} on a test image: the CLIP weights ({' or '.join(filenames(WEIGHTS['clip.vit_large_patch14_openai']))}) or the "
             f"UFD head ({WEIGHTS['ufd.fc'].filename}) hold NaN or infinite values. Replace them."
         )
+    c = result.commfor_probability
+    if c is not None and not (np.isfinite(c) and 0.0 <= c <= 1.0):
+        raise WeightsFormatError(
+            f"The second detector gave P(fake) = {c} on a test image: its weights "
+            f"({WEIGHTS['commfor.vit_small_patch16_384'].filename}) hold NaN or infinite values. Replace them."
+        )
 
 
 class _StepRecorder(logging.Handler):
