@@ -296,3 +296,20 @@ def test_int8_path_quantises_clip_keeps_e4e_exact_and_agrees(sources, dev_sample
     assert max(abs(p.fake_probability - q.fake_probability) for p, q in zip(a, b)) <= 0.01
     # e4e is the exact model in both; only its thread count differs (side by side with CLIP here).
     np.testing.assert_allclose([p.probabilities for p in a], [q.probabilities for q in b], rtol=0, atol=1e-6)
+
+
+def test_the_cached_probe_verdict_is_per_cpu_class_and_onednn_isa(weights_dir, monkeypatch):
+    """A verdict cached under one CPU class (or oneDNN limit) must not be reused under another: the
+    int8 path uses 7-bit activations without VNNI, and oneDNN's kernels differ per instruction set."""
+    from ganorigin.accel.probe import _check_key
+
+    files = [weights_dir / "fc_weights.pth"]
+    cpu = torch.device("cpu")
+    keys = set()
+    for isa in ("avx512_vnni", "avx2"):
+        monkeypatch.setenv("GANORIGIN_CPU_ISA", isa)
+        for onednn in ("", "AVX2"):
+            monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", onednn)
+            keys.add(_check_key("detector", files, cpu, "int8"))
+    assert len(keys) == 4
+    assert _check_key("detector", files, cpu, "int8") == _check_key("detector", files, cpu, "int8")

@@ -2,13 +2,14 @@
 
 :func:`accelerate` converts a model, runs the probe image through both, and returns the fast
 module when the scores agree within the bounds below, else the reference (and logs why). The
-verdict is cached per (weights, machine, torch, precision), so later starts skip the probe.
+verdict is cached per (weights, machine and CPU class, torch, precision), so later starts skip the probe.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -20,7 +21,7 @@ from torch import nn
 from ..hub.integrity import cache_root, read_json, write_json_atomic
 from .convert import converts, fast_commfor, fast_detector, fast_encoder, page_blocks, precision_of
 from .memory import releasing_pages
-from .precision import cpu_model_name
+from .precision import cpu_class, cpu_model_name
 
 logger = logging.getLogger(__name__)
 
@@ -111,10 +112,16 @@ def precision_summary(detector: nn.Module, encoder: nn.Module) -> str:
 
 
 def _check_key(kind: str, weight_files: Sequence, device: torch.device, precision: str) -> Optional[str]:
-    """A key for one (model, weights, machine, torch, precision); ``None`` when the weights are unknown."""
+    """A key for one (model, weights, machine, torch, precision); ``None`` when the weights are unknown.
+
+    The machine is the CPU's name and the class GANOrigin takes it for (``GANORIGIN_CPU_ISA`` can
+    say another), the instruction sets oneDNN may use (``ONEDNN_MAX_CPU_ISA``) and the quantised
+    engine: each changes the fast path's numbers, so each gets its own check.
+    """
     if not weight_files:
         return None
-    parts = [kind, precision, FAST_PATH_VERSION, device.type, torch.__version__, cpu_model_name()]
+    parts = [kind, precision, FAST_PATH_VERSION, device.type, torch.__version__, cpu_model_name(), cpu_class(),
+             os.environ.get("ONEDNN_MAX_CPU_ISA", ""), torch.backends.quantized.engine]
     for path in weight_files:
         stat = Path(path).stat()
         parts.append(f"{Path(path).resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
