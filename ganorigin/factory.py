@@ -128,24 +128,23 @@ def create_commfor(*, pretrained: bool = False, files: Optional[ResolvedWeights]
                       weight_files=[files.commfor])
 
 
-@torch.inference_mode()
 def detector_scores(detector: nn.Module, images: list, batch: int = 1) -> np.ndarray:
     """UFD's P(fake) for decoded RGB images, ``batch`` per forward, shape (B,)."""
-    device = _device_of(detector)
-    return np.concatenate([
-        torch.sigmoid(detector(torch.stack([UFD_PREPROCESS(im) for im in images[i : i + batch]]).to(device)).float())
-        .cpu().numpy()
-        for i in range(0, len(images), batch)
-    ])
+    return _sigmoid_scores(detector, UFD_PREPROCESS, images, batch)
+
+
+def commfor_scores(commfor: nn.Module, images: list, batch: int = 1) -> np.ndarray:
+    """Community Forensics' P(fake) for decoded RGB images, ``batch`` per forward, shape (B,)."""
+    preprocess = COMMFOR_PREPROCESS[(commfor.module if isinstance(commfor, Accelerated) else commfor).input_size]
+    return _sigmoid_scores(commfor, preprocess, images, batch)
 
 
 @torch.inference_mode()
-def commfor_scores(commfor: nn.Module, images: list, batch: int = 1) -> np.ndarray:
-    """Community Forensics' P(fake) for decoded RGB images, ``batch`` per forward, shape (B,)."""
-    device = _device_of(commfor)
-    preprocess = COMMFOR_PREPROCESS[(commfor.module if isinstance(commfor, Accelerated) else commfor).input_size]
+def _sigmoid_scores(model: nn.Module, preprocess, images: list, batch: int) -> np.ndarray:
+    """sigmoid(model(preprocess(image))) for each image, ``batch`` per forward, shape (B,)."""
+    device = _device_of(model)
     return np.concatenate([
-        torch.sigmoid(commfor(torch.stack([preprocess(im) for im in images[i : i + batch]]).to(device)).float())
+        torch.sigmoid(model(torch.stack([preprocess(im) for im in images[i : i + batch]]).to(device)).float())
         .cpu().numpy()
         for i in range(0, len(images), batch)
     ])

@@ -143,6 +143,15 @@ def pick_images(dev: Path, n: int) -> list[Path]:
     return [dev / r["path"] for r in picked]
 
 
+def report(worst: dict, tolerances: dict) -> int:
+    """Print the largest differences and whether each is within its tolerance; the exit status."""
+    print("   ".join(f"max |d {k}| = {v:.3e}" for k, v in worst.items()))
+    failed = [f"{k} {worst[k]:.3e} > {bound:g}" for k, bound in tolerances.items() if worst[k] > bound]
+    print("FAIL: " + "; ".join(failed) if failed else
+          "OK: within " + ", ".join(f"{k} {bound:g}" for k, bound in tolerances.items()))
+    return 1 if failed else 0
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     env = os.environ.get
@@ -222,11 +231,7 @@ def main() -> int:
             size = f"{ref_img.width}x{ref_img.height}"
             print(f"{path.relative_to(args.dev_data)!s:60.60s} {size:>11s} {p_ours:13.6f} {p_ref:10.6f} "
                   f"{deltas['P(fake)']:9.2e} {deltas['code']:11.2e}", flush=True)
-    print("   ".join(f"max |d {k}| = {v:.3e}" for k, v in worst.items()))
-    failed = [f"{k} {worst[k]:.3e} > {bound:g}" for k, bound in TOLERANCES.items() if worst[k] > bound]
-    print("FAIL: " + "; ".join(failed) if failed else
-          "OK: within " + ", ".join(f"{k} {bound:g}" for k, bound in TOLERANCES.items()))
-    return 1 if failed else 0
+    return report(worst, TOLERANCES)
 
 
 if __name__ == "__main__":

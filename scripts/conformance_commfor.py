@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from conformance import extract, pick_images, revision  # noqa: E402
+from conformance import extract, pick_images, report, revision  # noqa: E402
 from ganorigin.factory import load_commfor  # noqa: E402
 from ganorigin.hub.registry import COMMFOR_PREPROCESS  # noqa: E402
 from ganorigin.images import load_image  # noqa: E402
@@ -127,11 +127,7 @@ def main() -> int:
             name = path.relative_to(args.dev_data) if args.dev_data in path.parents else f"test_images/{path.name}"
             print(f"{name!s:60.60s} {size:>11s} {p_ours:13.6f} {p_ref:10.6f} {deltas['P(fake)']:9.2e} "
                   f"{deltas['logit']:9.2e}", flush=True)
-    print("   ".join(f"max |d {k}| = {v:.3e}" for k, v in worst.items()))
-    failed = [f"{k} {worst[k]:.3e} > {bound:g}" for k, bound in TOLERANCES.items() if worst[k] > bound]
-    print("FAIL: " + "; ".join(failed) if failed else
-          "OK: within " + ", ".join(f"{k} {bound:g}" for k, bound in TOLERANCES.items()))
-    return 1 if failed else 0
+    return report(worst, TOLERANCES)
 
 
 if __name__ == "__main__":
