@@ -48,7 +48,7 @@ pytestmark = [
 ]
 
 FUZZ_N = int(os.environ.get("GANORIGIN_FUZZ_N", 10_000))
-PREDICT_EVERY = 50
+PREDICT_EVERY = max(1, min(50, FUZZ_N // 100))  # predict on some decoded inputs, even in a short run
 SLOW_INPUT_S = 5.0  # load_image on one input of at most ~100 KB
 SLOW_PREDICT_S = 60.0  # one tiny-model forward pass on a shared CI core
 HANG_S = 300  # faulthandler ends the process (and prints every stack) if one input runs this long
