@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .accel import Accelerated, accelerate, resolve_precision
+from .accel import Accelerated, accelerate, candidate_precisions
 from .errors import WeightsFormatError
 from .hub import ResolvedWeights, WeightSources, resolve
 from .hub.checkpoints import load_tensors, load_torch_file, strict_load
@@ -79,7 +79,8 @@ def create_detector(*, pretrained: bool = False, files: Optional[ResolvedWeights
         return UFDDetector().to(device)
     files = files or resolve(sources)
     model = load_detector(files.clip, files.ufd_head).to(device)
-    return accelerate(model, device, resolve_precision(precision, device), detector_scores, kind="detector",
+    return accelerate(model, device, candidate_precisions(precision, device, "detector"), detector_scores,
+                      kind="detector",
                       weight_files=[files.clip, files.ufd_head])
 
 
@@ -106,7 +107,7 @@ def create_encoder(*, pretrained: bool = False, files: Optional[ResolvedWeights]
     def scores(module: nn.Module, images: list) -> np.ndarray:
         return attribution(encode(module, images))
 
-    return accelerate(model, device, resolve_precision(precision, device), scores, kind="encoder",
+    return accelerate(model, device, candidate_precisions(precision, device, "encoder"), scores, kind="encoder",
                       weight_files=[files.e4e, *attribution_files])
 
 
@@ -124,7 +125,8 @@ def create_commfor(*, pretrained: bool = False, files: Optional[ResolvedWeights]
         return CommForDetector().to(device)
     files = files or resolve(sources)
     model = load_commfor(files.commfor).to(device)
-    return accelerate(model, device, resolve_precision(precision, device), commfor_scores, kind="commfor",
+    return accelerate(model, device, candidate_precisions(precision, device, "commfor"), commfor_scores,
+                      kind="commfor",
                       weight_files=[files.commfor])
 
 

@@ -11,6 +11,7 @@ never touches ordinary memory. Full-size agreement is the benchmark's job (no ti
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 
@@ -313,3 +314,44 @@ def test_the_cached_probe_verdict_is_per_cpu_class_and_onednn_isa(weights_dir, m
             keys.add(_check_key("detector", files, cpu, "int8"))
     assert len(keys) == 4
     assert _check_key("detector", files, cpu, "int8") == _check_key("detector", files, cpu, "int8")
+
+
+@pytest.mark.parametrize("isa, vits, encoder", [("amx", ("bf16",), ("bf16",)), ("avx512_bf16", ("int8", "bf16"), ("bf16",)),
+                                               ("avx512_vnni", ("int8",), ()), ("avx2", ("int8",), ()), ("none", (), ())])
+def test_auto_tries_per_model_the_paths_measured_fastest_for_the_cpu_class(isa, vits, encoder, monkeypatch):
+    monkeypatch.delenv("GANORIGIN_PRECISION", raising=False)
+    monkeypatch.setenv("GANORIGIN_CPU_ISA", isa)
+    cpu = torch.device("cpu")
+    assert accel.candidate_precisions("auto", cpu, "detector") == vits
+    assert accel.candidate_precisions(None, cpu, "commfor") == vits
+    assert accel.candidate_precisions("auto", cpu, "encoder") == encoder
+    assert accel.candidate_precisions("bf16", cpu, "encoder") == ("bf16",)  # forced: that one only
+    assert accel.candidate_precisions("fp32", cpu, "detector") == ("fp32",)
+
+
+def test_a_path_that_disagrees_falls_back_to_the_next_and_both_verdicts_are_cached(weights_dir, monkeypatch, tmp_path):
+    """int8 made to disagree (its scores shifted by 0.5): the detector ends in bf16, the next in
+    line; a second start reads both verdicts and runs no probe."""
+    from ganorigin.factory import detector_scores, load_detector
+    from ganorigin.testing import CLIP_FILE, UFD_HEAD_FILE
+
+    monkeypatch.setenv("GANORIGIN_CACHE_DIR", str(tmp_path))
+    files = [weights_dir / CLIP_FILE, weights_dir / UFD_HEAD_FILE]
+    model = load_detector(*files)
+
+    def scores(module, images):
+        shift = 0.5 if any(isinstance(m, Int8Linear) for m in module.modules()) else 0.0
+        return detector_scores(module, images) + shift
+
+    fast = accel.accelerate(model, torch.device("cpu"), ("int8", "bf16"), scores, kind="detector", weight_files=files)
+    assert accel.precision_of(fast) == "bf16"
+    checks = json.loads((tmp_path / "ganorigin" / "precision-checks.json").read_text())
+    assert sorted((c["ok"], round(c["max_delta"], 1)) for c in checks.values()) == [(False, 0.5), (True, 0.0)]
+
+    def no_probe(module, images):
+        raise AssertionError("the probe ran again")
+
+    again = accel.accelerate(model, torch.device("cpu"), ("int8", "bf16"), no_probe, kind="detector", weight_files=files)
+    assert accel.precision_of(again) == "bf16"
+    assert accel.precision_of(accel.accelerate(model, torch.device("cpu"), "int8", no_probe, kind="detector",
+                                               weight_files=files)) == "fp32"

@@ -2,10 +2,12 @@
 
 ``precision`` (or ``GANORIGIN_PRECISION``) is one of:
 
-- ``"auto"`` (default): on a CPU, by its instruction sets (:func:`cpu_class`): bf16 where bf16
-  matrix maths is native (Intel AMX, AVX-512-BF16 as on AMD Zen 4 and Intel Cooper Lake), int8
-  where only integer dot products are fast (AVX-512-VNNI, AVX-VNNI, AVX2), exact fp32 elsewhere
-  (ARM, older x86); bf16 or fp16 on CUDA; fp16 on Apple ``mps``;
+- ``"auto"`` (default): on a CPU, per model by its instruction sets (:func:`cpu_class`,
+  :data:`AUTO_CPU_PATHS`): the paths measured fastest there, tried in that order until one agrees
+  with fp32 — bf16 on Intel AMX; int8 then bf16 for the ViTs and bf16 for e4e on AVX-512-BF16 (AMD
+  Zen 4, Intel Cooper Lake); int8 ViTs and exact e4e where only integer dot products are fast
+  (AVX-512-VNNI, AVX-VNNI, AVX2); exact fp32 elsewhere (ARM, older x86). bf16 or fp16 on CUDA;
+  fp16 on Apple ``mps``;
 - ``"fp32"``: the exact original numerics;
 - ``"bf16"``, ``"int8"`` (CPU), ``"fp16"`` (CUDA, mps): forced, still agreement-checked.
 
@@ -27,6 +29,14 @@ PRECISIONS = ("auto", "fp32", "bf16", "int8", "fp16")
 CPU_CLASSES = (("amx", "amx_bf16", "bf16"), ("avx512_bf16", "avx512_bf16", "bf16"),
                ("avx512_vnni", "avx512_vnni", "int8"), ("avx_vnni", "avx_vnni", "int8"), ("avx2", "avx2", "int8"))
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# What "auto" tries on a CPU of each class, per model, fastest first (benchmarks/README.md): on
+# AVX-512-BF16 the int8 ViTs ran 2.5x faster than bf16 ones; int8 has no e4e (no convolutions).
+_VITS_INT8 = {"detector": ("int8",), "encoder": (), "commfor": ("int8",)}
+AUTO_CPU_PATHS = {
+    "amx": {"detector": ("bf16",), "encoder": ("bf16",), "commfor": ("bf16",)},
+    "avx512_bf16": {"detector": ("int8", "bf16"), "encoder": ("bf16",), "commfor": ("int8", "bf16")},
+    "avx512_vnni": _VITS_INT8, "avx_vnni": _VITS_INT8, "avx2": _VITS_INT8,
+}
 
 
 def cpu_flags() -> frozenset:
@@ -98,3 +108,20 @@ def resolve_precision(precision: Optional[str], device: torch.device) -> str:
             return "fp32"
         return auto
     return "fp32"
+
+
+def candidate_precisions(precision: Optional[str], device: torch.device, kind: str) -> tuple:
+    """The precisions to try for ``kind`` (``"detector"``, ``"encoder"``, ``"commfor"``), in order:
+    the first that agrees with fp32 is used, and fp32 when none does (:func:`ganorigin.accel.accelerate`).
+    One forced precision (or a GPU's) is the only candidate; ``auto`` on a CPU follows :data:`AUTO_CPU_PATHS`
+    and what this torch build can run."""
+    resolved = resolve_precision(precision, device)
+    if (precision or os.environ.get("GANORIGIN_PRECISION") or "auto").lower() != "auto" or device.type != "cpu":
+        return (resolved,)
+    return tuple(p for p in AUTO_CPU_PATHS.get(cpu_class(), {}).get(kind, ()) if _runnable(p))
+
+
+def _runnable(precision: str) -> bool:
+    if precision == "bf16":
+        return torch.backends.mkldnn.is_available()
+    return precision != "int8" or "fbgemm" in torch.backends.quantized.supported_engines

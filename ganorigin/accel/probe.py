@@ -11,7 +11,7 @@ import hashlib
 import logging
 import os
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -64,41 +64,44 @@ def agreement(reference: np.ndarray, fast: np.ndarray, max_delta: float, same_ar
             "same_argmax": argmax_same}
 
 
-def accelerate(model: nn.Module, device: torch.device, precision: str, scores: Scores, *,
+def accelerate(model: nn.Module, device: torch.device, precisions: Union[str, Sequence[str]], scores: Scores, *,
                kind: str, weight_files: Sequence = ()) -> nn.Module:
-    """``model`` (on ``device``) converted for ``precision`` where it agrees with itself in fp32.
+    """``model`` (on ``device``) converted for the first of ``precisions`` that agrees with it in
+    fp32; ``model`` itself when none does.
 
     Args:
+        precisions: one precision, or several to try in order (:func:`ganorigin.accel.precision.candidate_precisions`).
         kind: ``"detector"`` (P(fake) must move by at most ``MAX_FAKE_PROBABILITY_DELTA``),
             ``"encoder"`` (attribution probabilities by ``MAX_ATTRIBUTION_PROBABILITY_DELTA``,
             same top GAN) or ``"commfor"`` (Community Forensics' P(fake), by
             ``MAX_COMMFOR_PROBABILITY_DELTA``).
         scores: ``scores(module, images)`` -> what the comparison is made on.
-        weight_files: the files behind the model and its scores; names the cached verdict.
+        weight_files: the files behind the model and its scores; name the cached verdicts.
     """
-    if not converts(kind, device, precision):
-        return model
+    candidates = [p for p in ([precisions] if isinstance(precisions, str) else precisions) if converts(kind, device, p)]
     convert, same_argmax = KINDS[kind]
-    key = _check_key(kind, weight_files, device, precision)
-    checks = read_json(_checks_file())
-    if key in checks:
-        check = checks[key]
-    else:
-        images = probe_images()
-        with releasing_pages(page_blocks(model)):
-            reference = scores(model, images)
+    checks, reference = read_json(_checks_file()), None
+    for precision in candidates:
+        key = _check_key(kind, weight_files, device, precision)
+        if key in checks:
+            if checks[key]["ok"]:
+                return convert(model, device, precision)
+            continue
+        if reference is None:
+            with releasing_pages(page_blocks(model)):
+                reference = scores(model, probe_images())
         fast = convert(model, device, precision)
-        check = agreement(reference, scores(fast, images), max_delta(kind), same_argmax=same_argmax)
-        if key is not None and not write_json_atomic(_checks_file(), {**checks, key: check}):
-            logger.warning("Could not cache the precision check in %s; it runs again next start.", _checks_file())
-        if not check["ok"]:
-            logger.warning("The %s disagrees with fp32 in %s on the probe image (%s); it runs exact fp32.",
-                           kind, precision, check)
-            return model
-        return fast
-    if not check["ok"]:
-        return model
-    return convert(model, device, precision)
+        check = agreement(reference, scores(fast, probe_images()), max_delta(kind), same_argmax=same_argmax)
+        if key is not None:
+            checks[key] = check
+            if not write_json_atomic(_checks_file(), checks):
+                logger.warning("Could not cache the precision check in %s; it runs again next start.", _checks_file())
+        if check["ok"]:
+            return fast
+        later = candidates[candidates.index(precision) + 1:]
+        logger.warning("The %s disagrees with fp32 in %s on the probe image (%s); %s.", kind, precision, check,
+                       f"trying {later[0]}" if later else "it runs exact fp32")
+    return model
 
 
 def precision_summary(detector: nn.Module, encoder: nn.Module) -> str:
