@@ -35,6 +35,7 @@ DEFAULT_MAX_FRAMES = 60
 SUPPORTED = "MP4, MOV, WebM, MKV, AVI or GIF"
 # What the CLI reads as video (a .gif stays an image there; predict_video reads animated GIFs too).
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".3gp", ".webm", ".mkv", ".avi"})
+ZERO_LENGTH = "The video holds no frames (zero length, or cut off before its first frame)."
 CODECS = frozenset({"h264", "hevc", "vp8", "vp9", "av1", "mpeg4", "mjpeg", "gif", "prores", "mpeg2video"})
 _FORMAT_ERRORS = (av.error.FFmpegError, OSError, ValueError, EOFError, IndexError, KeyError, TypeError,
                   MemoryError, OverflowError, ZeroDivisionError, RuntimeError)
@@ -148,14 +149,19 @@ def _open_container(file: BinaryIO) -> tuple[av.container.InputContainer, VideoI
 
 
 def _check_header(container) -> VideoInfo:
+    if not container.streams:
+        raise InvalidVideoError(ZERO_LENGTH)
     if not container.streams.video:
         raise InvalidVideoError("The file has no video stream (audio only?); nothing to analyse.")
     stream = container.streams.video[0]
-    codec = stream.codec_context.name
+    codec = stream.codec_context.name if stream.codec_context is not None else "unknown"
     if codec not in CODECS:
         raise InvalidVideoError(f"The video is encoded as {codec!r}, which is not supported "
                                 f"(supported: {', '.join(sorted(CODECS))}).")
     width, height = stream.codec_context.width, stream.codec_context.height
+    if not width or not height:
+        raise InvalidVideoError("The video does not declare a usable frame size; it may be corrupt, or its frames "
+                                "may be too large to decode.")
     if width * height > MAX_VIDEO_PIXELS:
         raise VideoTooLargeError(f"The video's frames are {width}x{height} = {width * height / 1e6:.1f} megapixels; "
                                  f"the limit is {MAX_VIDEO_PIXELS / 1e6:g} megapixels. Downscale it first.")
@@ -203,7 +209,7 @@ def _measured_duration(container, stream) -> float:
     except _FORMAT_ERRORS as e:
         raise _corrupt(e) from e
     if first is None:
-        raise InvalidVideoError("The video holds no frames (zero length).")
+        raise InvalidVideoError(ZERO_LENGTH)
     return last - first
 
 
@@ -238,7 +244,7 @@ def _frames(file, container, info: VideoInfo, interval: float, max_frames: int) 
         container.close()
         file.close()
     if decoded == 0:
-        raise InvalidVideoError("The video holds no frames (zero length, or cut off before its first frame).")
+        raise InvalidVideoError(ZERO_LENGTH)
 
 
 def _frame_time(frame, index: int, info: VideoInfo) -> float:
