@@ -227,7 +227,7 @@ def test_health_is_truthful_before_and_after_the_weights_load(hub, weights_dir, 
 
 def test_schemathesis_finds_no_5xx_and_no_schema_violation(server):
     schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
-    assert set(schema.raw_schema["paths"]) == {"/predict", "/health"}, "only the REST routes are documented"
+    assert set(schema.raw_schema["paths"]) == {"/predict", "/predict/video", "/health"}, "only the REST routes are documented"
     ran: list[str] = []
 
     @settings(max_examples=300, deadline=None, database=None, derandomize=True,
@@ -242,7 +242,7 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(server):
     check()
     print(f"schemathesis ran {len(ran)} cases: "
           + ", ".join(f"{op} x{ran.count(op)}" for op in sorted(set(ran))))
-    assert {"POST /predict", "GET /health"} <= set(ran)
+    assert {"POST /predict", "POST /predict/video", "GET /health"} <= set(ran)
 
 
 # --- Hardening (issue 12) ----------------------------------------------------------------------

@@ -67,10 +67,11 @@ def video_tab(service: ModelService) -> None:
         with gr.Column(scale=6, min_width=300):
             card = gr.HTML(EMPTY_CARD, label="Video verdict")
             timeline = gr.LinePlot(x="time", y="probability", color="series", y_lim=[0, 1], x_title="time (s)",
-                                   y_title="P(fake)", label="Timeline", height=260, elem_id="video-timeline",
+                                   y_title="P(fake)", color_title=" ", height=300,
+                                   label="Timeline — red: GAN detector, blue: any-generator detector, black: threshold", elem_id="video-timeline",
                                    color_map={UFD_SERIES: "#d92d20", COMMFOR_SERIES: "#6172f3",
                                               THRESHOLD_SERIES: "#101828"})
-            strip = gr.Gallery(label="Most suspicious frames", columns=5, height=180, elem_id="video-frames",
+            strip = gr.Gallery(label="Most suspicious frames (time · P(fake))", columns=5, height=180, elem_id="video-frames",
                                allow_preview=False, buttons=[])
             with gr.Accordion("JSON (POST /predict/video's answer)", open=False):
                 as_json = gr.JSON(label="POST /predict/video")
@@ -153,5 +154,5 @@ def _timeline(result: VideoPrediction) -> gr.LinePlot:
 
 
 def _strip(result: VideoPrediction) -> list:
-    return [(f.thumbnail, f"{f.time:g} s — P(fake) {f.prediction.fake_probability:.3f}")
+    return [(f.thumbnail, f"{f.time:g} s · {f.prediction.fake_probability:.3f}")
             for f in result.decisive_frames if f.thumbnail is not None]
