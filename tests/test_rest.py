@@ -493,7 +493,7 @@ def test_docs_render_in_a_browser_with_the_internet_cut_off(server):
             page = browser.new_page()
             page.route("**/*", only_this_server)
             page.goto(f"{server.url}/docs")
-            page.locator(".opblock-summary-path", has_text="/predict").wait_for(timeout=60_000)
+            page.locator(".opblock-summary-path[data-path=\"/predict\"]").wait_for(timeout=60_000)
             page.locator(".opblock-summary-path", has_text="/health").wait_for(timeout=10_000)
         finally:
             browser.close()
