@@ -326,7 +326,9 @@ def test_the_same_clip_gives_the_same_answer_on_python_rest_and_gradio_client(se
     assert rest.status_code == 200, rest.text
     gradio = Client(server.url, verbose=False).predict(handle_file(str(path)), threshold, api_name="/predict_video")
     for got in (rest.json(), gradio):
+        assert set(got) == set(want) and got["frames"][0].keys() == want["frames"][0].keys()
         assert got["verdict"] == want["verdict"] and got["decisive_frames"] == want["decisive_frames"]
+        assert got["fake_probability"] == pytest.approx(want["fake_probability"], abs=1e-5)
         assert [f["fake_probability"] for f in got["frames"]] == pytest.approx(
             [f["fake_probability"] for f in want["frames"]], abs=1e-5)
 

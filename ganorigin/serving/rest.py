@@ -57,16 +57,25 @@ class Attributed(Authentic):
 
 
 class VideoAnswer(BaseModel):
+    """:meth:`VideoPrediction.to_dict`: the clip's verdict, scores and vote, and one row per sampled frame."""
+
     verdict: dict
     fake_probability: float
     median_fake_probability: float
+    quantile: float
+    is_fake: bool
     threshold: float
+    commfor_probability: Optional[float]
     fake_frame_fraction: float
     attribution: str
     attribution_probabilities: dict[str, float]
     frames_analysed: int
+    frames_judged: int
+    face_note: str
     frames_without_face: list[float]
     decisive_frames: list[float]
+    interval: float
+    video: dict
     frames: list[dict]
 
 
