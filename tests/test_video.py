@@ -357,6 +357,12 @@ def test_a_bad_video_gets_the_same_message_on_every_entry_point(server, model, w
     assert "Traceback" not in server.logs() and str(tmp_path) not in server.logs()
 
 
+def test_gradio_takes_uploads_up_to_the_video_limit(server):
+    from ganorigin.images import MAX_IMAGE_BYTES
+
+    assert server.get_json("/config")["max_file_size"] == max(MAX_IMAGE_BYTES, decode.MAX_VIDEO_BYTES)
+
+
 def test_rest_without_a_video_says_so(server):
     response = httpx.post(f"{server.url}/predict/video", data={"threshold": "0.5"}, timeout=30)
     assert response.status_code == 400 and response.json() == {"error": "No video uploaded"}
@@ -392,3 +398,9 @@ def test_frames_keep_only_thumbnails(model, switch_clip):
     result = model.predict_video(clip, threshold=threshold, max_frames=2)
     assert len(result.frames) == 2 and [f.time for f in result.frames] == pytest.approx([0, 3], abs=0.01)
     assert all(max(f.thumbnail.size) <= 192 and f.prediction.attributed_image is None for f in result.frames)
+
+
+def test_a_file_object_is_read_and_left_open_for_its_owner():
+    file = io.BytesIO(write_clip(grey_seconds(2), size=(32, 32)))
+    _, frames = sample_frames(file)
+    assert len(list(frames)) == 2 and not file.closed

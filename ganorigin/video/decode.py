@@ -91,12 +91,14 @@ def sample_frames(video: VideoInput, *, fps: float = DEFAULT_FPS,
     if not fps > 0 or max_frames < 1:
         raise ValueError(f"fps must be > 0 and max_frames >= 1; got {fps} and {max_frames}.")
     file = _open_file(video)
+    close = (lambda: None) if file is video else file.close  # a caller's file object stays open
     try:
+        _check_size(file)
         container, info = _open_container(file)
     except BaseException:
-        file.close()
+        close()
         raise
-    return info, _frames(file, container, info, sampling_interval(info.duration, fps, max_frames), max_frames)
+    return info, _frames(close, container, info, sampling_interval(info.duration, fps, max_frames), max_frames)
 
 
 def sampling_interval(duration: float, fps: float, max_frames: int) -> float:
@@ -105,7 +107,7 @@ def sampling_interval(duration: float, fps: float, max_frames: int) -> float:
 
 
 def _open_file(video: VideoInput) -> BinaryIO:
-    """A seekable binary file object of ``video`` within the byte limit. Messages name a file, never its folder."""
+    """A seekable binary file object of ``video``. Messages name a file, never its folder."""
     if isinstance(video, (bytes, bytearray, memoryview)):
         file: BinaryIO = io.BytesIO(bytes(video))
     elif isinstance(video, (str, os.PathLike)):
@@ -121,15 +123,16 @@ def _open_file(video: VideoInput) -> BinaryIO:
     else:
         raise InvalidVideoError(f"Cannot read a video from a {type(video).__name__}; pass a file path, bytes or a "
                                 "binary file.")
+    return file
+
+
+def _check_size(file: BinaryIO) -> None:
     size = file.seek(0, io.SEEK_END)
     file.seek(0)
     if size == 0:
-        file.close()
         raise InvalidVideoError("The file is empty (0 bytes).")
     if size > MAX_VIDEO_BYTES:
-        file.close()
         raise VideoTooLargeError(f"The video is {size / 2**20:.1f} MiB; the limit is {MAX_VIDEO_BYTES / 2**20:g} MiB.")
-    return file
 
 
 def _open_container(file: BinaryIO) -> tuple[av.container.InputContainer, VideoInfo]:
@@ -213,7 +216,7 @@ def _measured_duration(container, stream) -> float:
     return last - first
 
 
-def _frames(file, container, info: VideoInfo, interval: float, max_frames: int) -> Iterator[SampledFrame]:
+def _frames(close, container, info: VideoInfo, interval: float, max_frames: int) -> Iterator[SampledFrame]:
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
     start, next_time, sampled, decoded = None, 0.0, 0, 0
@@ -242,7 +245,7 @@ def _frames(file, container, info: VideoInfo, interval: float, max_frames: int) 
         raise _corrupt(e) from e
     finally:
         container.close()
-        file.close()
+        close()
     if decoded == 0:
         raise InvalidVideoError(ZERO_LENGTH)
 
