@@ -183,6 +183,16 @@ def test_limits_on_duration_frames_and_bytes(monkeypatch, tmp_path):
     monkeypatch.setattr(decode, "MAX_VIDEO_FRAMES", 10)
     with pytest.raises(VideoTooLargeError, match="more than 10 frames"):
         sample_frames(data)
+    monkeypatch.setattr(decode, "MAX_VIDEO_FRAMES", 18_000)
+    _, frames = sample_frames(data)  # a header that understates: the limits hold while decoding too
+    monkeypatch.setattr(decode, "MAX_VIDEO_FRAMES", 5)
+    with pytest.raises(VideoTooLargeError, match="more than 5 frames"):
+        list(frames)
+    monkeypatch.setattr(decode, "MAX_VIDEO_FRAMES", 18_000)
+    _, frames = sample_frames(data)
+    monkeypatch.setattr(decode, "MAX_VIDEO_SECONDS", 1.5)
+    with pytest.raises(VideoTooLargeError, match="the limit is 1.5 s"):
+        list(frames)
     monkeypatch.setattr(decode, "MAX_VIDEO_BYTES", 2**20 // 2)
     (tmp_path / "clip.mp4").write_bytes(data + bytes(2**20))  # padding after the clip: the size alone decides
     with pytest.raises(VideoTooLargeError, match=r"the limit is 0.5 MiB"):

@@ -203,12 +203,15 @@ def _measured_duration(container, stream) -> float:
             packets += 1
             if packets > MAX_VIDEO_FRAMES:
                 raise VideoTooLargeError(_too_many_frames(packets))
+            begin = float(packet.pts * stream.time_base)
             end = float((packet.pts + (packet.duration or 0)) * stream.time_base)
-            first = float(packet.pts * stream.time_base) if first is None else first
+            first = begin if first is None else min(first, begin)
             last = end if last is None else max(last, end)
             if last - first > MAX_VIDEO_SECONDS:
                 raise VideoTooLargeError(_too_long(last - first))
         container.seek(0, stream=stream)
+    except InvalidVideoError:
+        raise
     except _FORMAT_ERRORS as e:
         raise _corrupt(e) from e
     if first is None:
@@ -241,6 +244,8 @@ def _frames(close, container, info: VideoInfo, interval: float, max_frames: int)
                 return
             while next_time <= time + 1e-6:
                 next_time += interval
+    except InvalidVideoError:
+        raise
     except _FORMAT_ERRORS as e:
         raise _corrupt(e) from e
     finally:
