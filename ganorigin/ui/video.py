@@ -14,6 +14,7 @@ import pandas as pd
 from ..errors import GANOriginError, InvalidVideoError
 from ..pipeline import check_threshold
 from ..result import DEFAULT_THRESHOLD
+from ..serving.rest import NO_VIDEO as NO_VIDEO_UPLOADED
 from ..serving.service import ModelService
 from ..serving.uploads import open_upload, reject_upload
 from ..video import (DEFAULT_FPS, DEFAULT_MAX_FRAMES, MAX_VIDEO_BYTES, MAX_VIDEO_FRAMES, MAX_VIDEO_PIXELS,
@@ -55,7 +56,7 @@ def video_tab(service: ModelService) -> None:
         return (gr.skip(),) * 4 if result is None else _views(result.with_threshold(_threshold(threshold)))
 
     def predict_api(file: dict | None, threshold: float = DEFAULT_THRESHOLD) -> dict:
-        return _predict(_video_file(file, missing="No video uploaded"), _threshold(threshold)).to_dict()
+        return _predict(_video_file(file, missing=NO_VIDEO_UPLOADED), _threshold(threshold)).to_dict()
 
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=300):
