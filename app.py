@@ -27,9 +27,10 @@ from ganorigin.models import display_name
 from ganorigin.pipeline import check_threshold
 from ganorigin.serving.rest import create_rest_app
 from ganorigin.serving.service import ModelService
-from ganorigin.serving.uploads import UploadsOnlyBlocks, mount
+from ganorigin.serving.uploads import MAX_UPLOAD_BYTES, UploadsOnlyBlocks, mount
 from ganorigin.ui.cards import CARD_CSS, EMPTY_CARD, provenance_panel, verdict_card
 from ganorigin.ui.common import gpu, user_error, with_upload
+from ganorigin.ui.video import video_tab
 
 LOG_LEVEL = os.environ.get("GANORIGIN_LOG_LEVEL", "info").upper()
 logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -336,6 +337,8 @@ with UploadsOnlyBlocks(title="GANOrigin — GAN face detection and attribution",
                         explain_text = gr.Markdown(label="How to read these views")
                     with gr.Accordion("JSON (the original API's answer)", open=False):
                         as_json = gr.JSON(label="POST /predict")
+        with gr.Tab("Video", id="video"):
+            video_tab(service)
     with gr.Accordion("How it works / limitations", open=False):
         gr.Markdown(HOW_IT_WORKS)
 
@@ -373,7 +376,7 @@ THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="slate").set(
     button_primary_background_fill="*primary_600", button_primary_background_fill_hover="*primary_700",
     button_primary_text_color="white",
 )
-app = mount(create_rest_app(service), demo, theme=THEME, css=CSS, max_file_size=MAX_IMAGE_BYTES,
+app = mount(create_rest_app(service), demo, theme=THEME, css=CSS, max_file_size=MAX_UPLOAD_BYTES,
             footer_links=["api", "settings"])
 
 if __name__ == "__main__":

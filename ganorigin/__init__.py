@@ -5,8 +5,10 @@ from .errors import (
     GANOriginError,
     ImageTooLargeError,
     InvalidImageError,
+    InvalidVideoError,
     ModelUnavailableError,
     UnsafePickleError,
+    VideoTooLargeError,
     WeightsFormatError,
     WeightsNotFoundError,
 )
@@ -18,6 +20,7 @@ from .pipeline import GANOrigin
 from .provenance import Provenance, read_provenance
 from .result import DEFAULT_THRESHOLD, Prediction
 from .verdict import UnsurePolicy
+from .video import FrameResult, VideoPrediction
 
 __version__ = "0.2.0"
 
@@ -26,17 +29,21 @@ __all__ = [
     "DEFAULT_THRESHOLD",
     "DatasetError",
     "E4EEncoder",
+    "FrameResult",
     "GANAttributor",
     "GANOrigin",
     "GANOriginError",
     "ImageTooLargeError",
     "InvalidImageError",
+    "InvalidVideoError",
     "ModelUnavailableError",
     "Prediction",
     "Provenance",
     "UFDDetector",
     "UnsafePickleError",
     "UnsurePolicy",
+    "VideoPrediction",
+    "VideoTooLargeError",
     "WeightSources",
     "WeightsFormatError",
     "WeightsNotFoundError",

@@ -50,9 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_predict(commands) -> None:
-    p = commands.add_parser("predict", help="analyse images, one output row per image",
-                            description="Analyse image files, folders (recursive) or .txt lists of paths.")
+    p = commands.add_parser("predict", help="analyse images and videos, one output row per image or video",
+                            description="Analyse image files, folders (recursive) or .txt lists of paths; video "
+                            "files (MP4, MOV, WebM, MKV, AVI) named or listed give one row per clip.")
     p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--frames", action="store_true", help="one row per sampled video frame instead of per clip")
     p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="output format (default: jsonl)")
     p.add_argument("--out", type=Path, help="output file (default: stdout)")
     p.add_argument("--batch-size", type=int, default=8)
@@ -226,24 +228,46 @@ def _usage(message: str) -> GANOriginError:
 
 def _predict(args) -> int:
     from .training import IMAGE_EXTENSIONS, RowWriter, find_images, predict_paths
+    from .video import VIDEO_EXTENSIONS
 
     if args.batch_size < 1:
         raise _usage("--batch-size must be >= 1.")
     paths = find_images(args.paths)
     if not paths:
         raise _usage(f"no images found in {', '.join(args.paths)} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}).")
+    videos = [path for path in paths if path.suffix.lower() in VIDEO_EXTENSIONS]
     model = _load_model(args)
     stream = open(args.out, "w", newline="") if args.out else sys.stdout
     try:
-        rows = predict_paths(model, paths, batch_size=args.batch_size, progress=args.progress,
-                             on_row=RowWriter(stream, args.format).write)
+        writer = RowWriter(stream, args.format)
+        rows = predict_paths(model, [path for path in paths if path not in videos], batch_size=args.batch_size,
+                             progress=args.progress, on_row=writer.write)
+        rows += _predict_videos(model, videos, args, writer)
     finally:
         if args.out:
             stream.close()
     failed = sum(row["error"] is not None for row in rows)
     if failed:
-        print(f"{failed} of {len(rows)} images could not be analysed (see their 'error').", file=sys.stderr)
+        print(f"{failed} of {len(rows)} files could not be analysed (see their 'error').", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _predict_videos(model, videos: list, args, writer) -> list[dict]:
+    """One row per clip (``--frames``: per sampled frame); a clip that cannot be read gets its error row."""
+    from .errors import InvalidVideoError
+    from .video.rows import failed_video_row, video_rows
+
+    rows, labels = [], list(model.attributor.labels)
+    for path in videos:
+        try:
+            result = model.predict_video(path, threshold=args.threshold, batch_size=args.batch_size)
+            new = video_rows(path, result, labels, frames=args.frames)
+        except InvalidVideoError as e:
+            new = [failed_video_row(path, labels, f"{path}: {e}")]
+        for row in new:
+            writer.write(row)
+        rows += new
+    return rows
 
 
 def _provenance(args) -> int:

@@ -35,3 +35,11 @@ class DatasetError(GANOriginError, ValueError):
 
 class ModelUnavailableError(GANOriginError):
     """The model is still loading, or its weights could not be loaded."""
+
+
+class InvalidVideoError(GANOriginError, ValueError):
+    """The input is not a video GANOrigin can analyse (not a video, no video stream, truncated, over the limits...)."""
+
+
+class VideoTooLargeError(InvalidVideoError):
+    """The video exceeds a limit (bytes, duration, frame size, frame count), found before decoding where the header says."""

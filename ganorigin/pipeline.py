@@ -29,6 +29,7 @@ from .models.attributor import alignment_mismatch
 from .provenance import Provenance, load_with_provenance
 from .result import DEFAULT_THRESHOLD, Prediction
 from .verdict import COMMFOR_THRESHOLD, UnsurePolicy
+from .video import DEFAULT_FPS, DEFAULT_MAX_FRAMES, VideoInput, VideoPrediction, analyse_video
 
 logger = logging.getLogger(__name__)
 
@@ -163,6 +164,19 @@ class GANOrigin:
             results += [item if isinstance(item, InvalidImageError) else replace(next(predictions), provenance=item[1])
                         for item in decoded]
         return results
+
+    def predict_video(self, video: VideoInput, *, fps: float = DEFAULT_FPS, max_frames: int = DEFAULT_MAX_FRAMES,
+                      threshold: Optional[float] = None, batch_size: int = 8, align: Optional[bool] = None,
+                      progress: Optional[Callable[[int, int], None]] = None) -> VideoPrediction:
+        """Analyse a clip (path, bytes or binary file): the first frame, then ``fps`` frames a second (at
+        most ``max_frames``, spread evenly), through :meth:`predict_batch`. ``progress(done, expected)``
+        is called after each batch. See :mod:`ganorigin.video`.
+
+        Raises:
+            InvalidVideoError: the clip cannot be read, or is over the limits.
+        """
+        return analyse_video(self, video, fps=fps, max_frames=max_frames, threshold=threshold,
+                             batch_size=batch_size, align=align, progress=progress)
 
     def _analyse(self, images: list, sources: list, threshold: float, align: bool) -> list[Prediction]:
         """``images`` decoded from ``sources`` (what the caller gave, read again for the JPEG tables)."""

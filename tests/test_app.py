@@ -142,10 +142,12 @@ def test_a_file_that_is_not_an_image_gets_the_predict_message_on_every_endpoint(
 
 
 def test_api_outputs_are_named_and_the_documented_endpoints_are_listed(client):
-    """view_api names every output after its label (no ``value_15``); /predict, /predict_extended and
-    /explain are listed, the page's own /analyse is callable but not advertised."""
+    """view_api names every output after its label (no ``value_15``); /predict, /predict_extended, /explain
+    and /predict_video are listed, the page's own /analyse is callable but not advertised."""
     api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert set(api) == {"/predict", "/predict_extended", "/explain"}
+    assert set(api) == {"/predict", "/predict_extended", "/explain", "/predict_video"}
+    assert [r["label"] for r in api["/predict_video"]["returns"]] == ["video prediction"]
+    assert [p["parameter_name"] for p in api["/predict_video"]["parameters"]] == ["file", "threshold"]
     assert [r["label"] for r in api["/predict"]["returns"]] == ["prediction"]
     assert [p["parameter_name"] for p in api["/predict_extended"]["parameters"]] == [
         "file", "threshold", "commfor_threshold"]

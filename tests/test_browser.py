@@ -349,3 +349,47 @@ def test_a_slow_load_can_be_cancelled_and_retried_from_the_page(browser, hub, we
     finally:
         hub.fault, hub.slow_seconds = None, slow_seconds
         server.stop()
+
+
+def test_a_video_clip_gets_a_verdict_a_timeline_and_its_most_suspicious_frames(browser, server, model, dev_images,
+                                                                              tmp_path):
+    from test_video import write_clip
+
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(write_clip([(Image.open(dev_images["real"][0]), 2), (Image.open(dev_images["stylegan2"][0]), 2)]))
+    expected = model.predict_video(clip, threshold=0.0)
+
+    page = _open(browser, server.url, 1280)
+    page.get_by_role("tab", name="Video").click()
+    page.locator("#video-input input[type=file]").set_input_files(str(clip))
+    page.locator("#video-input video").first.wait_for()
+    def set_threshold(value: str) -> None:
+        box = page.get_by_label("number input for Threshold on P(fake)")
+        for attempt in range(3):  # under load the page can re-render the box between the fill and the Enter
+            box.fill(value)
+            box.press("Enter")
+            try:
+                expect(page.get_by_label("range slider for Threshold on P(fake)")).to_have_value(value, timeout=5_000)
+                return
+            except AssertionError:
+                if attempt == 2:
+                    raise
+
+    set_threshold("0")
+    page.get_by_role("button", name="Analyse video").click()
+
+    card = page.locator("#video-card.fake")
+    card.wait_for()
+    assert expected.verdict_text in card.inner_text() and "threshold 0.00" in card.inner_text()
+    timeline = page.locator("#video-timeline")
+    timeline.locator("svg .mark-line path").first.wait_for()
+    assert timeline.locator("svg .mark-line path").count() >= 2, "the frames' line and the threshold line"
+    assert "time (s)" in timeline.inner_text()
+    expect(page.locator("#video-frames img")).to_have_count(len(expected.decisive_frames))
+    best = expected.decisive_frames[0]
+    expect(page.locator("#video-frames")).to_contain_text(f"{best.time:g} s · {best.prediction.fake_probability:.3f}")
+    _screenshot(page, "app-video.png")
+    set_threshold("1")  # the verdict follows the threshold without a new analysis
+    expect(page.locator("#video-card")).to_contain_text("threshold 1.00")
+    expect(page.locator("#video-card h3")).to_have_text("Real")
+    page.close()

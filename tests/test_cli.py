@@ -140,7 +140,7 @@ def test_python_m_ganorigin_subprocess(image_dir, weights_env):
     assert run.returncode == 1, run.stderr
     rows = list(csv.DictReader(run.stdout.splitlines()))
     assert len(rows) == 2 and not rows[0]["error"] and rows[1]["error"]
-    assert "Traceback" not in run.stderr and "1 of 2 images" in run.stderr
+    assert "Traceback" not in run.stderr and "1 of 2 files could not be analysed" in run.stderr
 
     broken = subprocess.run([sys.executable, "-m", "ganorigin", "predict", str(good), "--weights", "not-a-repo"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

@@ -251,7 +251,7 @@ def test_health_is_truthful_before_and_after_the_weights_load(hub, weights_dir, 
 
 def test_schemathesis_finds_no_5xx_and_no_schema_violation(server):
     schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
-    assert set(schema.raw_schema["paths"]) == {"/predict", "/health"}, "only the REST routes are documented"
+    assert set(schema.raw_schema["paths"]) == {"/predict", "/predict/video", "/health"}, "only the REST routes are documented"
     ran: list[str] = []
 
     @settings(max_examples=300, deadline=None, database=None, derandomize=True,
@@ -266,7 +266,7 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(server):
     check()
     print(f"schemathesis ran {len(ran)} cases: "
           + ", ".join(f"{op} x{ran.count(op)}" for op in sorted(set(ran))))
-    assert {"POST /predict", "GET /health"} <= set(ran)
+    assert {"POST /predict", "POST /predict/video", "GET /health"} <= set(ran)
 
 
 # --- Hardening (issue 12) ----------------------------------------------------------------------
@@ -523,7 +523,7 @@ def test_docs_render_in_a_browser_with_the_internet_cut_off(server):
             page = browser.new_page()
             page.route("**/*", only_this_server)
             page.goto(f"{server.url}/docs")
-            page.locator(".opblock-summary-path", has_text="/predict").wait_for(timeout=60_000)
+            page.locator(".opblock-summary-path[data-path=\"/predict\"]").wait_for(timeout=60_000)
             page.locator(".opblock-summary-path", has_text="/health").wait_for(timeout=10_000)
         finally:
             browser.close()

@@ -26,9 +26,10 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..errors import ImageTooLargeError, InvalidImageError, ModelUnavailableError
+from ..errors import ImageTooLargeError, InvalidImageError, InvalidVideoError, ModelUnavailableError, VideoTooLargeError
 from ..images import MAX_IMAGE_BYTES
 from ..pipeline import check_threshold
+from ..video import MAX_VIDEO_BYTES
 from .service import ModelService
 
 logger = logging.getLogger(__name__)
@@ -38,7 +39,12 @@ RETRY_AFTER_S = 5
 # The image plus its multipart framing (boundaries, part headers, the threshold field).
 MAX_BODY_BYTES = MAX_IMAGE_BYTES + 64 * 1024
 TOO_LARGE = f"The file is larger than the {MAX_IMAGE_BYTES / 2**20:g} MiB limit."
+MAX_VIDEO_BODY_BYTES = MAX_VIDEO_BYTES + 64 * 1024
+VIDEO_TOO_LARGE = f"The video is larger than the {MAX_VIDEO_BYTES / 2**20:g} MiB limit."
+# The guarded routes: path -> (largest body, the 413 message).
+BODY_LIMITS = {"/predict": (MAX_BODY_BYTES, TOO_LARGE), "/predict/video": (MAX_VIDEO_BODY_BYTES, VIDEO_TOO_LARGE)}
 INTERNAL_ERROR = "Internal error; the server logged the details."
+NO_VIDEO = "No video uploaded"
 
 
 class Authentic(BaseModel):
@@ -49,6 +55,29 @@ class Authentic(BaseModel):
 
 class Attributed(Authentic):
     deepfake_score: float
+
+
+class VideoAnswer(BaseModel):
+    """:meth:`VideoPrediction.to_dict`: the clip's verdict, scores and vote, and one row per sampled frame."""
+
+    verdict: dict
+    fake_probability: float
+    median_fake_probability: float
+    quantile: float
+    is_fake: bool
+    threshold: float
+    commfor_probability: Optional[float]
+    fake_frame_fraction: float
+    attribution: str
+    attribution_probabilities: dict[str, float]
+    frames_analysed: int
+    frames_judged: int
+    face_note: str
+    frames_without_face: list[float]
+    decisive_frames: list[float]
+    interval: float
+    video: dict
+    frames: list[dict]
 
 
 class ErrorBody(BaseModel):
@@ -75,21 +104,22 @@ def _error(status: int, message: str, headers: Optional[dict] = None) -> JSONRes
 
 
 class _PredictGate:
-    """What reaches ``POST /predict``, decided on its headers before any byte of the body is read:
-    at most ``max_in_flight`` requests at a time (from headers to answer; past that a 503 with
-    ``Retry-After``), and no declared ``Content-Length`` over ``max_body`` (413). A chunked body
-    is cut off by the route's own ``max_body_size`` as it streams."""
+    """What reaches ``POST /predict`` and ``POST /predict/video``, decided on its headers before any
+    byte of the body is read: at most ``max_in_flight`` requests at a time (from headers to answer;
+    past that a 503 with ``Retry-After``), and no declared ``Content-Length`` over the route's
+    limit in ``limits`` (413). A chunked body is cut off by the route's own ``max_body_size`` as it streams."""
 
-    def __init__(self, app: ASGIApp, max_in_flight: int, max_body: int):
-        self.app, self.max_in_flight, self.max_body = app, max_in_flight, max_body
+    def __init__(self, app: ASGIApp, max_in_flight: int, limits: dict):
+        self.app, self.max_in_flight, self.limits = app, max_in_flight, limits
         self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/predict":
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.limits:
             return await self.app(scope, receive, send)
+        max_body, too_large = self.limits[scope["path"]]
         declared = Headers(scope=scope).get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_body:
-            return await _error(413, TOO_LARGE, {"Connection": "close"})(scope, receive, send)
+        if declared.isdigit() and int(declared) > max_body:
+            return await _error(413, too_large, {"Connection": "close"})(scope, receive, send)
         if self.in_flight >= self.max_in_flight:
             busy = f"The server is busy ({self.max_in_flight} analyses in progress); retry in {RETRY_AFTER_S} s."
             return await _error(503, busy, {"Retry-After": str(RETRY_AFTER_S), "Connection": "close"})(scope, receive, send)
@@ -106,7 +136,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
         if exc.status_code == 413:  # a chunked body passed max_body_size: the rest is not read
-            return _error(413, TOO_LARGE, {"Connection": "close"})
+            return _error(413, BODY_LIMITS.get(request.url.path, BODY_LIMITS["/predict"])[1], {"Connection": "close"})
         return _error(exc.status_code, str(exc.detail), exc.headers)
 
     @app.exception_handler(Exception)
@@ -118,6 +148,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def _invalid_request(request: Request, exc: RequestValidationError):
         if any(e.get("type") == "missing" and tuple(e.get("loc", ())) == ("body", "image") for e in exc.errors()):
             return _error(400, "No image uploaded")
+        if any(e.get("type") == "missing" and tuple(e.get("loc", ())) == ("body", "video") for e in exc.errors()):
+            return _error(400, NO_VIDEO)
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         return _error(422, f"Invalid request: {where or 'body'}: {first.get('msg', 'malformed')}")
@@ -141,7 +173,7 @@ def create_rest_app(service: ModelService) -> FastAPI:
     max_in_flight = int(os.environ.get("GANORIGIN_REST_MAX_INFLIGHT", DEFAULT_MAX_INFLIGHT))
     if max_in_flight < 1:
         raise ValueError(f"GANORIGIN_REST_MAX_INFLIGHT must be at least 1, got {max_in_flight}.")
-    app.add_middleware(_PredictGate, max_in_flight=max_in_flight, max_body=MAX_BODY_BYTES)
+    app.add_middleware(_PredictGate, max_in_flight=max_in_flight, limits=BODY_LIMITS)
 
     _add_error_handlers(app)
 
@@ -173,6 +205,25 @@ def create_rest_app(service: ModelService) -> FastAPI:
             return _error(503, str(e))
         if extended:  # past the response model, which holds the original keys only
             return JSONResponse(jsonable_encoder(result.to_dict(extended=True)))
+        return result.to_dict()
+
+    @app.post("/predict/video", response_model=VideoAnswer, responses=errors, max_body_size=MAX_VIDEO_BODY_BYTES,
+              summary="Analyse a video clip frame by frame (multipart field 'video')")
+    async def predict_video(video: UploadFile = File(...),
+                            threshold: Optional[str] = Form(None, description="fake-probability threshold, 0 to 1")):
+        """The clip's verdict (over the frames with a face), its scores and attribution, and one row per sampled frame."""
+        try:
+            threshold = None if threshold is None else check_threshold(threshold)
+        except ValueError as e:
+            return _error(422, str(e))
+        try:  # the upload is spooled to a temporary file by the server; frames are decoded from it as they come
+            result = await run_in_threadpool(service.predict_video, video.file, threshold)
+        except VideoTooLargeError as e:
+            return _error(413, str(e))
+        except InvalidVideoError as e:
+            return _error(422, str(e))
+        except ModelUnavailableError as e:
+            return _error(503, str(e))
         return result.to_dict()
 
     @app.api_route("/predict", methods=["GET", "HEAD", "PUT", "PATCH", "DELETE"], include_in_schema=False)

@@ -27,6 +27,7 @@ from ..hub import WEIGHTS
 from ..hub.registry import filenames
 from ..pipeline import GANOrigin
 from ..result import Prediction
+from ..video import VideoInput, VideoPrediction
 from .redact import public_text
 
 logger = logging.getLogger(__name__)
@@ -183,6 +184,13 @@ class ModelService:
         model = self.model
         with self._run_lock:
             return model.predict(image, threshold=threshold, align=align)
+
+    def predict_video(self, video: VideoInput, threshold: Optional[float] = None,
+                      progress: Optional[Callable[[int, int], None]] = None) -> VideoPrediction:
+        """A clip's analysis (:meth:`GANOrigin.predict_video`), holding the model for the whole clip."""
+        model = self.model
+        with self._run_lock:
+            return model.predict_video(video, threshold=threshold, progress=progress)
 
     def explain(self, image: ImageInput) -> tuple[HeatMap, FrequencyView]:
         """The heat map (occlusion on a GPU, input x gradient on a CPU) and the frequency view."""

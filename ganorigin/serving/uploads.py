@@ -22,6 +22,7 @@ import os
 import stat
 import threading
 from collections import OrderedDict
+from typing import BinaryIO
 
 import gradio as gr
 from fastapi import FastAPI
@@ -30,6 +31,10 @@ from gradio_client.utils import is_file_obj, traverse
 
 from ..errors import InvalidImageError
 from ..images import MAX_IMAGE_BYTES
+from ..video import MAX_VIDEO_BYTES
+
+# Gradio's own cap on any upload; each handler then applies its kind's limit (images, videos).
+MAX_UPLOAD_BYTES = max(MAX_IMAGE_BYTES, MAX_VIDEO_BYTES)
 
 logger = logging.getLogger(__name__)
 
@@ -85,22 +90,35 @@ def read_upload(file: dict | str) -> bytes:
         gradio.Error: :data:`NOT_AN_UPLOAD` for anything but a regular file in the upload folder.
         InvalidImageError: the upload was already refused by the gate (and deleted).
     """
+    with open_upload(file, InvalidImageError) as f:
+        return f.read(MAX_IMAGE_BYTES + 1)
+
+
+def open_upload(file: dict | str, refused_as: type = InvalidImageError) -> BinaryIO:
+    """An uploaded file (Gradio's file dict or its path) opened for reading, under the same rule as
+    :func:`read_upload`; for inputs read as they stream (videos).
+
+    Raises:
+        gradio.Error: :data:`NOT_AN_UPLOAD` for anything but a regular file in the upload folder.
+        refused_as: the upload was already refused by its gate (and deleted); the gate's reason.
+    """
     path = file.get("path") if isinstance(file, dict) else file
     real = _upload_path(path)
     if real is None:
         reason = _rejection(path)
         if reason is not None:
-            raise InvalidImageError(reason)
+            raise refused_as(reason)
         raise _refused(path)
     try:
         # O_NONBLOCK: should a FIFO take the file's place after the check, opening it cannot hang.
         fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
     except OSError:
         raise _refused(path) from None
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise _refused(path)
-        return f.read(MAX_IMAGE_BYTES + 1)
+    f = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        f.close()
+        raise _refused(path)
+    return f
 
 
 def reject_upload(file: dict | str, reason: str) -> None:

@@ -1,0 +1,159 @@
+"""The page's Video tab: a clip analysed frame by frame, its verdict, a timeline and the most suspicious frames.
+
+The clip is never read whole: the handler opens the uploaded file (uploads only, as every input)
+and the video gate decodes frames from it as they are analysed.
+"""
+
+from __future__ import annotations
+
+import html
+
+import gradio as gr
+import pandas as pd
+
+from ..errors import GANOriginError, InvalidVideoError
+from ..pipeline import check_threshold
+from ..result import DEFAULT_THRESHOLD
+from ..serving.rest import NO_VIDEO as NO_VIDEO_UPLOADED
+from ..serving.service import ModelService
+from ..serving.uploads import open_upload, reject_upload
+from ..video import (DEFAULT_FPS, DEFAULT_MAX_FRAMES, MAX_VIDEO_BYTES, MAX_VIDEO_FRAMES, MAX_VIDEO_PIXELS,
+                     MAX_VIDEO_SECONDS, VideoPrediction)
+from .common import gpu, user_error
+
+NO_VIDEO = "Upload or record a video first."
+LIMITS = (f"Limits: {MAX_VIDEO_BYTES / 2**20:g} MiB, {MAX_VIDEO_SECONDS / 60:g} min, "
+          f"{MAX_VIDEO_PIXELS / 1e6:g} megapixels per frame, {MAX_VIDEO_FRAMES} frames; MP4, MOV, WebM, MKV, AVI or GIF. "
+          f"The first frame and then {DEFAULT_FPS:g} frame a second are analysed (at most {DEFAULT_MAX_FRAMES}, "
+          "spread evenly over longer clips).")
+EMPTY_CARD = "<div id='video-card'><h3>No video analysed yet</h3><div>Upload or record a clip and press Analyse video.</div></div>"
+UFD_SERIES, COMMFOR_SERIES, THRESHOLD_SERIES = "P(fake), GAN detector", "P(fake), any generator", "threshold"
+_CARD_COLOURS = {"fake": ("#fdecea", "#f5b7b1"), "real": ("#e8f6ee", "#a9dfbf")}
+
+
+def video_tab(service: ModelService) -> None:
+    """Build the tab's components and events; call inside ``with gr.Tab(...)`` of the page's Blocks.
+    Also registers the ``/predict_video`` API (the clip's JSON)."""
+
+    @gpu
+    def _predict(file: dict, threshold: float, progress=None) -> VideoPrediction:
+        def analyse(stream):
+            with stream:
+                return service.predict_video(stream, threshold, progress)
+
+        return _with_video(file, analyse)
+
+    def analyse(video: dict | None, threshold: float, progress=gr.Progress()):
+        def report(done: int, expected: int) -> None:
+            progress((done, expected), desc="Analysing frames", unit="frames")
+
+        progress(0, desc="Reading the video")
+        result = _predict(_video_file(video), _threshold(threshold), report)
+        return (*_views(result), result)
+
+    def rederive(result: VideoPrediction | None, threshold):
+        """The last clip's views under a new threshold, without a new analysis."""
+        return (gr.skip(),) * 4 if result is None else _views(result.with_threshold(_threshold(threshold)))
+
+    def predict_api(file: dict | None, threshold: float = DEFAULT_THRESHOLD) -> dict:
+        return _predict(_video_file(file, missing=NO_VIDEO_UPLOADED), _threshold(threshold)).to_dict()
+
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=5, min_width=300):
+            video = gr.Video(sources=["upload", "webcam"], label="Video clip", height=320, elem_id="video-input")
+            threshold = gr.Slider(0.0, 1.0, value=DEFAULT_THRESHOLD, step=0.01, label="Threshold on P(fake)",
+                                  info="A frame at or above this is called GAN-generated (original: 0.89).")
+            analyse_btn = gr.Button("Analyse video", variant="primary", size="lg")
+            gr.Markdown(LIMITS, elem_id="video-limits")
+        with gr.Column(scale=6, min_width=300):
+            card = gr.HTML(EMPTY_CARD, label="Video verdict")
+            timeline = gr.LinePlot(x="time", y="probability", color="series", y_lim=[0, 1], x_title="time (s)",
+                                   y_title="P(fake)", color_title=" ", height=300,
+                                   label="Timeline — red: GAN detector, blue: any-generator detector, black: threshold", elem_id="video-timeline",
+                                   color_map={UFD_SERIES: "#d92d20", COMMFOR_SERIES: "#6172f3",
+                                              THRESHOLD_SERIES: "#101828"})
+            strip = gr.Gallery(label="Most suspicious frames (time · P(fake))", columns=5, height=180, elem_id="video-frames",
+                               allow_preview=False, buttons=[])
+            with gr.Accordion("JSON (POST /predict/video's answer)", open=False):
+                as_json = gr.JSON(label="POST /predict/video")
+    last = gr.State()
+    api_file = gr.File(visible=False, label="video")
+    api_json = gr.JSON(visible=False, label="video prediction")
+
+    views = [card, timeline, strip, as_json]
+    video.change(lambda: (EMPTY_CARD, None, None, None, None), outputs=[*views, last], api_visibility="private",
+                 queue=False)
+    analyse_btn.click(analyse, [video, threshold], [*views, last], api_name="analyse_video",
+                      api_visibility="undocumented", preprocess=False, show_progress_on=card
+                      ).failure(lambda: None, outputs=video, api_visibility="private", queue=False)
+    threshold.change(rederive, [last, threshold], views, api_visibility="private", preprocess=False,
+                     concurrency_limit=None)
+    api_file.change(predict_api, [api_file, threshold], api_json, api_name="predict_video", preprocess=False)
+
+
+def _video_file(value, missing: str = NO_VIDEO) -> dict:
+    """The uploaded file of a Video component's value (``{"video": file, ...}``) or of a File's."""
+    file = value.get("video", value) if isinstance(value, dict) else value
+    if not file:
+        raise user_error(missing, "No video")
+    return file
+
+
+def _with_video(file: dict, task):
+    """``task(open file)`` on the upload; a video the gate refuses is deleted at once, and expected
+    failures become messages for the person."""
+    try:
+        return task(open_upload(file, InvalidVideoError))
+    except InvalidVideoError as e:
+        reject_upload(file, str(e))
+        raise user_error(str(e), "This video cannot be analysed") from e
+    except GANOriginError as e:
+        raise user_error(str(e), "Model unavailable") from e
+
+
+def _threshold(value) -> float:
+    if value is None:
+        return DEFAULT_THRESHOLD
+    try:
+        return check_threshold(value)
+    except ValueError as e:
+        raise user_error(str(e), "Invalid threshold") from e
+
+
+def _views(result: VideoPrediction) -> tuple:
+    """Card, timeline, strip of the most suspicious frames, JSON."""
+    return _card(result), _timeline(result), _strip(result), result.to_dict()
+
+
+def _card(result: VideoPrediction) -> str:
+    kind = "fake" if result.verdict_by else "real"
+    background, border = _CARD_COLOURS[kind]
+    lines = [
+        f"Clip score {result.fake_probability:.3f} (90th percentile of P(fake)), median "
+        f"{result.median_probability:.3f} — threshold {result.threshold:.2f}",
+        f"{len(result.fake_frames)} of {len(result.judged_frames)} judged frames called GAN-generated "
+        f"({result.fake_fraction:.0%}); {len(result.frames)} frames analysed, one every {result.interval:g} s",
+        result.face_note,
+    ]
+    if result.frames_without_face:
+        lines.append("No face at " + ", ".join(f"{f.time:g} s" for f in result.frames_without_face))
+    body = "".join(f"<div>{html.escape(line)}</div>" for line in lines)
+    return (f"<div id='video-card' class='{kind}' style='border-radius:12px;padding:14px 18px;"
+            f"background:{background};border:1px solid {border}'><h3 style='margin:0 0 6px 0'>"
+            f"{html.escape(result.verdict_text)}</h3>{body}</div>")
+
+
+def _timeline(result: VideoPrediction) -> gr.LinePlot:
+    rows = [(f.time, f.prediction.fake_probability, UFD_SERIES) for f in result.frames]
+    rows += [(f.time, f.prediction.commfor_probability, COMMFOR_SERIES) for f in result.frames
+             if f.prediction.commfor_probability is not None]
+    end = max(result.frames[-1].time, result.info.duration)
+    rows += [(0.0, result.threshold, THRESHOLD_SERIES), (end, result.threshold, THRESHOLD_SERIES)]
+    caption = (f"P(fake) of each analysed frame over time; the black line is the threshold {result.threshold:.2f}. "
+               + result.face_note)
+    return gr.LinePlot(pd.DataFrame(rows, columns=["time", "probability", "series"]), caption=caption)
+
+
+def _strip(result: VideoPrediction) -> list:
+    return [(f.thumbnail, f"{f.time:g} s · {f.prediction.fake_probability:.3f}")
+            for f in result.decisive_frames if f.thumbnail is not None]

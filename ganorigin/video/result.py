@@ -1,0 +1,189 @@
+"""What a video analysis returns: one row per sampled frame and one robust verdict for the clip."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Optional
+
+import numpy as np
+from PIL import Image
+
+from ..result import Prediction
+from ..verdict import AI_GENERATED, REAL
+from .decode import VideoInfo
+
+HIGH_QUANTILE = 0.9  # the clip's score: a fake stretch of a tenth of the clip is enough to reach it
+DECISIVE_FRAMES = 5
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """One sampled frame: its time (seconds from the first frame), the image pipeline's result on
+    it, and a small picture of it for the page."""
+
+    time: float
+    prediction: Prediction
+    thumbnail: Optional[Image.Image] = field(default=None, compare=False, repr=False)
+
+    @property
+    def face_found(self) -> Optional[bool]:
+        """Whether face alignment found a face; None when alignment was off (not known)."""
+        faces = self.prediction.faces_found
+        return None if faces is None else faces > 0
+
+    def to_dict(self) -> dict:
+        p = self.prediction
+        return {"time": self.time, "fake_probability": p.fake_probability, "is_fake": p.is_fake,
+                "commfor_probability": p.commfor_probability, "attribution": p.attribution,
+                "attribution_probabilities": p.attribution_probabilities, "face_found": self.face_found}
+
+
+@dataclass(frozen=True)
+class VideoPrediction:
+    """A clip's result. The verdict is read over the frames with a face (all frames when face
+    detection is off, or when no frame has a face): their median P(fake) says whether the clip is
+    fake throughout, their 90th percentile (the clip's ``fake_probability``) whether a stretch of it is."""
+
+    frames: tuple  # FrameResult, in time order
+    threshold: float
+    info: VideoInfo
+    interval: float  # seconds between sampled frames
+
+    def __post_init__(self):
+        if not self.frames:
+            raise ValueError("A VideoPrediction needs at least one frame.")
+
+    @property
+    def judged_frames(self) -> tuple:
+        """The frames the verdict is read over: those with a face, or all when none is known to have one."""
+        with_face = tuple(f for f in self.frames if f.face_found is not False)
+        return with_face or self.frames
+
+    @property
+    def frames_without_face(self) -> tuple:
+        return tuple(f for f in self.frames if f.face_found is False)
+
+    def _scores(self, key: str) -> Optional[np.ndarray]:
+        values = [f.prediction.detector_scores.get(key, (None,))[0] for f in self.judged_frames]
+        return None if None in values else np.asarray(values, dtype=float)
+
+    @property
+    def median_probability(self) -> float:
+        """Median UFD P(fake) over the judged frames."""
+        return float(np.median(self._scores("ufd")))
+
+    @property
+    def fake_probability(self) -> float:
+        """The clip's score: the 90th percentile of UFD's P(fake) over the judged frames."""
+        return float(np.quantile(self._scores("ufd"), HIGH_QUANTILE))
+
+    @property
+    def commfor_probability(self) -> Optional[float]:
+        """The same percentile of Community Forensics' P(fake); None when it did not run."""
+        scores = self._scores("commfor")
+        return None if scores is None else float(np.quantile(scores, HIGH_QUANTILE))
+
+    @property
+    def commfor_threshold(self) -> float:
+        return self.frames[0].prediction.commfor_threshold
+
+    @property
+    def is_fake(self) -> bool:
+        return self.fake_probability >= self.threshold
+
+    @property
+    def fake_frames(self) -> tuple:
+        """The judged frames UFD calls fake at this threshold."""
+        return tuple(f for f in self.judged_frames if f.prediction.fake_probability >= self.threshold)
+
+    @property
+    def fake_fraction(self) -> float:
+        """Share of the judged frames called fake."""
+        return len(self.fake_frames) / len(self.judged_frames)
+
+    @property
+    def attribution_probabilities(self) -> dict:
+        """GAN -> share of the vote: each fake frame votes with its attribution probabilities,
+        weighted by its P(fake); without fake frames, the judged frames vote (the closest GAN)."""
+        voters = self.fake_frames or self.judged_frames
+        votes: dict = {}
+        for frame in voters:
+            p = frame.prediction
+            for name, share in p.attribution_probabilities.items():
+                votes[name] = votes.get(name, 0.0) + p.fake_probability * share
+        total = sum(votes.values())
+        return {name: (v / total if total > 0 else 1.0 / len(votes)) for name, v in votes.items()}
+
+    @property
+    def attribution(self) -> str:
+        votes = self.attribution_probabilities
+        return max(votes, key=votes.get)
+
+    @property
+    def decisive_frames(self) -> tuple:
+        """The frames that drove the verdict: the judged frames with the highest P(fake), at most five."""
+        ranked = sorted(self.judged_frames, key=lambda f: -f.prediction.fake_probability)
+        return tuple(ranked[:DECISIVE_FRAMES])
+
+    @property
+    def verdict_by(self) -> tuple:
+        """The detectors whose clip score reaches their threshold."""
+        by = ("ufd",) if self.is_fake else ()
+        commfor = self.commfor_probability
+        return by + (("commfor",) if commfor is not None and commfor >= self.commfor_threshold else ())
+
+    @property
+    def verdict(self) -> str:
+        """``"AI-generated"`` or ``"real"``."""
+        return AI_GENERATED if self.verdict_by else REAL
+
+    @property
+    def verdict_text(self) -> str:
+        """E.g. "AI-generated — StyleGAN2 (4 of 10 frames with a face)", or "Real"."""
+        if not self.verdict_by:
+            return "Real"
+        what = f"AI-generated — {self.attribution}" if self.is_fake else "AI-generated — not one of the known GANs"
+        judged = "frames with a face" if any(f.face_found for f in self.judged_frames) else "frames"
+        return f"{what} ({len(self.fake_frames)} of {len(self.judged_frames)} {judged})"
+
+    @property
+    def face_note(self) -> str:
+        """Which frames the verdict was read over, in words."""
+        missing = len(self.frames_without_face)
+        if all(f.face_found is None for f in self.frames):
+            return "Face detection was off; every frame was judged."
+        if missing == len(self.frames):
+            return "No face was found in any frame; every frame was judged."
+        if missing:
+            return f"No face in {missing} of {len(self.frames)} frames; they are listed, not judged."
+        return "A face was found in every frame."
+
+    def with_threshold(self, threshold: float) -> "VideoPrediction":
+        """The same analysis read at another threshold (no new forward pass)."""
+        frames = tuple(replace(f, prediction=replace(f.prediction, threshold=threshold)) for f in self.frames)
+        return replace(self, frames=frames, threshold=threshold)
+
+    def to_dict(self, frames: bool = True) -> dict:
+        """The clip's verdict and scores as JSON; ``frames`` adds one row per sampled frame."""
+        result = {
+            "verdict": {"label": self.verdict, "text": self.verdict_text, "by": list(self.verdict_by)},
+            "fake_probability": self.fake_probability,
+            "median_fake_probability": self.median_probability,
+            "quantile": HIGH_QUANTILE,
+            "is_fake": self.is_fake,
+            "threshold": self.threshold,
+            "commfor_probability": self.commfor_probability,
+            "fake_frame_fraction": self.fake_fraction,
+            "attribution": self.attribution,
+            "attribution_probabilities": self.attribution_probabilities,
+            "frames_analysed": len(self.frames),
+            "frames_judged": len(self.judged_frames),
+            "face_note": self.face_note,
+            "frames_without_face": [f.time for f in self.frames_without_face],
+            "decisive_frames": [f.time for f in self.decisive_frames],
+            "interval": self.interval,
+            "video": self.info.to_dict(),
+        }
+        if frames:
+            result["frames"] = [f.to_dict() for f in self.frames]
+        return result

@@ -1,0 +1,416 @@
+"""Video: real clips made here with PyAV from ../shared/data/dev faces, analysed frame by frame.
+
+Proves that a clip alternating a real face and a StyleGAN2 face gets a timeline that switches at
+the seconds where the faces switch, and a verdict read from the right frames; that MP4/H.264,
+WebM/VP9, MOV, MKV/VP8 without a declared duration, AVI/MPEG-4 and GIF decode into the same evenly
+sampled frames, variable frame rates by their timestamps and rotated clips upright; that an empty,
+truncated, audio-only, frameless, too long, too large or hugely declared file is refused with a
+clear message (the same on Python, the CLI, REST and gradio_client); and that mutated video bytes
+never crash, hang or blow up the decoder's memory.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import textwrap
+from fractions import Fraction
+
+import av
+import httpx
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from app_server import ROOT, main_server
+from ganorigin import InvalidVideoError, Prediction, VideoPrediction, VideoTooLargeError
+from ganorigin.cli import main
+from ganorigin.video import FrameResult, VideoInfo, decode, sample_frames
+
+SIDE = 256
+RATE = 5  # frames per second of the test clips: few frames, quick to encode and decode
+
+
+def write_clip(segments, *, fmt="mp4", codec="libx264", pix_fmt="yuv420p", rate=RATE, size=(SIDE, SIDE),
+               rotation=None, seekable=True) -> bytes:
+    """A clip of ``segments``: (RGB image or colour, seconds) shown one after the other."""
+    buffer = io.BytesIO()
+    target = buffer if seekable else _Unseekable(buffer)
+    with av.open(target, "w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], pix_fmt
+        if rotation:
+            stream.set_display_rotation(rotation)
+        for picture, seconds in segments:
+            if not isinstance(picture, Image.Image):
+                picture = Image.new("RGB", size, picture)
+            frame = av.VideoFrame.from_image(picture.convert("RGB").resize(size))
+            for _ in range(round(seconds * rate)):
+                container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return buffer.getvalue()
+
+
+class _Unseekable(io.RawIOBase):
+    """A write-only stream, as a browser's recorder gives: the muxer cannot go back to write the duration."""
+
+    def __init__(self, sink):
+        self.sink = sink
+
+    def writable(self):
+        return True
+
+    def write(self, data):
+        return self.sink.write(data)
+
+
+def grey_seconds(seconds: int) -> list:
+    """One second per grey level 0, 40, 80, ...: a frame's level tells its second."""
+    return [((40 * s,) * 3, 1) for s in range(seconds)]
+
+
+def level(image: Image.Image) -> int:
+    return int(np.asarray(image).mean())
+
+
+# --- decoding -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt, codec, pix_fmt, seekable", [
+    ("mp4", "libx264", "yuv420p", True),
+    ("webm", "libvpx-vp9", "yuv420p", True),
+    ("mov", "libx264", "yuv420p", True),
+    ("matroska", "libvpx", "yuv420p", False),  # no duration in the header: measured from the packets
+    ("avi", "mpeg4", "yuv420p", True),
+    ("gif", "gif", "rgb8", True),
+])
+def test_every_container_gives_the_first_frame_and_one_a_second(fmt, codec, pix_fmt, seekable):
+    data = write_clip(grey_seconds(4), fmt=fmt, codec=codec, pix_fmt=pix_fmt, size=(64, 48), seekable=seekable)
+    info, frames = sample_frames(data)
+    frames = list(frames)
+    assert info.duration == pytest.approx(4.0, abs=0.25) and (info.width, info.height) == (64, 48)
+    assert [f.time for f in frames] == pytest.approx([0, 1, 2, 3], abs=0.01)
+    assert [level(f.image) for f in frames] == pytest.approx([0, 40, 80, 120], abs=12), "each second's own frame"
+
+
+def test_long_clips_are_sampled_evenly_within_max_frames():
+    info, frames = sample_frames(write_clip(grey_seconds(6), size=(32, 32)), fps=5, max_frames=3)
+    assert [f.time for f in frames] == pytest.approx([0, 2, 4], abs=0.01)
+
+
+def test_a_variable_frame_rate_is_sampled_by_timestamps():
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=1000)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.time_base = stream.time_base = Fraction(1, 1000)
+        for ms in (0, 100, 150, 1300, 2050, 2900):
+            frame = av.VideoFrame.from_image(Image.new("RGB", (32, 32), (ms // 12,) * 3))
+            frame.pts, frame.time_base = ms, Fraction(1, 1000)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    _, frames = sample_frames(buffer.getvalue())
+    assert [f.time for f in frames] == pytest.approx([0, 1.3, 2.05], abs=0.002)
+
+
+@pytest.mark.parametrize("rotation, white_at", [(90, (0, 32)), (-90, (31, 32)), (180, (16, 31))])
+def test_rotation_metadata_is_applied(rotation, white_at):
+    top_white = Image.new("RGB", (64, 32))
+    top_white.paste((255, 255, 255), (0, 0, 64, 16))
+    _, frames = sample_frames(write_clip([(top_white, 1)], size=(64, 32), rotation=rotation))
+    frame = next(frames).image
+    assert frame.size == ((32, 64) if rotation % 180 else (64, 32)), "width and height swap on a quarter turn"
+    x, y = white_at
+    assert min(frame.getpixel((x, y))) > 200, "the clip's top edge is where the display matrix puts it"
+
+
+def _audio_only() -> bytes:
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as container:
+        stream = container.add_stream("aac", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 8000
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return buffer.getvalue()
+
+
+def _frameless() -> bytes:
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=RATE)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        container.start_encoding()  # the header and trailer, no frame
+    return buffer.getvalue()
+
+
+def _huge_gif() -> bytes:
+    data = bytearray(write_clip(grey_seconds(1), fmt="gif", codec="gif", pix_fmt="rgb8", size=(32, 32)))
+    data[6:10] = (16000).to_bytes(2, "little") * 2  # the logical screen: 16000 x 16000 = 256 megapixels
+    return bytes(data)
+
+
+BAD_VIDEOS = {
+    "empty": (lambda: b"", InvalidVideoError, "The file is empty (0 bytes)."),
+    "text": (lambda: b"hello, this is not a video at all", InvalidVideoError, "not a video we can read"),
+    "truncated": (lambda: write_clip(grey_seconds(2), size=(32, 32))[:600], InvalidVideoError, "truncated or corrupt"),
+    "audio only": (_audio_only, InvalidVideoError, "no video stream"),
+    "zero length": (_frameless, InvalidVideoError, "holds no frames"),
+    "huge declared resolution": (_huge_gif, VideoTooLargeError, "256.0 megapixels"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_VIDEOS)
+def test_a_bad_video_is_refused_with_a_clear_message(name):
+    make, error, message = BAD_VIDEOS[name]
+    with pytest.raises(error) as caught:
+        _, frames = sample_frames(make())
+        list(frames)
+    assert message in str(caught.value)
+
+
+def test_limits_on_duration_frames_and_bytes(monkeypatch, tmp_path):
+    data = write_clip(grey_seconds(3), size=(32, 32))
+    monkeypatch.setattr(decode, "MAX_VIDEO_SECONDS", 2.0)
+    with pytest.raises(VideoTooLargeError, match="3 s long; the limit is 2 s"):
+        sample_frames(data)
+    monkeypatch.setattr(decode, "MAX_VIDEO_SECONDS", 300.0)
+    monkeypatch.setattr(decode, "MAX_VIDEO_FRAMES", 10)
+    with pytest.raises(VideoTooLargeError, match="more than 10 frames"):
+        sample_frames(data)
+    monkeypatch.setattr(decode, "MAX_VIDEO_FRAMES", 18_000)
+    _, frames = sample_frames(data)  # a header that understates: the limits hold while decoding too
+    monkeypatch.setattr(decode, "MAX_VIDEO_FRAMES", 5)
+    with pytest.raises(VideoTooLargeError, match="more than 5 frames"):
+        list(frames)
+    monkeypatch.setattr(decode, "MAX_VIDEO_FRAMES", 18_000)
+    _, frames = sample_frames(data)
+    monkeypatch.setattr(decode, "MAX_VIDEO_SECONDS", 1.5)
+    with pytest.raises(VideoTooLargeError, match="the limit is 1.5 s"):
+        list(frames)
+    monkeypatch.setattr(decode, "MAX_VIDEO_BYTES", 2**20 // 2)
+    (tmp_path / "clip.mp4").write_bytes(data + bytes(2**20))  # padding after the clip: the size alone decides
+    with pytest.raises(VideoTooLargeError, match=r"the limit is 0.5 MiB"):
+        sample_frames(tmp_path / "clip.mp4")
+
+
+FUZZ = textwrap.dedent("""
+    import random, resource, sys, time
+    from ganorigin.video import sample_frames
+    from ganorigin.errors import InvalidVideoError
+    seeds, CASES = [open(p, "rb").read() for p in sys.argv[1:]], 160
+    rng = random.Random(0)
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    outcomes, slowest = {"frames": 0, "refused": 0}, 0.0
+    for i in range(CASES):
+        data = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 12)):
+            at = rng.randrange(len(data))
+            kind = rng.random()
+            if kind < 0.6:
+                data[at] = rng.randrange(256)
+            elif kind < 0.8:
+                data[at:at + rng.randint(1, 64)] = b""
+            else:
+                data[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 16)))
+        started = time.monotonic()
+        try:
+            _, frames = sample_frames(bytes(data), fps=5)
+            sum(1 for _ in frames)
+            outcomes["frames"] += 1
+        except InvalidVideoError:
+            outcomes["refused"] += 1
+        slowest = max(slowest, time.monotonic() - started)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(outcomes["frames"], outcomes["refused"], round(slowest, 3), (peak - baseline) // 1024)
+""")
+
+
+def test_mutated_video_bytes_never_crash_hang_or_blow_up_memory(tmp_path):
+    seeds = []
+    for fmt, codec, pix_fmt in (("mp4", "libx264", "yuv420p"), ("webm", "libvpx-vp9", "yuv420p"),
+                                ("gif", "gif", "rgb8")):
+        seeds.append(tmp_path / f"seed.{fmt}")
+        seeds[-1].write_bytes(write_clip(grey_seconds(2), fmt=fmt, codec=codec, pix_fmt=pix_fmt, size=(48, 32)))
+    # A child process: a crash in FFmpeg would kill it (not pytest), and a hang meets the timeout.
+    done = subprocess.run([sys.executable, "-c", FUZZ, *map(str, seeds)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 0, f"the decoder crashed or raised something else:\n{done.stderr[-3000:]}"
+    decoded, refused, slowest, extra_mb = done.stdout.split()
+    assert int(decoded) + int(refused) == 160 and int(refused) > 0 and int(decoded) > 0
+    assert float(slowest) < 20, "no mutated file takes long"
+    assert int(extra_mb) < 300, "memory stays bounded"
+
+
+# --- the clip's verdict --------------------------------------------------------------------------------------
+
+def _frame(time, p, *, faces=1, probabilities=(0.2, 0.7, 0.1)):
+    prediction = Prediction(p, 0.5, ("progan", "stylegan2", "stylegan3"), probabilities, faces_found=faces)
+    return FrameResult(time, prediction)
+
+
+def _clip(frames, threshold=0.5) -> VideoPrediction:
+    info = VideoInfo("mov", "h264", 64, 64, float(len(frames)), 1.0)
+    return VideoPrediction(tuple(frames), threshold, info, 1.0).with_threshold(threshold)
+
+
+def test_the_verdict_reads_frames_with_a_face_and_reports_the_others():
+    clip = _clip([_frame(0, 0.1), _frame(1, 0.95, faces=0), _frame(2, 0.2), _frame(3, 0.3), _frame(4, 0.8)])
+    assert [f.time for f in clip.judged_frames] == [0, 2, 3, 4]
+    assert [f.time for f in clip.frames_without_face] == [1]
+    assert clip.median_probability == pytest.approx(0.25)
+    assert clip.fake_probability == pytest.approx(np.quantile([0.1, 0.2, 0.3, 0.8], 0.9))
+    assert clip.is_fake and clip.fake_fraction == pytest.approx(0.25)
+    assert [f.time for f in clip.decisive_frames][:2] == [4, 3], "the faceless 0.95 frame does not drive it"
+    answer = clip.to_dict()
+    assert answer["frames_without_face"] == [1] and answer["frames"][1]["face_found"] is False
+    assert "No face in 1 of 5 frames" in answer["face_note"]
+    assert not clip.with_threshold(0.9).is_fake, "the same analysis read at a higher threshold"
+
+
+def test_attribution_is_a_vote_weighted_by_fake_probability_over_fake_frames():
+    clip = _clip([_frame(0, 0.6, probabilities=(0.9, 0.05, 0.05)), _frame(1, 0.99, probabilities=(0.1, 0.8, 0.1)),
+                  _frame(2, 0.1, probabilities=(0.0, 0.0, 1.0))])
+    votes = clip.attribution_probabilities
+    assert votes["ProGAN"] == pytest.approx((0.6 * 0.9 + 0.99 * 0.1) / 1.59)
+    assert votes["StyleGAN3"] == pytest.approx((0.6 * 0.05 + 0.99 * 0.1) / 1.59), "the real frame has no vote"
+    assert clip.attribution == "StyleGAN2" and clip.verdict_text.startswith("AI-generated — StyleGAN2 (2 of 3")
+
+
+def test_without_face_detection_every_frame_is_judged():
+    clip = _clip([_frame(0, 0.1, faces=None), _frame(1, 0.2, faces=None)])
+    assert len(clip.judged_frames) == 2 and clip.verdict == "real" and "Face detection was off" in clip.face_note
+
+
+@pytest.fixture(scope="module")
+def switch_clip(model, dev_images):
+    """A real face for 2 s, a StyleGAN2 face for 2 s, the real face again for 2 s, and a threshold
+    between the two faces' scores (the test weights are random: which scores higher is arbitrary)."""
+    def as_frame(path):
+        return Image.open(path).convert("RGB").resize((SIDE, SIDE))
+
+    real = [as_frame(p) for p in dev_images["real"][:4]]
+    gan = [as_frame(p) for p in dev_images["stylegan2"][:4]]
+    scores = [r.fake_probability for r in model.predict_batch(real + gan, align=False)]
+    gap, i, j = max((abs(scores[i] - scores[4 + j]), i, j) for i in range(4) for j in range(4))
+    threshold = (scores[i] + scores[4 + j]) / 2
+    gan_higher = scores[4 + j] > scores[i]
+    clip = write_clip([(real[i], 2), (gan[j], 2), (real[i], 2)])
+    return clip, threshold, gan_higher, gap
+
+
+def test_the_timeline_switches_where_the_faces_switch(model, switch_clip):
+    clip, threshold, gan_higher, gap = switch_clip
+    assert gap > 0.05, "the two faces score apart"
+    result = model.predict_video(clip, threshold=threshold, batch_size=4)
+    assert [f.time for f in result.frames] == pytest.approx([0, 1, 2, 3, 4, 5], abs=0.01)
+    called = [f.prediction.is_fake for f in result.frames]
+    gan_seconds = [False, False, True, True, False, False]
+    assert called == (gan_seconds if gan_higher else [not g for g in gan_seconds])
+    assert result.is_fake and [f.face_found for f in result.frames] == [True] * 6
+    assert all(f.prediction.is_fake for f in result.decisive_frames[:2]), "the frames called fake drove it"
+    assert result.fake_fraction == pytest.approx(2 / 6 if gan_higher else 4 / 6)
+    answer = json.loads(json.dumps(result.to_dict()))
+    assert answer["verdict"]["label"] in ("AI-generated", "real") and len(answer["frames"]) == 6
+
+
+# --- every entry point -----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def server(weights_env, hub):
+    return main_server(weights_env, hub)
+
+
+def test_the_same_clip_gives_the_same_answer_on_python_rest_and_gradio_client(server, model, switch_clip, tmp_path):
+    clip, threshold, _, _ = switch_clip
+    path = tmp_path / "switch.mp4"
+    path.write_bytes(clip)
+    want = model.predict_video(path, threshold=threshold).to_dict()
+    rest = httpx.post(f"{server.url}/predict/video", files={"video": ("switch.mp4", clip, "video/mp4")},
+                      data={"threshold": str(threshold)}, timeout=240)
+    assert rest.status_code == 200, rest.text
+    gradio = Client(server.url, verbose=False).predict(handle_file(str(path)), threshold, api_name="/predict_video")
+    for got in (rest.json(), gradio):
+        assert set(got) == set(want) and got["frames"][0].keys() == want["frames"][0].keys()
+        assert got["verdict"] == want["verdict"] and got["decisive_frames"] == want["decisive_frames"]
+        assert got["fake_probability"] == pytest.approx(want["fake_probability"], abs=1e-5)
+        assert [f["fake_probability"] for f in got["frames"]] == pytest.approx(
+            [f["fake_probability"] for f in want["frames"]], abs=1e-5)
+
+
+def test_a_bad_video_gets_the_same_message_on_every_entry_point(server, model, weights_dir, tmp_path, capsys,
+                                                                 monkeypatch, weights_env):
+    path = tmp_path / "voice.mp4"
+    path.write_bytes(_audio_only())
+    with pytest.raises(InvalidVideoError) as python:
+        model.predict_video(path)
+    message = str(python.value)
+    assert message == "The file has no video stream (audio only?); nothing to analyse."
+
+    rest = httpx.post(f"{server.url}/predict/video", files={"video": ("voice.mp4", path.read_bytes(), "video/mp4")},
+                      timeout=60)
+    assert rest.status_code == 422 and rest.json() == {"error": message}
+    with pytest.raises(AppError) as gradio:
+        Client(server.url, verbose=False).predict(handle_file(str(path)), api_name="/predict_video")
+    assert str(gradio.value) == message
+
+    for name, value in weights_env.items():
+        monkeypatch.setenv(name, value)
+    status = main(["predict", str(path), "--no-progress", "--offline"])
+    row = json.loads(capsys.readouterr().out)
+    assert status == 1 and row["error"] == f"{path}: {message}"
+    assert "Traceback" not in server.logs() and str(tmp_path) not in server.logs()
+
+
+def test_gradio_takes_uploads_up_to_the_video_limit(server):
+    from ganorigin.images import MAX_IMAGE_BYTES
+
+    assert server.get_json("/config")["max_file_size"] == max(MAX_IMAGE_BYTES, decode.MAX_VIDEO_BYTES)
+
+
+def test_rest_without_a_video_says_so(server):
+    response = httpx.post(f"{server.url}/predict/video", data={"threshold": "0.5"}, timeout=30)
+    assert response.status_code == 400 and response.json() == {"error": "No video uploaded"}
+
+
+def test_the_cli_mixes_images_and_videos_in_one_csv(model, switch_clip, dev_images, tmp_path, monkeypatch,
+                                                    weights_env, capsys):
+    clip, threshold, _, _ = switch_clip
+    (tmp_path / "switch.mp4").write_bytes(clip)
+    face = dev_images["stylegan2"][0]
+    for name, value in weights_env.items():
+        monkeypatch.setenv(name, value)
+    common = ["--no-progress", "--offline", "--threshold", str(threshold), "--format", "csv"]
+    assert main(["predict", str(face), str(tmp_path / "switch.mp4"), *common]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and lines[2].startswith(str(tmp_path / "switch.mp4") + ",")
+    want = model.predict_video(tmp_path / "switch.mp4", threshold=threshold)
+    assert f"{want.fake_probability}" in lines[2] and want.verdict_text in lines[2]
+
+    assert main(["predict", str(tmp_path / "switch.mp4"), *common, "--frames"]) == 0
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert [r.split(",")[0] for r in rows] == [f"{tmp_path / 'switch.mp4'}#t={t}" for t in range(6)]
+
+
+def test_the_video_tab_states_the_limits():
+    from ganorigin.ui.video import LIMITS
+
+    assert f"{decode.MAX_VIDEO_BYTES / 2**20:g} MiB" in LIMITS and "5 min" in LIMITS
+
+
+def test_frames_keep_only_thumbnails(model, switch_clip):
+    clip, threshold, _, _ = switch_clip
+    result = model.predict_video(clip, threshold=threshold, max_frames=2)
+    assert len(result.frames) == 2 and [f.time for f in result.frames] == pytest.approx([0, 3], abs=0.01)
+    assert all(max(f.thumbnail.size) <= 192 and f.prediction.attributed_image is None for f in result.frames)
+
+
+def test_a_file_object_is_read_and_left_open_for_its_owner():
+    file = io.BytesIO(write_clip(grey_seconds(2), size=(32, 32)))
+    _, frames = sample_frames(file)
+    assert len(list(frames)) == 2 and not file.closed
