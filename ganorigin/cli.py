@@ -53,11 +53,13 @@ def _add_predict(commands) -> None:
     p = commands.add_parser("predict", help="analyse images, one output row per image",
                             description="Analyse image files, folders (recursive) or .txt lists of paths.")
     p.add_argument("paths", nargs="+", metavar="PATH")
-    p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="output format (default: jsonl)")
+    p.add_argument("--format", choices=("jsonl", "csv", "parquet"), default="jsonl",
+                   help="output format (default: jsonl; parquet: a folder of part files, --engine ray)")
     p.add_argument("--out", type=Path, help="output file (default: stdout)")
     p.add_argument("--batch-size", type=int, default=8)
     _progress_flag(p)
     _model_flags(p)
+    _engine_flags(p)
     p.set_defaults(run=_predict)
 
 
@@ -131,6 +133,7 @@ def _add_evaluate(commands) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     _progress_flag(p)
     _model_flags(p)
+    _engine_flags(p)
     p.set_defaults(run=_evaluate)
 
 
@@ -172,6 +175,14 @@ def _progress_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
 
 
+def _engine_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine", "--engine ray: a Ray Data job, resumable (see README, Scaling out)")
+    g.add_argument("--engine", choices=("local", "ray"), default="local", help="where to run (default: local)")
+    g.add_argument("--address", help="Ray cluster to join: 'auto' or ray://HOST:10001 (default: start a local one)")
+    g.add_argument("--actors", type=int, help="model actors (default: one per GPU, else 1)")
+    g.add_argument("--cpus-per-actor", type=float, help="CPUs (and torch threads) per model actor (default: 1)")
+
+
 def _model_flags(p: argparse.ArgumentParser) -> None:
     _weight_flags(p)
     g = p.add_argument_group("model")
@@ -205,16 +216,20 @@ def _check_weights_folder(value: Optional[str]) -> None:
                      "'org/name[@revision]'.")
 
 
-def _load_model(args):
-    from .pipeline import GANOrigin, check_threshold
+def _threshold(args) -> float:
+    from .pipeline import check_threshold
     from .result import DEFAULT_THRESHOLD
 
-    threshold = DEFAULT_THRESHOLD if getattr(args, "threshold", None) is None else args.threshold
     try:
-        check_threshold(threshold)
+        return check_threshold(DEFAULT_THRESHOLD if getattr(args, "threshold", None) is None else args.threshold)
     except ValueError as e:
         raise _usage(f"--threshold: {e}") from e
-    return GANOrigin.from_pretrained(_sources(args), threshold=threshold, device=args.device,
+
+
+def _load_model(args):
+    from .pipeline import GANOrigin
+
+    return GANOrigin.from_pretrained(_sources(args), threshold=_threshold(args), device=args.device,
                                      align=getattr(args, "align", None))
 
 
@@ -229,6 +244,12 @@ def _predict(args) -> int:
 
     if args.batch_size < 1:
         raise _usage("--batch-size must be >= 1.")
+    if args.engine == "ray":
+        from .scale.commands import predict
+
+        return predict(args, _sources(args), _threshold(args))
+    if args.format == "parquet":
+        raise _usage("--format parquet needs --engine ray.")
     paths = find_images(args.paths)
     if not paths:
         raise _usage(f"no images found in {', '.join(args.paths)} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}).")
@@ -382,8 +403,13 @@ def _demo_weights(args) -> int:
 def _evaluate(args) -> int:
     from .training import evaluate, format_report
 
-    model = _load_model(args)
-    report = evaluate(model, args.data_dir, args.out, batch_size=args.batch_size, progress=args.progress)
+    if args.engine == "ray":
+        from .scale.commands import evaluate as evaluate_on_ray
+
+        report = evaluate_on_ray(args, _sources(args), _threshold(args))
+    else:
+        report = evaluate(_load_model(args), args.data_dir, args.out, batch_size=args.batch_size,
+                          progress=args.progress)
     print(format_report(report))
     print(f"Wrote {args.out / 'report.json'}, {args.out / 'predictions.csv'} and the PNGs in {args.out}.")
     return 0
