@@ -54,7 +54,7 @@ def ray_address(weights_env):
 def inputs(dev_sample, tmp_path_factory) -> Path:
     """A folder of dev images (one per class and format) and a corrupt PNG."""
     folder = tmp_path_factory.mktemp("inputs")
-    for path in dev_sample[:6]:
+    for path in dev_sample[:4]:
         shutil.copy(path, folder / f"{path.parent.name}_{path.name}")
     (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really an image" * 10)
     return folder
@@ -123,16 +123,16 @@ def test_evaluate_on_ray_writes_the_local_report(ray_address, model, dev_images,
     data = tmp_path / "data"
     for cls in ("real", "stylegan2", "other_gan"):
         (data / cls).mkdir(parents=True)
-        for path in dev_images[cls][:2]:
+        for path in dev_images[cls][:1]:
             shutil.copy(path, data / cls / path.name)
     local = evaluate(model, data, tmp_path / "local", progress=False)
     assert main(["evaluate", str(data), "--engine", "ray", "--out", str(tmp_path / "ray"), "--no-progress"]) == 0
     on_ray = json.loads((tmp_path / "ray" / "report.json").read_text())
     assert on_ray["per_class"] == local["per_class"] and on_ray["failed"] == local["failed"]
-    assert on_ray["detection"]["n_fake"] == local["detection"]["n_fake"] == 4
+    assert on_ray["detection"]["n_fake"] == local["detection"]["n_fake"] == 2
     assert math.isclose(on_ray["detection"]["roc_auc"], local["detection"]["roc_auc"], abs_tol=1e-9)
     assert on_ray["attribution"]["confusion"] == local["attribution"]["confusion"]
-    assert (tmp_path / "ray" / "predictions.csv").read_text().count("\n") == 7
+    assert (tmp_path / "ray" / "predictions.csv").read_text().count("\n") == 4
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +172,7 @@ def _post(url: str, path: Path, **form) -> httpx.Response:
 
 def test_serve_answers_the_rest_contract(serve_url, rest_url, inputs):
     images = sorted(inputs.glob("*"))
-    for path in images[:3]:
+    for path in images[:2]:
         for form in ({}, {"threshold": "0.3"}):
             served, local = _post(serve_url, path, **form), _post(rest_url, path, **form)
             assert (served.status_code, served.json()) == (local.status_code, local.json()), path.name
@@ -180,7 +180,8 @@ def test_serve_answers_the_rest_contract(serve_url, rest_url, inputs):
     assert corrupt.status_code == 422 and corrupt.json() == _post(rest_url, inputs / "corrupt.png").json()
     bad = _post(serve_url, images[0], threshold="2")
     assert (bad.status_code, bad.json()) == (422, _post(rest_url, images[0], threshold="2").json())
-    health, local_health = httpx.get(serve_url + "/health").json(), httpx.get(rest_url + "/health").json()
+    health = httpx.get(serve_url + "/health", timeout=120).json()
+    local_health = httpx.get(rest_url + "/health", timeout=120).json()
     assert health.keys() == local_health.keys() and health["status"] == "ready" and health["weights_loaded"]
     assert health["weights"] == local_health["weights"] and health["threshold"] == local_health["threshold"]
 
