@@ -91,6 +91,7 @@ def _add_extract(commands) -> None:
     p.add_argument("--align", action="store_true", help="FFHQ-align the largest face first (needs dlib)")
     _progress_flag(p)
     _weight_flags(p)
+    _engine_flags(p)
     p.set_defaults(run=_extract)
 
 
@@ -311,13 +312,18 @@ def _extract(args) -> int:
     from .hub import resolve_file
     from .training import extract_features
 
-    encoder = load_encoder(resolve_file("e4e.ffhq_encode", _sources(args)))
-    if args.device:
-        encoder = encoder.to(args.device)
-    summary = extract_features(
-        args.data_dir, args.out, encoder, augment=args.augment, seed=args.seed, batch_size=args.batch_size,
-        shard_size=args.shard_size, limit=args.limit, align=args.align, progress=args.progress,
-    )
+    if args.engine == "ray":
+        from .scale.commands import extract
+
+        summary = extract(args, _sources(args))
+    else:
+        encoder = load_encoder(resolve_file("e4e.ffhq_encode", _sources(args)))
+        if args.device:
+            encoder = encoder.to(args.device)
+        summary = extract_features(
+            args.data_dir, args.out, encoder, augment=args.augment, seed=args.seed, batch_size=args.batch_size,
+            shard_size=args.shard_size, limit=args.limit, align=args.align, progress=args.progress,
+        )
     state = "complete" if summary.complete else "stopped early; run the same command again to resume"
     print(f"{summary.encoded} encoded, {summary.already_done} already done, {len(summary.failed)} failed, "
           f"{summary.total} in all ({state}). Latents: {args.out}")

@@ -114,7 +114,8 @@ def predict_dataset(names: Sequence[str], sources: WeightSources, *, threshold: 
     blocks = max(1, min(math.ceil(len(names) / batch_size), 100_000))
     return (ray.data.from_items([{"path": name} for name in names], override_num_blocks=blocks)
             .map(decode, num_cpus=DECODE_CPUS)
-            .map_batches(Predictor, batch_size=batch_size, batch_format="numpy", concurrency=plan.actors,
+            .map_batches(Predictor, batch_size=batch_size, batch_format="numpy",
+                         compute=ray.data.ActorPoolStrategy(size=plan.actors),
                          num_cpus=plan.cpus, num_gpus=plan.gpus,
                          fn_constructor_kwargs={"sources": sources, "threshold": threshold, "device": device,
                                                 "align": align, "torch_threads": plan.torch_threads}))

@@ -1,4 +1,4 @@
-"""``predict`` and ``evaluate`` with ``--engine ray``: the same outputs as the local engine, computed on
+"""``predict``, ``extract`` and ``evaluate`` with ``--engine ray``: the same outputs as the local engine, computed on
 a Ray cluster (:mod:`ganorigin.scale.batch`). The command-line parsing stays in :mod:`ganorigin.cli`."""
 
 from __future__ import annotations
@@ -53,6 +53,20 @@ def evaluate(args, sources: WeightSources, threshold: float):
     attributor, _ = load_attributor(resolve(sources))
     return evaluation_report(items, [by_path[str(path)] for _, path in items], attributor, threshold,
                              args.data_dir, args.out)
+
+
+def extract(args, sources: WeightSources):
+    """The local ``extract`` shards, encoded on Ray; returns the local engine's summary."""
+    from ..training.features import check_extract_settings
+    from .extract import run_extract
+
+    check_extract_settings(args.augment, args.batch_size, args.shard_size)
+    with RaySession(args.address):
+        _progress(args.progress)
+        return run_extract(args.data_dir, args.out, sources, augment=args.augment, seed=args.seed,
+                           batch_size=args.batch_size, shard_size=args.shard_size, limit=args.limit,
+                           align=args.align, device=args.device,
+                           plan=ActorPlan.for_cluster(args.actors, args.cpus_per_actor))
 
 
 def _progress(show: bool) -> None:
