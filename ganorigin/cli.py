@@ -181,7 +181,8 @@ def _engine_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--engine", choices=("local", "ray"), default="local", help="where to run (default: local)")
     g.add_argument("--address", help="Ray cluster to join: 'auto' or ray://HOST:10001 (default: start a local one)")
     g.add_argument("--actors", type=int, help="model actors (default: one per GPU, else 1)")
-    g.add_argument("--cpus-per-actor", type=float, help="CPUs (and torch threads) per model actor (default: 1)")
+    g.add_argument("--cpus-per-actor", type=float,
+                   help="CPUs (and torch threads) per model actor (default: its share, less what decoding needs)")
 
 
 def _model_flags(p: argparse.ArgumentParser) -> None:

@@ -31,8 +31,8 @@ NO_PIXELS = np.zeros((0, 0, 3), dtype=np.uint8)
 
 @dataclass(frozen=True)
 class ActorPlan:
-    """How many model actors, and what each reserves: one GPU each where there are GPUs, else
-    ``cpus`` logical CPUs, with as many torch threads."""
+    """How many model actors, and what each reserves: ``cpus`` logical CPUs (as many torch threads),
+    and one GPU each where the cluster has GPUs."""
 
     actors: int = 1
     cpus: float = 1.0
@@ -40,11 +40,16 @@ class ActorPlan:
 
     @classmethod
     def for_cluster(cls, actors: Optional[int] = None, cpus: Optional[float] = None) -> "ActorPlan":
-        """One actor per GPU (at least one), else ``actors`` (default 1)."""
+        """Default: one actor per GPU with half its share of the CPUs (the rest decode); without GPUs one
+        actor with every CPU but one (which decodes)."""
         import ray
 
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        return cls(actors=actors or max(gpus, 1), cpus=cpus or 1.0, gpus=1.0 if gpus else 0.0)
+        resources = ray.cluster_resources()
+        gpus, total = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
+        actors = actors or max(gpus, 1)
+        if cpus is None:
+            cpus = max(1, total // actors // 2) if gpus else max(1, total // actors - 1)
+        return cls(actors=actors, cpus=cpus, gpus=1.0 if gpus else 0.0)
 
     @property
     def torch_threads(self) -> int:
