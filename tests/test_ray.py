@@ -91,6 +91,11 @@ def test_ray_engine_gives_the_local_rows_and_an_error_row(ray_address, inputs, l
     assert f"{len(local_rows)} analysed (1 could not be read), 0 already in the output" in capsys.readouterr().err
 
 
+def test_a_plan_that_leaves_no_cpu_to_decode_is_refused(ray_address, inputs, capsys):
+    assert main(["predict", str(inputs), "--engine", "ray", "--actors", "2", "--cpus-per-actor", "1", "--no-progress"]) == 2
+    assert "2 actors x 1 CPUs leave no CPU for decoding on a cluster of 2 CPUs" in capsys.readouterr().err
+
+
 def test_killed_job_completes_only_the_rest(ray_address, inputs, local_rows, tmp_path, weights_env):
     """The driver is killed (SIGKILL) once some rows are written; the re-run scores only the others."""
     out = tmp_path / "rows.jsonl"
@@ -133,6 +138,35 @@ def test_evaluate_on_ray_writes_the_local_report(ray_address, model, dev_images,
     assert math.isclose(on_ray["detection"]["roc_auc"], local["detection"]["roc_auc"], abs_tol=1e-9)
     assert on_ray["attribution"]["confusion"] == local["attribution"]["confusion"]
     assert (tmp_path / "ray" / "predictions.csv").read_text().count("\n") == 4
+
+
+def test_extract_on_ray_writes_the_local_shards_and_resumes(ray_address, sources, dev_images, tmp_path):
+    """``--limit`` stops the Ray job after its first batch; the re-run encodes only the rest, and the
+    shards equal the local engine's (keys, digests, codes to 1e-6); the corrupt file is reported."""
+    import numpy as np
+
+    from ganorigin.factory import load_encoder
+    from ganorigin.hub import resolve_file
+    from ganorigin.training import extract_features, load_latents
+
+    data = tmp_path / "data"
+    for cls in ("real", "stylegan2"):
+        (data / cls).mkdir(parents=True)
+        shutil.copy(dev_images[cls][0], data / cls / dev_images[cls][0].name)
+    (data / "real" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    encoder = load_encoder(resolve_file("e4e.ffhq_encode", sources))
+    local = extract_features(data, tmp_path / "local", encoder, augment=1, batch_size=2, progress=False)
+    args = ["extract", str(data), "--out", str(tmp_path / "ray"), "--augment", "1", "--batch-size", "2",
+            "--engine", "ray", "--no-progress"]
+    assert main([*args, "--limit", "2"]) == 1  # stopped early
+    first = load_latents(tmp_path / "ray")
+    assert 2 <= len(first.keys) < 4
+    assert main(args) == 0
+    ours, theirs = load_latents(tmp_path / "ray"), load_latents(tmp_path / "local")
+    assert ours.keys.tolist() == theirs.keys.tolist() and len(ours.keys) == 4 == local.encoded
+    assert ours.sources.tolist() == theirs.sources.tolist()
+    assert np.abs(ours.features - theirs.features).max() <= 1e-6
+    assert len(list((tmp_path / "ray").glob("shard-*.npz"))) >= 2  # the first run's shard was kept
 
 
 @pytest.fixture(scope="module")
@@ -199,32 +233,3 @@ def test_serve_batches_concurrent_requests(serve_url, rest_url, inputs):
     assert max(sizes) > 1, sizes  # concurrent requests shared a forward pass
     print(f"batch sizes formed: {sizes}")
 
-
-def test_extract_on_ray_writes_the_local_shards_and_resumes(ray_address, sources, dev_images, tmp_path):
-    """``--limit`` stops the Ray job after its first batch; the re-run encodes only the rest, and the
-    shards equal the local engine's (keys, digests, codes to 1e-6); the corrupt file is reported."""
-    import numpy as np
-
-    from ganorigin.factory import load_encoder
-    from ganorigin.hub import resolve_file
-    from ganorigin.training import extract_features, load_latents
-
-    data = tmp_path / "data"
-    for cls in ("real", "stylegan2"):
-        (data / cls).mkdir(parents=True)
-        for path in dev_images[cls][:2]:
-            shutil.copy(path, data / cls / path.name)
-    (data / "real" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
-    encoder = load_encoder(resolve_file("e4e.ffhq_encode", sources))
-    local = extract_features(data, tmp_path / "local", encoder, augment=1, batch_size=2, progress=False)
-    args = ["extract", str(data), "--out", str(tmp_path / "ray"), "--augment", "1", "--batch-size", "2",
-            "--engine", "ray", "--no-progress"]
-    assert main([*args, "--limit", "2"]) == 1  # stopped early
-    first = load_latents(tmp_path / "ray")
-    assert 2 <= len(first.keys) < 8
-    assert main(args) == 0
-    ours, theirs = load_latents(tmp_path / "ray"), load_latents(tmp_path / "local")
-    assert ours.keys.tolist() == theirs.keys.tolist() and len(ours.keys) == 8 == local.encoded
-    assert ours.sources.tolist() == theirs.sources.tolist()
-    assert np.abs(ours.features - theirs.features).max() <= 1e-6
-    assert len(list((tmp_path / "ray").glob("shard-*.npz"))) >= 2  # the first run's shard was kept

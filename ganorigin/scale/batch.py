@@ -18,7 +18,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import pyarrow as pa
 
-from ..errors import InvalidImageError
+from ..errors import DatasetError, InvalidImageError
 from ..hub import WeightSources
 from .inputs import read_input
 from .outputs import ResultSink
@@ -45,10 +45,15 @@ class ActorPlan:
         import ray
 
         resources = ray.cluster_resources()
-        gpus, total = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
+        gpus, total = int(resources.get("GPU", 0)), resources.get("CPU", 1.0)
         actors = actors or max(gpus, 1)
-        if cpus is None:
-            cpus = max(1, total // actors // 2) if gpus else max(1, total // actors - 1)
+        if cpus is None and gpus:
+            cpus = max(1, int(total) // actors // 2)
+        elif cpus is None:
+            cpus = max(1, int(total) // actors - 1) if total // actors >= 2 else (total - DECODE_CPUS) / actors
+        if actors * cpus + DECODE_CPUS > total:  # the decode stage could never run: the job would wait forever
+            raise DatasetError(f"{actors} actors x {cpus:g} CPUs leave no CPU for decoding on a cluster of "
+                               f"{total:g} CPUs; pass fewer --actors or a smaller --cpus-per-actor.")
         return cls(actors=actors, cpus=cpus, gpus=1.0 if gpus else 0.0)
 
     @property
