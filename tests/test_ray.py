@@ -233,3 +233,26 @@ def test_serve_batches_concurrent_requests(serve_url, rest_url, inputs):
     assert max(sizes) > 1, sizes  # concurrent requests shared a forward pass
     print(f"batch sizes formed: {sizes}")
 
+
+
+def test_uris_are_listed_and_read_through_pyarrow_and_fsspec(inputs):
+    """``file://`` goes through pyarrow's filesystem, ``memory://`` through fsspec's; folders are listed
+    recursively, ``.txt`` lists resolve against their folder, and each file's bytes come back whole."""
+    import fsspec
+
+    from ganorigin.errors import InvalidImageError
+    from ganorigin.scale.inputs import list_inputs, read_input
+
+    local = sorted(p for p in inputs.iterdir())
+    assert list_inputs([f"file://{inputs}"]) == [f"file://{p}" for p in local]
+    assert read_input(f"file://{local[0]}") == local[0].read_bytes()
+
+    memory = fsspec.filesystem("memory")
+    for path in local[:2]:
+        memory.pipe(f"/faces/sub/{path.name}", path.read_bytes())
+    memory.pipe("/faces/list.txt", f"sub/{local[0].name}\n# a comment\n".encode())
+    assert list_inputs(["memory://faces/sub"]) == [f"memory:///faces/sub/{p.name}" for p in local[:2]]
+    assert list_inputs(["memory://faces/list.txt"]) == [f"memory://faces/sub/{local[0].name}"]
+    assert read_input(f"memory://faces/sub/{local[1].name}") == local[1].read_bytes()
+    with pytest.raises(InvalidImageError, match="No image file named 'gone.png'"):
+        read_input("memory://faces/gone.png")

@@ -60,7 +60,8 @@ def _list_uri(uri: str) -> list[str]:
 
 
 def _uri(scheme: str, path: str) -> str:
-    return f"{scheme}://{path}" if scheme != "file" else f"file://{path}"
+    """A listed path as a URI again (fsspec's HTTP paths already are)."""
+    return path if is_uri(path) else f"{scheme}://{path}"
 
 
 def filesystem_of(uri: str):
