@@ -256,3 +256,22 @@ def test_uris_are_listed_and_read_through_pyarrow_and_fsspec(inputs):
     assert read_input(f"memory://faces/sub/{local[1].name}") == local[1].read_bytes()
     with pytest.raises(InvalidImageError, match="No image file named 'gone.png'"):
         read_input("memory://faces/gone.png")
+
+
+def test_serve_config_is_valid_and_names_the_deployment():
+    """``serve run serve/config.yaml`` would accept the file: Serve's own schema, the import path, batching."""
+    import importlib
+
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    config = ServeDeploySchema.model_validate(yaml.safe_load((ROOT / "serve" / "config.yaml").read_text()))
+    app = config.applications[0]
+    from ray import serve
+
+    from ganorigin.scale.serve import GANOriginDeployment
+
+    module, _, name = app.import_path.partition(":")
+    assert isinstance(getattr(importlib.import_module(module), name), serve.Application)
+    assert [d.name for d in app.deployments] == [GANOriginDeployment.name]
+    assert set(app.deployments[0].user_config) == {"max_batch_size", "batch_wait_s"}
