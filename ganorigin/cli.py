@@ -55,11 +55,13 @@ def _add_predict(commands) -> None:
                             "files (MP4, MOV, WebM, MKV, AVI) named or listed give one row per clip.")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--frames", action="store_true", help="one row per sampled video frame instead of per clip")
-    p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="output format (default: jsonl)")
+    p.add_argument("--format", choices=("jsonl", "csv", "parquet"), default="jsonl",
+                   help="output format (default: jsonl; parquet: a folder of part files, --engine ray)")
     p.add_argument("--out", type=Path, help="output file (default: stdout)")
     p.add_argument("--batch-size", type=int, default=8)
     _progress_flag(p)
     _model_flags(p)
+    _engine_flags(p)
     p.set_defaults(run=_predict)
 
 
@@ -91,6 +93,7 @@ def _add_extract(commands) -> None:
     p.add_argument("--align", action="store_true", help="FFHQ-align the largest face first (needs dlib)")
     _progress_flag(p)
     _weight_flags(p)
+    _engine_flags(p)
     p.set_defaults(run=_extract)
 
 
@@ -133,6 +136,7 @@ def _add_evaluate(commands) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     _progress_flag(p)
     _model_flags(p)
+    _engine_flags(p)
     p.set_defaults(run=_evaluate)
 
 
@@ -174,6 +178,15 @@ def _progress_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
 
 
+def _engine_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine", "--engine ray: a Ray Data job, resumable (see README, Scaling out)")
+    g.add_argument("--engine", choices=("local", "ray"), default="local", help="where to run (default: local)")
+    g.add_argument("--address", help="Ray cluster to join: 'auto' or ray://HOST:10001 (default: start a local one)")
+    g.add_argument("--actors", type=int, help="model actors (default: one per GPU, else 1)")
+    g.add_argument("--cpus-per-actor", type=float,
+                   help="CPUs (and torch threads) per model actor (default: its share, less what decoding needs)")
+
+
 def _model_flags(p: argparse.ArgumentParser) -> None:
     _weight_flags(p)
     g = p.add_argument_group("model")
@@ -207,16 +220,20 @@ def _check_weights_folder(value: Optional[str]) -> None:
                      "'org/name[@revision]'.")
 
 
-def _load_model(args):
-    from .pipeline import GANOrigin, check_threshold
+def _threshold(args) -> float:
+    from .pipeline import check_threshold
     from .result import DEFAULT_THRESHOLD
 
-    threshold = DEFAULT_THRESHOLD if getattr(args, "threshold", None) is None else args.threshold
     try:
-        check_threshold(threshold)
+        return check_threshold(DEFAULT_THRESHOLD if getattr(args, "threshold", None) is None else args.threshold)
     except ValueError as e:
         raise _usage(f"--threshold: {e}") from e
-    return GANOrigin.from_pretrained(_sources(args), threshold=threshold, device=args.device,
+
+
+def _load_model(args):
+    from .pipeline import GANOrigin
+
+    return GANOrigin.from_pretrained(_sources(args), threshold=_threshold(args), device=args.device,
                                      align=getattr(args, "align", None))
 
 
@@ -232,6 +249,12 @@ def _predict(args) -> int:
 
     if args.batch_size < 1:
         raise _usage("--batch-size must be >= 1.")
+    if args.engine == "ray":
+        from .scale.commands import predict
+
+        return predict(args, _sources(args), _threshold(args))
+    if args.format == "parquet":
+        raise _usage("--format parquet needs --engine ray.")
     paths = find_images(args.paths)
     if not paths:
         raise _usage(f"no images found in {', '.join(args.paths)} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}).")
@@ -314,13 +337,18 @@ def _extract(args) -> int:
     from .hub import resolve_file
     from .training import extract_features
 
-    encoder = load_encoder(resolve_file("e4e.ffhq_encode", _sources(args)))
-    if args.device:
-        encoder = encoder.to(args.device)
-    summary = extract_features(
-        args.data_dir, args.out, encoder, augment=args.augment, seed=args.seed, batch_size=args.batch_size,
-        shard_size=args.shard_size, limit=args.limit, align=args.align, progress=args.progress,
-    )
+    if args.engine == "ray":
+        from .scale.commands import extract
+
+        summary = extract(args, _sources(args))
+    else:
+        encoder = load_encoder(resolve_file("e4e.ffhq_encode", _sources(args)))
+        if args.device:
+            encoder = encoder.to(args.device)
+        summary = extract_features(
+            args.data_dir, args.out, encoder, augment=args.augment, seed=args.seed, batch_size=args.batch_size,
+            shard_size=args.shard_size, limit=args.limit, align=args.align, progress=args.progress,
+        )
     state = "complete" if summary.complete else "stopped early; run the same command again to resume"
     print(f"{summary.encoded} encoded, {summary.already_done} already done, {len(summary.failed)} failed, "
           f"{summary.total} in all ({state}). Latents: {args.out}")
@@ -406,8 +434,13 @@ def _demo_weights(args) -> int:
 def _evaluate(args) -> int:
     from .training import evaluate, format_report
 
-    model = _load_model(args)
-    report = evaluate(model, args.data_dir, args.out, batch_size=args.batch_size, progress=args.progress)
+    if args.engine == "ray":
+        from .scale.commands import evaluate as evaluate_on_ray
+
+        report = evaluate_on_ray(args, _sources(args), _threshold(args))
+    else:
+        report = evaluate(_load_model(args), args.data_dir, args.out, batch_size=args.batch_size,
+                          progress=args.progress)
     print(format_report(report))
     print(f"Wrote {args.out / 'report.json'}, {args.out / 'predictions.csv'} and the PNGs in {args.out}.")
     return 0

@@ -116,12 +116,7 @@ class GANOrigin:
         sources = replace(sources, local_files_only=local_files_only or sources.local_files_only,
                           cache_dir=cache_dir or sources.cache_dir)
         files = resolve(sources)
-        if files.safe_model is not None:
-            attributor = load_attribution_model(files.safe_model)
-            attribution_files = (files.safe_model,)
-        else:
-            attributor = load_attributor_pickles(files.svm, files.scaler, files.label_encoder)
-            attribution_files = (files.svm, files.scaler, files.label_encoder)
+        attributor, attribution_files = load_attributor(files)
         device = as_device(device)
         detector = create_detector(files=files, device=device, precision=precision)
         encoder = create_encoder(files=files, device=device, precision=precision, attribution=attributor.predict_proba,
@@ -177,6 +172,13 @@ class GANOrigin:
         """
         return analyse_video(self, video, fps=fps, max_frames=max_frames, threshold=threshold,
                              batch_size=batch_size, align=align, progress=progress)
+
+    def predict_decoded(self, images: Sequence[Image.Image], sources: Sequence[ImageInput], *,
+                        threshold: Optional[float] = None, align: Optional[bool] = None) -> list[Prediction]:
+        """Analyse images already decoded by the gate elsewhere (e.g. a CPU stage of :mod:`ganorigin.scale`);
+        ``sources`` are what each was decoded from (bytes or path, read again for the JPEG tables).
+        Provenance is the caller's to add."""
+        return self._analyse(list(images), list(sources), self._threshold(threshold), self._align(align))
 
     def _analyse(self, images: list, sources: list, threshold: float, align: bool) -> list[Prediction]:
         """``images`` decoded from ``sources`` (what the caller gave, read again for the JPEG tables)."""
@@ -243,6 +245,14 @@ class GANOrigin:
             if warning := alignment_mismatch(self.attributor, align):
                 logger.warning(warning)
         return align
+
+
+def load_attributor(files: ResolvedWeights) -> tuple[GANAttributor, tuple]:
+    """The attribution model (the safe format, else the original pickles) and the files it came from."""
+    if files.safe_model is not None:
+        return load_attribution_model(files.safe_model), (files.safe_model,)
+    return (load_attributor_pickles(files.svm, files.scaler, files.label_encoder),
+            (files.svm, files.scaler, files.label_encoder))
 
 
 def _decode(image: ImageInput, index: int) -> Union[tuple[Image.Image, Optional[Provenance]], InvalidImageError]:

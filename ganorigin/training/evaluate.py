@@ -87,11 +87,18 @@ def evaluate(
     Returns:
         The report (also written to ``out_dir/report.json``).
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     items = labelled_images(data_dir)
     rows = predict_paths(model, [p for _, p in items], batch_size=batch_size, progress=progress)
-    known = {display_name(label): label for label in model.attributor.labels}
+    return evaluation_report(items, rows, model.attributor, model.threshold, data_dir, out_dir)
+
+
+def evaluation_report(items: list, rows: list, attributor, threshold: float, data_dir: os.PathLike,
+                      out_dir: os.PathLike) -> dict:
+    """The report, CSV and PNGs of :func:`evaluate` from prediction ``rows`` (one per ``(class, path)``
+    item of :func:`labelled_images`, in the same order), however they were computed."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    known = {display_name(label): label for label in attributor.labels}
     for (cls, _), row in zip(items, rows):
         row["class"] = cls
         row["true_label"] = known.get(display_name(cls))
@@ -100,12 +107,12 @@ def evaluate(
     ok = [row for row in rows if row["error"] is None]
     report = {
         "data_dir": str(data_dir),
-        "threshold": model.threshold,
+        "threshold": threshold,
         "images": len(rows),
         "failed": [{"path": row["path"], "error": row["error"]} for row in rows if row["error"] is not None],
         "per_class": {cls: sum(row["class"] == cls for row in ok) for cls in sorted({row["class"] for row in rows})},
-        "detection": _detection_metrics(ok, model.threshold, out_dir / "roc.png"),
-        "attribution": _attribution_metrics(ok, model, out_dir / "attribution_confusion.png"),
+        "detection": _detection_metrics(ok, threshold, out_dir / "roc.png"),
+        "attribution": _attribution_metrics(ok, attributor, out_dir / "attribution_confusion.png"),
     }
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
@@ -137,9 +144,9 @@ def _detection_metrics(rows: list, threshold: float, roc_png: Path) -> dict:
     return result
 
 
-def _attribution_metrics(rows: list, model: GANOrigin, confusion_png: Path) -> dict:
-    labels = list(model.attributor.labels)
-    has_rule = model.attributor.unknown_threshold is not None
+def _attribution_metrics(rows: list, attributor, confusion_png: Path) -> dict:
+    labels = list(attributor.labels)
+    has_rule = attributor.unknown_threshold is not None
     known = [row for row in rows if row["y_fake"] and row["true_label"] is not None]
     unknown = [row for row in rows if row["y_fake"] and row["true_label"] is None]
     result: dict = {"labels": labels, "n_known_fake": len(known), "n_unknown_fake": len(unknown),
@@ -181,11 +188,13 @@ def write_rows(rows: list, stream, fmt: str) -> None:
 
 class RowWriter:
     """Rows written to ``stream`` as they come, flushed each time: JSON lines (``"jsonl"``), or CSV
-    (``"csv"``) whose header, from the first row's keys, is written once."""
+    (``"csv"``) whose header, from the first row's keys, is written once; ``fieldnames``: the columns
+    of a CSV file being appended to, whose header is already written."""
 
-    def __init__(self, stream, fmt: str):
+    def __init__(self, stream, fmt: str, fieldnames: Optional[list] = None):
         self.stream, self.fmt = stream, fmt
-        self._csv: Optional[csv.DictWriter] = None
+        self._csv: Optional[csv.DictWriter] = (
+            None if fieldnames is None else csv.DictWriter(stream, fieldnames=fieldnames, lineterminator="\n"))
 
     def write(self, row: dict) -> None:
         if self.fmt == "jsonl":

@@ -106,17 +106,9 @@ def extract_features(
     Raises:
         DatasetError: the folder is empty, or ``out_dir`` holds latents made with other settings.
     """
-    if augment < 0 or batch_size < 1 or shard_size < 1:
-        raise DatasetError("--augment must be >= 0, --batch-size and --shard-size >= 1.")
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
-    items = [
-        _Item(f"{label}/{path.relative_to(data_dir / label).as_posix()}#{copy}", label, path, copy)
-        for label, path in labelled_images(data_dir)
-        for copy in range(augment + 1)
-    ]
-    settings = {"format": "ganorigin-latents", "augment": augment, "seed": seed, "align": bool(align)}
-    _check_manifest(out_dir, settings)
-    done = set(_read_shards(out_dir, "keys").get("keys", []))
+    check_extract_settings(augment, batch_size, shard_size)
+    out_dir = Path(out_dir)
+    items, done = extraction_plan(data_dir, out_dir, augment=augment, seed=seed, align=align)
     summary = ExtractSummary(total=len(items), already_done=sum(item.key in done for item in items))
     device = device or next(encoder.parameters()).device
     buffer: dict = {"keys": [], "labels": [], "paths": [], "sources": [], "copies": [], "features": []}
@@ -135,6 +127,28 @@ def extract_features(
     finally:
         _write_shard(out_dir, buffer)  # also on Ctrl-C: nothing encoded is lost
         bar.close()
+
+
+def check_extract_settings(augment: int, batch_size: int, shard_size: int) -> None:
+    if augment < 0 or batch_size < 1 or shard_size < 1:
+        raise DatasetError("--augment must be >= 0, --batch-size and --shard-size >= 1.")
+
+
+def extraction_plan(data_dir: os.PathLike, out_dir: os.PathLike, *, augment: int, seed: int, align: bool) -> tuple:
+    """``(items, done keys)``: every image copy to encode, in order, and those already in a shard of
+    ``out_dir`` (whose settings must be these).
+
+    Raises:
+        DatasetError: the folder is empty, or ``out_dir`` holds latents made with other settings.
+    """
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    items = [
+        _Item(f"{label}/{path.relative_to(data_dir / label).as_posix()}#{copy}", label, path, copy)
+        for label, path in labelled_images(data_dir)
+        for copy in range(augment + 1)
+    ]
+    _check_manifest(out_dir, {"format": "ganorigin-latents", "augment": augment, "seed": seed, "align": bool(align)})
+    return items, set(_read_shards(out_dir, "keys").get("keys", []))
 
 
 def _encode_batch(batch: list, encoder: E4EEncoder, device, seed: int, align: bool, buffer: dict,
@@ -165,7 +179,7 @@ def _encode_batch(batch: list, encoder: E4EEncoder, device, seed: int, align: bo
 def _prepare(item: _Item, seed: int, align: bool) -> torch.Tensor:
     image = load_image(item.path)
     if align:
-        from .align import align_face
+        from ..align import align_face
 
         aligned = align_face(image)
         image = aligned.image if aligned.used else image

@@ -1,0 +1,277 @@
+"""Scale out on Ray (issue 19), on one local Ray instance (2 CPUs) started once for this module.
+
+``predict --engine ray`` over dev images gives the local engine's rows (same numbers to 1e-6), with
+a corrupt file as an error row; a job whose driver is killed midway completes only the rest when run
+again; ``evaluate --engine ray`` writes the local report; the Ray Serve deployment answers the REST
+contract with the JSON of the app's own REST server and forms batches of concurrent requests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pyarrow.parquet as pq
+import pytest
+
+from ganorigin.cli import main
+from ganorigin.training import predict_paths
+
+from app_server import free_port
+from uvicorn_server import ThreadedServer
+
+ROOT = Path(__file__).resolve().parents[1]
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "GANORIGIN_REST_MAX_INFLIGHT": "16"}
+
+
+@pytest.fixture(scope="module")
+def ray_address(weights_env):
+    """A local Ray instance (2 CPUs, no dashboard) whose workers see the test weights; stopped after."""
+    ray = pytest.importorskip("ray")
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in {**weights_env, **RAY_ENV}.items():
+            env.setenv(name, value)
+        context = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            yield context.address_info["gcs_address"]
+        finally:
+            from ray import serve
+
+            serve.shutdown()
+            ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def inputs(dev_sample, tmp_path_factory) -> Path:
+    """A folder of dev images (one per class and format) and a corrupt PNG."""
+    folder = tmp_path_factory.mktemp("inputs")
+    for path in dev_sample[:4]:
+        shutil.copy(path, folder / f"{path.parent.name}_{path.name}")
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really an image" * 10)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def local_rows(model, inputs) -> dict:
+    from ganorigin.training import find_images
+
+    return {row["path"]: row for row in predict_paths(model, find_images([inputs]), progress=False)}
+
+
+def assert_same_rows(rows: list, expected: dict) -> None:
+    assert sorted(row["path"] for row in rows) == sorted(expected)
+    for row in rows:
+        want = expected[row["path"]]
+        assert list(row) == list(want)
+        for column, value in want.items():
+            if isinstance(value, float):
+                assert math.isclose(row[column], value, abs_tol=1e-6), (row["path"], column)
+            else:
+                assert row[column] == value, (row["path"], column)
+
+
+def test_ray_engine_gives_the_local_rows_and_an_error_row(ray_address, inputs, local_rows, tmp_path, capsys):
+    out = tmp_path / "rows"
+    status = main(["predict", str(inputs), "--engine", "ray", "--format", "parquet", "--out", str(out),
+                   "--batch-size", "2", "--no-progress"])
+    rows = pq.read_table(sorted(out.glob("*.parquet"))).to_pylist()
+    assert_same_rows(rows, local_rows)
+    corrupt = next(row for row in rows if row["path"].endswith("corrupt.png"))
+    assert corrupt["error"].startswith(str(inputs / "corrupt.png")) and corrupt["fake_probability"] is None
+    assert status == 1  # one input could not be read, as with the local engine
+    assert f"{len(local_rows)} analysed (1 could not be read), 0 already in the output" in capsys.readouterr().err
+
+
+def test_a_plan_that_leaves_no_cpu_to_decode_is_refused(ray_address, inputs, capsys):
+    assert main(["predict", str(inputs), "--engine", "ray", "--actors", "2", "--cpus-per-actor", "1", "--no-progress"]) == 2
+    assert "2 actors x 1 CPUs leave no CPU for decoding on a cluster of 2 CPUs" in capsys.readouterr().err
+
+
+def test_killed_job_completes_only_the_rest(ray_address, inputs, local_rows, tmp_path, weights_env):
+    """The driver is killed (SIGKILL) once some rows are written; the re-run scores only the others."""
+    out = tmp_path / "rows.jsonl"
+    command = [sys.executable, "-m", "ganorigin", "predict", str(inputs), "--engine", "ray", "--address", ray_address,
+               "--format", "jsonl", "--out", str(out), "--batch-size", "1", "--no-progress"]
+    env = {**os.environ, **weights_env, **RAY_ENV, "PYTHONPATH": str(ROOT)}
+    job = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out.is_file() and out.read_bytes().count(b"\n") >= 1):
+            assert job.poll() is None and time.monotonic() < deadline, "the job ended before writing a row"
+            time.sleep(0.05)
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+    first = [line for line in out.read_text().splitlines() if line.endswith("}")]
+    assert 1 <= len(first) < len(local_rows)
+
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert_same_rows(rows, local_rows)  # every input exactly once
+    assert f"{len(local_rows) - len(first)} analysed" in rerun.stderr
+    assert f"{len(first)} already in the output" in rerun.stderr
+
+
+def test_evaluate_on_ray_writes_the_local_report(ray_address, model, dev_images, tmp_path):
+    from ganorigin.training import evaluate
+
+    data = tmp_path / "data"
+    for cls in ("real", "stylegan2", "other_gan"):
+        (data / cls).mkdir(parents=True)
+        for path in dev_images[cls][:1]:
+            shutil.copy(path, data / cls / path.name)
+    local = evaluate(model, data, tmp_path / "local", progress=False)
+    assert main(["evaluate", str(data), "--engine", "ray", "--out", str(tmp_path / "ray"), "--no-progress"]) == 0
+    on_ray = json.loads((tmp_path / "ray" / "report.json").read_text())
+    assert on_ray["per_class"] == local["per_class"] and on_ray["failed"] == local["failed"]
+    assert on_ray["detection"]["n_fake"] == local["detection"]["n_fake"] == 2
+    assert math.isclose(on_ray["detection"]["roc_auc"], local["detection"]["roc_auc"], abs_tol=1e-9)
+    assert on_ray["attribution"]["confusion"] == local["attribution"]["confusion"]
+    assert (tmp_path / "ray" / "predictions.csv").read_text().count("\n") == 4
+
+
+def test_extract_on_ray_writes_the_local_shards_and_resumes(ray_address, sources, dev_images, tmp_path):
+    """``--limit`` stops the Ray job after its first batch; the re-run encodes only the rest, and the
+    shards equal the local engine's (keys, digests, codes to 1e-6); the corrupt file is reported."""
+    import numpy as np
+
+    from ganorigin.factory import load_encoder
+    from ganorigin.hub import resolve_file
+    from ganorigin.training import extract_features, load_latents
+
+    data = tmp_path / "data"
+    for cls in ("real", "stylegan2"):
+        (data / cls).mkdir(parents=True)
+        shutil.copy(dev_images[cls][0], data / cls / dev_images[cls][0].name)
+    (data / "real" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    encoder = load_encoder(resolve_file("e4e.ffhq_encode", sources))
+    local = extract_features(data, tmp_path / "local", encoder, augment=1, batch_size=2, progress=False)
+    args = ["extract", str(data), "--out", str(tmp_path / "ray"), "--augment", "1", "--batch-size", "2",
+            "--engine", "ray", "--no-progress"]
+    assert main([*args, "--limit", "2"]) == 1  # stopped early
+    first = load_latents(tmp_path / "ray")
+    assert 2 <= len(first.keys) < 4
+    assert main(args) == 0
+    ours, theirs = load_latents(tmp_path / "ray"), load_latents(tmp_path / "local")
+    assert ours.keys.tolist() == theirs.keys.tolist() and len(ours.keys) == 4 == local.encoded
+    assert ours.sources.tolist() == theirs.sources.tolist()
+    assert np.abs(ours.features - theirs.features).max() <= 1e-6
+    assert len(list((tmp_path / "ray").glob("shard-*.npz"))) >= 2  # the first run's shard was kept
+
+
+@pytest.fixture(scope="module")
+def serve_url(ray_address):
+    from ray import serve
+
+    from ganorigin.scale.serve import GANOriginDeployment
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    deployment = GANOriginDeployment.options(user_config={"max_batch_size": 8, "batch_wait_s": 0.5})
+    serve.run(deployment.bind(), name="ganorigin", route_prefix="/")
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while httpx.get(url + "/health", timeout=10).json()["status"] != "ready":
+        assert time.monotonic() < deadline, "the Serve replica did not load the weights"
+        time.sleep(0.5)
+    yield url
+    serve.delete("ganorigin")
+
+
+@pytest.fixture(scope="module")
+def rest_url(model):
+    """The app's own REST server (uvicorn, real HTTP) on the same model."""
+    from ganorigin.serving.rest import create_rest_app
+    from ganorigin.serving.service import ModelService
+
+    service = ModelService(loader=lambda: model).start()
+    assert service.wait(60) == "ready"
+    with ThreadedServer(create_rest_app(service)) as server:
+        yield server.url
+
+
+def _post(url: str, path: Path, **form) -> httpx.Response:
+    return httpx.post(url + "/predict", files={"image": (path.name, path.read_bytes())}, data=form, timeout=120)
+
+
+def test_serve_answers_the_rest_contract(serve_url, rest_url, inputs):
+    images = sorted(inputs.glob("*"))
+    for path in images[:2]:
+        for form in ({}, {"threshold": "0.3"}):
+            served, local = _post(serve_url, path, **form), _post(rest_url, path, **form)
+            assert (served.status_code, served.json()) == (local.status_code, local.json()), path.name
+    corrupt = _post(serve_url, inputs / "corrupt.png")
+    assert corrupt.status_code == 422 and corrupt.json() == _post(rest_url, inputs / "corrupt.png").json()
+    bad = _post(serve_url, images[0], threshold="2")
+    assert (bad.status_code, bad.json()) == (422, _post(rest_url, images[0], threshold="2").json())
+    health = httpx.get(serve_url + "/health", timeout=120).json()
+    local_health = httpx.get(rest_url + "/health", timeout=120).json()
+    assert health.keys() == local_health.keys() and health["status"] == "ready" and health["weights_loaded"]
+    assert health["weights"] == local_health["weights"] and health["threshold"] == local_health["threshold"]
+
+
+def test_serve_batches_concurrent_requests(serve_url, rest_url, inputs):
+    from ray import serve
+
+    images = [p for p in sorted(inputs.glob("*")) if p.name != "corrupt.png"] * 2
+    expected = {p.name: _post(rest_url, p).json() for p in set(images)}
+    with ThreadPoolExecutor(len(images)) as pool:
+        answers = list(pool.map(lambda p: _post(serve_url, p), images))
+    assert [a.status_code for a in answers] == [200] * len(images)
+    assert [a.json() for a in answers] == [expected[p.name] for p in images]
+    sizes = serve.get_app_handle("ganorigin").batch_sizes.remote().result()
+    assert max(sizes) > 1, sizes  # concurrent requests shared a forward pass
+    print(f"batch sizes formed: {sizes}")
+
+
+
+def test_uris_are_listed_and_read_through_pyarrow_and_fsspec(inputs):
+    """``file://`` goes through pyarrow's filesystem, ``memory://`` through fsspec's; folders are listed
+    recursively, ``.txt`` lists resolve against their folder, and each file's bytes come back whole."""
+    import fsspec
+
+    from ganorigin.errors import InvalidImageError
+    from ganorigin.scale.inputs import list_inputs, read_input
+
+    local = sorted(p for p in inputs.iterdir())
+    assert list_inputs([f"file://{inputs}"]) == [f"file://{p}" for p in local]
+    assert read_input(f"file://{local[0]}") == local[0].read_bytes()
+
+    memory = fsspec.filesystem("memory")
+    for path in local[:2]:
+        memory.pipe(f"/faces/sub/{path.name}", path.read_bytes())
+    memory.pipe("/faces/list.txt", f"sub/{local[0].name}\n# a comment\n".encode())
+    assert list_inputs(["memory://faces/sub"]) == [f"memory:///faces/sub/{p.name}" for p in local[:2]]
+    assert list_inputs(["memory://faces/list.txt"]) == [f"memory://faces/sub/{local[0].name}"]
+    assert read_input(f"memory://faces/sub/{local[1].name}") == local[1].read_bytes()
+    with pytest.raises(InvalidImageError, match="No image file named 'gone.png'"):
+        read_input("memory://faces/gone.png")
+
+
+def test_serve_config_is_valid_and_names_the_deployment():
+    """``serve run serve/config.yaml`` would accept the file: Serve's own schema, the import path, batching."""
+    import importlib
+
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    config = ServeDeploySchema.model_validate(yaml.safe_load((ROOT / "serve" / "config.yaml").read_text()))
+    app = config.applications[0]
+    from ray import serve
+
+    from ganorigin.scale.serve import GANOriginDeployment
+
+    module, _, name = app.import_path.partition(":")
+    assert isinstance(getattr(importlib.import_module(module), name), serve.Application)
+    assert [d.name for d in app.deployments] == [GANOriginDeployment.name]
+    assert set(app.deployments[0].user_config) == {"max_batch_size", "batch_wait_s"}
