@@ -136,6 +136,29 @@ def _count_encoded(encoder: E4EEncoder, counts: list):
     return encoder.register_forward_hook(lambda module, inputs, output: counts.append(inputs[0].shape[0]))
 
 
+def test_extract_with_alignment_encodes_the_aligned_faces(dev_images, encoder, tmp_path):
+    """``--align``: each image's largest face, cropped the FFHQ way, is what e4e encodes (and latents.json says so)."""
+    from ganorigin.align import align_face, alignment_available
+    from ganorigin.factory import encode
+    from ganorigin.images import load_image
+
+    if not alignment_available():
+        pytest.skip("dlib's face landmarks are not installed")
+    data = tmp_path / "data" / "stylegan2"
+    data.mkdir(parents=True)
+    face = sorted(dev_images["stylegan2"])[0]
+    shutil.copyfile(face, data / face.name)
+    summary = extract_features(tmp_path / "data", tmp_path / "latents", encoder, align=True, progress=False)
+    assert summary.complete and summary.encoded == 1
+    assert json.loads((tmp_path / "latents" / "latents.json").read_text())["align"] is True
+    aligned = align_face(load_image(face))
+    assert aligned.used
+    latents = load_latents(tmp_path / "latents")
+    assert latents.aligned is True
+    codes = latents.features
+    np.testing.assert_allclose(codes[0], encode(encoder, [aligned.image])[0], rtol=0, atol=1e-5)
+
+
 def test_extract_interrupted_then_resumed_equals_one_run(synthetic_dir, encoder, tmp_path):
     data = tmp_path / "data"
     for kind in KNOWN[:2]:
