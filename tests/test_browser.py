@@ -14,6 +14,7 @@ covers a label or the crop, with the model loaded or not. Saves screenshots to `
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -291,3 +292,142 @@ def test_a_slow_load_can_be_cancelled_and_retried_from_the_page(browser, hub, we
     finally:
         hub.fault, hub.slow_seconds = None, slow_seconds
         server.stop()
+
+
+# The Batch tab, the image URL box and the feedback form, on a server that allows loopback URLs
+# (the test-only switch) and keeps feedback in a folder of its own.
+
+@pytest.fixture(scope="module")
+def batch_app(weights_env, hub):
+    from batch_support import batch_server
+
+    return batch_server(weights_env, hub)
+
+
+@pytest.fixture(scope="module")
+def url_server():
+    from image_server import ImageServer
+
+    server = ImageServer().start()
+    yield server
+    server.stop()
+
+
+def _twenty(dev_images) -> list:
+    pools = [sorted(paths) for _, paths in sorted(dev_images.items())]
+    return [pool[i] for i in range(10) for pool in pools if i < len(pool)][:20]
+
+
+def _column(page, index: int) -> list[str]:
+    return page.locator(f"#batch-table tbody tr td:nth-child({index + 1})").all_inner_texts()
+
+
+def test_a_batch_of_twenty_images_and_urls_sorts_opens_and_downloads(browser, batch_app, url_server, dev_images, model):
+    import csv
+    import re
+
+    twenty = _twenty(dev_images)
+    urls = [url_server.add(p, f"url-{i}{p.suffix}") for i, p in enumerate(twenty[:2])] + ["http://192.168.0.9/x.png"]
+    page = _open(browser, batch_app.url, 1400)
+    page.get_by_role("tab", name="Batch").click()
+    expect(page.locator("#batch-limits")).to_contain_text("Up to 100 images")
+    page.locator("#batch-files input[type=file]").set_input_files([str(p) for p in twenty])
+    expect(page.locator("#batch-files")).to_contain_text(twenty[-1].name)
+    page.locator("#batch-urls textarea").fill("\n".join(urls))
+    page.get_by_role("button", name="Analyse all").click()
+    page.get_by_text(re.compile(r"Analysing|Fetching URLs")).first.wait_for()  # the progress bar
+    expect(page.locator("#batch-summary")).to_contain_text("23 images analysed, 1 could not be read")
+    rows = page.locator("#batch-table tbody tr")
+    expect(rows).to_have_count(23)
+    expect(page.locator("#batch-table tbody img")).to_have_count(22)  # a thumbnail per analysed image
+    assert "192.168.0.9 points to a private, local or reserved address" in page.locator("#batch-table").inner_text()
+
+    header = page.locator("#batch-table th", has_text="Fake probability")
+    header.get_by_role("button", name="Open cell menu").click()
+    page.get_by_text("Sort descending").click()
+    shown = [float(v) for v in _column(page, 4) if v.strip()]
+    assert shown == sorted(shown, reverse=True) and len(shown) == 22, shown
+
+    top = _column(page, 2)[0]
+    page.locator("#batch-table tbody tr").first.locator("td").nth(2).click()
+    expect(page.locator("#batch-detail")).to_contain_text(top)
+    expect(page.locator("#batch-detail")).to_contain_text("UniversalFakeDetect: P(fake)")
+    page.locator("#batch-picture img").first.wait_for()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1400, "the page scrolls sideways"
+    _screenshot(page, "batch-1400.png")
+
+    with page.expect_download() as download:
+        page.locator("#batch-csv a").first.click()
+    with open(download.value.path(), newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [r["file"] for r in table] == [p.name for p in twenty] + urls
+    for row, path in zip(table, twenty):
+        assert float(row["fake_probability"]) == pytest.approx(model.predict(path).fake_probability, abs=1e-6)
+    with page.expect_download() as download:
+        page.locator("#batch-json a").first.click()
+    assert len(json.loads(Path(download.value.path()).read_text())) == 23
+    page.close()
+
+
+def test_the_batch_tab_fits_a_phone(browser, batch_app, dev_images):
+    page = _open(browser, batch_app.url, 400)
+    page.get_by_role("tab", name="Batch").click()
+    four = _twenty(dev_images)[:4]
+    page.locator("#batch-files input[type=file]").set_input_files([str(p) for p in four])
+    expect(page.locator("#batch-files")).to_contain_text(four[-1].name)
+    page.get_by_role("button", name="Analyse all").click()
+    expect(page.locator("#batch-table tbody tr")).to_have_count(4)
+    page.locator("#batch-table tbody tr").first.locator("td").nth(2).click()
+    page.locator("#batch-picture img").first.wait_for()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 400, "the page scrolls sideways"
+    _screenshot(page, "batch-400.png")
+    page.close()
+
+
+def test_an_image_url_is_fetched_into_the_image_tab_and_analysed(browser, batch_app, url_server, dev_images, model):
+    face = sorted(dev_images["stylegan2"])[0]
+    page = _open(browser, batch_app.url, 1400)
+    page.locator("#image-url input").fill("http://169.254.169.254/latest/meta-data/")
+    page.get_by_role("button", name="Fetch").click()
+    page.locator(".toast-body", has_text="169.254.169.254 points to a cloud metadata address").first.wait_for()
+    page.locator("#image-url input").fill(url_server.add(face))
+    page.get_by_role("button", name="Fetch").click()
+    page.locator("#face-image img").first.wait_for()
+    page.get_by_role("button", name="Analyse").click()
+    card = page.locator("#verdict-card.real, #verdict-card.fake")
+    card.wait_for()
+    assert f"{model.predict(face).fake_probability:.3f}" in card.inner_text()
+    page.close()
+
+
+@pytest.mark.parametrize("width", [1400, 400])
+def test_the_feedback_form_stores_a_report(browser, batch_app, dev_images, width):
+    import hashlib
+
+    from ganorigin.feedback import read_feedback
+
+    face = sorted(dev_images["real"])[0 if width == 1400 else 1]
+    consent = width == 1400
+    page = _open(browser, batch_app.url, width)
+    _upload(page, face)
+    page.get_by_role("button", name="Analyse").click()
+    page.locator("#verdict-card.real, #verdict-card.fake").wait_for()
+    page.get_by_text("This verdict is wrong").click()
+    page.locator("#feedback-what").get_by_text("StyleGAN2").click()
+    page.locator("#feedback-note textarea").fill(f"from a tip line ({width} px)")
+    if consent:
+        page.locator("#feedback-consent input").check()
+    assert page.evaluate("document.documentElement.scrollWidth") <= width, "the page scrolls sideways"
+    _screenshot(page, f"feedback-{width}.png")
+    page.get_by_role("button", name="Send feedback").click()
+    page.get_by_text("Thank you: your report was stored.").wait_for()
+
+    digest = hashlib.sha256(face.read_bytes()).hexdigest()
+    folder = Path(batch_app.env["GANORIGIN_FEEDBACK_DIR"])
+    report = next(r for r in read_feedback(folder) if r["note"] == f"from a tip line ({width} px)")
+    assert report["image_sha256"] == digest and report["label"] == "stylegan2"
+    assert report["model"]["weights"] and report["model"]["versions"]["ganorigin"]
+    assert (report["image"] is not None) == consent
+    if consent:
+        assert (folder / report["image"]).read_bytes() == face.read_bytes()
+    page.close()

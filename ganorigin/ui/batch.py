@@ -27,7 +27,7 @@ from ..errors import InvalidImageError
 from ..images import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, load_image
 from ..pipeline import check_threshold
 from ..result import DEFAULT_THRESHOLD, Prediction
-from ..serving.uploads import read_upload
+from ..serving.uploads import read_upload, reject_upload
 from ..serving.urls import fetch_image_bytes
 from .common import user_error, user_errors
 from .files import output_file
@@ -52,6 +52,7 @@ class Item:
     name: str
     data: Optional[bytes] = None
     error: Optional[str] = None
+    upload: Optional[dict] = None  # the uploaded file it was read from, deleted if the gate refuses it
 
 
 def collect(files: Optional[list], urls: str, progress: Callable) -> list[Item]:
@@ -63,8 +64,12 @@ def collect(files: Optional[list], urls: str, progress: Callable) -> list[Item]:
     items: list[Item] = []
     for file in files or []:
         name = os.path.basename(str(file.get("orig_name") or file["path"]) if isinstance(file, dict) else str(file))
-        data = read_upload(file)
-        items += _zip_items(name, data) if data.startswith(ZIP_MAGIC) else [Item(name, data)]
+        try:
+            data = read_upload(file)
+        except InvalidImageError as e:  # refused before (and deleted): the same message again
+            items.append(Item(name, error=str(e)))
+            continue
+        items += _zip_items(name, data) if data.startswith(ZIP_MAGIC) else [Item(name, data, upload=file)]
         _check_limits(items)
     lines = [line.strip() for line in (urls or "").splitlines() if line.strip()]
     _check_limits(items + [Item(line) for line in lines])
@@ -143,6 +148,8 @@ def analyse(items: list[Item], predict_batch: Callable, threshold: float, progre
 def _record(n: int, item: Item, result) -> dict:
     if not isinstance(result, Prediction):
         error = item.error or str(result).partition(": ")[2]  # predict_batch's "item N: <why>"
+        if item.upload is not None:
+            reject_upload(item.upload, error)
         return {"item": n, "file": item.name, "error": error, "result": None, "thumbnail": "", "picture": None}
     picture = load_image(item.data)
     picture.thumbnail((DETAIL_SIDE, DETAIL_SIDE))
@@ -164,7 +171,8 @@ def table_row(record: dict) -> list:
     provenance = result.get("provenance") or {}
     p = result.get("detectors", {}).get("ufd", {}).get("probability")
     return [record["item"], record["thumbnail"], record["file"], verdict.get("text", ""),
-            None if p is None else round(p, 3), verdict.get("attribution") or "", provenance.get("summary", ""),
+            None if p is None else round(p, 3), verdict.get("attribution") or ("—" if result else ""),
+            provenance.get("summary", ""),
             record["error"] or ""]
 
 
