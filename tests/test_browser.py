@@ -318,8 +318,11 @@ def _twenty(dev_images) -> list:
     return [pool[i] for i in range(10) for pool in pools if i < len(pool)][:20]
 
 
+BATCH_ROWS = "#batch-table .virtual-body [role=row]"  # the rows drawn: the table scrolls the rest into view
+
+
 def _column(page, index: int) -> list[str]:
-    return page.locator(f"#batch-table tbody tr td:nth-child({index + 1})").all_inner_texts()
+    return [row.locator("[role=gridcell]").nth(index).inner_text() for row in page.locator(BATCH_ROWS).all()]
 
 
 def test_a_batch_of_twenty_images_and_urls_sorts_opens_and_downloads(browser, batch_app, url_server, dev_images, model):
@@ -332,24 +335,26 @@ def test_a_batch_of_twenty_images_and_urls_sorts_opens_and_downloads(browser, ba
     page.get_by_role("tab", name="Batch").click()
     expect(page.locator("#batch-limits")).to_contain_text("Up to 100 images")
     page.locator("#batch-files input[type=file]").set_input_files([str(p) for p in twenty])
-    expect(page.locator("#batch-files")).to_contain_text(twenty[-1].name)
+    expect(page.locator("#batch-files")).to_contain_text(twenty[-1].stem, timeout=WAIT_MS)
     page.locator("#batch-urls textarea").fill("\n".join(urls))
     page.get_by_role("button", name="Analyse all").click()
     page.get_by_text(re.compile(r"Analysing|Fetching URLs")).first.wait_for()  # the progress bar
-    expect(page.locator("#batch-summary")).to_contain_text("23 images analysed, 1 could not be read")
-    rows = page.locator("#batch-table tbody tr")
-    expect(rows).to_have_count(23)
-    expect(page.locator("#batch-table tbody img")).to_have_count(22)  # a thumbnail per analysed image
-    assert "192.168.0.9 points to a private, local or reserved address" in page.locator("#batch-table").inner_text()
+    expect(page.locator("#batch-summary")).to_contain_text("23 images analysed, 1 could not be read", timeout=WAIT_MS)
+    rows = page.locator(BATCH_ROWS)
+    rows.first.wait_for()
+    assert _column(page, 2)[:3] == [p.name for p in twenty[:3]]
+    assert page.locator(f"{BATCH_ROWS} img").count() == rows.count() >= 8  # a thumbnail per analysed image
 
-    header = page.locator("#batch-table th", has_text="Fake probability")
-    header.get_by_role("button", name="Open cell menu").click()
+    header = page.locator("#batch-table th", has_text="Fake probability").first
+    header.hover()
+    header.locator("button.cell-menu-button").click()
     page.get_by_text("Sort descending").click()
+    expect(rows.first.locator("[role=gridcell]").nth(4)).to_have_text(f"{max(model.predict(p).fake_probability for p in twenty):.3f}")
     shown = [float(v) for v in _column(page, 4) if v.strip()]
-    assert shown == sorted(shown, reverse=True) and len(shown) == 22, shown
+    assert shown == sorted(shown, reverse=True) and len(shown) >= 8, shown
 
     top = _column(page, 2)[0]
-    page.locator("#batch-table tbody tr").first.locator("td").nth(2).click()
+    rows.first.locator("[role=gridcell]").nth(2).click()
     expect(page.locator("#batch-detail")).to_contain_text(top)
     expect(page.locator("#batch-detail")).to_contain_text("UniversalFakeDetect: P(fake)")
     page.locator("#batch-picture img").first.wait_for()
@@ -361,6 +366,7 @@ def test_a_batch_of_twenty_images_and_urls_sorts_opens_and_downloads(browser, ba
     with open(download.value.path(), newline="") as f:
         table = list(csv.DictReader(f))
     assert [r["file"] for r in table] == [p.name for p in twenty] + urls
+    assert "192.168.0.9 points to a private, local or reserved address" in table[-1]["error"]
     for row, path in zip(table, twenty):
         assert float(row["fake_probability"]) == pytest.approx(model.predict(path).fake_probability, abs=1e-6)
     with page.expect_download() as download:
@@ -374,10 +380,10 @@ def test_the_batch_tab_fits_a_phone(browser, batch_app, dev_images):
     page.get_by_role("tab", name="Batch").click()
     four = _twenty(dev_images)[:4]
     page.locator("#batch-files input[type=file]").set_input_files([str(p) for p in four])
-    expect(page.locator("#batch-files")).to_contain_text(four[-1].name)
+    expect(page.locator("#batch-files")).to_contain_text(four[-1].stem, timeout=WAIT_MS)
     page.get_by_role("button", name="Analyse all").click()
-    expect(page.locator("#batch-table tbody tr")).to_have_count(4)
-    page.locator("#batch-table tbody tr").first.locator("td").nth(2).click()
+    expect(page.locator(BATCH_ROWS)).to_have_count(4, timeout=WAIT_MS)
+    page.locator(BATCH_ROWS).first.locator("[role=gridcell]").nth(2).click()
     page.locator("#batch-picture img").first.wait_for()
     assert page.evaluate("document.documentElement.scrollWidth") <= 400, "the page scrolls sideways"
     _screenshot(page, "batch-400.png")

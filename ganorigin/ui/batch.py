@@ -37,6 +37,8 @@ MAX_TOTAL_BYTES = int(float(os.environ.get("GANORIGIN_BATCH_MAX_MB", 200)) * 2**
 TURN = 4  # images per model turn: the progress bar moves, and single analyses wait at most one turn
 THUMB_SIDE, DETAIL_SIDE = 64, 384
 COLUMNS = ["#", "Image", "File", "Verdict", "Fake probability", "Attributed GAN", "Provenance", "Error"]
+# In pixels: on a narrow screen the table scrolls sideways inside its box instead of squeezing every column.
+COLUMN_WIDTHS = ["48px", "84px", "180px", "230px", "96px", "110px", "260px", "200px"]
 DATATYPES = ["number", "markdown", "str", "str", "number", "str", "str", "str"]
 LIMITS = (f"Up to **{MAX_FILES} images** per batch (files, images inside ZIPs and URLs together), "
           f"**{MAX_TOTAL_BYTES / 2**20:g} MiB** in all; each image at most {MAX_IMAGE_BYTES / 2**20:g} MiB and "
@@ -233,8 +235,8 @@ def batch_tab(predict_batch: Callable[[list, float], list]) -> None:
     run = gr.Button("Analyse all", variant="primary", elem_id="batch-run")
     summary = gr.Markdown(elem_id="batch-summary")
     table = gr.Dataframe(headers=COLUMNS, datatype=DATATYPES, interactive=False, wrap=True, elem_id="batch-table",
-                         label="Results (click a column to sort, a row for its full analysis)", max_height=600,
-                         column_widths=["4%", "9%", "15%", "18%", "9%", "11%", "20%", "14%"])
+                         label="Results (sort from a column's ⋮ menu; select a row for its full analysis)", max_height=600,
+                         column_widths=COLUMN_WIDTHS)
     with gr.Row():
         csv_file = gr.File(label="CSV", elem_id="batch-csv", interactive=False, min_width=200)
         json_file = gr.File(label="JSON", elem_id="batch-json", interactive=False, min_width=200)

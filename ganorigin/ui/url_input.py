@@ -43,7 +43,7 @@ def url_box(image: gr.Image, predict: Callable[[bytes, float], Prediction]) -> g
     """A URL box and *Fetch* button that load an image into ``image``, plus the ``/predict_url`` API
     (the original /predict JSON for the image at a URL)."""
     with gr.Row(equal_height=True):
-        box = gr.Textbox(label="…or an image address (URL)", placeholder=URL_PLACEHOLDER, scale=4, min_width=200,
+        box = gr.Textbox(label="…or an image URL", placeholder=URL_PLACEHOLDER, scale=4, min_width=200,
                          elem_id="image-url", max_lines=1)
         fetch = gr.Button("Fetch", size="sm", scale=1, min_width=80, elem_id="image-url-fetch")
     for trigger in (fetch.click, box.submit):
