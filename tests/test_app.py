@@ -142,13 +142,16 @@ def test_a_file_that_is_not_an_image_gets_the_predict_message_on_every_endpoint(
 
 
 def test_api_outputs_are_named_and_the_documented_endpoints_are_listed(client):
-    """view_api names every output after its label (no ``value_15``); /predict and /explain are
-    listed, the page's own /analyse is callable but not advertised."""
+    """view_api names every output after its label (no ``value_15``); /predict, /explain, /predict_url
+    and /predict_batch are listed, the page's own /analyse and /analyse_batch are callable but not advertised."""
     api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert set(api) == {"/predict", "/explain"}
+    assert set(api) == {"/predict", "/explain", "/predict_url", "/predict_batch"}
     assert [r["label"] for r in api["/predict"]["returns"]] == ["prediction"]
     assert [r["label"] for r in api["/explain"]["returns"]] == ["Heat map", "Frequency view", "How to read these views"]
     assert [p["parameter_name"] for p in api["/predict"]["parameters"]] == ["file", "threshold"]
+    assert [p["parameter_name"] for p in api["/predict_url"]["parameters"]] == ["url", "threshold"]
+    assert [p["parameter_name"] for p in api["/predict_batch"]["parameters"]] == ["files", "urls", "threshold"]
+    assert [r["label"] for r in api["/predict_batch"]["returns"]] == ["results"]
 
 
 def test_a_threshold_outside_0_1_is_refused_with_a_message(client, dev_sample):
