@@ -8,8 +8,13 @@ the verdict at once (no new analysis) and a value outside 0..1 is put back in ra
 "Explain" shows the heat map big, with its legend, and the frequency view; that a text file or an
 empty file gets the library's message with no server path and no stale verdict left on screen;
 and that at 400 px nothing overflows sideways, the chart's labels do not overlap and no toolbar
-covers a label or the crop, with the model loaded or not. Saves screenshots to ``artifacts/``
-(``app.png`` is the README's). Skips only when Debian's ``chromium`` is not installed.
+covers a label or the crop, with the model loaded or not. The Batch tab takes 20 dev images and URLs
+from a local server with a progress bar, shows thumbnails, sorts by fake probability, opens a row's full
+analysis and downloads CSV and JSON with the library's numbers, and fits a 400 px screen; the image URL box
+refuses a metadata address and fetches a served image that is then analysed; the "This verdict is wrong"
+form stores a report with the image's sha256 and label, keeping the image only with consent. Saves
+screenshots to ``artifacts/`` (``app.png`` is the README's; ``batch-*.png``, ``feedback-*.png`` at 1400
+and 400 px). Skips only when Debian's ``chromium`` is not installed.
 """
 
 from __future__ import annotations

@@ -6,7 +6,9 @@ label outside real / the model's GANs / another generator / don't know is refuse
 feedback export`` writes the kept images into the class folders ``ganorigin evaluate`` reads (latest
 label per image, "don't know" and image-less reports left out, names from a tampered file cannot
 escape the output folder), and that ``evaluate`` then runs on that folder and counts every exported
-image in its class. (The form on the page is driven in a real browser in ``tests/test_browser.py``.)
+image in its class; and that a configured dataset repo that cannot be used (the local Hub takes no
+uploads) leaves the reports in the local folder with one logged line. (The form on the page is driven in a
+real browser in ``tests/test_browser.py``.)
 """
 
 from __future__ import annotations
@@ -113,3 +115,15 @@ def test_export_without_feedback_says_where_it_looked(tmp_path):
     result = _cli("feedback", "export", str(tmp_path / "out"), "--from", str(tmp_path / "none"), env={})
     assert result.returncode == 2
     assert "No feedback.jsonl in" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_dataset_repo_that_cannot_be_used_leaves_feedback_local(hub, monkeypatch, tmp_path, caplog):
+    """The local Hub takes no uploads: the push cannot be set up, the app keeps the reports in its folder."""
+    monkeypatch.setenv("GANORIGIN_FEEDBACK_DIR", str(tmp_path))
+    monkeypatch.setenv("GANORIGIN_FEEDBACK_REPO", "ganorigin-tests/feedback")
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    with caplog.at_level("ERROR", logger="ganorigin.feedback"):
+        store = FeedbackStore.from_env()
+    assert store.scheduler is None and store.folder == tmp_path
+    assert "Feedback stays in the local folder: the dataset repo ganorigin-tests/feedback cannot be used" in caplog.text
+    assert "hf_not_a_real_token" not in caplog.text
