@@ -5,7 +5,7 @@ progress reported, each item's full analysis equal to the library's for that fil
 bad file, a refused URL and a non-image URL each cost only their own row, with the library's
 message; that the page's event gives a table with a thumbnail per image and CSV and JSON downloads
 holding the same numbers; that ZIPs are read in memory with hidden files and macOS forks skipped and
-member paths reduced to labels (no ``..``); and that too many files, too many bytes, a ZIP bomb and a
+member paths reduced to labels (no ``..``), a broken ZIP costing only its own row; and that too many files, too many bytes, a ZIP bomb and a
 ZIP with too many members are refused with one message before anything is analysed.
 """
 
@@ -123,9 +123,13 @@ def test_a_zip_is_read_in_memory_with_member_paths_as_labels(client, model, twen
         "__MACOSX/folder/._a.png": b"resource fork",
         "folder/.DS_Store": b"finder",
     }))
-    rows = client.predict([handle_file(str(archive))], "", api_name="/predict_batch")
+    broken = tmp_path / "broken.zip"
+    broken.write_bytes(archive.read_bytes()[:200])
+    rows = client.predict([handle_file(str(archive)), handle_file(str(broken))], "", api_name="/predict_batch")
     assert [r["file"] for r in rows] == [f"tip-line.zip/folder/a{twenty[0].suffix}",
-                                         f"tip-line.zip/escape{twenty[1].suffix}", "tip-line.zip/readme.txt"]
+                                         f"tip-line.zip/escape{twenty[1].suffix}", "tip-line.zip/readme.txt",
+                                         "broken.zip"]
+    assert "This ZIP file cannot be read" in rows[3]["error"]
     _same_analysis(rows[0]["result"], model.predict(twenty[0].read_bytes()).to_dict(extended=True))
     _same_analysis(rows[1]["result"], model.predict(twenty[1].read_bytes()).to_dict(extended=True))
     assert "not an image we can read" in rows[2]["error"]

@@ -102,7 +102,7 @@ def _zip_items(name: str, data: bytes) -> list[Item]:
         archive = zipfile.ZipFile(io.BytesIO(data))
         members = [m for m in archive.infolist() if not m.is_dir() and not _skipped(m.filename)]
     except (zipfile.BadZipFile, ValueError, EOFError):
-        raise user_error(f"{name} is not a ZIP file that can be read.", "Unreadable ZIP") from None
+        return [Item(name, error="This ZIP file cannot be read; it may be truncated or corrupt.")]
     if len(members) > MAX_FILES:
         raise user_error(f"{name} holds {len(members)} files; a batch holds at most {MAX_FILES}.", "Batch too large")
     declared = sum(m.file_size for m in members)
