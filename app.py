@@ -28,8 +28,11 @@ from ganorigin.pipeline import check_threshold
 from ganorigin.serving.rest import create_rest_app
 from ganorigin.serving.service import ModelService
 from ganorigin.serving.uploads import MAX_UPLOAD_BYTES, UploadsOnlyBlocks, mount
+from ganorigin.ui.batch import batch_tab
 from ganorigin.ui.cards import CARD_CSS, EMPTY_CARD, provenance_panel, verdict_card
 from ganorigin.ui.common import gpu, user_error, with_upload
+from ganorigin.ui.feedback import feedback_form
+from ganorigin.ui.url_input import url_box
 from ganorigin.ui.video import video_tab
 
 LOG_LEVEL = os.environ.get("GANORIGIN_LOG_LEVEL", "info").upper()
@@ -296,6 +299,7 @@ with UploadsOnlyBlocks(title="GANOrigin — GAN face detection and attribution",
                 with gr.Column(scale=5, min_width=300):
                     image = gr.Image(type="filepath", sources=["upload", "clipboard", "webcam"], label="Face image",
                                      height=380, elem_id="face-image")
+                    url_box(image, _predict)
                     with gr.Accordion("Advanced", open=False):
                         threshold = gr.Slider(
                             0.0, 1.0, value=DEFAULT_THRESHOLD, step=0.01, label="Decision threshold",
@@ -337,6 +341,9 @@ with UploadsOnlyBlocks(title="GANOrigin — GAN face detection and attribution",
                         explain_text = gr.Markdown(label="How to read these views")
                     with gr.Accordion("JSON (the original API's answer)", open=False):
                         as_json = gr.JSON(label="POST /predict")
+                    feedback_form(image, last_result, threshold, service.health)
+        with gr.Tab("Batch", id="batch"):
+            batch_tab(gpu(service.predict_batch))
         with gr.Tab("Video", id="video"):
             video_tab(service)
     with gr.Accordion("How it works / limitations", open=False):

@@ -1,5 +1,5 @@
-"""``ganorigin`` / ``python -m ganorigin``: predict, provenance, extract, train, evaluate, explain, robustness and
-demo-weights.
+"""``ganorigin`` / ``python -m ganorigin``: predict, provenance, extract, train, evaluate, explain, robustness,
+feedback export and demo-weights.
 
 Every command that loads weights takes the same flags as ``GANOrigin.from_pretrained``:
 ``--weights`` (a folder or ``org/repo[@revision]``), ``--offline``, ``--cache-dir``, ``--device``.
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_explain(commands)
     _add_evaluate(commands)
     _add_robustness(commands)
+    _add_feedback(commands)
     _add_demo_weights(commands)
     return parser
 
@@ -151,6 +152,20 @@ def _add_robustness(commands) -> None:
     _progress_flag(p)
     _model_flags(p)
     p.set_defaults(run=_robustness)
+
+
+def _add_feedback(commands) -> None:
+    p = commands.add_parser("feedback", help="reports that a verdict was wrong (from the web app)",
+                            description="Work with the reports people sent with \"This verdict is wrong\".")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    export = actions.add_parser("export", help="write the reported images as a labelled folder for `evaluate`",
+                                description="Write every reported image that was kept (with consent) into "
+                                "OUT/<class>/: real/, one folder per GAN label, other-generator/. `ganorigin evaluate "
+                                "OUT` then measures the model on the reported mistakes.")
+    export.add_argument("out", type=Path, metavar="OUT")
+    export.add_argument("--from", dest="source", type=Path, metavar="FOLDER",
+                        help="the feedback folder (default: GANORIGIN_FEEDBACK_DIR, else feedback/ in the cache)")
+    export.set_defaults(run=_feedback_export)
 
 
 def _add_demo_weights(commands) -> None:
@@ -428,6 +443,17 @@ def _demo_weights(args) -> int:
           "the app and the CLI, not for judging images.")
     print(f"Run the app (from the repository root):\n  {env} python app.py")
     print(f"Run the command line:\n  {env} ganorigin predict face.png")
+    return 0
+
+
+def _feedback_export(args) -> int:
+    from .feedback import export_feedback, feedback_folder
+
+    summary = export_feedback(args.source or feedback_folder(), args.out)
+    exported = summary["exported"]
+    counts = ", ".join(f"{label} {n}" for label, n in sorted(exported.items())) or "none"
+    print(f"Exported {sum(exported.values())} reported images to {args.out} ({counts}); left out: "
+          f"{summary['without_image']} without a kept image, {summary['dont_know']} marked \"don't know\".")
     return 0
 
 

@@ -25,6 +25,7 @@ MIN_IMAGE_SIDE = 16
 # Pillow opens some 40 formats; only these reach a decoder. The rest (EPS runs Ghostscript, WMF,
 # PSD, FITS, ...) add attack surface and no faces.
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+NOT_AN_IMAGE = "This file is not an image we can read (supported: PNG, JPEG, WebP, GIF, BMP, TIFF)."
 
 
 def load_image(image: ImageInput) -> Image.Image:
@@ -74,6 +75,15 @@ def read_image_bytes(image) -> bytes:
     return data
 
 
+def image_extension(data: bytes) -> str:
+    """The file extension of image bytes the gate accepts (``png``, ``jpg``, ``webp``...), from their header."""
+    try:
+        kind = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS).format
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise InvalidImageError(NOT_AN_IMAGE) from e
+    return {"JPEG": "jpg", "TIFF": "tif"}.get(kind, kind.lower())
+
+
 def _decode(data: bytes) -> Image.Image:
     try:
         with warnings.catch_warnings():
@@ -92,9 +102,7 @@ def _decode(data: bytes) -> Image.Image:
             "Downscale it first."
         ) from e
     except UnidentifiedImageError as e:
-        raise InvalidImageError(
-            "This file is not an image we can read (supported: PNG, JPEG, WebP, GIF, BMP, TIFF)."
-        ) from e
+        raise InvalidImageError(NOT_AN_IMAGE) from e
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError) as e:
         raise InvalidImageError(f"The image could not be decoded; it may be truncated or corrupt ({e}).") from e
     return _to_rgb(img)

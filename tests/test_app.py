@@ -142,10 +142,11 @@ def test_a_file_that_is_not_an_image_gets_the_predict_message_on_every_endpoint(
 
 
 def test_api_outputs_are_named_and_the_documented_endpoints_are_listed(client):
-    """view_api names every output after its label (no ``value_15``); /predict, /predict_extended, /explain
-    and /predict_video are listed, the page's own /analyse is callable but not advertised."""
+    """view_api names every output after its label (no ``value_15``); /predict, /predict_extended, /explain,
+    /predict_video, /predict_url and /predict_batch are listed, the page's own /analyse and /analyse_batch are
+    callable but not advertised."""
     api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert set(api) == {"/predict", "/predict_extended", "/explain", "/predict_video"}
+    assert set(api) == {"/predict", "/predict_extended", "/explain", "/predict_video", "/predict_url", "/predict_batch"}
     assert [r["label"] for r in api["/predict_video"]["returns"]] == ["video prediction"]
     assert [p["parameter_name"] for p in api["/predict_video"]["parameters"]] == ["file", "threshold"]
     assert [r["label"] for r in api["/predict"]["returns"]] == ["prediction"]
@@ -153,6 +154,9 @@ def test_api_outputs_are_named_and_the_documented_endpoints_are_listed(client):
         "file", "threshold", "commfor_threshold"]
     assert [r["label"] for r in api["/explain"]["returns"]] == ["Heat map", "Frequency view", "How to read these views"]
     assert [p["parameter_name"] for p in api["/predict"]["parameters"]] == ["file", "threshold"]
+    assert [p["parameter_name"] for p in api["/predict_url"]["parameters"]] == ["url", "threshold"]
+    assert [p["parameter_name"] for p in api["/predict_batch"]["parameters"]] == ["files", "urls", "threshold"]
+    assert [r["label"] for r in api["/predict_batch"]["returns"]] == ["results"]
 
 
 def test_a_threshold_outside_0_1_is_refused_with_a_message(client, dev_sample):

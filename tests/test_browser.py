@@ -8,13 +8,19 @@ the verdict at once (no new analysis) and a value outside 0..1 is put back in ra
 "Explain" shows the heat map big, with its legend, and the frequency view; that a text file or an
 empty file gets the library's message with no server path and no stale verdict left on screen;
 and that at 400 px nothing overflows sideways, the chart's labels do not overlap and no toolbar
-covers a label or the crop, with the model loaded or not. Saves screenshots to ``artifacts/``
-(``app.png`` is the README's). Skips only when Debian's ``chromium`` is not installed.
+covers a label or the crop, with the model loaded or not. The Batch tab takes 20 dev images and URLs
+from a local server with a progress bar, shows thumbnails, sorts by fake probability, opens a row's full
+analysis and downloads CSV and JSON with the library's numbers, and fits a 400 px screen; the image URL box
+refuses a metadata address and fetches a served image that is then analysed; the "This verdict is wrong"
+form stores a report with the image's sha256 and label, keeping the image only with consent. Saves
+screenshots to ``artifacts/`` (``app.png`` is the README's; ``batch-*.png``, ``feedback-*.png`` at 1400
+and 400 px). Skips only when Debian's ``chromium`` is not installed.
 """
 
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -392,4 +398,148 @@ def test_a_video_clip_gets_a_verdict_a_timeline_and_its_most_suspicious_frames(b
     set_threshold("1")  # the verdict follows the threshold without a new analysis
     expect(page.locator("#video-card")).to_contain_text("threshold 1.00")
     expect(page.locator("#video-card h3")).to_have_text("Real")
+
+
+# The Batch tab, the image URL box and the feedback form, on a server that allows loopback URLs
+# (the test-only switch) and keeps feedback in a folder of its own.
+
+@pytest.fixture(scope="module")
+def batch_app(weights_env, hub):
+    from batch_support import batch_server
+
+    return batch_server(weights_env, hub)
+
+
+@pytest.fixture(scope="module")
+def url_server():
+    from image_server import ImageServer
+
+    server = ImageServer().start()
+    yield server
+    server.stop()
+
+
+def _twenty(dev_images) -> list:
+    pools = [sorted(paths) for _, paths in sorted(dev_images.items())]
+    return [pool[i] for i in range(10) for pool in pools if i < len(pool)][:20]
+
+
+BATCH_ROWS = "#batch-table .virtual-body [role=row]"  # the rows drawn: the table scrolls the rest into view
+
+
+def _column(page, index: int) -> list[str]:
+    return [row.locator("[role=gridcell]").nth(index).inner_text() for row in page.locator(BATCH_ROWS).all()]
+
+
+def test_a_batch_of_twenty_images_and_urls_sorts_opens_and_downloads(browser, batch_app, url_server, dev_images, model):
+    import csv
+    import re
+
+    twenty = _twenty(dev_images)
+    urls = [url_server.add(p, f"url-{i}{p.suffix}") for i, p in enumerate(twenty[:2])] + ["http://192.168.0.9/x.png"]
+    page = _open(browser, batch_app.url, 1400)
+    page.get_by_role("tab", name="Batch").click()
+    expect(page.locator("#batch-limits")).to_contain_text("Up to 100 images")
+    page.locator("#batch-files input[type=file]").set_input_files([str(p) for p in twenty])
+    expect(page.locator("#batch-files")).to_contain_text(twenty[-1].stem, timeout=WAIT_MS)
+    page.locator("#batch-urls textarea").fill("\n".join(urls))
+    page.get_by_role("button", name="Analyse all").click()
+    page.get_by_text(re.compile(r"Analysing|Fetching URLs")).first.wait_for()  # the progress bar
+    expect(page.locator("#batch-summary")).to_contain_text("23 images analysed, 1 could not be read", timeout=WAIT_MS)
+    rows = page.locator(BATCH_ROWS)
+    rows.first.wait_for()
+    assert _column(page, 2)[:3] == [p.name for p in twenty[:3]]
+    assert page.locator(f"{BATCH_ROWS} img").count() == rows.count() >= 8  # a thumbnail per analysed image
+
+    header = page.locator("#batch-table th", has_text="Fake probability").first
+    header.hover()
+    header.locator("button.cell-menu-button").click()
+    page.get_by_text("Sort descending").click()
+    expect(rows.first.locator("[role=gridcell]").nth(4)).to_have_text(f"{max(model.predict(p).fake_probability for p in twenty):.3f}")
+    shown = [float(v) for v in _column(page, 4) if v.strip()]
+    assert shown == sorted(shown, reverse=True) and len(shown) >= 8, shown
+
+    top = _column(page, 2)[0]
+    rows.first.locator("[role=gridcell]").nth(2).click()
+    expect(page.locator("#batch-detail")).to_contain_text(top)
+    expect(page.locator("#batch-detail")).to_contain_text("UniversalFakeDetect: P(fake)")
+    page.locator("#batch-picture img").first.wait_for()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1400, "the page scrolls sideways"
+    _screenshot(page, "batch-1400.png")
+
+    with page.expect_download() as download:
+        page.locator("#batch-csv a").first.click()
+    with open(download.value.path(), newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [r["file"] for r in table] == [p.name for p in twenty] + urls
+    assert "192.168.0.9 points to a private, local or reserved address" in table[-1]["error"]
+    for row, path in zip(table, twenty):
+        assert float(row["fake_probability"]) == pytest.approx(model.predict(path).fake_probability, abs=1e-6)
+    with page.expect_download() as download:
+        page.locator("#batch-json a").first.click()
+    assert len(json.loads(Path(download.value.path()).read_text())) == 23
+    page.close()
+
+
+def test_the_batch_tab_fits_a_phone(browser, batch_app, dev_images):
+    page = _open(browser, batch_app.url, 400)
+    page.get_by_role("tab", name="Batch").click()
+    four = _twenty(dev_images)[:4]
+    page.locator("#batch-files input[type=file]").set_input_files([str(p) for p in four])
+    expect(page.locator("#batch-files")).to_contain_text(four[-1].stem, timeout=WAIT_MS)
+    page.get_by_role("button", name="Analyse all").click()
+    expect(page.locator(BATCH_ROWS)).to_have_count(4, timeout=WAIT_MS)
+    page.locator(BATCH_ROWS).first.locator("[role=gridcell]").nth(2).click()
+    page.locator("#batch-picture img").first.wait_for()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 400, "the page scrolls sideways"
+    _screenshot(page, "batch-400.png")
+    page.close()
+
+
+def test_an_image_url_is_fetched_into_the_image_tab_and_analysed(browser, batch_app, url_server, dev_images, model):
+    face = sorted(dev_images["stylegan2"])[0]
+    page = _open(browser, batch_app.url, 1400)
+    page.locator("#image-url input").fill("http://169.254.169.254/latest/meta-data/")
+    page.get_by_role("button", name="Fetch").click()
+    page.locator(".toast-body", has_text="169.254.169.254 points to a cloud metadata address").first.wait_for()
+    page.locator("#image-url input").fill(url_server.add(face))
+    page.get_by_role("button", name="Fetch").click()
+    page.locator("#face-image img").first.wait_for()
+    page.get_by_role("button", name="Analyse").click()
+    card = page.locator("#verdict-card.real, #verdict-card.fake")
+    card.wait_for()
+    assert f"{model.predict(face).fake_probability:.3f}" in card.inner_text()
+    page.close()
+
+
+@pytest.mark.parametrize("width", [1400, 400])
+def test_the_feedback_form_stores_a_report(browser, batch_app, dev_images, width):
+    import hashlib
+
+    from ganorigin.feedback import read_feedback
+
+    face = sorted(dev_images["real"])[0 if width == 1400 else 1]
+    consent = width == 1400
+    page = _open(browser, batch_app.url, width)
+    _upload(page, face)
+    page.get_by_role("button", name="Analyse").click()
+    page.locator("#verdict-card.real, #verdict-card.fake").wait_for()
+    page.get_by_text("This verdict is wrong").click()
+    page.locator("#feedback-what").get_by_text("StyleGAN2").click()
+    page.locator("#feedback-note textarea").fill(f"from a tip line ({width} px)")
+    if consent:
+        page.locator("#feedback-consent input").check()
+    assert page.evaluate("document.documentElement.scrollWidth") <= width, "the page scrolls sideways"
+    _screenshot(page, f"feedback-{width}.png")
+    page.get_by_role("button", name="Send feedback").click()
+    page.get_by_text("Thank you: your report was stored.").wait_for()
+
+    digest = hashlib.sha256(face.read_bytes()).hexdigest()
+    folder = Path(batch_app.env["GANORIGIN_FEEDBACK_DIR"])
+    report = next(r for r in read_feedback(folder) if r["note"] == f"from a tip line ({width} px)")
+    assert report["image_sha256"] == digest and report["label"] == "stylegan2"
+    assert report["model"]["weights"] and report["model"]["versions"]["ganorigin"]
+    assert (report["image"] is not None) == consent
+    if consent:
+        assert (folder / report["image"]).read_bytes() == face.read_bytes()
     page.close()

@@ -34,6 +34,11 @@ ENDPOINTS = {
     "analyse": lambda file: [file, 0.5, False, 0.5],
     "explain": lambda file: [file],
 }
+# The batch endpoints take lists of files; a file that is not an image costs only its own row.
+BATCH_ENDPOINTS = {
+    "predict_batch": lambda file: [[file], "", 0.5],
+    "analyse_batch": lambda file: [[file], ""],
+}
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +130,7 @@ def test_every_endpoint_refuses_server_paths_at_once_with_one_message(server, pa
     with HealthWatch(server) as health:
         for path in attacks:
             file = {"path": path, "meta": FILE}
-            for endpoint, inputs in ENDPOINTS.items():
+            for endpoint, inputs in {**ENDPOINTS, **BATCH_ENDPOINTS}.items():
                 start = time.monotonic()
                 event, data = server.call(endpoint, inputs(file), timeout=10)
                 assert event == "error" and data["error"] == NOT_AN_UPLOAD, (endpoint, path, data)
@@ -187,6 +192,10 @@ def test_hostile_uploads_get_the_decoding_gate_message_and_never_reach_another_d
     for endpoint, inputs in ENDPOINTS.items():
         event, data = server.call(endpoint, inputs(_uploaded(server, content, name)), timeout=30)
         assert event == "error" and data["error"] == str(library.value), (endpoint, data)
+    upload = _uploaded(server, content, name)
+    event, data = server.call("predict_batch", BATCH_ENDPOINTS["predict_batch"](upload), timeout=30)
+    assert event == "complete" and data[0][0]["error"] == str(library.value), data
+    assert not Path(upload["path"]).exists(), "a rejected upload was kept"
     assert not paths["gs_calls"].exists(), "Ghostscript was run on an upload"
 
 

@@ -1,4 +1,4 @@
-"""The original GANOrigin REST API (``POST /predict``, form field ``image``), plus ``GET /health``.
+"""The original GANOrigin REST API (``POST /predict``, form field ``image`` or ``url``), plus ``GET /health``.
 
 Clients of the original Flask server switch by changing only the base URL. Every error is
 ``{"error": "<message>"}``, never a traceback. ``POST /predict`` is guarded before its body is
@@ -31,6 +31,7 @@ from ..images import MAX_IMAGE_BYTES
 from ..pipeline import check_threshold
 from ..video import MAX_VIDEO_BYTES
 from .service import ModelService
+from .urls import fetch_image_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -146,8 +147,6 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(request: Request, exc: RequestValidationError):
-        if any(e.get("type") == "missing" and tuple(e.get("loc", ())) == ("body", "image") for e in exc.errors()):
-            return _error(400, "No image uploaded")
         if any(e.get("type") == "missing" and tuple(e.get("loc", ())) == ("body", "video") for e in exc.errors()):
             return _error(400, NO_VIDEO)
         first = exc.errors()[0] if exc.errors() else {}
@@ -180,22 +179,30 @@ def create_rest_app(service: ModelService) -> FastAPI:
     errors = {code: {"model": ErrorBody} for code in (400, 413, 422, 500, 503)}
 
     @app.post("/predict", response_model=Union[Attributed, Authentic], responses=errors,
-              summary="Analyse one image (multipart field 'image')", max_body_size=MAX_BODY_BYTES)
-    async def predict(image: UploadFile = File(...),
+              summary="Analyse one image (multipart field 'image', or form field 'url')", max_body_size=MAX_BODY_BYTES)
+    async def predict(image: Optional[UploadFile] = File(None),
                       threshold: Optional[str] = Form(None, description="fake-probability threshold, 0 to 1"),
+                      url: Optional[str] = Form(None, description="instead of 'image': a public http(s) image URL"),
                       extended: bool = Form(False, description="add both detectors, the overall verdict, the "
                                                                "degradation gate, alignment and provenance")):
         """The original JSON: ``Authentic Image`` with Real/Fake probabilities, or the attributed GAN.
         With ``extended=true``, the original keys plus ``detectors``, ``verdict``, ``degradation``,
         ``alignment`` and ``provenance`` (see ``Prediction.to_dict``)."""
+        if image is None and not url:
+            return _error(400, "No image uploaded")
+        if image is not None and url:
+            return _error(422, "Send either the image file or its url, not both.")
         try:
             threshold = None if threshold is None else check_threshold(threshold)
         except ValueError as e:
             return _error(422, str(e))
-        data = await image.read(MAX_IMAGE_BYTES + 1)
-        if len(data) > MAX_IMAGE_BYTES:
-            return _error(413, TOO_LARGE)
         try:
+            if url:
+                data = await run_in_threadpool(fetch_image_bytes, url)
+            else:
+                data = await image.read(MAX_IMAGE_BYTES + 1)
+                if len(data) > MAX_IMAGE_BYTES:
+                    return _error(413, TOO_LARGE)
             result = await run_in_threadpool(service.predict, data, threshold)
         except ImageTooLargeError as e:
             return _error(413, str(e))

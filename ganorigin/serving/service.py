@@ -192,6 +192,13 @@ class ModelService:
         with self._run_lock:
             return model.predict_video(video, threshold=threshold, progress=progress)
 
+    def predict_batch(self, images: list, threshold: Optional[float] = None) -> list:
+        """:meth:`GANOrigin.predict_batch` on ``images`` in one turn; keep batches small so that single
+        analyses do not wait long."""
+        model = self.model
+        with self._run_lock:
+            return model.predict_batch(images, threshold=threshold, batch_size=len(images) or 1)
+
     def explain(self, image: ImageInput) -> tuple[HeatMap, FrequencyView]:
         """The heat map (occlusion on a GPU, input x gradient on a CPU) and the frequency view."""
         model = self.model

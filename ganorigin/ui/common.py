@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 
 import gradio as gr
 
@@ -34,10 +35,21 @@ def with_upload(file: dict | None, task, missing: str = NO_IMAGE):
     once; expected failures become messages for the person."""
     if file is None:
         raise user_error(missing, "No image")
+    with user_errors():
+        try:
+            return task(read_upload(file))
+        except InvalidImageError as e:
+            reject_upload(file, str(e))
+            raise
+
+
+@contextmanager
+def user_errors(invalid: str = "This file cannot be analysed"):
+    """Expected failures inside become messages for the person: an image that cannot be read
+    (titled ``invalid``), a model that is not available."""
     try:
-        return task(read_upload(file))
+        yield
     except InvalidImageError as e:
-        reject_upload(file, str(e))
-        raise user_error(str(e), "This file cannot be analysed") from e
+        raise user_error(str(e), invalid) from e
     except GANOriginError as e:
         raise user_error(str(e), "Model unavailable") from e
