@@ -398,6 +398,7 @@ def test_a_video_clip_gets_a_verdict_a_timeline_and_its_most_suspicious_frames(b
     set_threshold("1")  # the verdict follows the threshold without a new analysis
     expect(page.locator("#video-card")).to_contain_text("threshold 1.00")
     expect(page.locator("#video-card h3")).to_have_text("Real")
+    page.close()
 
 
 # The Batch tab, the image URL box and the feedback form, on a server that allows loopback URLs
