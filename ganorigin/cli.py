@@ -270,9 +270,10 @@ def _predict(args) -> int:
         return predict(args, _sources(args), _threshold(args))
     if args.format == "parquet":
         raise _usage("--format parquet needs --engine ray.")
-    paths = find_images(args.paths)
+    paths = find_images(args.paths, IMAGE_EXTENSIONS | VIDEO_EXTENSIONS)
     if not paths:
-        raise _usage(f"no images found in {', '.join(args.paths)} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}).")
+        raise _usage(f"no images or videos found in {', '.join(args.paths)} "
+                     f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS | VIDEO_EXTENSIONS))}).")
     videos = [path for path in paths if path.suffix.lower() in VIDEO_EXTENSIONS]
     model = _load_model(args)
     stream = open(args.out, "w", newline="") if args.out else sys.stdout

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -395,6 +396,14 @@ def test_the_cli_mixes_images_and_videos_in_one_csv(model, switch_clip, dev_imag
     assert main(["predict", str(tmp_path / "switch.mp4"), *common, "--frames"]) == 0
     rows = capsys.readouterr().out.splitlines()[1:]
     assert [r.split(",")[0] for r in rows] == [f"{tmp_path / 'switch.mp4'}#t={t}" for t in range(6)]
+
+    folder = tmp_path / "folder"  # a folder is searched for videos as well as images
+    (folder / "clips").mkdir(parents=True)
+    (folder / "clips" / "switch.mp4").write_bytes(clip)
+    shutil.copyfile(face, folder / face.name)
+    assert main(["predict", str(folder), *common]) == 0
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert sorted(r.split(",")[0] for r in rows) == sorted([str(folder / "clips" / "switch.mp4"), str(folder / face.name)])
 
 
 def test_the_video_tab_states_the_limits():

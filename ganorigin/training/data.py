@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Collection, Sequence
 
 import numpy as np
 from PIL import Image
@@ -16,15 +16,15 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", 
 AUGMENT_SIDES = (64, 1024)  # the original's resolution augmentation: a random square side in this range
 
 
-def find_images(paths: Sequence[os.PathLike]) -> list[Path]:
-    """Files, folders (recursive, image extensions) and ``.txt`` lists of paths -> image paths.
+def find_images(paths: Sequence[os.PathLike], extensions: Collection[str] = IMAGE_EXTENSIONS) -> list[Path]:
+    """Files, folders (recursive, files with one of ``extensions``) and ``.txt`` lists of paths -> paths.
 
     Listed and named files are kept whatever their extension (so a bad file shows up as an error).
     """
     found: list[Path] = []
     for entry in map(Path, paths):
         if entry.is_dir():
-            found += sorted(p for p in entry.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            found += sorted(p for p in entry.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
         elif entry.suffix.lower() == ".txt" and entry.is_file():
             lines = [line.strip() for line in entry.read_text().splitlines()]
             found += [(entry.parent / line) for line in lines if line and not line.startswith("#")]
