@@ -24,13 +24,12 @@ from ganorigin.align import alignment_available
 from ganorigin.examples import EXAMPLES, fetch_examples
 from ganorigin.images import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
 from ganorigin.models import display_name
-from ganorigin.pipeline import check_threshold
 from ganorigin.serving.rest import create_rest_app
 from ganorigin.serving.service import ModelService
 from ganorigin.serving.uploads import MAX_UPLOAD_BYTES, UploadsOnlyBlocks, mount
 from ganorigin.ui.batch import batch_tab
 from ganorigin.ui.cards import CARD_CSS, EMPTY_CARD, provenance_panel, verdict_card
-from ganorigin.ui.common import gpu, user_error, with_upload
+from ganorigin.ui.common import gpu, user_threshold, with_upload
 from ganorigin.ui.feedback import feedback_form
 from ganorigin.ui.url_input import url_box
 from ganorigin.ui.video import video_tab
@@ -149,16 +148,6 @@ def _number(value) -> float:
         return float("nan")
 
 
-def _threshold(value) -> float:
-    """The threshold sent by the page or an API client (the slider's own checks do not run)."""
-    if value is None:
-        return DEFAULT_THRESHOLD
-    try:
-        return check_threshold(value)
-    except ValueError as e:
-        raise user_error(str(e), "Invalid threshold") from e
-
-
 @gpu
 def _predict(data: bytes, threshold: float, align: bool | None = None) -> Prediction:
     return service.predict(data, threshold, align)
@@ -171,7 +160,7 @@ def _explain(data: bytes):
 
 def predict_api(file: dict | None, threshold: float = DEFAULT_THRESHOLD) -> dict:
     """The original /predict JSON for one image."""
-    threshold = _threshold(threshold)
+    threshold = user_threshold(threshold)
     return with_upload(file, lambda data: _predict(data, threshold).to_dict(), missing="No image uploaded")
 
 
@@ -179,7 +168,7 @@ def predict_extended_api(file: dict | None, threshold: float = DEFAULT_THRESHOLD
                          commfor_threshold: float = COMMFOR_THRESHOLD) -> dict:
     """The extended JSON: the original keys plus both detectors, the overall verdict, the
     degradation gate, alignment and provenance."""
-    threshold, commfor_threshold = _threshold(threshold), _threshold(commfor_threshold)
+    threshold, commfor_threshold = user_threshold(threshold), user_threshold(commfor_threshold)
     return with_upload(file, lambda data: replace(_predict(data, threshold), commfor_threshold=commfor_threshold)
                        .to_dict(extended=True), missing="No image uploaded")
 
@@ -233,7 +222,7 @@ def _result_views(result: Prediction) -> tuple:
 
 def analyse(image: dict | None, threshold: float, align: bool | None, commfor_threshold: float = COMMFOR_THRESHOLD):
     """Verdict, attribution, chart, provenance, the crop attribution saw and the original JSON for one image."""
-    threshold, commfor_threshold = _threshold(threshold), _threshold(commfor_threshold)
+    threshold, commfor_threshold = user_threshold(threshold), user_threshold(commfor_threshold)
     result = with_upload(image, lambda data: _predict(data, threshold, None if align is None else bool(align)))
     result = replace(result, commfor_threshold=commfor_threshold)
     crop = result.attributed_image

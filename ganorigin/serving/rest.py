@@ -26,7 +26,8 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..errors import ImageTooLargeError, InvalidImageError, InvalidVideoError, ModelUnavailableError, VideoTooLargeError
+from ..errors import (GANOriginError, ImageTooLargeError, InvalidImageError, InvalidVideoError, ModelUnavailableError,
+                      VideoTooLargeError)
 from ..images import MAX_IMAGE_BYTES
 from ..pipeline import check_threshold
 from ..video import MAX_VIDEO_BYTES
@@ -96,6 +97,13 @@ class Health(BaseModel):
     threshold: Optional[float]
     device: Optional[str]
     versions: dict[str, str]
+
+
+def _refused(error: GANOriginError) -> JSONResponse:
+    """The answer to an input we cannot analyse: 413 over a limit, 422 unreadable, 503 no model."""
+    if isinstance(error, (ImageTooLargeError, VideoTooLargeError)):
+        return _error(413, str(error))
+    return _error(503 if isinstance(error, ModelUnavailableError) else 422, str(error))
 
 
 def _error(status: int, message: str, headers: Optional[dict] = None) -> JSONResponse:
@@ -204,12 +212,8 @@ def create_rest_app(service: ModelService) -> FastAPI:
                 if len(data) > MAX_IMAGE_BYTES:
                     return _error(413, TOO_LARGE)
             result = await run_in_threadpool(service.predict, data, threshold)
-        except ImageTooLargeError as e:
-            return _error(413, str(e))
-        except InvalidImageError as e:
-            return _error(422, str(e))
-        except ModelUnavailableError as e:
-            return _error(503, str(e))
+        except (InvalidImageError, ModelUnavailableError) as e:
+            return _refused(e)
         if extended:  # past the response model, which holds the original keys only
             return JSONResponse(jsonable_encoder(result.to_dict(extended=True)))
         return result.to_dict()
@@ -225,12 +229,8 @@ def create_rest_app(service: ModelService) -> FastAPI:
             return _error(422, str(e))
         try:  # the upload is spooled to a temporary file by the server; frames are decoded from it as they come
             result = await run_in_threadpool(service.predict_video, video.file, threshold)
-        except VideoTooLargeError as e:
-            return _error(413, str(e))
-        except InvalidVideoError as e:
-            return _error(422, str(e))
-        except ModelUnavailableError as e:
-            return _error(503, str(e))
+        except (InvalidVideoError, ModelUnavailableError) as e:
+            return _refused(e)
         return result.to_dict()
 
     @app.api_route("/predict", methods=["GET", "HEAD", "PUT", "PATCH", "DELETE"], include_in_schema=False)

@@ -25,11 +25,10 @@ from PIL import Image
 
 from ..errors import InvalidImageError
 from ..images import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, load_image
-from ..pipeline import check_threshold
 from ..result import DEFAULT_THRESHOLD, Prediction
 from ..serving.uploads import read_upload, reject_upload
 from ..serving.urls import fetch_image_bytes
-from .common import user_error, user_errors
+from .common import user_error, user_errors, user_threshold
 from .files import output_file
 
 MAX_FILES = int(os.environ.get("GANORIGIN_BATCH_MAX_FILES", 100))
@@ -266,10 +265,7 @@ def batch_tab(predict_batch: Callable[[list, float], list]) -> None:
     def predict_batch_api(files: Optional[list], urls: str = "", threshold: float = DEFAULT_THRESHOLD,
                           progress=gr.Progress()) -> list:
         """Per item (files, ZIP members, then URLs): its file, the full analysis (extended JSON) or its error."""
-        try:
-            threshold = check_threshold(threshold)
-        except ValueError as e:
-            raise user_error(str(e), "Invalid threshold") from e
+        threshold = user_threshold(threshold)
         return api_rows(analyse_all(files, urls, threshold, progress))
 
     # preprocess=False: the handlers get the uploaded files themselves, which Gradio has not opened.

@@ -8,6 +8,8 @@ from contextlib import contextmanager
 import gradio as gr
 
 from ..errors import GANOriginError, InvalidImageError
+from ..pipeline import check_threshold
+from ..result import DEFAULT_THRESHOLD
 from ..serving.uploads import read_upload, reject_upload
 
 try:  # ZeroGPU Spaces: run analyses on a borrowed GPU; elsewhere a no-op.
@@ -22,6 +24,17 @@ except ImportError:
 
 logger = logging.getLogger("ganorigin.app")
 NO_IMAGE = "Upload, paste or capture a face image first."
+
+
+def user_threshold(value) -> float:
+    """A threshold sent by the page or an API client (a slider's own checks do not run for API calls);
+    ``None``: the default."""
+    if value is None:
+        return DEFAULT_THRESHOLD
+    try:
+        return check_threshold(value)
+    except ValueError as e:
+        raise user_error(str(e), "Invalid threshold") from e
 
 
 def user_error(message: str, title: str) -> gr.Error:

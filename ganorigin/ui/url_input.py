@@ -8,10 +8,9 @@ from typing import Callable
 import gradio as gr
 
 from ..images import image_extension, load_image
-from ..pipeline import check_threshold
 from ..result import DEFAULT_THRESHOLD, Prediction
 from ..serving.urls import fetch_image_bytes
-from .common import user_error, user_errors
+from .common import user_error, user_errors, user_threshold
 from .files import output_file
 
 URL_PLACEHOLDER = "https://example.org/face.jpg"
@@ -51,10 +50,7 @@ def url_box(image: gr.Image, predict: Callable[[bytes, float], Prediction]) -> g
 
     def predict_url(url: str, threshold: float = DEFAULT_THRESHOLD) -> dict:
         """The original /predict JSON for the image at ``url``."""
-        try:
-            threshold = check_threshold(threshold)
-        except ValueError as e:
-            raise user_error(str(e), "Invalid threshold") from e
+        threshold = user_threshold(threshold)
         data, _ = fetch_url(url)
         with user_errors(UNUSABLE):
             return predict(data, threshold).to_dict()

@@ -12,14 +12,13 @@ import gradio as gr
 import pandas as pd
 
 from ..errors import GANOriginError, InvalidVideoError
-from ..pipeline import check_threshold
 from ..result import DEFAULT_THRESHOLD
 from ..serving.rest import NO_VIDEO as NO_VIDEO_UPLOADED
 from ..serving.service import ModelService
 from ..serving.uploads import open_upload, reject_upload
 from ..video import (DEFAULT_FPS, DEFAULT_MAX_FRAMES, MAX_VIDEO_BYTES, MAX_VIDEO_FRAMES, MAX_VIDEO_PIXELS,
                      MAX_VIDEO_SECONDS, VideoPrediction)
-from .common import gpu, user_error
+from .common import gpu, user_error, user_threshold
 
 NO_VIDEO = "Upload or record a video first."
 LIMITS = (f"Limits: {MAX_VIDEO_BYTES / 2**20:g} MiB, {MAX_VIDEO_SECONDS / 60:g} min, "
@@ -48,15 +47,15 @@ def video_tab(service: ModelService) -> None:
             progress((done, expected), desc="Analysing frames", unit="frames")
 
         progress(0, desc="Reading the video")
-        result = _predict(_video_file(video), _threshold(threshold), report)
+        result = _predict(_video_file(video), user_threshold(threshold), report)
         return (*_views(result), result)
 
     def rederive(result: VideoPrediction | None, threshold):
         """The last clip's views under a new threshold, without a new analysis."""
-        return (gr.skip(),) * 4 if result is None else _views(result.with_threshold(_threshold(threshold)))
+        return (gr.skip(),) * 4 if result is None else _views(result.with_threshold(user_threshold(threshold)))
 
     def predict_api(file: dict | None, threshold: float = DEFAULT_THRESHOLD) -> dict:
-        return _predict(_video_file(file, missing=NO_VIDEO_UPLOADED), _threshold(threshold)).to_dict()
+        return _predict(_video_file(file, missing=NO_VIDEO_UPLOADED), user_threshold(threshold)).to_dict()
 
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=300):
@@ -109,15 +108,6 @@ def _with_video(file: dict, task):
         raise user_error(str(e), "This video cannot be analysed") from e
     except GANOriginError as e:
         raise user_error(str(e), "Model unavailable") from e
-
-
-def _threshold(value) -> float:
-    if value is None:
-        return DEFAULT_THRESHOLD
-    try:
-        return check_threshold(value)
-    except ValueError as e:
-        raise user_error(str(e), "Invalid threshold") from e
 
 
 def _views(result: VideoPrediction) -> tuple:
