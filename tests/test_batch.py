@@ -173,3 +173,25 @@ def test_the_limits_are_stated_on_the_page(server):
     texts = [c.get("props", {}).get("value") for c in server.get_json("/config")["components"]]
     limits = next(t for t in texts if isinstance(t, str) and "per batch" in t)
     assert f"{MAX_FILES} images" in limits and f"{MAX_TOTAL_BYTES / 2**20:g} MiB" in limits
+
+
+def _zip_with_header(data: bytes, *, flags: int = 0, method: int = zipfile.ZIP_STORED) -> bytes:
+    """One stored member, then its local and central headers changed to say ``flags`` / ``method``."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("face.png", data)
+    raw = bytearray(buffer.getvalue())
+    local, central = raw.index(b"PK\x03\x04"), raw.index(b"PK\x01\x02")
+    raw[local + 6:local + 10] = flags.to_bytes(2, "little") + method.to_bytes(2, "little")
+    raw[central + 8:central + 12] = flags.to_bytes(2, "little") + method.to_bytes(2, "little")
+    return bytes(raw)
+
+
+@pytest.mark.parametrize("flags, method, why", [(1, zipfile.ZIP_STORED, "it is encrypted"),
+                                                (0, 99, "compression method 99 is not supported")])
+def test_a_member_zipfile_cannot_unpack_is_its_own_error_row(twenty, flags, method, why):
+    from ganorigin.ui.batch import _zip_items
+
+    items = _zip_items("tip.zip", _zip_with_header(twenty[0].read_bytes(), flags=flags, method=method))
+    assert [(item.name, item.data, item.error) for item in items] == [
+        ("tip.zip/face.png", None, f"This file could not be unpacked from the ZIP ({why}).")]

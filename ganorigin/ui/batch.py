@@ -95,6 +95,9 @@ def _check_limits(items: list[Item]) -> None:
                          "Split it.", "Batch too large")
 
 
+ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)  # what zipfile reads
+
+
 def _zip_items(name: str, data: bytes) -> list[Item]:
     """The images in a ZIP, read in memory under the batch limits."""
     try:
@@ -125,12 +128,16 @@ def _member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, label: str) -> It
     if member.file_size > MAX_IMAGE_BYTES:
         return Item(label, error=f"The file is {member.file_size / 2**20:.1f} MiB; the limit is "
                                  f"{MAX_IMAGE_BYTES / 2**20:g} MiB.")
+    if member.flag_bits & 0x1:
+        return Item(label, error="This file could not be unpacked from the ZIP (it is encrypted).")
+    if member.compress_type not in ZIP_METHODS:
+        return Item(label, error=f"This file could not be unpacked from the ZIP (compression method "
+                                 f"{member.compress_type} is not supported).")
     try:
         with archive.open(member) as f:  # stops at the declared size; a lying size fails its CRC
             return Item(label, f.read(MAX_IMAGE_BYTES + 1))
-    except (zipfile.BadZipFile, RuntimeError, NotImplementedError, EOFError, OSError, ValueError) as e:
-        why = "it is encrypted" if member.flag_bits & 0x1 else type(e).__name__
-        return Item(label, error=f"This file could not be unpacked from the ZIP ({why}).")
+    except (zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as e:
+        return Item(label, error=f"This file could not be unpacked from the ZIP ({type(e).__name__}).")
 
 
 def analyse(items: list[Item], predict_batch: Callable, threshold: float, progress: Callable) -> list[dict]:
