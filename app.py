@@ -31,6 +31,7 @@ from ganorigin.ui.batch import batch_tab
 from ganorigin.ui.cards import CARD_CSS, EMPTY_CARD, provenance_panel, verdict_card
 from ganorigin.ui.common import gpu, user_threshold, with_upload
 from ganorigin.ui.feedback import feedback_form
+from ganorigin.ui.files import LIFETIME_S
 from ganorigin.ui.url_input import url_box
 from ganorigin.ui.video import video_tab
 
@@ -42,8 +43,6 @@ logger = logging.getLogger("ganorigin.app")
 CLASS_ORDER = ["Real", "ProGAN", "StyleGAN2", "StyleGAN3"]
 QUEUE_SIZE = int(os.environ.get("GANORIGIN_QUEUE_SIZE", 64))
 CONCURRENCY = int(os.environ.get("GANORIGIN_CONCURRENCY", 1))
-# Uploads and Gradio's temporary files older than this are deleted (checked as often).
-CACHE_LIFETIME_S = int(os.environ.get("GANORIGIN_CACHE_LIFETIME", 3600))
 CROP_DISPLAY_SIDE = 256  # e4e's input size: what attribution saw, at the resolution it saw it
 HEAT_DISPLAY_SIDE = 448  # the detector's 224 px crop, shown at twice its size
 
@@ -274,7 +273,7 @@ def drop_image() -> None:
 
 
 with UploadsOnlyBlocks(title="GANOrigin — GAN face detection and attribution",
-                       delete_cache=(CACHE_LIFETIME_S, CACHE_LIFETIME_S)) as demo:
+                       delete_cache=(LIFETIME_S, LIFETIME_S)) as demo:  # uploads, temporary files
     gr.Markdown("# GANOrigin\nIs this face real or AI-generated — and which GAN made it?")
     status = gr.Markdown(status_text(), elem_id="status")
     with gr.Row():
