@@ -214,7 +214,8 @@ def test_predict_without_images_says_so_and_exits_2(listing, tmp_path, capsys):
         target.write_text("# nothing yet\n")
     assert main(["predict", str(target), "--weights", "not-loaded/because-no-images"]) == 2
     err = capsys.readouterr().err
-    assert f"no images found in {target}" in err and ".png" in err and "Traceback" not in err
+    assert f"no images or videos found in {target}" in err and ".png" in err and ".mp4" in err
+    assert "Traceback" not in err
 
 
 def test_a_weights_folder_that_does_not_exist_is_named(dev_images, tmp_path, capsys):
