@@ -501,3 +501,29 @@ def test_cli_predict_has_provenance_columns(ai_jpeg, weights_dir, weights_env, m
                  "--no-progress"]) == 0
     row = json.loads(capsys.readouterr().out)
     assert row["provenance_strength"] == STRONG and row["provenance"].startswith("Signed Content Credentials say AI")
+
+
+def test_chunk_walks_follow_png_crcs_and_webp_padding_and_name_a_truncated_chunk():
+    """The PNG walk steps over each chunk's CRC, the WebP walk over the pad byte of an odd-sized chunk;
+    a chunk cut short is named, and the walk stops there."""
+    import struct
+    import zlib
+
+    from ganorigin.provenance.containers import read_container
+
+    def png_chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    png = (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0))
+           + png_chunk(b"tEXt", b"Software\x00Example 1") + png_chunk(b"tEXt", b"Comment\x00two"))
+    container = read_container(png)
+    assert container.texts == [("Software", "Example 1"), ("Comment", "two")] and container.problems == []
+    cut = read_container(png[:-6])
+    assert cut.texts == [("Software", "Example 1")] and cut.problems == ["PNG chunk 'tEXt' is truncated"]
+
+    exif = b"MM\x00*\x00\x00\x00\x08\x00\x00\x00\x00\x00"  # a TIFF header with no tags
+    chunks = b"ODD " + struct.pack("<I", 3) + b"abc\x00" + b"EXIF" + struct.pack("<I", len(exif)) + exif
+    webp = b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WEBP" + chunks
+    assert read_container(webp).exif == exif and read_container(webp).problems == []
+    cut = read_container(webp[:-2])
+    assert cut.exif is None and cut.problems == ["WebP chunk 'EXIF' is truncated"]

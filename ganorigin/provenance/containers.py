@@ -96,24 +96,32 @@ def read_container(data: bytes) -> Container:
     return container
 
 
-def _walk_png(data: bytes, container: Container) -> None:
-    pos = len(PNG_SIGNATURE)
+def _chunks(data: bytes, pos: int, fmt: str, name: str, trailer: int, container: Container):
+    """``(kind, body)`` of each chunk of a PNG (``fmt`` ">I4s": length, kind) or RIFF/WebP ("<4sI": kind,
+    length) file from ``pos``; ``trailer`` bytes follow each body (PNG's CRC; -1: RIFF's pad to an even
+    size). A truncated chunk, or more than ``MAX_BLOCKS``, is a problem noted, and the walk ends."""
     for _ in range(MAX_BLOCKS):
         if pos + 8 > len(data):
             return
-        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        first, second = struct.unpack(fmt, data[pos : pos + 8])
+        length, kind = (first, second) if fmt.startswith(">") else (second, first)
         body = data[pos + 8 : pos + 8 + length]
         if len(body) < length:
-            container.problems.append(f"PNG chunk {kind.decode('latin-1')!r} is truncated")
+            container.problems.append(f"{name} chunk {kind.decode('latin-1')!r} is truncated")
             return
+        yield kind, body
+        pos += 8 + length + (length & 1 if trailer < 0 else trailer)
+    container.problems.append(f"more than {MAX_BLOCKS} {name} chunks; the rest was not read")
+
+
+def _walk_png(data: bytes, container: Container) -> None:
+    for kind, body in _chunks(data, len(PNG_SIGNATURE), ">I4s", "PNG", 4, container):
         if kind == b"IEND":
             return
         if kind in (b"tEXt", b"zTXt", b"iTXt"):
             _png_text(kind, body, container)
         elif kind == b"eXIf":
             container.set_exif(body)
-        pos += 12 + length
-    container.problems.append(f"more than {MAX_BLOCKS} PNG chunks; the rest was not read")
 
 
 def _png_text(kind: bytes, body: bytes, container: Container) -> None:
@@ -184,18 +192,8 @@ def _walk_jpeg(data: bytes, container: Container) -> None:
 
 
 def _walk_webp(data: bytes, container: Container) -> None:
-    pos = 12
-    for _ in range(MAX_BLOCKS):
-        if pos + 8 > len(data):
-            return
-        kind, length = struct.unpack("<4sI", data[pos : pos + 8])
-        body = data[pos + 8 : pos + 8 + length]
-        if len(body) < length:
-            container.problems.append(f"WebP chunk {kind.decode('latin-1')!r} is truncated")
-            return
+    for kind, body in _chunks(data, 12, "<4sI", "WebP", -1, container):
         if kind == b"EXIF":
             container.set_exif(body)
         elif kind == b"XMP ":
             container.add_xmp(body)
-        pos += 8 + length + (length & 1)
-    container.problems.append(f"more than {MAX_BLOCKS} WebP chunks; the rest was not read")
