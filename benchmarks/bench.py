@@ -26,10 +26,10 @@ the real UFD head into the random weights. Stages are timed one call each; end t
 ``predict(path)`` call, the API users call.
 
 The result names the CPU: model, ``cpu_class()``, the relevant flags, torch, the date, and whether
-the run is EMULATED: it is when ``ONEDNN_MAX_CPU_ISA`` or ``GANORIGIN_CPU_ISA`` is set. Emulated
-runs put torch's int8 kernels on the oneDNN quantized engine (the default x86/fbgemm kernels
-ignore ``ONEDNN_MAX_CPU_ISA``). fp32 matrix products run in MKL, which ignores
-``ONEDNN_MAX_CPU_ISA`` too: set ``MKL_ENABLE_INSTRUCTIONS`` (e.g. ``AVX2``) to limit it as well.
+the run is EMULATED: it is when ``ONEDNN_MAX_CPU_ISA`` or ``GANORIGIN_CPU_ISA`` is set. Ours' bf16
+and int8 kernels and every convolution are oneDNN's, which honours ``ONEDNN_MAX_CPU_ISA``; fp32
+matrix products run in MKL, which ignores it: set ``MKL_ENABLE_INSTRUCTIONS`` (e.g. ``AVX2``) to
+limit it as well.
 
 Without real weights (``GANORIGIN_WEIGHTS_DIR`` or the Hub cache) the benchmark writes full-size
 random weights in the real formats once into ``--cache-dir`` and says so. ``--quick`` uses tiny
@@ -97,7 +97,7 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--started", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--image-list", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    emulation = set_emulation()
+    emulation = emulation_settings()
     if args.child:
         return _child(args)
     if args.quick:
@@ -136,7 +136,6 @@ def main(argv: Optional[list] = None) -> int:
                       "probe_warnings": sorted({*first["probe_warnings"], *cold["probe_warnings"],
                                                 *timed["paths"][path]["probe_warnings"]})}
     machine = _machine(emulation)
-    machine["quantized_engine"] = timed["quantized_engine"]
     result = {
         "machine": machine,
         "weights": weights_note,
@@ -188,7 +187,7 @@ def emulation_settings(env=None) -> dict:
     note = None
     if emulated:
         note = ("EMULATED: " + ", ".join(f"{name}={values[name] or '(unset)'}" for name in EMULATION_ENV)
-                + "; int8 kernels on torch's oneDNN quantized engine (fbgemm ignores ONEDNN_MAX_CPU_ISA)")
+                + "; ours' bf16 and int8 kernels, and every convolution, are oneDNN's, which honours ONEDNN_MAX_CPU_ISA")
         if values["MKL_ENABLE_INSTRUCTIONS"]:
             note += f"; MKL_ENABLE_INSTRUCTIONS={values['MKL_ENABLE_INSTRUCTIONS']}"
         else:
@@ -196,21 +195,6 @@ def emulation_settings(env=None) -> dict:
                      "exact parts of ours) still use every instruction this CPU has")
         note += "."
     return {"emulated": emulated, "env": values, "note": note}
-
-
-def set_emulation() -> dict:
-    """:func:`emulation_settings`, and, when emulating, torch's int8 engine set to oneDNN (which
-    honours ``ONEDNN_MAX_CPU_ISA``); the engine in use is recorded."""
-    import torch
-
-    settings = emulation_settings()
-    if settings["emulated"]:
-        if "onednn" in torch.backends.quantized.supported_engines:
-            torch.backends.quantized.engine = "onednn"
-        else:
-            settings["note"] += " This torch has no oneDNN quantized engine: int8 timings are NOT emulated."
-    settings["quantized_engine"] = torch.backends.quantized.engine
-    return settings
 
 
 def _weights(args) -> tuple[Path, str]:
@@ -335,8 +319,7 @@ def _child(args) -> int:
             os.environ["GANORIGIN_CACHE_DIR"] = str(_check_cache(args, path))
             models[path], facts[path] = _load(path, args.weights_dir)
         timed = time_paths(models, images, args.batch_size, passes=args.passes)
-        result = {"paths": {path: {**facts[path], **timed[path]} for path in models},
-                  "quantized_engine": torch.backends.quantized.engine}
+        result = {"paths": {path: {**facts[path], **timed[path]} for path in models}}
     else:
         model, facts = _load(args.child, args.weights_dir)
         result = {"cold_start_s": time.time() - args.started, **facts, "threads": torch.get_num_threads()}
@@ -507,7 +490,6 @@ def _machine(emulation: dict) -> dict:
         "emulated": emulation["emulated"],
         "emulation_env": emulation["env"],
         "emulation_note": emulation["note"],
-        "quantized_engine": emulation["quantized_engine"],
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "load_average_1m": os.getloadavg()[0],
         "torch": torch.__version__,
@@ -537,7 +519,7 @@ def describe_machine(m: dict) -> str:
     env = m["emulation_env"]
     mode = ("**EMULATED** (" + ", ".join(f"{k}={env[k] or 'unset'}" for k in EMULATION_ENV)
             + (f", MKL_ENABLE_INSTRUCTIONS={env['MKL_ENABLE_INSTRUCTIONS']}" if env.get("MKL_ENABLE_INSTRUCTIONS") else "")
-            + f"; int8 engine {m['quantized_engine']})") if m["emulated"] else "native"
+            + ")") if m["emulated"] else "native"
     source = f"; code {m['source']}" if m.get("source") else ""
     return (f"{m['cpu']}, {m['cores']} cores, cpu_class {m['cpu_class']}, flags: {flags}; torch {m['torch']}; "
             f"{m['date']}{source}; {mode}")

@@ -225,12 +225,13 @@ class GANOrigin:
     def encode(self, images: Sequence[Image.Image]) -> np.ndarray:
         """e4e W+ codes of decoded RGB images, flattened: shape (B, 18 * 512).
 
-        On a CPU fast path up to ``CPU_ENCODER_BATCH`` at once: the packed convolutions give
-        bitwise the same codes at any batch size, and each weight is read once per batch."""
+        On a CPU in bf16 up to ``CPU_ENCODER_BATCH`` at once: the packed convolutions give bitwise
+        the same codes at any batch size, and each weight is read once per batch. int8 takes one
+        image at a time: its inputs are quantised over the whole batch's range."""
         if self.device.type == "cuda":
             batch = len(images)
         else:
-            batch = CPU_ENCODER_BATCH if precision_of(self.encoder) != "fp32" else 1
+            batch = CPU_ENCODER_BATCH if precision_of(self.encoder) == "bf16" else 1
         return encode(self.encoder, list(images), batch=batch)
 
     def _threshold(self, threshold: Optional[float]) -> float:

@@ -6,12 +6,12 @@ it (no copy of the unconverted weights), and replaces the parts it converts:
 - CPU, bf16 or int8: every CLIP block becomes a :class:`~ganorigin.accel.packed.PackedResidualBlock`,
   every Community Forensics ViT block a :class:`~ganorigin.accel.packed.PackedViTBlock`, on bf16
   (oneDNN) or int8 (dynamic quantisation) linears.
-- CPU, bf16: e4e's BatchNorms that follow a convolution are folded into it (exact algebra; the
+- CPU: e4e's BatchNorms that follow a convolution are folded into it (exact algebra; the
   BatchNorm that *precedes* a zero-padded conv is left alone, since folding its shift would be
-  wrong at the borders), its convolutions are packed with their LeakyReLUs fused, and it runs in
-  channels_last under bf16 autocast. For int8 there is no faster e4e: dynamic quantisation has no
-  convolutions, and packed fp32 convolutions ran 5x slower than eager ones with oneDNN limited to
-  AVX2 (measured), so e4e stays exact fp32 there (:func:`converts`).
+  wrong at the borders) and it runs in channels_last; for bf16 its convolutions are packed with
+  their LeakyReLUs fused, under bf16 autocast; for int8 they are dynamically quantised
+  (:class:`~ganorigin.accel.packed.Int8Conv2d`).
+- int8 weights use 7 bits on CPUs without VNNI (:func:`~ganorigin.accel.packed.int8_weight_bits`).
 - CUDA and mps: autocast does the casting and fp32 master weights stay; the detectors' heads stay fp32.
 """
 
@@ -29,7 +29,8 @@ from ..models.commfor import CommForDetector
 from ..models.detector import UFDDetector
 from ..models.encoder import BottleneckIRSE, E4EEncoder
 from .memory import give_back
-from .packed import PackedConv2d, PackedLinear, PackedResidualBlock, PackedViTBlock
+from .packed import (Int8Conv2d, Int8Linear, PackedConv2d, PackedLinear, PackedResidualBlock, PackedViTBlock,
+                     int8_weight_bits)
 from .precision import DTYPES
 
 
@@ -83,13 +84,6 @@ def _shallow(module: nn.Module) -> nn.Module:
     return twin
 
 
-def converts(kind: str, device: torch.device, precision: str) -> bool:
-    """Whether there is a faster ``kind`` (``"detector"``, ``"encoder"``, ``"commfor"``) for ``precision`` on ``device``."""
-    if precision == "fp32":
-        return False
-    return not (kind == "encoder" and device.type == "cpu" and precision == "int8")
-
-
 def fast_detector(detector: UFDDetector, device: torch.device, precision: str) -> nn.Module:
     """The detector for ``precision`` on ``device``, as a new module (the fp32 head stays)."""
     if device.type != "cpu":
@@ -136,32 +130,44 @@ def fold_encoder_batchnorms(encoder: E4EEncoder) -> dict:
 
 def fast_encoder(encoder: E4EEncoder, device: torch.device, precision: str) -> nn.Module:
     """The encoder for ``precision`` on ``device``, as a new module: BatchNorms folded and, on a
-    CPU, every convolution and linear packed in the low dtype with LeakyReLUs fused."""
+    CPU, every convolution and linear packed in bf16 with LeakyReLUs fused, or in int8 with its
+    input quantised per call (:class:`Int8Conv2d`)."""
     replacements = fold_encoder_batchnorms(encoder)
     if device.type != "cpu":
         return Accelerated(replace_modules(encoder, replacements), precision, autocast_device=device.type)
-    dtype = DTYPES[precision]
-    for i, block in enumerate(encoder.styles):  # conv, LeakyReLU, conv, LeakyReLU, ...: fuse each pair
+    int8, bits, dtype = precision == "int8", int8_weight_bits(), DTYPES.get(precision)
+    for i, block in enumerate(encoder.styles):  # conv, LeakyReLU, conv, LeakyReLU, ...: bf16 fuses each pair
         for j in range(0, len(block.convs), 2):
+            if int8:  # oneDNN's int8 convolutions cannot fuse a LeakyReLU
+                replacements[f"styles.{i}.convs.{j}"] = Int8Conv2d(block.convs[j], bits)
+                continue
             slope = block.convs[j + 1].negative_slope
             replacements[f"styles.{i}.convs.{j}"] = PackedConv2d(block.convs[j], dtype, "leaky_relu", [slope])
             replacements[f"styles.{i}.convs.{j + 1}"] = nn.Identity()
         linear = block.linear  # EqualLinear: its 1/sqrt(in) scale goes into the packed weight
-        replacements[f"styles.{i}.linear"] = PackedLinear(linear.weight * linear.scale, linear.bias, dtype)
+        weight = linear.weight * linear.scale
+        replacements[f"styles.{i}.linear"] = (Int8Linear(weight, linear.bias, weight_bits=bits) if int8
+                                              else PackedLinear(weight, linear.bias, dtype))
         give_back(block.parameters())
+
+    def packed(conv: nn.Conv2d) -> nn.Module:
+        return Int8Conv2d(conv, bits) if int8 else PackedConv2d(conv, dtype)
+
     originals = []
     for path, module in encoder.named_modules():
         if isinstance(module, nn.Conv2d) and path not in replacements:
-            replacements[path] = PackedConv2d(module, dtype)
+            replacements[path] = packed(module)
             originals += list(module.parameters())
             if len(originals) >= 32:
                 give_back(originals)
                 originals = []
     for path, module in list(replacements.items()):  # the folded convs
         if isinstance(module, nn.Conv2d):
-            replacements[path] = PackedConv2d(module, dtype)
+            replacements[path] = packed(module)
             originals += list(encoder.get_submodule(path).parameters())
     give_back(originals)
+    if int8:
+        return Accelerated(replace_modules(encoder, replacements), precision, channels_last=True)
     return Accelerated(replace_modules(encoder, replacements), precision, autocast_device="cpu", channels_last=True)
 
 

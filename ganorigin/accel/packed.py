@@ -1,7 +1,7 @@
 """Linear and convolution layers whose weights are stored once in the layout the CPU's matrix
 kernels read (no per-call weight reorder), with fused activations, and the transformer blocks built
-on them (OpenAI CLIP's, timm's ViT's): bf16 (oneDNN, for CPUs with native bf16) and int8 (dynamic
-quantisation, for CPUs with VNNI or AVX2 only)."""
+on them (OpenAI CLIP's, timm's ViT's), all on oneDNN: bf16 (for CPUs with native bf16) and int8 with
+activations quantised per call (dynamic quantisation; for CPUs with VNNI or AVX2 only)."""
 
 from __future__ import annotations
 
@@ -64,37 +64,97 @@ class PackedConv2d(nn.Module):
         )
 
 
+def int8_weight_bits() -> int:
+    """Bits of the int8 paths' weights on this CPU: 8 with VNNI (AVX-512-VNNI, AVX-VNNI, AMX); 7 on
+    CPUs without it (class ``avx2``), whose int8 dot product (``vpmaddubsw``) adds pairs of products
+    in 16 bits and saturates with full 8-bit weights and activations (255 * 127 * 2 > 32767).
+    7-bit weights keep every pair in range, so the activations keep all 8 bits (what matters more:
+    a whole tensor shares one activation scale)."""
+    return 7 if cpu_class() == "avx2" else 8
+
+
+def quantize_weight(weight: torch.Tensor, bits: int = 8) -> torch.Tensor:
+    """``weight`` as a per-output-channel symmetric int8 tensor using ``bits`` bits (``qint8``)."""
+    weight = weight.detach().float()
+    levels = 2 ** (bits - 1) - 1
+    scales = (weight.abs().amax(dim=tuple(range(1, weight.dim()))) / levels).clamp_min(1e-12).double()
+    zeros = torch.zeros(weight.shape[0], dtype=torch.long)
+    with warnings.catch_warnings():
+        # torch 2.14 deprecates its quantized tensors in favour of torchao, which has no build for
+        # this torch yet; these ops still run.
+        warnings.filterwarnings("ignore", message="torch.quantize_per_tensor", category=UserWarning)
+        return torch.quantize_per_channel(weight, scales, zeros, 0, torch.qint8)
+
+
+def quantize_input(x: torch.Tensor, memory: torch.Tensor) -> tuple:
+    """``x`` as uint8 over its own range, widened to include 0 (so zero padding stays exact):
+    ``(values, scale, zero_point)``; ``memory`` is ``x``'s memory viewed as one dimension."""
+    low, high = torch.aminmax(memory)
+    low, high = min(float(low), 0.0), max(float(high), 0.0)
+    scale = max((high - low) / 255, 1e-12)
+    zero_point = int(round(-low / scale))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.quantize_per_tensor", category=UserWarning)
+        return torch.quantize_per_tensor(x, scale, zero_point, torch.quint8).int_repr(), scale, zero_point
+
+
 class Int8Linear(nn.Module):
-    """A linear layer with per-output-channel int8 weights, prepacked once for torch's quantized
-    engine, and activations quantised on the fly per call (dynamic quantisation); fp32 in and out.
-    ``reduce_range`` quantises activations to 7 bits, which keeps the 16-bit accumulation of CPUs
-    without VNNI (AVX2 only) from saturating; with VNNI the full 8 bits are used. ``activation``:
-    a key of ``ACTIVATIONS``. With a gradient wanted (the heat map) it runs on the dequantised
-    weight."""
+    """A linear layer on oneDNN's int8 kernels: per-output-channel int8 weights
+    (:func:`quantize_weight`) packed once, activations quantised to 8 bits per call over their own
+    range (dynamic quantisation), fp32 out, with an optional fused activation (a key of
+    ``ACTIVATIONS``). With a gradient wanted (the heat map) it runs on the dequantised weight."""
 
     def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], activation: str = "none",
-                 reduce_range: bool = False):
+                 weight_bits: int = 8):
         super().__init__()
-        self.activation, self.reduce_range = activation, reduce_range
+        self.activation = activation
         self.out_features, self.in_features = weight.shape
-        weight = weight.detach().float()
-        scales = (weight.abs().amax(dim=1) / 127).clamp_min(1e-12).double()
-        zeros = torch.zeros(self.out_features, dtype=torch.long)
-        with warnings.catch_warnings():
-            # torch 2.14 deprecates its quantized tensors in favour of torchao, which has no build for
-            # this torch yet; these ops still run and are what fbgemm/oneDNN's int8 kernels take.
-            warnings.filterwarnings("ignore", message="torch.quantize_per_tensor", category=UserWarning)
-            qweight = torch.quantize_per_channel(weight, scales, zeros, 0, torch.qint8)
-        self.packed = torch.ops.quantized.linear_prepack(qweight, None if bias is None else bias.detach().float())
+        qweight = quantize_weight(weight, weight_bits)
+        self.weight_scales = qweight.q_per_channel_scales().float()
+        self.weight_zero_points = torch.zeros(self.out_features, dtype=torch.long)
+        self.packed = torch.ops.onednn.qlinear_prepack(qweight.int_repr(), None)
+        self.bias = None if bias is None else bias.detach().float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and x.requires_grad:
-            qweight, bias = torch.ops.quantized.linear_unpack(self.packed)
-            y = F.linear(x.float(), qweight.dequantize(), bias)
-        else:
-            flat = x.reshape(-1, self.in_features).float().contiguous()
-            y = torch.ops.quantized.linear_dynamic(flat, self.packed, self.reduce_range).view(*x.shape[:-1], self.out_features)
-        return ACTIVATIONS[self.activation](y)
+            weight = self.packed.to_dense().T.float() * self.weight_scales[:, None]
+            return ACTIVATIONS[self.activation](F.linear(x.float(), weight, self.bias))
+        flat = x.reshape(-1, self.in_features).float().contiguous()
+        qx, scale, zero_point = quantize_input(flat, flat.view(-1))
+        y = torch.ops.onednn.qlinear_pointwise(
+            qx, scale, zero_point, self.packed, self.weight_scales, self.weight_zero_points, self.bias,
+            1.0, 0, torch.float32, self.activation, [], _ONEDNN_ALGORITHM.get(self.activation, ""),
+        )
+        return y.view(*x.shape[:-1], self.out_features)
+
+
+class Int8Conv2d(nn.Module):
+    """``nn.Conv2d`` on oneDNN's int8 kernels, as :class:`Int8Linear`: int8 weights packed once, the
+    input quantised per call, fp32 out, an optional fused activation (oneDNN's: ``"relu"``,
+    ``"swish"``, ...). Inputs and outputs are channels_last.
+
+    (torch's ``quantized.conv2d_dynamic`` is not used: it quantises the output to the *input's*
+    range, which clips every output of a conv that follows a ReLU-like activation.)"""
+
+    def __init__(self, conv: nn.Conv2d, weight_bits: int = 8, activation: str = "none", scalars: Sequence = ()):
+        super().__init__()
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise ValueError("Int8Conv2d takes convolutions with explicit zero padding only.")
+        qweight = quantize_weight(conv.weight, weight_bits)
+        self.weight_scales = qweight.q_per_channel_scales().float()
+        self.weight_zero_points = torch.zeros(conv.out_channels, dtype=torch.long)
+        self.geometry = (list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)
+        self.packed = torch.ops.onednn.qconv_prepack(qweight.int_repr(), self.weight_scales, 1.0, 0, *self.geometry, None)
+        self.bias = None if conv.bias is None else conv.bias.detach().float()
+        self.activation, self.scalars = activation, list(scalars)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float().contiguous(memory_format=torch.channels_last)
+        qx, scale, zero_point = quantize_input(x, x.permute(0, 2, 3, 1).reshape(-1))  # NHWC in memory
+        return torch.ops.onednn.qconv2d_pointwise(
+            qx, scale, zero_point, self.packed, self.weight_scales, self.weight_zero_points, self.bias, *self.geometry,
+            1.0, 0, torch.float32, self.activation, self.scalars, "",
+        )
 
 
 class ExactLinear(nn.Module):
@@ -111,8 +171,8 @@ class ExactLinear(nn.Module):
 def linear_for(precision: str):
     """``(weight, bias, activation) -> module``: the packed linear layer for ``precision`` on a CPU."""
     if precision == "int8":
-        reduce_range = cpu_class() == "avx2"
-        return lambda weight, bias, activation="none": Int8Linear(weight, bias, activation, reduce_range)
+        bits = int8_weight_bits()
+        return lambda weight, bias, activation="none": Int8Linear(weight, bias, activation, bits)
     return lambda weight, bias, activation="none": PackedLinear(weight, bias, torch.bfloat16, activation)
 
 

@@ -4,10 +4,9 @@
 
 - ``"auto"`` (default): on a CPU, per model by its instruction sets (:func:`cpu_class`,
   :data:`AUTO_CPU_PATHS`): the paths measured fastest there, tried in that order until one agrees
-  with fp32 — bf16 on Intel AMX; int8 then bf16 for the ViTs and bf16 for e4e on AVX-512-BF16 (AMD
-  Zen 4, Intel Cooper Lake); int8 ViTs and exact e4e where only integer dot products are fast
-  (AVX-512-VNNI, AVX-VNNI, AVX2); exact fp32 elsewhere (ARM, older x86). bf16 or fp16 on CUDA;
-  fp16 on Apple ``mps``;
+  with fp32 — bf16 on Intel AMX; int8 (then bf16 for the ViTs) on AVX-512-BF16 (AMD Zen 4, Intel
+  Cooper Lake); int8 where integer dot products are the fast path (AVX-512-VNNI, AVX-VNNI, AVX2);
+  exact fp32 elsewhere (ARM, older x86). bf16 or fp16 on CUDA; fp16 on Apple ``mps``;
 - ``"fp32"``: the exact original numerics;
 - ``"bf16"``, ``"int8"`` (CPU), ``"fp16"`` (CUDA, mps): forced, still agreement-checked.
 
@@ -30,12 +29,13 @@ CPU_CLASSES = (("amx", "amx_bf16", "bf16"), ("avx512_bf16", "avx512_bf16", "bf16
                ("avx512_vnni", "avx512_vnni", "int8"), ("avx_vnni", "avx_vnni", "int8"), ("avx2", "avx2", "int8"))
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # What "auto" tries on a CPU of each class, per model, fastest first (benchmarks/README.md): on
-# AVX-512-BF16 the int8 ViTs ran 2.5x faster than bf16 ones; int8 has no e4e (no convolutions).
-_VITS_INT8 = {"detector": ("int8",), "encoder": (), "commfor": ("int8",)}
+# AVX-512-BF16 (emulated) the int8 ViTs ran 2.5x faster than bf16 ones, and e4e ran 2.1x faster in
+# int8 than in fp32 but 1.2x *slower* in bf16 than in fp32, so bf16 is no fall-back for e4e there.
+_INT8 = {"detector": ("int8",), "encoder": ("int8",), "commfor": ("int8",)}
 AUTO_CPU_PATHS = {
     "amx": {"detector": ("bf16",), "encoder": ("bf16",), "commfor": ("bf16",)},
-    "avx512_bf16": {"detector": ("int8", "bf16"), "encoder": ("bf16",), "commfor": ("int8", "bf16")},
-    "avx512_vnni": _VITS_INT8, "avx_vnni": _VITS_INT8, "avx2": _VITS_INT8,
+    "avx512_bf16": {"detector": ("int8", "bf16"), "encoder": ("int8",), "commfor": ("int8", "bf16")},
+    "avx512_vnni": _INT8, "avx_vnni": _INT8, "avx2": _INT8,
 }
 
 
@@ -104,7 +104,7 @@ def resolve_precision(precision: Optional[str], device: torch.device) -> str:
         auto = _auto_cpu_precision()
         if auto == "bf16" and not torch.backends.mkldnn.is_available():
             return "fp32"
-        if auto == "int8" and "fbgemm" not in torch.backends.quantized.supported_engines:
+        if auto == "int8" and not _runnable("int8"):
             return "fp32"
         return auto
     return "fp32"
@@ -122,6 +122,7 @@ def candidate_precisions(precision: Optional[str], device: torch.device, kind: s
 
 
 def _runnable(precision: str) -> bool:
-    if precision == "bf16":
-        return torch.backends.mkldnn.is_available()
-    return precision != "int8" or "fbgemm" in torch.backends.quantized.supported_engines
+    """Whether this torch build has the kernels of ``precision`` (bf16 and int8 are oneDNN's)."""
+    if precision == "int8":
+        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_pointwise")
+    return precision != "bf16" or torch.backends.mkldnn.is_available()

@@ -19,7 +19,7 @@ from PIL import Image
 from torch import nn
 
 from ..hub.integrity import cache_root, read_json, write_json_atomic
-from .convert import converts, fast_commfor, fast_detector, fast_encoder, page_blocks, precision_of
+from .convert import fast_commfor, fast_detector, fast_encoder, page_blocks, precision_of
 from .memory import releasing_pages
 from .precision import cpu_class, cpu_model_name
 
@@ -30,7 +30,7 @@ MAX_FAKE_PROBABILITY_DELTA = 0.005
 MAX_ATTRIBUTION_PROBABILITY_DELTA = 0.01
 MAX_COMMFOR_PROBABILITY_DELTA = 0.005
 PROBE_SIZE = 256
-FAST_PATH_VERSION = "packed-4"  # part of the cached verdicts' key: a new fast path is checked afresh
+FAST_PATH_VERSION = "packed-5"  # part of the cached verdicts' key: a new fast path is checked afresh
 CHECKS_FILE = "precision-checks.json"
 
 Scores = Callable[[nn.Module, list], np.ndarray]
@@ -78,7 +78,7 @@ def accelerate(model: nn.Module, device: torch.device, precisions: Union[str, Se
         scores: ``scores(module, images)`` -> what the comparison is made on.
         weight_files: the files behind the model and its scores; name the cached verdicts.
     """
-    candidates = [p for p in ([precisions] if isinstance(precisions, str) else precisions) if converts(kind, device, p)]
+    candidates = [p for p in ([precisions] if isinstance(precisions, str) else precisions) if p != "fp32"]
     convert, same_argmax = KINDS[kind]
     checks, reference = read_json(_checks_file()), None
     for precision in candidates:
@@ -118,13 +118,13 @@ def _check_key(kind: str, weight_files: Sequence, device: torch.device, precisio
     """A key for one (model, weights, machine, torch, precision); ``None`` when the weights are unknown.
 
     The machine is the CPU's name and the class GANOrigin takes it for (``GANORIGIN_CPU_ISA`` can
-    say another), the instruction sets oneDNN may use (``ONEDNN_MAX_CPU_ISA``) and the quantised
-    engine: each changes the fast path's numbers, so each gets its own check.
+    say another) and the instruction sets oneDNN may use (``ONEDNN_MAX_CPU_ISA``): each changes the
+    fast path's numbers, so each gets its own check.
     """
     if not weight_files:
         return None
     parts = [kind, precision, FAST_PATH_VERSION, device.type, torch.__version__, cpu_model_name(), cpu_class(),
-             os.environ.get("ONEDNN_MAX_CPU_ISA", ""), torch.backends.quantized.engine]
+             os.environ.get("ONEDNN_MAX_CPU_ISA", "")]
     for path in weight_files:
         stat = Path(path).stat()
         parts.append(f"{Path(path).resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
