@@ -370,7 +370,8 @@ def test_the_cached_probe_verdict_is_per_cpu_class_and_onednn_isa(weights_dir, m
     assert _check_key("detector", files, cpu, "int8") == _check_key("detector", files, cpu, "int8")
 
 
-@pytest.mark.parametrize("isa, vits, encoder", [("amx", ("bf16",), ("bf16",)), ("avx512_bf16", ("int8", "bf16"), ("int8",)),
+@pytest.mark.parametrize("isa, vits, encoder", [("amx", ("bf16", "int8"), ("bf16", "int8")),
+                                               ("avx512_bf16", ("int8", "bf16"), ("int8", "bf16")),
                                                ("avx512_vnni", ("int8",), ("int8",)), ("avx_vnni", ("int8",), ("int8",)),
                                                ("avx2", ("int8",), ("int8",)), ("none", (), ())])
 def test_auto_tries_per_model_the_paths_measured_fastest_for_the_cpu_class(isa, vits, encoder, monkeypatch):

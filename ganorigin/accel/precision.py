@@ -4,9 +4,10 @@
 
 - ``"auto"`` (default): on a CPU, per model by its instruction sets (:func:`cpu_class`,
   :data:`AUTO_CPU_PATHS`): the paths measured fastest there, tried in that order until one agrees
-  with fp32 — bf16 on Intel AMX; int8 (then bf16 for the ViTs) on AVX-512-BF16 (AMD Zen 4, Intel
-  Cooper Lake); int8 where integer dot products are the fast path (AVX-512-VNNI, AVX-VNNI, AVX2);
-  exact fp32 elsewhere (ARM, older x86). bf16 or fp16 on CUDA; fp16 on Apple ``mps``;
+  with fp32 — bf16 then int8 on Intel AMX; int8 then bf16 on AVX-512-BF16 (AMD Zen 4, Intel Cooper
+  Lake); int8 where integer dot products are the only fast path (AVX-512-VNNI, AVX-VNNI, AVX2); exact
+  fp32 elsewhere (ARM, older x86), and for any model none of them suits. bf16 or fp16 on CUDA; fp16
+  on Apple ``mps``;
 - ``"fp32"``: the exact original numerics;
 - ``"bf16"``, ``"int8"`` (CPU), ``"fp16"`` (CUDA, mps): forced, still agreement-checked.
 
@@ -28,13 +29,17 @@ PRECISIONS = ("auto", "fp32", "bf16", "int8", "fp16")
 CPU_CLASSES = (("amx", "amx_bf16", "bf16"), ("avx512_bf16", "avx512_bf16", "bf16"),
                ("avx512_vnni", "avx512_vnni", "int8"), ("avx_vnni", "avx_vnni", "int8"), ("avx2", "avx2", "int8"))
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-# What "auto" tries on a CPU of each class, per model, fastest first (benchmarks/README.md): on
-# AVX-512-BF16 (emulated) the int8 ViTs ran 2.5x faster than bf16 ones, and e4e ran 2.1x faster in
-# int8 than in fp32 but 1.2x *slower* in bf16 than in fp32, so bf16 is no fall-back for e4e there.
+# What "auto" tries on a CPU of each class, per model, fastest first; each next one is the fall-back when
+# the probe refuses the one before, and fp32 comes last. Measured (benchmarks/README.md, one run on a quiet
+# 2-core Sapphire Rapids, end to end against the fp32 baseline): on AMX bf16 0.27x, int8 0.48x; on
+# AVX-512-BF16 emulated there, int8 0.55x and bf16 1.20x. Emulation keeps the instruction set, not each
+# core's speed per instruction: bf16 ran no faster than fp32 here, while on a real AMD Zen 4 it ran the
+# whole pipeline at 0.45x (issue 15's measurement). So bf16 stays the fall-back there; int8 comes first,
+# as an int8 dot product (VNNI) does twice the multiply-adds of a bf16 one per instruction.
 _INT8 = {"detector": ("int8",), "encoder": ("int8",), "commfor": ("int8",)}
 AUTO_CPU_PATHS = {
-    "amx": {"detector": ("bf16",), "encoder": ("bf16",), "commfor": ("bf16",)},
-    "avx512_bf16": {"detector": ("int8", "bf16"), "encoder": ("int8",), "commfor": ("int8", "bf16")},
+    "amx": {"detector": ("bf16", "int8"), "encoder": ("bf16", "int8"), "commfor": ("bf16", "int8")},
+    "avx512_bf16": {"detector": ("int8", "bf16"), "encoder": ("int8", "bf16"), "commfor": ("int8", "bf16")},
     "avx512_vnni": _INT8, "avx_vnni": _INT8, "avx2": _INT8,
 }
 
