@@ -355,7 +355,7 @@ def test_int8_encoder_codes_stay_close_to_fp32():
 
 def test_the_cached_probe_verdict_is_per_cpu_class_and_onednn_isa(weights_dir, monkeypatch):
     """A verdict cached under one CPU class (or oneDNN limit) must not be reused under another: the
-    int8 path uses 7-bit activations without VNNI, and oneDNN's kernels differ per instruction set."""
+    int8 path uses 7-bit weights without VNNI, and oneDNN's kernels differ per instruction set."""
     from ganorigin.accel.probe import _check_key
 
     files = [weights_dir / "fc_weights.pth"]

@@ -89,7 +89,7 @@ def _shallow(module: nn.Module) -> nn.Module:
 # block. On the probe image (a face-like blob under fine noise) P(fake) then moved by 0.0008 instead of
 # 0.0088 with AVX2 (7-bit weights), and 0.0012 instead of 0.0030 with AVX-512-VNNI; on 8 dev images it
 # made no difference beyond noise (max 0.0061 against 0.0051, 0.0035 against 0.0027; these deltas move
-# by about 0.002 from run to run). Full-size random weights; `python scripts/int8_blocks.py`.
+# by about 0.002 from run to run). Full-size random weights; `python scripts/int8_variants.py`.
 CLIP_INT8_EXACT_BLOCKS = 1
 
 

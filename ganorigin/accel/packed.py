@@ -130,13 +130,12 @@ class Int8Linear(nn.Module):
 
 class Int8Conv2d(nn.Module):
     """``nn.Conv2d`` on oneDNN's int8 kernels, as :class:`Int8Linear`: int8 weights packed once, the
-    input quantised per call, fp32 out, an optional fused activation (oneDNN's: ``"relu"``,
-    ``"swish"``, ...). Inputs and outputs are channels_last.
+    input quantised per call, fp32 out. Inputs and outputs are channels_last.
 
     (torch's ``quantized.conv2d_dynamic`` is not used: it quantises the output to the *input's*
     range, which clips every output of a conv that follows a ReLU-like activation.)"""
 
-    def __init__(self, conv: nn.Conv2d, weight_bits: int = 8, activation: str = "none", scalars: Sequence = ()):
+    def __init__(self, conv: nn.Conv2d, weight_bits: int = 8):
         super().__init__()
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             raise ValueError("Int8Conv2d takes convolutions with explicit zero padding only.")
@@ -146,14 +145,13 @@ class Int8Conv2d(nn.Module):
         self.geometry = (list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)
         self.packed = torch.ops.onednn.qconv_prepack(qweight.int_repr(), self.weight_scales, 1.0, 0, *self.geometry, None)
         self.bias = None if conv.bias is None else conv.bias.detach().float()
-        self.activation, self.scalars = activation, list(scalars)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float().contiguous(memory_format=torch.channels_last)
         qx, scale, zero_point = quantize_input(x, x.permute(0, 2, 3, 1).reshape(-1))  # NHWC in memory
         return torch.ops.onednn.qconv2d_pointwise(
             qx, scale, zero_point, self.packed, self.weight_scales, self.weight_zero_points, self.bias, *self.geometry,
-            1.0, 0, torch.float32, self.activation, self.scalars, "",
+            1.0, 0, torch.float32, "none", [], "",
         )
 
 
