@@ -123,6 +123,33 @@ def test_heat_map_with_the_test_model(model, dev_sample, explain):
     assert max(heat.image_overlay.size) <= max(768, *image.size) and heat.image_overlay.mode == "RGB"
 
 
+@pytest.fixture(scope="module")
+def int8_model(sources, tmp_path_factory):
+    import os
+
+    from ganorigin import GANOrigin
+
+    previous = os.environ.get("GANORIGIN_CACHE_DIR")
+    os.environ["GANORIGIN_CACHE_DIR"] = str(tmp_path_factory.mktemp("int8-checks"))
+    try:
+        return GANOrigin.from_pretrained(sources, device="cpu", precision="int8", align=False)
+    finally:
+        if previous is None:
+            os.environ.pop("GANORIGIN_CACHE_DIR")
+        else:
+            os.environ["GANORIGIN_CACHE_DIR"] = previous
+
+
+@pytest.mark.parametrize("explain", [occlusion_heatmap, gradient_heatmap])
+def test_heat_map_on_the_int8_path(int8_model, dev_sample, explain):
+    """int8 is the default on most CPUs: its heat map works too (gradients run on the dequantised weights)."""
+    assert int8_model.precisions["detector"] == "int8"
+    image = load_image(dev_sample[0])
+    heat = explain(int8_model.detector, image)
+    assert heat.values.shape == (224, 224) and np.isfinite(heat.values).all() and np.abs(heat.values).max() > 0
+    assert heat.fake_probability == pytest.approx(float(int8_model.fake_probabilities([image])[0]), abs=1e-2)
+
+
 def test_occlusion_patch_count_and_arguments():
     heat = occlusion_heatmap(TopLeftDetector(), Image.new("RGB", (224, 224), (200, 200, 200)), patch=32, stride=16)
     assert (heat.method, heat.patch, heat.stride) == ("occlusion", 32, 16)
