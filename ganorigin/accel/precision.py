@@ -25,7 +25,8 @@ from typing import Optional
 import torch
 
 PRECISIONS = ("auto", "fp32", "bf16", "int8", "fp16")
-# CPU classes, fastest first, with the flag (/proc/cpuinfo) that marks each and the path auto picks.
+# CPU classes, fastest first, with the flag (/proc/cpuinfo) that marks each and its native low-precision
+# matrix type (what resolve_precision reports for "auto"; AUTO_CPU_PATHS has what each model tries, in order).
 CPU_CLASSES = (("amx", "amx_bf16", "bf16"), ("avx512_bf16", "avx512_bf16", "bf16"),
                ("avx512_vnni", "avx512_vnni", "int8"), ("avx_vnni", "avx_vnni", "int8"), ("avx2", "avx2", "int8"))
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
