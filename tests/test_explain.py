@@ -125,19 +125,11 @@ def test_heat_map_with_the_test_model(model, dev_sample, explain):
 
 @pytest.fixture(scope="module")
 def int8_model(sources, tmp_path_factory):
-    import os
-
     from ganorigin import GANOrigin
 
-    previous = os.environ.get("GANORIGIN_CACHE_DIR")
-    os.environ["GANORIGIN_CACHE_DIR"] = str(tmp_path_factory.mktemp("int8-checks"))
-    try:
+    with pytest.MonkeyPatch.context() as env:  # its probe verdicts in a cache of its own
+        env.setenv("GANORIGIN_CACHE_DIR", str(tmp_path_factory.mktemp("int8-checks")))
         return GANOrigin.from_pretrained(sources, device="cpu", precision="int8", align=False)
-    finally:
-        if previous is None:
-            os.environ.pop("GANORIGIN_CACHE_DIR")
-        else:
-            os.environ["GANORIGIN_CACHE_DIR"] = previous
 
 
 @pytest.mark.parametrize("explain", [occlusion_heatmap, gradient_heatmap])

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
 
@@ -299,8 +300,6 @@ def test_int8_path_quantises_clip_and_e4e_and_agrees(sources, dev_sample, monkey
     assert [p.attribution for p in a] == [q.attribution for q in b]
     assert np.abs(np.array([p.probabilities for p in a]) - [q.probabilities for q in b]).max() <= 0.01
     # int8 quantises each input over its own range, so an image's codes never depend on its batch-mates
-    from PIL import Image
-
     images = [Image.open(path).convert("RGB") for path in dev_sample[:3]]
     assert np.array_equal(int8.encode(images), np.concatenate([int8.encode([im]) for im in images]))
 
