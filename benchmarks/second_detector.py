@@ -4,8 +4,9 @@
                                          [--weights-dir DIR] [--cache-dir DIR] [--out FILE] [--quick]
 
 One process holds the current pipeline (UFD + e4e + SVM, as before issue 17) and the same models
-with Community Forensics added, once per lane it can run on: after e4e on e4e's worker (``encoder``,
-the default), after CLIP on CLIP's worker (``detector``), or on a third worker of its own (``own``).
+with Community Forensics added, once per lane it can run on: on whichever worker is free first
+(``either``, the default), after e4e on e4e's worker (``encoder``), after CLIP on CLIP's worker
+(``detector``), or on a third worker of its own (``own``).
 They take turns in whole passes over the same images, the order reversed each pass, so a shared
 machine's drift touches all alike; an image's time is its median over the passes. End to end is one
 ``predict(path)`` call. Memory: the process's resident set before and after the second detector is
@@ -32,7 +33,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ganorigin-bench"
-LANES = {"encoder": "encoder", "detector": "detector", "own": "commfor"}  # variant -> lane of Community Forensics
+# variant -> lane of Community Forensics
+LANES = {"either": "either", "encoder": "encoder", "detector": "detector", "own": "commfor"}
 CURRENT = "current"
 
 
@@ -126,7 +128,7 @@ def load(folder: Path, precision: str, align: bool) -> tuple:
     pipelines = {CURRENT: GANOrigin(detector, encoder, attributor, device="cpu", align=align)}
     for variant, lane in LANES.items():
         pipeline = GANOrigin(detector, encoder, attributor, device="cpu", align=align, commfor=commfor)
-        if pipeline._workers is not None:  # the variant's lane for Community Forensics (default: encoder)
+        if pipeline._workers is not None:  # the variant's lane for Community Forensics (default: either)
             pipeline._workers = ModelWorkers(torch.get_num_threads(), {"detector": "detector", "encoder": "encoder",
                                                                       "commfor": lane})
         pipelines[f"with-commfor-{variant}"] = pipeline
@@ -187,7 +189,7 @@ def main(argv: Optional[list] = None) -> int:
     folder = weights_folder(args)
     images = pick_images(args.images_dir, args.images, args.cache_dir)
     pipelines, memory = load(folder, args.precision, args.align)
-    with_second = pipelines["with-commfor-encoder"]
+    with_second = pipelines["with-commfor-either"]
     pipelines[CURRENT].predict(images[0])
     memory["rss_after_current_analysis_mb"] = resident_mb()
     with_second.predict(images[0])

@@ -182,13 +182,11 @@ class GANOrigin:
 
     def _analyse(self, images: list, sources: list, threshold: float, align: bool) -> list[Prediction]:
         """``images`` decoded from ``sources`` (what the caller gave, read again for the JPEG tables)."""
-        detection = self._start("detector", lambda: self.fake_probabilities(images))  # runs while faces align
+        detection = self._start("detector", lambda: self.fake_probabilities(images))
+        encoding = self._start("encoder", lambda: self._align_and_encode(images, align))  # e4e's lane aligns
         second = self._start("commfor", lambda: self.commfor_probabilities(images)) if self.commfor is not None else None
         degradations = [assess(source, im) for source, im in zip(sources, images)]
-        alignments = [align_face(im) if align else None for im in images]
-        attributed = [a.image if a is not None and a.used else im for a, im in zip(alignments, images)]
-        encoding = self._start("encoder", lambda: self.encode(attributed))
-        fake, features = detection.result(), encoding.result()
+        fake, (alignments, attributed, features) = detection.result(), encoding.result()
         other = second.result() if second is not None else [None] * len(images)
         gan = self.attributor.predict_proba(features)
         unknown = self.attributor.reject_unknown(features)
@@ -201,6 +199,12 @@ class GANOrigin:
                        degradation_reasons=policy.degradation_reasons(d), **_alignment_fields(a, im))
             for p, c, row, u, d, a, im in zip(fake, other, gan, unknown, degradations, alignments, attributed)
         ]
+
+    def _align_and_encode(self, images: list, align: bool) -> tuple:
+        """``(alignments, the images e4e saw, their codes)``."""
+        alignments = [align_face(im) if align else None for im in images]
+        attributed = [a.image if a is not None and a.used else im for a, im in zip(alignments, images)]
+        return alignments, attributed, self.encode(attributed)
 
     def _start(self, model: str, fn: Callable[[], Any]) -> Future:
         """``fn()`` on ``model``'s worker thread on a CPU fast path, so that CLIP and e4e run side by

@@ -1,5 +1,5 @@
 """How far int8 CLIP moves UFD's P(fake) from fp32: with its first N blocks kept exact, and with
-attention's projections in int8 too (which GANOrigin does not do).
+attention's projections in plain int8 instead of GANOrigin's two-part int8 (``TwoPartInt8Linear``).
 
     python scripts/int8_variants.py --weights-dir DIR [--images-dir ../shared/data/dev] [--images 8]
                                     [--exact 0,1,2] [--int8-attention]
@@ -35,7 +35,8 @@ def main() -> None:
     parser.add_argument("--images-dir", type=Path, default=Path("../shared/data/dev"))
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--exact", default="0,1,2", help="comma list of how many first blocks to keep exact")
-    parser.add_argument("--int8-attention", action="store_true", help="also measure attention's projections in int8")
+    parser.add_argument("--int8-attention", action="store_true",
+                        help="also measure attention's projections in plain int8")
     args = parser.parse_args()
     detector = load_detector(args.weights_dir / CLIP_FILE, args.weights_dir / UFD_HEAD_FILE).eval()
     paths = find_images([args.images_dir])
@@ -43,8 +44,8 @@ def main() -> None:
     images = probe_images() + [Image.open(path).convert("RGB") for path in paths]
     reference = detector_scores(detector, images)
     print(f"CPU class {cpu_class()}; {len(paths)} images from {args.images_dir}")
-    for attention in ("exact", "int8") if args.int8_attention else ("exact",):
-        if attention == "int8":  # an experiment only: swap the module's choice of attention layers
+    for attention in ("as built", "plain int8") if args.int8_attention else ("as built",):
+        if attention == "plain int8":  # an experiment only: swap the module's choice of attention layers
             packed.attention_linear_for = packed.linear_for
         for exact in (int(n) for n in args.exact.split(",")):
             convert.CLIP_INT8_EXACT_BLOCKS = exact

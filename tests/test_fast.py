@@ -25,8 +25,8 @@ from torch import nn
 
 from ganorigin import accel
 from ganorigin.accel.memory import release_file_pages, releasing_pages
-from ganorigin.accel.packed import (Int8Conv2d, Int8Linear, PackedConv2d, PackedLinear, PackedResidualBlock,
-                                    quantize_weight)
+from ganorigin.accel.packed import (ExactLinear, Int8Conv2d, Int8Linear, PackedConv2d, PackedLinear,
+                                    PackedResidualBlock, TwoPartInt8Linear, quantize_weight)
 from ganorigin.accel.probe import MAX_FAKE_PROBABILITY_DELTA
 from ganorigin.hub.checkpoints import load_tensors
 from ganorigin.models.encoder import Subsample
@@ -163,6 +163,43 @@ def test_model_workers_limit_only_their_own_threads():
     assert fresh == [before]
 
 
+def test_a_model_on_either_lane_runs_on_the_first_worker_free():
+    """Community Forensics waits for whichever of CLIP's and e4e's workers finishes first; each
+    lane's own models keep their order."""
+    from ganorigin.accel.workers import EITHER
+
+    workers = accel.ModelWorkers(2, {"detector": "detector", "encoder": "encoder", "commfor": EITHER})
+    for slow in ("detector", "encoder"):
+        release = threading.Event()
+        held = workers.submit(slow, release.wait)
+        fast = "encoder" if slow == "detector" else "detector"
+        quick = workers.submit(fast, lambda: threading.current_thread().name)
+        either = workers.submit("commfor", lambda: threading.current_thread().name)
+        assert either.result(timeout=30) == quick.result(timeout=30) == f"ganorigin-{fast}"
+        assert not held.done()
+        release.set()
+        assert held.result(timeout=30) is True
+    order = []
+    done = [workers.submit("detector", lambda i=i: order.append(i)) for i in range(5)]
+    [future.result(timeout=30) for future in done]
+    assert order == list(range(5))
+
+
+def test_model_workers_threads_end_when_the_workers_are_collected():
+    import gc
+
+    before = set(threading.enumerate())
+    workers = accel.ModelWorkers(2)
+    assert workers.submit("commfor", lambda: 1).result(timeout=30) == 1
+    threads = [t for t in threading.enumerate() if t.name.startswith("ganorigin-") and t not in before]
+    assert len(threads) == 2
+    del workers
+    gc.collect()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not any(thread.is_alive() for thread in threads)
+
+
 def test_side_by_side_predictions_match_the_models_run_one_after_the_other(model, dev_sample):
     """``predict_batch`` (CLIP and e4e side by side on CPU fast paths) gives the answers the two
     models give when called one after the other: e4e's codes do not depend on its thread count,
@@ -261,6 +298,54 @@ def test_int8_clip_block_matches_the_block_it_replaces():
     with torch.inference_mode():
         error = (packed(x) - block(x)).abs().max() / block(x).abs().max()
     assert error < 0.03
+
+
+def test_two_part_int8_linear_rounds_its_weights_far_more_finely_than_int8():
+    """The weight's int8 part plus the int8 remainder: with activations that int8 represents
+    exactly, what is left is the weights' rounding, which two parts make about 100x smaller."""
+    torch.manual_seed(0)
+    weight, bias = torch.randn(96, 64) / 8, torch.randn(96) / 10
+    x = torch.randint(-127, 128, (5, 7, 64)).float() / 127  # each token's largest magnitude is 127/127
+    x[..., 0] = 1.0
+    want = F.linear(x, weight, bias)
+    with torch.inference_mode():
+        one = (Int8Linear(weight, bias)(x) - want).norm() / want.norm()
+        two = (TwoPartInt8Linear(weight, bias)(x) - want).norm() / want.norm()
+    assert 0 < two < one / 50
+
+
+def test_two_part_int8_linear_quantises_each_token_on_its_own():
+    """Per-token activation scales: a token's output does not depend on the other tokens (a token
+    100x larger beside it changes nothing), and tokens of very different sizes keep their precision."""
+    torch.manual_seed(0)
+    weight, bias = torch.randn(48, 32) / 6, torch.randn(48) / 10
+    layer = TwoPartInt8Linear(weight, bias)
+    x = torch.randn(4, 32)
+    with torch.inference_mode():
+        alone = layer(x[:1])
+        beside_a_giant = layer(torch.cat([x[:1], 100 * x[1:]]))[:1]
+        per_tensor = Int8Linear(weight, bias)(torch.cat([x[:1], 100 * x[1:]]))[:1]  # one scale for all
+    want = F.linear(x[:1], weight, bias)
+    # the same integers; only the kernel's order of applying the scales may differ
+    torch.testing.assert_close(beside_a_giant, alone, rtol=1e-5, atol=1e-6)
+    assert float((alone - want).norm() / want.norm()) < 0.01
+    assert float((per_tensor - want).norm() / want.norm()) > 0.1
+    x.requires_grad_(True)  # the heat map's path: on the two parts' sum
+    out = layer(x)
+    out.sum().backward()
+    assert float((out - F.linear(x, weight, bias)).detach().abs().max()) < 1e-3 and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("isa, layer", [("avx512_vnni", TwoPartInt8Linear), ("avx_vnni", TwoPartInt8Linear),
+                                        ("amx", TwoPartInt8Linear), ("avx2", ExactLinear)])
+def test_int8_attention_projections_are_two_part_int8_where_the_cpu_has_vnni(isa, layer, monkeypatch):
+    """Without VNNI two int8 products cost more than one fp32 one: attention stays exact there."""
+    from open_clip.transformer import QuickGELU, ResidualAttentionBlock
+
+    monkeypatch.setenv("GANORIGIN_CPU_ISA", isa)
+    block = PackedResidualBlock(ResidualAttentionBlock(64, 4, act_layer=QuickGELU, batch_first=True).eval(), "int8")
+    assert type(block.qkv) is layer and type(block.out) is layer
+    assert type(block.fc) is Int8Linear and type(block.proj) is Int8Linear
 
 
 @pytest.mark.parametrize("isa, expected", [("amx", "bf16"), ("avx512_bf16", "bf16"), ("avx512_vnni", "int8"),

@@ -25,7 +25,7 @@ def test_quick_run_writes_every_measurement(weights_dir, dev_sample, tmp_path, c
     result = json.loads(out.read_text())
     assert result["machine"]["cpu"] == cpu_model_name() and result["machine"]["threads"] >= 1
     assert result["images"] == 2 and set(result["precision"]) == {"CLIP", "e4e", "CommFor"}
-    names = ["current", "with-commfor-encoder", "with-commfor-detector", "with-commfor-own"]
+    names = ["current", "with-commfor-either", "with-commfor-encoder", "with-commfor-detector", "with-commfor-own"]
     assert list(result["end_to_end"]) == names and result["ratio_p50"]["current"] == 1.0
     for name in names:
         entry = result["end_to_end"][name]
