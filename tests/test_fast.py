@@ -25,8 +25,8 @@ from torch import nn
 
 from ganorigin import accel
 from ganorigin.accel.memory import release_file_pages, releasing_pages
-from ganorigin.accel.packed import (ExactLinear, Int8Conv2d, Int8Linear, PackedConv2d, PackedLinear,
-                                    PackedResidualBlock, TwoPartInt8Linear, quantize_weight)
+from ganorigin.accel.packed import (ExactLinear, Int8Conv2d, Int8Linear, Int8UnfoldedConv2d, PackedConv2d,
+                                    PackedLinear, PackedResidualBlock, TwoPartInt8Linear, quantize_weight)
 from ganorigin.accel.probe import MAX_FAKE_PROBABILITY_DELTA
 from ganorigin.hub.checkpoints import load_tensors
 from ganorigin.models.encoder import Subsample
@@ -421,6 +421,33 @@ def test_int8_conv_matches_conv_on_inputs_that_are_not_centred(stride, shift):
     assert 0 < error < 0.03
 
 
+@pytest.mark.parametrize("size, stride", [(8, 2), (2, 2), (5, 1)])
+def test_int8_conv_as_patches_computes_the_int8_conv(size, stride):
+    """The same integers as :class:`Int8Conv2d` (the patches' range is the map's, widened to 0 by the
+    padding, as the conv's input range), so the same answer up to the kernels' order of summing."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(32, 24, 3, stride, 1).eval()
+    x = F.leaky_relu(torch.randn(2, 32, size, size)) + 0.5
+    with torch.inference_mode():
+        got, int8, want = Int8UnfoldedConv2d(conv)(x), Int8Conv2d(conv)(x), conv(x)
+    assert got.shape == want.shape and got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, int8, rtol=1e-4, atol=1e-5)
+    assert 0 < float((got - want).norm() / want.norm()) < 0.03
+
+
+def test_int8_encoder_runs_the_style_blocks_last_three_convs_as_patches():
+    from ganorigin.accel.convert import STYLE_CONVS_AS_PATCHES, fast_encoder
+    from ganorigin.models.encoder import E4EEncoder
+    from ganorigin.testing import TINY_E4E
+
+    encoder = fast_encoder(E4EEncoder(TINY_E4E).eval(), torch.device("cpu"), "int8")
+    for block in encoder.module.styles:
+        convs = [m for m in block.convs if not isinstance(m, (nn.LeakyReLU, nn.Identity))]
+        kinds = [type(m) for m in convs]
+        small = min(STYLE_CONVS_AS_PATCHES, len(convs))
+        assert kinds == [Int8Conv2d] * (len(convs) - small) + [Int8UnfoldedConv2d] * small
+
+
 def test_int8_encoder_codes_stay_close_to_fp32():
     from ganorigin.accel.convert import fast_encoder
     from ganorigin.models.encoder import E4EEncoder
@@ -432,7 +459,8 @@ def test_int8_encoder_codes_stay_close_to_fp32():
     fast = fast_encoder(encoder, torch.device("cpu"), "int8")
     with torch.inference_mode():
         want, got = encoder(x), fast(x)
-    assert sum(isinstance(m, Int8Conv2d) for m in fast.modules()) == sum(isinstance(m, nn.Conv2d) for m in encoder.modules())
+    int8_convs = sum(isinstance(m, (Int8Conv2d, Int8UnfoldedConv2d)) for m in fast.modules())
+    assert int8_convs == sum(isinstance(m, nn.Conv2d) for m in encoder.modules())
     error = float((got - want).norm() / want.norm())
     assert 0 < error < 0.05
 
