@@ -1,5 +1,5 @@
-"""The pipeline, composition only: decode (and read provenance) -> detect (two detectors) -> align -> encode
--> classify -> result."""
+"""The pipeline, composition only: decode -> detect (two detectors) -> align -> encode -> classify -> result,
+with the file's provenance read while the models run."""
 
 from __future__ import annotations
 
@@ -23,10 +23,10 @@ from .factory import (Device, as_device, commfor_scores, create_commfor, create_
 from .hub import ResolvedWeights, WeightSources, resolve
 from .hub.pickles import load_attributor_pickles
 from .hub.trained_model import load_attribution_model
-from .images import ImageInput
+from .images import ImageInput, load_image, read_image_bytes
 from .models import GANAttributor
 from .models.attributor import alignment_mismatch
-from .provenance import Provenance, load_with_provenance
+from .provenance import read_provenance
 from .result import DEFAULT_THRESHOLD, Prediction
 from .verdict import COMMFOR_THRESHOLD, UnsurePolicy
 from .video import DEFAULT_FPS, DEFAULT_MAX_FRAMES, VideoInput, VideoPrediction, analyse_video
@@ -132,9 +132,8 @@ class GANOrigin:
         Raises:
             InvalidImageError: the image cannot be read, or is over the limits.
         """
-        decoded, provenance = load_with_provenance(image)
-        result = self._analyse([decoded], [image], self._threshold(threshold), self._align(align))[0]
-        return replace(result, provenance=provenance)
+        decoded, source = _read(image)
+        return self._analyse([decoded], [source], self._threshold(threshold), self._align(align), provenance=True)[0]
 
     def predict_batch(
         self,
@@ -154,10 +153,9 @@ class GANOrigin:
         while batch := list(itertools.islice(remaining, batch_size)):
             decoded = [_decode(image, len(results) + i) for i, image in enumerate(batch)]  # one batch at a time
             ok = [i for i, item in enumerate(decoded) if not isinstance(item, InvalidImageError)]
-            predictions = iter(self._analyse([decoded[i][0] for i in ok], [batch[i] for i in ok], threshold, align)
-                               if ok else [])
-            results += [item if isinstance(item, InvalidImageError) else replace(next(predictions), provenance=item[1])
-                        for item in decoded]
+            predictions = iter(self._analyse([decoded[i][0] for i in ok], [decoded[i][1] for i in ok], threshold, align,
+                                             provenance=True) if ok else [])
+            results += [item if isinstance(item, InvalidImageError) else next(predictions) for item in decoded]
         return results
 
     def predict_video(self, video: VideoInput, *, fps: float = DEFAULT_FPS, max_frames: int = DEFAULT_MAX_FRAMES,
@@ -180,12 +178,17 @@ class GANOrigin:
         Provenance is the caller's to add."""
         return self._analyse(list(images), list(sources), self._threshold(threshold), self._align(align))
 
-    def _analyse(self, images: list, sources: list, threshold: float, align: bool) -> list[Prediction]:
-        """``images`` decoded from ``sources`` (what the caller gave, read again for the JPEG tables)."""
+    def _analyse(self, images: list, sources: list, threshold: float, align: bool,
+                 provenance: bool = False) -> list[Prediction]:
+        """``images`` decoded from ``sources`` (what the caller gave, or its bytes: read again for the JPEG
+        tables and, with ``provenance``, for the provenance of those that are bytes, on this thread while
+        the models run on theirs)."""
         detection = self._start("detector", lambda: self.fake_probabilities(images))
         encoding = self._start("encoder", lambda: self._align_and_encode(images, align))  # e4e's lane aligns
         second = self._start("commfor", lambda: self.commfor_probabilities(images)) if self.commfor is not None else None
         degradations = [assess(source, im) for source, im in zip(sources, images)]
+        provenances = [read_provenance(source, decoded=im) if provenance and isinstance(source, bytes) else None
+                       for source, im in zip(sources, images)]
         fake, (alignments, attributed, features) = detection.result(), encoding.result()
         other = second.result() if second is not None else [None] * len(images)
         gan = self.attributor.predict_proba(features)
@@ -196,8 +199,9 @@ class GANOrigin:
             Prediction(float(p), threshold, labels, tuple(float(q) for q in row), unknown=bool(u),
                        commfor_probability=None if c is None else float(c), commfor_threshold=self.commfor_threshold,
                        ufd_band=policy.ufd_band, commfor_band=policy.commfor_band, degradation=d,
-                       degradation_reasons=policy.degradation_reasons(d), **_alignment_fields(a, im))
-            for p, c, row, u, d, a, im in zip(fake, other, gan, unknown, degradations, alignments, attributed)
+                       degradation_reasons=policy.degradation_reasons(d), provenance=f, **_alignment_fields(a, im))
+            for p, c, row, u, d, f, a, im in zip(fake, other, gan, unknown, degradations, provenances, alignments,
+                                                 attributed)
         ]
 
     def _align_and_encode(self, images: list, align: bool) -> tuple:
@@ -260,9 +264,19 @@ def load_attributor(files: ResolvedWeights) -> tuple[GANAttributor, tuple]:
             (files.svm, files.scaler, files.label_encoder))
 
 
-def _decode(image: ImageInput, index: int) -> Union[tuple[Image.Image, Optional[Provenance]], InvalidImageError]:
+def _read(image: ImageInput) -> tuple[Image.Image, Union[bytes, Image.Image, np.ndarray]]:
+    """``image`` decoded through the gate, and what it was decoded from: a path or bytes as the file's
+    bytes (read once), a PIL image or an array as itself."""
+    if isinstance(image, (Image.Image, np.ndarray)):
+        return load_image(image), image
+    data = read_image_bytes(image)
+    return load_image(data), data
+
+
+def _decode(image: ImageInput, index: int) -> Union[tuple[Image.Image, Union[bytes, Image.Image, np.ndarray]],
+                                                    InvalidImageError]:
     try:
-        return load_with_provenance(image)
+        return _read(image)
     except InvalidImageError as e:
         name = os.fspath(image) if isinstance(image, (str, os.PathLike)) else f"item {index}"
         return type(e)(f"{name}: {e}")
