@@ -8,8 +8,8 @@ e4e only for images it called fake). One process holds four pipelines over the s
 original-style fp32 baseline and GANOrigin (``--precision``), each as it is and with e4e replaced by
 a module that returns no codes at once, which times an analysis whose attribution was skipped:
 decoding, provenance, the degradation gate and the detectors, nothing of e4e. They take turns in
-whole passes over the same images (the order reversed each pass); an image's time is its median over
-the passes; each p50 is given against the baseline's. ``... without e4e`` of the baseline is what the
+whole passes over the same images (the order reversed each pass; ``benchmarks.second_detector``'s
+timing); an image's time is its median over the passes; each p50 is given against the baseline's. ``... without e4e`` of the baseline is what the
 original app spent on an image it called real.
 
 Without ``--weights-dir`` it writes full-size random weights in the real formats once into
@@ -22,11 +22,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -73,35 +71,18 @@ def without_e4e(model):
                      device=model.device, align=False, commfor=model.commfor, policy=model.policy)
 
 
-def time_pipelines(pipelines: dict, images: list, passes: int) -> dict:
-    """Per pipeline: end-to-end p50 over ``images`` (each image's median over the passes), in ms."""
-    for pipeline in pipelines.values():
-        pipeline.predict(images[0])  # warm-up
-    times = {name: [] for name in pipelines}
-    order = list(pipelines)
-    for _ in range(passes):
-        for name in order:
-            one_pass = []
-            for image in images:
-                start = time.perf_counter()
-                pipelines[name].predict(image)
-                one_pass.append(time.perf_counter() - start)
-            times[name].append(one_pass)
-        order.reverse()
-    return {name: float(np.percentile(np.median(np.asarray(runs), axis=0) * 1e3, 50)) for name, runs in times.items()}
-
-
 def main(argv: Optional[list] = None) -> int:
     args = parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from benchmarks.bench import _images, _machine, _weights, emulation_settings, load_baseline, load_ours
+    from benchmarks.second_detector import time_pipelines
 
     folder, weights_note = _weights(args)
     images = _images(args.images_dir, args.images, args.cache_dir)
     baseline, ours = load_baseline(folder), load_ours(folder, args.precision)
     pipelines = {BASELINE: baseline, f"{BASELINE} without e4e": without_e4e(baseline),
                  f"ours-{args.precision}": ours, f"ours-{args.precision} without e4e": without_e4e(ours)}
-    p50 = time_pipelines(pipelines, images, args.passes)
+    p50 = {name: entry["p50_ms"] for name, entry in time_pipelines(pipelines, images, args.passes).items()}
     result = {
         "machine": _machine(emulation_settings()), "weights": weights_note, "images": len(images),
         "passes": args.passes, "precisions": ours.precisions,

@@ -106,6 +106,16 @@ def dev_images(dev_manifest) -> dict:
     return {k: sorted(v) for k, v in by_class.items()}
 
 
+@pytest.fixture
+def two_dev_images(dev_sample, tmp_path) -> Path:
+    """A folder holding two dev images in one class folder, as a benchmark's ``--images-dir``."""
+    folder = tmp_path / "images" / "class"
+    folder.mkdir(parents=True)
+    for path in dev_sample[:2]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    return folder.parent
+
+
 @pytest.fixture(scope="session")
 def dev_sample(dev_images, dev_manifest) -> list[Path]:
     """A small, varied sample: per class a PNG and a JPEG, including the smallest and largest."""

@@ -15,13 +15,9 @@ from benchmarks import attribution_skip
 from ganorigin.accel.precision import cpu_model_name
 
 
-def test_quick_run_writes_every_measurement(weights_dir, dev_sample, tmp_path, capsys):
-    images = tmp_path / "images" / "class"
-    images.mkdir(parents=True)
-    for path in dev_sample[:2]:
-        (images / path.name).write_bytes(path.read_bytes())
+def test_quick_run_writes_every_measurement(weights_dir, two_dev_images, tmp_path, capsys):
     out = tmp_path / "result.json"
-    assert attribution_skip.main(["--quick", "--weights-dir", str(weights_dir), "--images-dir", str(tmp_path / "images"),
+    assert attribution_skip.main(["--quick", "--weights-dir", str(weights_dir), "--images-dir", str(two_dev_images),
                                   "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["machine"]["cpu"] == cpu_model_name() and result["images"] == 2
