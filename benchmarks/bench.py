@@ -44,7 +44,6 @@ import json
 import logging
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -53,6 +52,8 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+
+from . import peak_rss_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ganorigin-bench"
@@ -325,7 +326,7 @@ def _child(args) -> int:
         result = {"cold_start_s": time.time() - args.started, **facts, "threads": torch.get_num_threads()}
         model.predict(images[0])  # what serving adds to memory: one request and one batch
         model.predict_batch(images[:BATCH_IMAGES][: args.batch_size], batch_size=args.batch_size)
-        result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux
+        result["peak_rss_gb"] = peak_rss_bytes() / 1e9
     args.out.write_text(json.dumps(result))
     return 0
 

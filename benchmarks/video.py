@@ -18,7 +18,6 @@ import hashlib
 import io
 import json
 import os
-import resource
 import time
 from pathlib import Path
 from typing import Optional
@@ -26,6 +25,7 @@ from typing import Optional
 import av
 from PIL import Image
 
+from . import peak_rss_bytes
 from .bench import DEFAULT_CACHE, ROOT
 
 DEV_FACE = ROOT.parent / "shared" / "data" / "dev" / "stylegan2"
@@ -62,7 +62,7 @@ def _weights(weights_dir: Optional[Path]) -> tuple[Path, str]:
 
 
 def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_rss_bytes() / 2**20
 
 
 def main(argv: Optional[list] = None) -> int:

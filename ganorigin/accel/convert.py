@@ -27,11 +27,11 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ..models.commfor import CommForDetector
 from ..models.detector import UFDDetector
-from ..models.encoder import BottleneckIRSE, E4EEncoder
+from ..models.encoder import BottleneckIRSE, E4EEncoder, SEModule
 from .memory import give_back
 from .packed import (Int8Conv2d, Int8Linear, Int8UnfoldedConv2d, PackedConv2d, PackedLinear, PackedResidualBlock,
                      PackedViTBlock, int8_weight_bits)
-from .precision import DTYPES
+from .precision import DTYPES, cpu_has_bf16_matrix_units
 
 
 class Accelerated(nn.Module):
@@ -90,21 +90,26 @@ def _shallow(module: nn.Module) -> nn.Module:
 # 0.0088 with AVX2 (7-bit weights), and 0.0012 instead of 0.0030 with AVX-512-VNNI; on 8 dev images it
 # made no difference beyond noise (max 0.0061 against 0.0051, 0.0035 against 0.0027; these deltas move
 # by about 0.002 from run to run). Full-size random weights; `python scripts/int8_variants.py`.
+# On CPUs with native bf16 it runs in bf16 instead, whose rounding is far finer than int8's: 36 against
+# 84 ms exact (one thread, AMD EPYC Zen 4).
 CLIP_INT8_EXACT_BLOCKS = 1
 
 
 def fast_detector(detector: UFDDetector, device: torch.device, precision: str) -> nn.Module:
     """The detector for ``precision`` on ``device``, as a new module (the fp32 head stays; in int8
-    the first ``CLIP_INT8_EXACT_BLOCKS`` blocks too)."""
+    the first ``CLIP_INT8_EXACT_BLOCKS`` blocks stay exact, or run in bf16 where the CPU has native bf16)."""
     if device.type != "cpu":
         visual = Accelerated(detector.visual, precision, autocast_device=device.type)
         return Accelerated(replace_modules(detector, {"visual": visual}), precision)
     replacements = {}
     for i, block in enumerate(detector.visual.transformer.resblocks):
+        block_precision = precision
         if precision == "int8" and i < CLIP_INT8_EXACT_BLOCKS:
-            continue
+            if not cpu_has_bf16_matrix_units():
+                continue
+            block_precision = "bf16"
         if PackedResidualBlock.supports(block):
-            replacements[f"visual.transformer.resblocks.{i}"] = PackedResidualBlock(block, precision)
+            replacements[f"visual.transformer.resblocks.{i}"] = PackedResidualBlock(block, block_precision)
             give_back(block.parameters())  # one block's fp32 pages at a time
     return Accelerated(replace_modules(detector, replacements), precision)
 
@@ -128,6 +133,9 @@ def fast_commfor(commfor: CommForDetector, device: torch.device, precision: str)
 # e4e always gets) run as patches through a linear layer (Int8UnfoldedConv2d): 19 against 84 ms of a
 # forward's 200 convolutions (one thread, AVX-512-VNNI emulated). On 16x16 maps the two ran alike.
 STYLE_CONVS_AS_PATCHES = 3
+# Where the CPU has native bf16, the last four (on 16x16 maps and less) run in bf16 with their LeakyReLU
+# fused instead: 2.2 against 4.7 ms per style block (one thread, AMD EPYC Zen 4; int8 won on 32x32 maps).
+STYLE_CONVS_IN_BF16 = 4
 
 
 def fold_encoder_batchnorms(encoder: E4EEncoder) -> dict:
@@ -149,16 +157,20 @@ def fold_encoder_batchnorms(encoder: E4EEncoder) -> dict:
 def fast_encoder(encoder: E4EEncoder, device: torch.device, precision: str) -> nn.Module:
     """The encoder for ``precision`` on ``device``, as a new module: BatchNorms folded and, on a
     CPU, every convolution and linear packed in bf16 with LeakyReLUs fused, or in int8 with its
-    input quantised per call (:class:`Int8Conv2d`)."""
+    input quantised per call (:class:`Int8Conv2d`; the style blocks' convolutions on small maps as
+    :data:`STYLE_CONVS_AS_PATCHES` and :data:`STYLE_CONVS_IN_BF16` say, the gates' exact)."""
     replacements = fold_encoder_batchnorms(encoder)
     if device.type != "cpu":
         return Accelerated(replace_modules(encoder, replacements), precision, autocast_device=device.type)
-    int8, bits, dtype = precision == "int8", int8_weight_bits(), DTYPES.get(precision)
+    int8, bits, dtype = precision == "int8", int8_weight_bits(), DTYPES.get(precision, torch.bfloat16)
+    small_in_bf16 = int8 and cpu_has_bf16_matrix_units()
     for i, block in enumerate(encoder.styles):  # conv, LeakyReLU, conv, LeakyReLU, ...: bf16 fuses each pair
         for j in range(0, len(block.convs), 2):
-            if int8:  # oneDNN's int8 convolutions cannot fuse a LeakyReLU
-                small = j >= len(block.convs) - 2 * STYLE_CONVS_AS_PATCHES  # on maps of 8x8 and less
-                replacements[f"styles.{i}.convs.{j}"] = (Int8UnfoldedConv2d if small else Int8Conv2d)(block.convs[j], bits)
+            from_end = (len(block.convs) - j) // 2  # 1 for the last conv
+            if int8 and not (small_in_bf16 and from_end <= STYLE_CONVS_IN_BF16):
+                # oneDNN's int8 convolutions cannot fuse a LeakyReLU
+                as_patches = from_end <= STYLE_CONVS_AS_PATCHES  # on maps of 8x8 and less
+                replacements[f"styles.{i}.convs.{j}"] = (Int8UnfoldedConv2d if as_patches else Int8Conv2d)(block.convs[j], bits)
                 continue
             slope = block.convs[j + 1].negative_slope
             replacements[f"styles.{i}.convs.{j}"] = PackedConv2d(block.convs[j], dtype, "leaky_relu", [slope])
@@ -172,9 +184,13 @@ def fast_encoder(encoder: E4EEncoder, device: torch.device, precision: str) -> n
     def packed(conv: nn.Conv2d) -> nn.Module:
         return Int8Conv2d(conv, bits) if int8 else PackedConv2d(conv, dtype)
 
+    # int8 leaves the squeeze-and-excitation gates' 1x1 convolutions on 1x1 maps exact: there quantising the
+    # input costs ten times the product (0.13 against 0.01 ms, one thread, AMD EPYC Zen 4)
+    exact = {f"{path}.{fc}" for path, module in encoder.named_modules() if isinstance(module, SEModule)
+             for fc in ("fc1", "fc2")} if int8 else set()
     originals = []
     for path, module in encoder.named_modules():
-        if isinstance(module, nn.Conv2d) and path not in replacements:
+        if isinstance(module, nn.Conv2d) and path not in replacements and path not in exact:
             replacements[path] = packed(module)
             originals += list(module.parameters())
             if len(originals) >= 32:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .precision import cpu_class
+from .precision import cpu_class, cpu_has_bf16_matrix_units
 
 # The activations a packed linear can fuse (oneDNN post-ops), and what each computes when run unfused.
 ACTIVATIONS = {"none": lambda y: y, "swish": F.silu, "gelu": F.gelu}
@@ -246,13 +246,20 @@ def linear_for(precision: str):
 
 def attention_linear_for(precision: str):
     """``(weight, bias) -> module``: the linear layer of attention's projections. Packed for bf16.
-    For int8, :class:`TwoPartInt8Linear`: with plain int8 weights there P(fake) of the full-size CLIP
-    moved twice as far from fp32 (mean |delta| over 16 dev images 0.0034 against 0.0016; the
-    rounding of the weights, not of the activations, measured), with two parts as little as with
-    exact ones. On CPUs without VNNI (class ``avx2``) two int8 products cost more than one fp32 one
-    (measured 18.6 against 14.8 ms for 257x1024x3072, one thread), so they stay exact fp32."""
+    For int8, finer than int8: with plain int8 weights there P(fake) of the full-size CLIP moved
+    twice as far from fp32 (mean |delta| over 16 dev images 0.0034 against 0.0016; the rounding of
+    the weights, not of the activations, measured). So, by what the CPU does fastest (one thread):
+
+    - native bf16 (AMX, AVX-512-BF16): bf16 :class:`PackedLinear` (on an AMD EPYC Zen 4, 8.7 ms for
+      257x1024x3072 against 10.8 ms as :class:`TwoPartInt8Linear`);
+    - VNNI without native bf16: :class:`TwoPartInt8Linear`, as little change in P(fake) as exact
+      weights;
+    - no VNNI (class ``avx2``): two int8 products cost more than one fp32 one (18.6 against 14.8 ms),
+      so exact fp32."""
     if precision != "int8":
         return linear_for(precision)
+    if cpu_has_bf16_matrix_units():
+        return linear_for("bf16")
     if cpu_class() == "avx2":
         return ExactLinear
     bits = int8_weight_bits()
@@ -279,8 +286,7 @@ class PackedResidualBlock(nn.Module):
 
     ``"bf16"``: every linear is a bf16 :class:`PackedLinear`, attention runs on the bf16 q/k/v
     (fp32 accumulation). ``"int8"``: the MLP (two thirds of the block's work) is
-    :class:`Int8Linear`; attention's projections are :class:`TwoPartInt8Linear` (exact fp32 on CPUs
-    without VNNI; :func:`attention_linear_for`).
+    :class:`Int8Linear`; attention's projections are as :func:`attention_linear_for` says for this CPU.
     """
 
     def __init__(self, block: nn.Module, precision: str):
