@@ -148,6 +148,21 @@ def test_default_precisions_are_the_paths_this_cpu_runs(isa, machine, expected, 
     assert bench.default_precisions() == expected
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM and ru_maxrss's inheritance are Linux's")
+def test_a_childs_peak_memory_is_its_own_not_its_parents():
+    """A parent holding 400 MB starts a child that holds little: the child's peak must be small.
+    (``ru_maxrss`` would report the parent's: Linux carries it across ``subprocess``'s fork and exec.)"""
+    from benchmarks import peak_rss_bytes
+
+    held = np.ones(400 * 2**20 // 8)  # 400 MB, touched
+    child = subprocess.run([sys.executable, "-c", "import benchmarks; print(benchmarks.peak_rss_bytes())"],
+                           capture_output=True, text=True, check=True, cwd=ROOT,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+    own = int(child.stdout)
+    assert peak_rss_bytes() >= held.nbytes
+    assert 0 < own < 200 * 2**20, own
+
+
 def test_precisions_option_is_checked():
     assert bench._precision_list("auto, INT8,auto") == ["auto", "int8"]
     for wrong in ("fp16", "auto,int4", ""):

@@ -31,12 +31,11 @@ CPU_CLASSES = (("amx", "amx_bf16", "bf16"), ("avx512_bf16", "avx512_bf16", "bf16
                ("avx512_vnni", "avx512_vnni", "int8"), ("avx_vnni", "avx_vnni", "int8"), ("avx2", "avx2", "int8"))
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # What "auto" tries on a CPU of each class, per model, fastest first; each next one is the fall-back when
-# the probe refuses the one before, and fp32 comes last. Measured (benchmarks/README.md, one run on a quiet
-# 2-core Sapphire Rapids, end to end against the fp32 baseline): on AMX bf16 0.27x, int8 0.48x; on
-# AVX-512-BF16 emulated there, int8 0.55x and bf16 1.20x. Emulation keeps the instruction set, not each
-# core's speed per instruction: bf16 ran no faster than fp32 here, while on a real AMD Zen 4 it ran the
-# whole pipeline at 0.45x (issue 15's measurement). So bf16 stays the fall-back there; int8 comes first,
-# as an int8 dot product (VNNI) does twice the multiply-adds of a bf16 one per instruction.
+# the probe refuses the one before, and fp32 comes last. Measured end to end against the fp32 baseline
+# (benchmarks/README.md, 2 cores): on a Sapphire Rapids (AMX) bf16 0.28x, int8 0.37x; on a real AMD EPYC
+# Zen 4 (AVX-512-BF16) int8 0.37x, bf16 0.48x, and per model on one core int8 was faster for all three
+# (CLIP 832 against 1126 ms, e4e 655 against 844, Community Forensics 272 against 295). On CPUs with native
+# bf16 the int8 path runs in bf16 the few layers where bf16 measured faster (ganorigin.accel.convert).
 _INT8 = {"detector": ("int8",), "encoder": ("int8",), "commfor": ("int8",)}
 AUTO_CPU_PATHS = {
     "amx": {"detector": ("bf16", "int8"), "encoder": ("bf16", "int8"), "commfor": ("bf16", "int8")},
