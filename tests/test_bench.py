@@ -260,17 +260,19 @@ def test_batchnorm_folding_keeps_the_encoder_output():
         torch.testing.assert_close(folded(x), encoder(x), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.skipif(not accel.cpu_has_bf16_matrix_units(), reason="no bf16 matrix units: auto is fp32 here")
+@pytest.mark.skipif(not accel.candidate_precisions("auto", torch.device("cpu"), "encoder"),
+                    reason="auto is exact fp32 on this CPU: nothing to fall back from")
 @pytest.mark.parametrize(
-    "failing, expected", [(("MAX_FAKE_PROBABILITY_DELTA",), "bf16 (e4e only)"),
+    "failing, expected", [(("MAX_FAKE_PROBABILITY_DELTA",), "{} (e4e only)"),
                           (("MAX_FAKE_PROBABILITY_DELTA", "MAX_ATTRIBUTION_PROBABILITY_DELTA"), "fp32")]
 )
 def test_disagreeing_model_falls_back_to_exact_fp32(failing, expected, sources, dev_sample, monkeypatch, tmp_path,
                                                       caplog):
     """A model whose fast path disagrees with fp32 on the probe runs exact fp32; the other keeps
-    its fast path; the verdict is cached for the next start."""
+    its fast path (the first that ``auto`` tries on this CPU); the verdict is cached for the next start."""
     from ganorigin import GANOrigin
 
+    expected = expected.format(accel.candidate_precisions("auto", torch.device("cpu"), "encoder")[0])
     monkeypatch.setenv("GANORIGIN_CACHE_DIR", str(tmp_path))
     for name in failing:
         monkeypatch.setattr(accel.probe, name, -1.0)  # nothing can agree this well

@@ -83,7 +83,9 @@ def test_probability_is_sigmoid_of_timm_forward(tiny_checkpoint):
     with torch.inference_mode():
         expected = torch.sigmoid(reference(x)).squeeze(-1)
         probabilities = model.predict_proba(x)
-    torch.testing.assert_close(probabilities, expected, rtol=0, atol=0)
+    # the same maths, within float rounding: bitwise equal on an Intel Sapphire Rapids, 3e-8 apart on an
+    # AMD EPYC (Zen 4), where fp32 kernels need not sum in the same order for two separately built models
+    torch.testing.assert_close(probabilities, expected, rtol=1e-6, atol=1e-7)
     assert probabilities.shape == (2,) and 0.0 < probabilities.min() and probabilities.max() < 1.0
 
 
