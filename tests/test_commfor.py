@@ -159,6 +159,7 @@ def test_fast_commfor_is_a_new_module_and_agrees(tiny_checkpoint):
     fast = accel.fast_commfor(model, torch.device("cpu"), "bf16")
     assert fast is not model and accel.precision_of(fast) == "bf16"
     assert all(isinstance(b, PackedViTBlock) for b in fast.module.vit.blocks)
+    assert [b.class_token_only for b in fast.module.vit.blocks][-2:] == [False, True]  # the head reads the class token
     assert not any(isinstance(b, PackedViTBlock) for b in model.vit.blocks)  # the model given is unchanged
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     images = _images()

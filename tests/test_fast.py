@@ -11,6 +11,7 @@ never touches ordinary memory. Full-size agreement is the benchmark's job (no ti
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import threading
@@ -102,6 +103,55 @@ def test_packed_block_matches_open_clip_block():
     torch.testing.assert_close(y, expected, rtol=0, atol=0.05)
     assert (y - expected).abs().mean() < 0.01
     assert not PackedResidualBlock.supports(ResidualAttentionBlock(64, 4))  # nn.GELU: left alone
+
+
+@needs_onednn
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_a_class_token_only_block_computes_the_class_token_as_the_whole_block(precision):
+    """The last block computes the class token alone: in bf16 the same as the whole block's first
+    token; in int8 closer to exact than the whole block, since that token's MLP runs exact."""
+    from open_clip.transformer import QuickGELU, ResidualAttentionBlock
+
+    torch.manual_seed(0)
+    block = ResidualAttentionBlock(64, 4, act_layer=QuickGELU, batch_first=True).eval()
+    x = torch.randn(2, 17, 64)
+    with torch.inference_mode():
+        whole = PackedResidualBlock(block, precision)(x)
+        first = PackedResidualBlock(block, precision, class_token_only=True)(x)
+        exact = block(x)[:, :1]
+    assert first.shape == (2, 1, 64)
+    if precision == "int8":  # that one token's MLP runs exact, on the original layers
+        exact_mlp = PackedResidualBlock(block, precision, class_token_only=True)
+        assert exact_mlp.fc[0] is block.mlp.c_fc and exact_mlp.proj is block.mlp.c_proj
+        assert (first - exact).abs().max() < (whole[:, :1] - exact).abs().max()
+    else:
+        torch.testing.assert_close(first, whole[:, :1], rtol=0, atol=1e-5)
+    torch.testing.assert_close(first, exact, rtol=0, atol=0.05)
+
+
+@needs_onednn
+def test_only_a_tower_pooled_by_its_class_token_gets_a_class_token_only_last_block():
+    """CLIP's embedding reads the class token alone, so its last packed block computes that token
+    alone and the detector's output does not change; a tower pooled by averaging keeps every token."""
+    from ganorigin.accel.convert import reads_class_token_only
+    from ganorigin.models import UFDDetector
+    from ganorigin.testing import TINY_VISION
+
+    torch.manual_seed(0)
+    detector = UFDDetector(TINY_VISION).eval()
+    fast = accel.fast_detector(detector, torch.device("cpu"), "bf16")
+    blocks = fast.module.visual.transformer.resblocks
+    assert [b.class_token_only for b in blocks] == [False] * (len(blocks) - 1) + [True]
+    x = torch.randn(2, 3, 224, 224)
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), detector(x), rtol=0, atol=0.05)
+    detector.visual.pool_type = "avg"
+    assert not reads_class_token_only(detector.visual)
+    averaged = accel.fast_detector(detector, torch.device("cpu"), "bf16").module.visual.transformer.resblocks
+    assert not any(b.class_token_only for b in averaged)
+    with torch.inference_mode():
+        torch.testing.assert_close(accel.fast_detector(detector, torch.device("cpu"), "bf16")(x), detector(x),
+                                   rtol=0, atol=0.05)
 
 
 def test_subsample_is_upstreams_1x1_max_pool():
@@ -347,7 +397,8 @@ def test_int8_attention_projections_are_finer_than_int8_in_the_cpus_fastest_way(
                                         ("avx2", "exact")])
 def test_int8_clip_keeps_its_first_block_out_of_int8(isa, first, monkeypatch):
     """The first block sees the raw patch embeddings, where int8's ranges are widest: exact fp32, or
-    bf16 where the CPU has native bf16; every later block has int8 MLPs."""
+    bf16 where the CPU has native bf16; every later block has int8 MLPs, but the last, which computes
+    the class token alone with its MLP exact."""
     from open_clip.transformer import ResidualAttentionBlock
 
     from ganorigin.models import UFDDetector
@@ -355,14 +406,16 @@ def test_int8_clip_keeps_its_first_block_out_of_int8(isa, first, monkeypatch):
 
     monkeypatch.setenv("GANORIGIN_CPU_ISA", isa)
     torch.manual_seed(0)
-    detector = UFDDetector(TINY_VISION).eval()
+    detector = UFDDetector(dataclasses.replace(TINY_VISION, layers=3)).eval()  # first, middle, last
     fast = accel.fast_detector(detector, torch.device("cpu"), "int8")
     blocks = fast.module.visual.transformer.resblocks
+    assert len(blocks) == 3
     if first == "exact":
         assert type(blocks[0]) is ResidualAttentionBlock and blocks[0] is detector.visual.transformer.resblocks[0]
     else:
         assert type(blocks[0]) is PackedResidualBlock and type(blocks[0].fc) is PackedLinear
-    assert all(type(block.fc) is Int8Linear for block in blocks[1:])
+    assert all(type(block.fc) is Int8Linear for block in blocks[1:-1])
+    assert blocks[-1].class_token_only and blocks[-1].proj is detector.visual.transformer.resblocks[-1].mlp.c_proj
     x = torch.rand(2, 3, 224, 224) * 2 - 1
     with torch.inference_mode():
         want, got = detector(x), fast(x)
@@ -392,14 +445,17 @@ def test_cpu_class_is_read_from_the_cpu_flags(monkeypatch):
 
 
 def test_int8_path_quantises_clip_and_e4e_and_agrees(sources, dev_sample, monkeypatch, tmp_path):
-    """On CPUs without native bf16: CLIP's MLPs and every e4e convolution run int8, checked by the probe."""
+    """The int8 path, checked by the probe, agrees with fp32. (The tiny CLIP has two blocks, the first kept
+    out of int8 and the last computing the class token alone, its MLP exact; the int8 MLPs of the blocks
+    between are tested on a three-block CLIP above.)"""
     from ganorigin import GANOrigin
 
     monkeypatch.setenv("GANORIGIN_CACHE_DIR", str(tmp_path))
     exact = GANOrigin.from_pretrained(sources, device="cpu", precision="fp32", align=False)
     int8 = GANOrigin.from_pretrained(sources, device="cpu", precision="int8", align=False)
     assert accel.precision_of(int8.detector) == accel.precision_of(int8.encoder) == "int8" == int8.precision
-    assert any(isinstance(m, Int8Linear) for m in int8.detector.modules())
+    blocks = int8.detector.module.visual.transformer.resblocks
+    assert isinstance(blocks[-1], PackedResidualBlock) and blocks[-1].class_token_only
     assert any(isinstance(m, Int8Conv2d) for m in int8.encoder.modules())
     a, b = exact.predict_batch(dev_sample[:4]), int8.predict_batch(dev_sample[:4])
     assert max(abs(p.fake_probability - q.fake_probability) for p, q in zip(a, b)) <= 0.01
@@ -410,20 +466,41 @@ def test_int8_path_quantises_clip_and_e4e_and_agrees(sources, dev_sample, monkey
     assert np.array_equal(int8.encode(images), np.concatenate([int8.encode([im]) for im in images]))
 
 
-@pytest.mark.parametrize("isa, bits", [("avx2", 7), ("avx_vnni", 8), ("avx512_vnni", 8), ("avx512_bf16", 8), ("amx", 8)])
-def test_int8_weights_leave_a_bit_out_only_on_cpus_without_vnni(isa, bits, monkeypatch):
+@pytest.mark.parametrize("encoder", [True, False])
+@pytest.mark.parametrize("isa", ["avx2", "avx_vnni", "avx512_vnni", "avx512_bf16", "amx"])
+def test_int8_weights_leave_a_bit_out_only_for_e4e_on_cpus_without_vnni(isa, encoder, monkeypatch):
     """Without VNNI the int8 kernels add pairs of uint8 x int8 products in 16 bits: 8-bit weights
-    could saturate them (255 * 127 * 2 > 32767), 7-bit ones cannot (255 * 63 * 2 < 32767)."""
+    could saturate them (255 * 127 * 2 > 32767), 7-bit ones cannot (255 * 63 * 2 < 32767). e4e's
+    convolutions saturated measurably there, so they take 7 bits; every other int8 layer takes 8."""
     from ganorigin.accel.packed import int8_weight_bits
 
     monkeypatch.setenv("GANORIGIN_CPU_ISA", isa)
-    assert int8_weight_bits() == bits
+    bits = 7 if encoder and isa == "avx2" else 8
+    assert int8_weight_bits(encoder=encoder) == bits
     weight = torch.randn(16, 32)
-    values = quantize_weight(weight, int8_weight_bits()).int_repr()
+    values = quantize_weight(weight, bits).int_repr()
     assert values.abs().max() == 2 ** (bits - 1) - 1  # each row's largest weight uses the whole range
-    layer = Int8Linear(weight, None, weight_bits=int8_weight_bits())
+    layer = Int8Linear(weight, None, weight_bits=bits)
     packed = layer.packed.to_dense().T
     assert torch.equal(packed, values)
+
+
+@pytest.mark.parametrize("isa", ["avx2", "avx512_vnni"])
+def test_int8_layers_take_the_weight_bits_of_their_model(isa, monkeypatch):
+    """On every CPU class the transformers' int8 linears use 8-bit weights; e4e's use
+    :func:`int8_weight_bits` for the encoder (7 bits without VNNI)."""
+    from ganorigin.accel.convert import fast_encoder
+    from ganorigin.models.encoder import E4EEncoder
+    from ganorigin.testing import TINY_E4E
+    from open_clip.transformer import QuickGELU, ResidualAttentionBlock
+
+    monkeypatch.setenv("GANORIGIN_CPU_ISA", isa)
+    block = PackedResidualBlock(ResidualAttentionBlock(64, 4, act_layer=QuickGELU).eval(), "int8")
+    for linear in (block.fc, block.proj):
+        assert linear.packed.to_dense().abs().max() == 127
+    encoder = fast_encoder(E4EEncoder(TINY_E4E).eval(), torch.device("cpu"), "int8")
+    convs = [m for m in encoder.modules() if isinstance(m, Int8Conv2d)]
+    assert convs and {int(m.packed.to_dense().abs().max()) for m in convs} == {63 if isa == "avx2" else 127}
 
 
 @pytest.mark.parametrize("stride", [1, 2])
@@ -458,26 +535,27 @@ def test_int8_conv_as_patches_computes_the_int8_conv(size, stride):
 
 @pytest.mark.parametrize("isa", ["avx512_vnni", "avx512_bf16"])
 def test_int8_encoder_runs_each_convolution_in_the_cpus_fastest_way(isa, monkeypatch):
-    """On maps of 16x16 and less, the style blocks' convolutions are bf16 with their LeakyReLU fused
-    where the CPU has native bf16; elsewhere int8, as patches through one int8 linear on maps of 8x8
-    and less. The squeeze-and-excitation gates' 1x1 convolutions (on 1x1 maps) stay exact; every
-    other convolution is int8."""
-    from ganorigin.accel.convert import STYLE_CONVS_AS_PATCHES, STYLE_CONVS_IN_BF16, fast_encoder
+    """The style blocks' last convolutions (on maps of 8x8 and less) are bf16 with their LeakyReLU fused
+    where the CPU has native bf16. Every other convolution reading the last stage's width (the style
+    blocks', the last stage's) is int8 as patches through one int8 linear, and every narrower one an int8
+    convolution, except the squeeze-and-excitation gates' 1x1 convolutions (on 1x1 maps): exact."""
+    from ganorigin.accel.convert import STYLE_CONVS_IN_BF16, fast_encoder
     from ganorigin.models.encoder import E4EEncoder, SEModule
     from ganorigin.testing import TINY_E4E
 
     monkeypatch.setenv("GANORIGIN_CPU_ISA", isa)
-    encoder = fast_encoder(E4EEncoder(TINY_E4E).eval(), torch.device("cpu"), "int8")
+    original = E4EEncoder(TINY_E4E).eval()
+    encoder = fast_encoder(original, torch.device("cpu"), "int8")
     for block in encoder.module.styles:
         convs = [m for m in block.convs if not isinstance(m, (nn.LeakyReLU, nn.Identity))]
-        kinds = [type(m) for m in convs]
-        if isa == "avx512_bf16":
-            small = min(STYLE_CONVS_IN_BF16, len(convs))
-            assert kinds == [Int8Conv2d] * (len(convs) - small) + [PackedConv2d] * small
-            assert all(m.activation == "leaky_relu" for m in convs[len(convs) - small:])
-        else:
-            small = min(STYLE_CONVS_AS_PATCHES, len(convs))
-            assert kinds == [Int8Conv2d] * (len(convs) - small) + [Int8UnfoldedConv2d] * small
+        small = min(STYLE_CONVS_IN_BF16, len(convs)) if isa == "avx512_bf16" else 0
+        assert [type(m) for m in convs] == [Int8UnfoldedConv2d] * (len(convs) - small) + [PackedConv2d] * small
+        assert all(m.activation == "leaky_relu" for m in convs[len(convs) - small:])
+    body = {path: type(encoder.module.get_submodule(path)) for path, m in original.named_modules()
+            if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3) and not path.startswith("styles.")}
+    reads = {path: original.get_submodule(path).in_channels for path in body}
+    assert {body[path] for path in body if reads[path] == TINY_E4E.channels[-1]} == {Int8UnfoldedConv2d}
+    assert {body[path] for path in body if reads[path] < TINY_E4E.channels[-1]} == {Int8Conv2d}
     gates = {id(conv) for m in encoder.modules() if isinstance(m, SEModule) for conv in (m.fc1, m.fc2)}
     exact = {id(m) for m in encoder.modules() if type(m) is nn.Conv2d}
     assert gates and exact == gates
@@ -544,7 +622,7 @@ def test_a_path_that_disagrees_falls_back_to_the_next_and_both_verdicts_are_cach
     model = load_detector(*files)
 
     def scores(module, images):
-        shift = 0.5 if any(isinstance(m, Int8Linear) for m in module.modules()) else 0.0
+        shift = 0.5 if accel.precision_of(module) == "int8" else 0.0
         return detector_scores(module, images) + shift
 
     fast = accel.accelerate(model, torch.device("cpu"), ("int8", "bf16"), scores, kind="detector", weight_files=files)

@@ -5,13 +5,15 @@ it (no copy of the unconverted weights), and replaces the parts it converts:
 
 - CPU, bf16 or int8: every CLIP block becomes a :class:`~ganorigin.accel.packed.PackedResidualBlock`,
   every Community Forensics ViT block a :class:`~ganorigin.accel.packed.PackedViTBlock`, on bf16
-  (oneDNN) or int8 (dynamic quantisation) linears.
+  (oneDNN) or int8 (dynamic quantisation) linears; the last block computes the class token alone
+  where nothing else reads the others (:func:`reads_class_token_only`).
 - CPU: e4e's BatchNorms that follow a convolution are folded into it (exact algebra; the
   BatchNorm that *precedes* a zero-padded conv is left alone, since folding its shift would be
   wrong at the borders) and it runs in channels_last; for bf16 its convolutions are packed with
   their LeakyReLUs fused, under bf16 autocast; for int8 they are dynamically quantised
-  (:class:`~ganorigin.accel.packed.Int8Conv2d`).
-- int8 weights use 7 bits on CPUs without VNNI (:func:`~ganorigin.accel.packed.int8_weight_bits`).
+  (:class:`~ganorigin.accel.packed.Int8Conv2d`, the widest as patches through one int8 linear:
+  :class:`~ganorigin.accel.packed.Int8UnfoldedConv2d`).
+- e4e's int8 weights use 7 bits on CPUs without VNNI (:func:`~ganorigin.accel.packed.int8_weight_bits`).
 - CUDA and mps: autocast does the casting and fp32 master weights stay; the detectors' heads stay fp32.
 """
 
@@ -95,47 +97,62 @@ def _shallow(module: nn.Module) -> nn.Module:
 CLIP_INT8_EXACT_BLOCKS = 1
 
 
+def reads_class_token_only(tower: nn.Module) -> bool:
+    """True when what follows ``tower``'s last block reads the class token alone (open_clip's and
+    timm's ViTs pooled by their class token, with no attention pooling and no token outputs), so
+    that block may compute that token alone (``class_token_only``)."""
+    if getattr(tower, "attn_pool", None) is not None or getattr(tower, "output_tokens", False):
+        return False
+    return getattr(tower, "pool_type", None) == "tok" or getattr(tower, "global_pool", None) == "token"
+
+
 def fast_detector(detector: UFDDetector, device: torch.device, precision: str) -> nn.Module:
     """The detector for ``precision`` on ``device``, as a new module (the fp32 head stays; in int8
-    the first ``CLIP_INT8_EXACT_BLOCKS`` blocks stay exact, or run in bf16 where the CPU has native bf16)."""
+    the first ``CLIP_INT8_EXACT_BLOCKS`` blocks stay exact, or run in bf16 where the CPU has native bf16;
+    on a CPU the last block computes the class token alone, the only one CLIP's embedding reads)."""
     if device.type != "cpu":
         visual = Accelerated(detector.visual, precision, autocast_device=device.type)
         return Accelerated(replace_modules(detector, {"visual": visual}), precision)
     replacements = {}
-    for i, block in enumerate(detector.visual.transformer.resblocks):
+    blocks = detector.visual.transformer.resblocks
+    for i, block in enumerate(blocks):
         block_precision = precision
         if precision == "int8" and i < CLIP_INT8_EXACT_BLOCKS:
             if not cpu_has_bf16_matrix_units():
                 continue
             block_precision = "bf16"
         if PackedResidualBlock.supports(block):
-            replacements[f"visual.transformer.resblocks.{i}"] = PackedResidualBlock(block, block_precision)
+            last = i == len(blocks) - 1 and reads_class_token_only(detector.visual)
+            replacements[f"visual.transformer.resblocks.{i}"] = PackedResidualBlock(block, block_precision, last)
             give_back(block.parameters())  # one block's fp32 pages at a time
     return Accelerated(replace_modules(detector, replacements), precision)
 
 
 def fast_commfor(commfor: CommForDetector, device: torch.device, precision: str) -> nn.Module:
     """Community Forensics for ``precision`` on ``device``, as a new module: on a CPU every ViT
-    block packed (:class:`PackedViTBlock`), elsewhere the blocks under autocast; the patch
-    embedding, final norm and head stay fp32."""
+    block packed (:class:`PackedViTBlock`, the last for the class token alone), elsewhere the blocks
+    under autocast; the patch embedding, final norm and head stay fp32."""
     if device.type != "cpu":
         blocks = Accelerated(commfor.vit.blocks, precision, autocast_device=device.type)
         return Accelerated(replace_modules(commfor, {"vit.blocks": blocks}), precision)
     replacements = {}
     for i, block in enumerate(commfor.vit.blocks):
         if PackedViTBlock.supports(block):
-            replacements[f"vit.blocks.{i}"] = PackedViTBlock(block, precision)
+            last = i == len(commfor.vit.blocks) - 1 and reads_class_token_only(commfor.vit)
+            replacements[f"vit.blocks.{i}"] = PackedViTBlock(block, precision, last)
             give_back(block.parameters())
     return Accelerated(replace_modules(commfor, replacements), precision)
 
 
-# In int8, the last convolutions of each e4e style block (on its 8x8, 4x4 and 2x2 maps, for the 256x256 input
-# e4e always gets) run as patches through a linear layer (Int8UnfoldedConv2d): 19 against 84 ms of a
-# forward's 200 convolutions (one thread, AVX-512-VNNI emulated). On 16x16 maps the two ran alike.
-STYLE_CONVS_AS_PATCHES = 3
-# Where the CPU has native bf16, the last four (on 16x16 maps and less) run in bf16 with their LeakyReLU
-# fused instead: 2.2 against 4.7 ms per style block (one thread, AMD EPYC Zen 4; int8 won on 32x32 maps).
-STYLE_CONVS_IN_BF16 = 4
+# In int8, e4e's widest convolutions (reading the last stage's width, 512 channels: that stage and all the
+# style blocks) run as one int8 product over their patches (Int8UnfoldedConv2d): oneDNN's int8 convolution
+# is slow there. Per 512->512 3x3 convolution, one thread, patches against Int8Conv2d: on 32x32 maps 0.78x
+# on AMD Zen 4, AVX-512-VNNI and AVX2 (emulated); on 16x16 0.45-0.65x; on 8x8 and less 0.1-0.5x; stride 1
+# on 16x16 0.62-0.85x. Fewer channels on larger maps went the other way (64 channels on 128x128: 1.4-1.7x).
+# Where the CPU has native bf16, the style blocks' last three convolutions (on 8x8 maps and less) run in
+# bf16 with their LeakyReLU fused instead (one thread, AMD EPYC Zen 4: 0.38, 0.24 and 0.11 ms against 0.44,
+# 0.21 and 0.27 ms as int8 patches; on 16x16 maps patches won, 1.49 against 1.98 ms).
+STYLE_CONVS_IN_BF16 = 3
 
 
 def fold_encoder_batchnorms(encoder: E4EEncoder) -> dict:
@@ -157,20 +174,26 @@ def fold_encoder_batchnorms(encoder: E4EEncoder) -> dict:
 def fast_encoder(encoder: E4EEncoder, device: torch.device, precision: str) -> nn.Module:
     """The encoder for ``precision`` on ``device``, as a new module: BatchNorms folded and, on a
     CPU, every convolution and linear packed in bf16 with LeakyReLUs fused, or in int8 with its
-    input quantised per call (:class:`Int8Conv2d`; the style blocks' convolutions on small maps as
-    :data:`STYLE_CONVS_AS_PATCHES` and :data:`STYLE_CONVS_IN_BF16` say, the gates' exact)."""
+    input quantised per call (:class:`Int8Conv2d`; those reading the last stage's width as patches,
+    :class:`Int8UnfoldedConv2d`; the style blocks' convolutions on small maps as
+    :data:`STYLE_CONVS_IN_BF16` says; the gates' exact)."""
     replacements = fold_encoder_batchnorms(encoder)
     if device.type != "cpu":
         return Accelerated(replace_modules(encoder, replacements), precision, autocast_device=device.type)
-    int8, bits, dtype = precision == "int8", int8_weight_bits(), DTYPES.get(precision, torch.bfloat16)
+    int8, bits, dtype = precision == "int8", int8_weight_bits(encoder=True), DTYPES.get(precision, torch.bfloat16)
     small_in_bf16 = int8 and cpu_has_bf16_matrix_units()
+
+    def packed(conv: nn.Conv2d) -> nn.Module:
+        if not int8:
+            return PackedConv2d(conv, dtype)
+        widest = conv.in_channels >= encoder.config.channels[-1]
+        return (Int8UnfoldedConv2d if widest else Int8Conv2d)(conv, bits)
+
     for i, block in enumerate(encoder.styles):  # conv, LeakyReLU, conv, LeakyReLU, ...: bf16 fuses each pair
         for j in range(0, len(block.convs), 2):
             from_end = (len(block.convs) - j) // 2  # 1 for the last conv
             if int8 and not (small_in_bf16 and from_end <= STYLE_CONVS_IN_BF16):
-                # oneDNN's int8 convolutions cannot fuse a LeakyReLU
-                as_patches = from_end <= STYLE_CONVS_AS_PATCHES  # on maps of 8x8 and less
-                replacements[f"styles.{i}.convs.{j}"] = (Int8UnfoldedConv2d if as_patches else Int8Conv2d)(block.convs[j], bits)
+                replacements[f"styles.{i}.convs.{j}"] = packed(block.convs[j])  # int8 cannot fuse a LeakyReLU
                 continue
             slope = block.convs[j + 1].negative_slope
             replacements[f"styles.{i}.convs.{j}"] = PackedConv2d(block.convs[j], dtype, "leaky_relu", [slope])
@@ -180,9 +203,6 @@ def fast_encoder(encoder: E4EEncoder, device: torch.device, precision: str) -> n
         replacements[f"styles.{i}.linear"] = (Int8Linear(weight, linear.bias, weight_bits=bits) if int8
                                               else PackedLinear(weight, linear.bias, dtype))
         give_back(block.parameters())
-
-    def packed(conv: nn.Conv2d) -> nn.Module:
-        return Int8Conv2d(conv, bits) if int8 else PackedConv2d(conv, dtype)
 
     # int8 leaves the squeeze-and-excitation gates' 1x1 convolutions on 1x1 maps exact: there quantising the
     # input costs ten times the product (0.13 against 0.01 ms, one thread, AMD EPYC Zen 4)

@@ -64,13 +64,16 @@ class PackedConv2d(nn.Module):
         )
 
 
-def int8_weight_bits() -> int:
-    """Bits of the int8 paths' weights on this CPU: 8 with VNNI (AVX-512-VNNI, AVX-VNNI, AMX); 7 on
-    CPUs without it (class ``avx2``), whose int8 dot product (``vpmaddubsw``) adds pairs of products
-    in 16 bits and saturates with full 8-bit weights and activations (255 * 127 * 2 > 32767).
-    7-bit weights keep every pair in range, so the activations keep all 8 bits (what matters more:
-    a whole tensor shares one activation scale)."""
-    return 7 if cpu_class() == "avx2" else 8
+def int8_weight_bits(encoder: bool = False) -> int:
+    """Bits of the int8 paths' weights on this CPU: 8, except e4e's (``encoder``) on CPUs without VNNI
+    (class ``avx2``), which get 7. There the int8 dot product (``vpmaddubsw``) adds pairs of uint8 x
+    int8 products in 16 bits, which full 8-bit weights and activations can saturate (255 * 127 * 2 >
+    32767; 255 * 63 * 2 is not). Measured on AVX2 (emulated), full-size random weights: with 8-bit
+    weights e4e's codes moved up to 8.8% (relative) from fp32 against 3.0% with 7-bit ones, while the
+    transformers' linears, whose inputs (normalised tokens, GELU outputs) seldom come near that limit,
+    lost more to 7-bit rounding than to saturation: CLIP's P(fake) on the probe image moved 0.0059 with 7
+    bits against 0.0003 with 8, Community Forensics' 0.0136 against 0.0033."""
+    return 7 if encoder and cpu_class() == "avx2" else 8
 
 
 def quantize_weight(weight: torch.Tensor, bits: int = 8) -> torch.Tensor:
@@ -132,12 +135,15 @@ class Int8Linear(nn.Module):
             weight = self.packed.to_dense().T.float() * self.weight_scales[:, None]
             return ACTIVATIONS[self.activation](F.linear(x.float(), weight, self.bias))
         flat = x.reshape(-1, self.in_features).float().contiguous()
-        qx, scale, zero_point = quantize_input(flat, flat.view(-1))
-        y = torch.ops.onednn.qlinear_pointwise(
-            qx, scale, zero_point, self.packed, self.weight_scales, self.weight_zero_points, self.bias,
+        return self.quantized_forward(*quantize_input(flat, flat.view(-1))).view(*x.shape[:-1], self.out_features)
+
+    def quantized_forward(self, values: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
+        """The layer on inputs already quantised: uint8 ``values`` (rows of ``in_features``) meaning
+        ``scale * (values - zero_point)``."""
+        return torch.ops.onednn.qlinear_pointwise(
+            values, scale, zero_point, self.packed, self.weight_scales, self.weight_zero_points, self.bias,
             1.0, 0, torch.float32, self.activation, [], _ONEDNN_ALGORITHM.get(self.activation, ""),
         )
-        return y.view(*x.shape[:-1], self.out_features)
 
 
 class TwoPartInt8Linear(nn.Module):
@@ -202,27 +208,36 @@ class Int8Conv2d(nn.Module):
 
 
 class Int8UnfoldedConv2d(nn.Module):
-    """``nn.Conv2d`` for maps of a few pixels: the input's patches (``F.unfold``) through one
-    :class:`Int8Linear`, whose input range (the map's, widened to 0 by the padding) and weights are
-    :class:`Int8Conv2d`'s. oneDNN's int8 convolution is slow there: a 512->512 3x3 stride-2
-    convolution on an 8x8 map took 1.37 ms, as patches 0.55 ms; on 2x2, 1.15 against 0.23 ms (one
-    thread, AVX-512-VNNI emulated). Output channels_last."""
+    """``nn.Conv2d`` as one int8 matrix product over its input's patches: the input quantised as
+    :class:`Int8Conv2d` quantises it, its uint8 patches gathered (the zero point as the padding) and
+    multiplied by the int8 weights in one oneDNN int8 linear. The same integer sums as
+    :class:`Int8Conv2d`, so the same answer up to the order of summing; faster where oneDNN's int8
+    convolution is slow, on many channels and small maps. One thread, 512->512 3x3 stride 2, against
+    :class:`Int8Conv2d`: on 32x32 maps 3.5-3.9 against 4.5-4.9 ms on AMD Zen 4 and AVX-512-VNNI
+    (emulated), 18.4 against 19.7 ms on AVX2 (emulated); on 16x16, 1.0-1.5 against 2.3-3.3 ms; on 8x8
+    and less five to ten times faster. Output channels_last."""
 
     def __init__(self, conv: nn.Conv2d, weight_bits: int = 8):
         super().__init__()
-        if conv.padding_mode != "zeros" or isinstance(conv.padding, str) or conv.groups != 1:
-            raise ValueError("Int8UnfoldedConv2d takes ungrouped convolutions with explicit zero padding only.")
-        self.kernel_size, self.dilation = conv.kernel_size, conv.dilation
-        self.padding, self.stride = conv.padding, conv.stride
-        self.linear = Int8Linear(conv.weight.reshape(conv.out_channels, -1), conv.bias, weight_bits=weight_bits)
+        if (conv.padding_mode != "zeros" or isinstance(conv.padding, str) or conv.groups != 1
+                or conv.dilation != (1, 1)):
+            raise ValueError("Int8UnfoldedConv2d takes ungrouped, undilated convolutions with explicit zero padding only.")
+        self.kernel_size, self.padding, self.stride = conv.kernel_size, conv.padding, conv.stride
+        rows = conv.weight.detach().permute(0, 2, 3, 1).reshape(conv.out_channels, -1)  # the patches' (y, x, channel) order
+        self.linear = Int8Linear(rows, conv.bias, weight_bits=weight_bits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, _, height, width = x.shape
-        rows, cols = ((size + 2 * pad - dil * (k - 1) - 1) // step + 1 for size, pad, dil, k, step in
-                      zip((height, width), self.padding, self.dilation, self.kernel_size, self.stride))
-        patches = F.unfold(x.float(), self.kernel_size, self.dilation, self.padding, self.stride)  # (B, C*k*k, L)
-        y = self.linear(patches.transpose(1, 2))  # (B, L, out): channels_last in memory
-        return y.transpose(1, 2).reshape(batch, -1, rows, cols)
+        x = x.float().contiguous(memory_format=torch.channels_last)
+        batch, channels, height, width = x.shape
+        (kh, kw), (ph, pw), (sh, sw) = self.kernel_size, self.padding, self.stride
+        values, scale, zero_point = quantize_input(x, x.permute(0, 2, 3, 1).reshape(-1))
+        padded = values.new_full((batch, height + 2 * ph, width + 2 * pw, channels), zero_point)
+        padded[:, ph : ph + height, pw : pw + width] = values.permute(0, 2, 3, 1)
+        rows, cols = (height + 2 * ph - kh) // sh + 1, (width + 2 * pw - kw) // sw + 1
+        step_b, step_y, step_x, _ = padded.stride()
+        patches = padded.as_strided((batch, rows, cols, kh, kw, channels),
+                                    (step_b, step_y * sh, step_x * sw, step_y, step_x, 1)).reshape(-1, kh * kw * channels)
+        return self.linear.quantized_forward(patches, scale, zero_point).view(batch, rows, cols, -1).permute(0, 3, 1, 2)
 
 
 class ExactLinear(nn.Module):
@@ -239,8 +254,7 @@ class ExactLinear(nn.Module):
 def linear_for(precision: str):
     """``(weight, bias, activation) -> module``: the packed linear layer for ``precision`` on a CPU."""
     if precision == "int8":
-        bits = int8_weight_bits()
-        return lambda weight, bias, activation="none": Int8Linear(weight, bias, activation, bits)
+        return lambda weight, bias, activation="none": Int8Linear(weight, bias, activation, int8_weight_bits())
     return lambda weight, bias, activation="none": PackedLinear(weight, bias, torch.bfloat16, activation)
 
 
@@ -262,16 +276,18 @@ def attention_linear_for(precision: str):
         return linear_for("bf16")
     if cpu_class() == "avx2":
         return ExactLinear
-    bits = int8_weight_bits()
-    return lambda weight, bias: TwoPartInt8Linear(weight, bias, bits)
+    return lambda weight, bias: TwoPartInt8Linear(weight, bias, int8_weight_bits())
 
 
-def self_attention(qkv: nn.Module, out: nn.Module, x: torch.Tensor, heads: int) -> torch.Tensor:
+def self_attention(qkv: nn.Module, out: nn.Module, x: torch.Tensor, heads: int, queries: Optional[int] = None) -> torch.Tensor:
     """Multi-head self-attention of normalised tokens ``x`` (B, T, width), from a fused ``qkv``
-    projection to the ``out`` projection, in fp32."""
+    projection to the ``out`` projection, in fp32: for every token, or for the first ``queries``
+    (which still attend to all)."""
     batch, tokens, width = x.shape
     q, k, v = qkv(x).view(batch, tokens, 3, heads, width // heads).permute(2, 0, 3, 1, 4).unbind(0)  # (B, heads, T, hs)
-    attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, tokens, width)
+    if queries is not None:
+        q = q[:, :, :queries]
+    attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, q.shape[2], width)
     return out(attended).float()
 
 
@@ -287,16 +303,27 @@ class PackedResidualBlock(nn.Module):
     ``"bf16"``: every linear is a bf16 :class:`PackedLinear`, attention runs on the bf16 q/k/v
     (fp32 accumulation). ``"int8"``: the MLP (two thirds of the block's work) is
     :class:`Int8Linear`; attention's projections are as :func:`attention_linear_for` says for this CPU.
+
+    ``class_token_only``: the block returns the class token (the first) alone, for a last block
+    whose other outputs nothing reads; it then skips their attention output and MLP (exact). In int8
+    that one token's MLP runs exact fp32, on the original layers: on one token the product is bound by
+    reading the weights, so int8 saves little there, and its rounding would fall on the one token the
+    answer reads (tiny random CLIP, AMD Zen 4: P(fake) on the probe image moved 0.0053 from fp32 with
+    that MLP in int8, 0.0002 with it exact).
     """
 
-    def __init__(self, block: nn.Module, precision: str):
+    def __init__(self, block: nn.Module, precision: str, class_token_only: bool = False):
         super().__init__()
+        self.class_token_only = class_token_only
         attn, mlp = block.attn, block.mlp
         self.ln_1, self.ln_2 = block.ln_1, block.ln_2
         self.heads, self.batch_first = attn.num_heads, attn.batch_first
         attention = attention_linear_for(precision)
         self.qkv = attention(attn.in_proj_weight, attn.in_proj_bias)
         self.out = attention(attn.out_proj.weight, attn.out_proj.bias)
+        if class_token_only and precision == "int8":
+            self.fc, self.proj = nn.Sequential(mlp.c_fc, mlp.gelu), mlp.c_proj  # exact, see above
+            return
         mlp_linear = linear_for(precision)
         self.fc = mlp_linear(mlp.c_fc.weight * QUICK_GELU_SCALE, mlp.c_fc.bias * QUICK_GELU_SCALE, "swish")
         self.proj = mlp_linear(mlp.c_proj.weight / QUICK_GELU_SCALE, mlp.c_proj.bias)
@@ -321,7 +348,8 @@ class PackedResidualBlock(nn.Module):
         if not self.batch_first:
             x = x.transpose(0, 1)
         x = x.float()
-        x = x + self_attention(self.qkv, self.out, self.ln_1(x), self.heads)
+        queries = 1 if self.class_token_only else None
+        x = x[:, :queries] + self_attention(self.qkv, self.out, self.ln_1(x), self.heads, queries)
         x = x + self.proj(self.fc(self.ln_2(x))).float()
         return x if self.batch_first else x.transpose(0, 1)
 
@@ -329,15 +357,20 @@ class PackedResidualBlock(nn.Module):
 class PackedViTBlock(nn.Module):
     """timm's ViT ``Block`` (pre-norm; no LayerScale, q/k norm or attention norm; exact GELU) on packed
     linears for ``precision``, as :class:`PackedResidualBlock`: LayerNorms and the residual stream stay
-    fp32, GELU is fused into the first MLP layer, attention's projections as :func:`attention_linear_for`."""
+    fp32, GELU is fused into the first MLP layer, attention's projections as :func:`attention_linear_for`;
+    ``class_token_only`` as there."""
 
-    def __init__(self, block: nn.Module, precision: str):
+    def __init__(self, block: nn.Module, precision: str, class_token_only: bool = False):
         super().__init__()
+        self.class_token_only = class_token_only
         attn, mlp = block.attn, block.mlp
         self.norm1, self.norm2, self.heads = block.norm1, block.norm2, attn.num_heads
         attention = attention_linear_for(precision)
         self.qkv = attention(attn.qkv.weight, attn.qkv.bias)
         self.proj = attention(attn.proj.weight, attn.proj.bias)
+        if class_token_only and precision == "int8":
+            self.fc1, self.fc2 = nn.Sequential(mlp.fc1, mlp.act), mlp.fc2  # exact, as PackedResidualBlock's
+            return
         mlp_linear = linear_for(precision)
         self.fc1 = mlp_linear(mlp.fc1.weight, mlp.fc1.bias, "gelu")
         self.fc2 = mlp_linear(mlp.fc2.weight, mlp.fc2.bias)
@@ -360,5 +393,6 @@ class PackedViTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float()
-        x = x + self_attention(self.qkv, self.proj, self.norm1(x), self.heads)
+        queries = 1 if self.class_token_only else None
+        x = x[:, :queries] + self_attention(self.qkv, self.proj, self.norm1(x), self.heads, queries)
         return x + self.fc2(self.fc1(self.norm2(x))).float()

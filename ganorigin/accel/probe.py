@@ -30,7 +30,7 @@ MAX_FAKE_PROBABILITY_DELTA = 0.005
 MAX_ATTRIBUTION_PROBABILITY_DELTA = 0.01
 MAX_COMMFOR_PROBABILITY_DELTA = 0.005
 PROBE_SIZE = 256
-FAST_PATH_VERSION = "packed-7"  # part of the cached verdicts' key: a new fast path is checked afresh
+FAST_PATH_VERSION = "packed-8"  # part of the cached verdicts' key: a new fast path is checked afresh
 CHECKS_FILE = "precision-checks.json"
 
 Scores = Callable[[nn.Module, list], np.ndarray]
