@@ -33,7 +33,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # What "auto" tries on a CPU of each class, per model, fastest first; each next one is the fall-back when
 # the probe refuses the one before, and fp32 comes last. Measured end to end against the fp32 baseline
 # (benchmarks/README.md, 2 cores): on a Sapphire Rapids (AMX) bf16 0.28x, int8 0.37x; on a real AMD EPYC
-# Zen 4 (AVX-512-BF16) int8 0.37x, bf16 0.48x, and per model on one core int8 was faster for all three
+# Zen 4 (AVX-512-BF16) int8 0.33x, bf16 0.45x, and per model on one core int8 was faster for all three
 # (CLIP 832 against 1126 ms, e4e 655 against 844, Community Forensics 272 against 295). On CPUs with native
 # bf16 the int8 path runs in bf16 the few layers where bf16 measured faster (ganorigin.accel.convert).
 _INT8 = {"detector": ("int8",), "encoder": ("int8",), "commfor": ("int8",)}
