@@ -115,14 +115,12 @@ def test_a_class_token_only_block_computes_the_class_token_as_the_whole_block(pr
     torch.manual_seed(0)
     block = ResidualAttentionBlock(64, 4, act_layer=QuickGELU, batch_first=True).eval()
     x = torch.randn(2, 17, 64)
+    one = PackedResidualBlock(block, precision, class_token_only=True)
     with torch.inference_mode():
-        whole = PackedResidualBlock(block, precision)(x)
-        first = PackedResidualBlock(block, precision, class_token_only=True)(x)
-        exact = block(x)[:, :1]
+        whole, first, exact = PackedResidualBlock(block, precision)(x), one(x), block(x)[:, :1]
     assert first.shape == (2, 1, 64)
     if precision == "int8":  # that one token's MLP runs exact, on the original layers
-        exact_mlp = PackedResidualBlock(block, precision, class_token_only=True)
-        assert exact_mlp.fc[0] is block.mlp.c_fc and exact_mlp.proj is block.mlp.c_proj
+        assert one.fc[0] is block.mlp.c_fc and one.proj is block.mlp.c_proj
         assert (first - exact).abs().max() < (whole[:, :1] - exact).abs().max()
     else:
         torch.testing.assert_close(first, whole[:, :1], rtol=0, atol=1e-5)
@@ -147,11 +145,10 @@ def test_only_a_tower_pooled_by_its_class_token_gets_a_class_token_only_last_blo
         torch.testing.assert_close(fast(x), detector(x), rtol=0, atol=0.05)
     detector.visual.pool_type = "avg"
     assert not reads_class_token_only(detector.visual)
-    averaged = accel.fast_detector(detector, torch.device("cpu"), "bf16").module.visual.transformer.resblocks
-    assert not any(b.class_token_only for b in averaged)
+    averaged = accel.fast_detector(detector, torch.device("cpu"), "bf16")
+    assert not any(b.class_token_only for b in averaged.module.visual.transformer.resblocks)
     with torch.inference_mode():
-        torch.testing.assert_close(accel.fast_detector(detector, torch.device("cpu"), "bf16")(x), detector(x),
-                                   rtol=0, atol=0.05)
+        torch.testing.assert_close(averaged(x), detector(x), rtol=0, atol=0.05)
 
 
 def test_subsample_is_upstreams_1x1_max_pool():

@@ -147,8 +147,8 @@ def fast_commfor(commfor: CommForDetector, device: torch.device, precision: str)
 # In int8, e4e's widest convolutions (reading the last stage's width, 512 channels: that stage and all the
 # style blocks) run as one int8 product over their patches (Int8UnfoldedConv2d): oneDNN's int8 convolution
 # is slow there. Per 512->512 3x3 convolution, one thread, patches against Int8Conv2d: on 32x32 maps 0.78x
-# on AMD Zen 4, AVX-512-VNNI and AVX2 (emulated); on 16x16 0.45-0.65x; on 8x8 and less 0.1-0.5x; stride 1
-# on 16x16 0.62-0.85x. Fewer channels on larger maps went the other way (64 channels on 128x128: 1.4-1.7x).
+# on AMD Zen 4 and AVX-512-VNNI (emulated), 0.93x on AVX2 (emulated); on 16x16 0.45-0.65x; on 8x8 and less
+# 0.1-0.5x; stride 1 on 16x16 0.62-0.85x. Fewer channels on larger maps went the other way (64 channels on 128x128: 1.4-1.7x).
 # Where the CPU has native bf16, the style blocks' last three convolutions (on 8x8 maps and less) run in
 # bf16 with their LeakyReLU fused instead (one thread, AMD EPYC Zen 4: 0.38, 0.24 and 0.11 ms against 0.44,
 # 0.21 and 0.27 ms as int8 patches; on 16x16 maps patches won, 1.49 against 1.98 ms).

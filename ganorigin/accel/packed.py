@@ -214,8 +214,8 @@ class Int8UnfoldedConv2d(nn.Module):
     :class:`Int8Conv2d`, so the same answer up to the order of summing; faster where oneDNN's int8
     convolution is slow, on many channels and small maps. One thread, 512->512 3x3 stride 2, against
     :class:`Int8Conv2d`: on 32x32 maps 3.5-3.9 against 4.5-4.9 ms on AMD Zen 4 and AVX-512-VNNI
-    (emulated), 18.4 against 19.7 ms on AVX2 (emulated); on 16x16, 1.0-1.5 against 2.3-3.3 ms; on 8x8
-    and less five to ten times faster. Output channels_last."""
+    (emulated), 18.4 against 19.7 ms on AVX2 (emulated); on 16x16, 1.0-2.8 against 2.3-4.3 ms; on 8x8
+    and less two to ten times faster. Output channels_last."""
 
     def __init__(self, conv: nn.Conv2d, weight_bits: int = 8):
         super().__init__()
