@@ -1,12 +1,12 @@
-"""How far int8 CLIP moves UFD's P(fake) from fp32: with its first N blocks kept exact, and with
-attention's projections in plain int8 instead of GANOrigin's two-part int8 (``TwoPartInt8Linear``).
+"""How far int8 CLIP moves UFD's P(fake) from fp32: with its first N blocks kept exact, in each of
+this CPU's ways of running attention's projections (``ganorigin.accel.attention_paths``).
 
     python scripts/int8_variants.py --weights-dir DIR [--images-dir ../shared/data/dev] [--images 8]
-                                    [--exact 0,1,2] [--int8-attention]
+                                    [--exact 0,1,2]
 
 Prints, for each variant, |delta P(fake)| on the probe image (what decides at first start) and the max
 and mean on the images. Run it with ``GANORIGIN_CPU_ISA`` / ``ONEDNN_MAX_CPU_ISA`` set to see another CPU
-class (``avx2`` uses 7-bit weights). The UFD head file's digest is not checked: random test weights work.
+class (``avx2``: q/k/v in int8, then exact). The UFD head file's digest is not checked: random test weights work.
 """
 
 from __future__ import annotations
@@ -35,8 +35,6 @@ def main() -> None:
     parser.add_argument("--images-dir", type=Path, default=Path("../shared/data/dev"))
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--exact", default="0,1,2", help="comma list of how many first blocks to keep exact")
-    parser.add_argument("--int8-attention", action="store_true",
-                        help="also measure attention's projections in plain int8")
     args = parser.parse_args()
     detector = load_detector(args.weights_dir / CLIP_FILE, args.weights_dir / UFD_HEAD_FILE).eval()
     paths = find_images([args.images_dir])
@@ -44,12 +42,10 @@ def main() -> None:
     images = probe_images() + [Image.open(path).convert("RGB") for path in paths]
     reference = detector_scores(detector, images)
     print(f"CPU class {cpu_class()}; {len(paths)} images from {args.images_dir}")
-    for attention in ("as built", "plain int8") if args.int8_attention else ("as built",):
-        if attention == "plain int8":  # an experiment only: swap the module's choice of attention layers
-            packed.attention_linear_for = packed.linear_for
+    for attention in packed.attention_paths("int8"):
         for exact in (int(n) for n in args.exact.split(",")):
             convert.CLIP_INT8_EXACT_BLOCKS = exact
-            fast = convert.fast_detector(detector, torch.device("cpu"), "int8")
+            fast = convert.fast_detector(detector, torch.device("cpu"), "int8", attention)
             delta = np.abs(detector_scores(fast, images) - reference)
             print(f"attention {attention}, first {exact} block(s) exact: probe image {delta[0]:.4f}, "
                   f"images max {delta[1:].max():.4f}, mean {delta[1:].mean():.4f}")

@@ -371,23 +371,59 @@ def test_two_part_int8_linear_quantises_each_token_on_its_own():
     assert float((out - F.linear(x, weight, bias)).detach().abs().max()) < 1e-3 and torch.isfinite(x.grad).all()
 
 
-@pytest.mark.parametrize("isa, layer", [("amx", PackedLinear), ("avx512_bf16", PackedLinear),
-                                        ("avx512_vnni", TwoPartInt8Linear), ("avx_vnni", TwoPartInt8Linear),
-                                        ("avx2", ExactLinear)])
-def test_int8_attention_projections_are_finer_than_int8_in_the_cpus_fastest_way(isa, layer, monkeypatch):
-    """Native bf16 where the CPU has it (faster there than two int8 products), two-part int8 on VNNI,
-    exact fp32 without VNNI (two int8 products cost more than one fp32 one there)."""
+@pytest.mark.parametrize("isa, paths", [("amx", {"bf16": (PackedLinear, PackedLinear)}),
+                                        ("avx512_bf16", {"bf16": (PackedLinear, PackedLinear)}),
+                                        ("avx512_vnni", {"two-part": (TwoPartInt8Linear, TwoPartInt8Linear)}),
+                                        ("avx_vnni", {"two-part": (TwoPartInt8Linear, TwoPartInt8Linear)}),
+                                        ("avx2", {"int8-qkv": (Int8Linear, ExactLinear),
+                                                  "exact": (ExactLinear, ExactLinear)})])
+def test_int8_attention_projections_run_in_the_cpus_ways_in_order(isa, paths, monkeypatch):
+    """Native bf16 where the CPU has it (faster there than two int8 products), two-part int8 on VNNI;
+    without VNNI (two int8 products cost more than one fp32 one there) q/k/v in plain int8 with the
+    output projection exact first, then all exact. The MLP is int8 in every way."""
     from open_clip.transformer import QuickGELU, ResidualAttentionBlock
 
     monkeypatch.setenv("GANORIGIN_CPU_ISA", isa)
+    assert accel.attention_paths("int8") == tuple(paths)
     block = ResidualAttentionBlock(64, 4, act_layer=QuickGELU, batch_first=True).eval()
-    packed = PackedResidualBlock(block, "int8")
-    assert type(packed.qkv) is layer and type(packed.out) is layer
-    assert type(packed.fc) is Int8Linear and type(packed.proj) is Int8Linear
     x = torch.randn(2, 10, 64)
-    with torch.inference_mode():
-        error = (packed(x) - block(x)).abs().max() / block(x).abs().max()
-    assert error < 0.03
+    for path, (qkv, out) in paths.items():
+        packed = PackedResidualBlock(block, "int8", attention=path)
+        assert (type(packed.qkv), type(packed.out)) == (qkv, out)
+        assert type(packed.fc) is Int8Linear and type(packed.proj) is Int8Linear
+        with torch.inference_mode():
+            error = (packed(x) - block(x)).abs().max() / block(x).abs().max()
+        assert error < 0.03
+    assert type(PackedResidualBlock(block, "int8").qkv) is paths[next(iter(paths))][0]  # the first by default
+    with pytest.raises(ValueError, match="attention path"):
+        PackedResidualBlock(block, "int8", attention="fp16")
+
+
+def test_a_refused_way_of_attention_falls_back_to_the_next_within_the_precision(weights_dir, monkeypatch, tmp_path):
+    """On AVX2, int8 with q/k/v in int8 made to disagree: the detector stays int8 with exact attention
+    (not fp32), each verdict cached, and a second start runs no probe."""
+    from ganorigin.factory import detector_scores, load_detector
+    from ganorigin.testing import CLIP_FILE, UFD_HEAD_FILE
+
+    monkeypatch.setenv("GANORIGIN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("GANORIGIN_CPU_ISA", "avx2")
+    files = [weights_dir / CLIP_FILE, weights_dir / UFD_HEAD_FILE]
+    model = load_detector(*files)
+    ways = []
+
+    def scores(module, images):  # the tiny CLIP's last block is packed (its first stays exact on AVX2)
+        last = module.module.visual.transformer.resblocks[-1] if accel.precision_of(module) == "int8" else None
+        ways.append(None if last is None else type(last.qkv).__name__)
+        return detector_scores(module, images) + (0.5 if ways[-1] == "Int8Linear" else 0.0)
+
+    fast = accel.accelerate(model, torch.device("cpu"), "int8", scores, kind="detector", weight_files=files)
+    assert accel.precision_of(fast) == "int8" and ways == [None, "Int8Linear", "ExactLinear"]
+    assert type(fast.module.visual.transformer.resblocks[-1].out) is ExactLinear
+    checks = json.loads((tmp_path / "ganorigin" / "precision-checks.json").read_text())
+    assert sorted(c["ok"] for c in checks.values()) == [False, True]
+    again = accel.accelerate(model, torch.device("cpu"), "int8", lambda m, i: pytest.fail("the probe ran again"),
+                             kind="detector", weight_files=files)
+    assert type(again.module.visual.transformer.resblocks[-1].qkv) is ExactLinear
 
 
 @pytest.mark.parametrize("isa, first", [("avx512_bf16", "bf16"), ("amx", "bf16"), ("avx512_vnni", "exact"),

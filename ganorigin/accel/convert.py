@@ -106,10 +106,12 @@ def reads_class_token_only(tower: nn.Module) -> bool:
     return getattr(tower, "pool_type", None) == "tok" or getattr(tower, "global_pool", None) == "token"
 
 
-def fast_detector(detector: UFDDetector, device: torch.device, precision: str) -> nn.Module:
+def fast_detector(detector: UFDDetector, device: torch.device, precision: str,
+                  attention: Optional[str] = None) -> nn.Module:
     """The detector for ``precision`` on ``device``, as a new module (the fp32 head stays; in int8
     the first ``CLIP_INT8_EXACT_BLOCKS`` blocks stay exact, or run in bf16 where the CPU has native bf16;
-    on a CPU the last block computes the class token alone, the only one CLIP's embedding reads)."""
+    on a CPU the last block computes the class token alone, the only one CLIP's embedding reads, and
+    attention's projections run as ``attention`` says: :func:`~ganorigin.accel.packed.attention_paths`)."""
     if device.type != "cpu":
         visual = Accelerated(detector.visual, precision, autocast_device=device.type)
         return Accelerated(replace_modules(detector, {"visual": visual}), precision)
@@ -123,15 +125,18 @@ def fast_detector(detector: UFDDetector, device: torch.device, precision: str) -
             block_precision = "bf16"
         if PackedResidualBlock.supports(block):
             last = i == len(blocks) - 1 and reads_class_token_only(detector.visual)
-            replacements[f"visual.transformer.resblocks.{i}"] = PackedResidualBlock(block, block_precision, last)
+            replacements[f"visual.transformer.resblocks.{i}"] = PackedResidualBlock(
+                block, block_precision, last, attention if block_precision == precision else None)
             give_back(block.parameters())  # one block's fp32 pages at a time
     return Accelerated(replace_modules(detector, replacements), precision)
 
 
-def fast_commfor(commfor: CommForDetector, device: torch.device, precision: str) -> nn.Module:
+def fast_commfor(commfor: CommForDetector, device: torch.device, precision: str,
+                 attention: Optional[str] = None) -> nn.Module:
     """Community Forensics for ``precision`` on ``device``, as a new module: on a CPU every ViT
-    block packed (:class:`PackedViTBlock`, the last for the class token alone), elsewhere the blocks
-    under autocast; the patch embedding, final norm and head stay fp32."""
+    block packed (:class:`PackedViTBlock`, the last for the class token alone; ``attention`` as
+    :func:`fast_detector`'s), elsewhere the blocks under autocast; the patch embedding, final norm
+    and head stay fp32."""
     if device.type != "cpu":
         blocks = Accelerated(commfor.vit.blocks, precision, autocast_device=device.type)
         return Accelerated(replace_modules(commfor, {"vit.blocks": blocks}), precision)
@@ -139,7 +144,7 @@ def fast_commfor(commfor: CommForDetector, device: torch.device, precision: str)
     for i, block in enumerate(commfor.vit.blocks):
         if PackedViTBlock.supports(block):
             last = i == len(commfor.vit.blocks) - 1 and reads_class_token_only(commfor.vit)
-            replacements[f"vit.blocks.{i}"] = PackedViTBlock(block, precision, last)
+            replacements[f"vit.blocks.{i}"] = PackedViTBlock(block, precision, last, attention)
             give_back(block.parameters())
     return Accelerated(replace_modules(commfor, replacements), precision)
 

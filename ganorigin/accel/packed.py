@@ -258,25 +258,44 @@ def linear_for(precision: str):
     return lambda weight, bias, activation="none": PackedLinear(weight, bias, torch.bfloat16, activation)
 
 
-def attention_linear_for(precision: str):
-    """``(weight, bias) -> module``: the linear layer of attention's projections. Packed for bf16.
-    For int8, finer than int8: with plain int8 weights there P(fake) of the full-size CLIP moved
-    twice as far from fp32 (mean |delta| over 16 dev images 0.0034 against 0.0016; the rounding of
-    the weights, not of the activations, measured). So, by what the CPU does fastest (one thread):
+# How attention's projections (q/k/v, then the output) may run in int8, per CPU, in the order to try them:
+# the probe takes the first that agrees with fp32 (ganorigin.accel.probe.accelerate). Plain int8 weights
+# for all of them moved the full-size CLIP's P(fake) twice as far from fp32 as finer weights (mean |delta|
+# over 16 dev images 0.0034 against 0.0016; the weights' rounding, not the activations', measured). So:
+# - "bf16" with native bf16 (AMX, AVX-512-BF16): bf16 PackedLinear (AMD EPYC Zen 4, one thread: 8.7 ms for
+#   257x1024x3072 against 10.8 ms as TwoPartInt8Linear);
+# - "two-part" with VNNI: TwoPartInt8Linear, as little change in P(fake) as exact weights;
+# - without VNNI (class avx2), where two int8 products cost more than one fp32 one (18.6 against 14.8 ms),
+#   "int8-qkv" (q/k/v in plain int8, the output projection exact), else "exact". AVX2 emulated on Zen 4,
+#   full-size random weights, one thread: CLIP 1265 -> 1030 ms, its P(fake) on the probe image 0.0022 from
+#   fp32 (0.0094 with the output projection in int8 too); Community Forensics' moved 0.0164 with q/k/v in
+#   int8 (refused: it runs "exact").
+ATTENTION_PATHS = {"native bf16": ("bf16",), "vnni": ("two-part",), "avx2": ("int8-qkv", "exact")}
 
-    - native bf16 (AMX, AVX-512-BF16): bf16 :class:`PackedLinear` (on an AMD EPYC Zen 4, 8.7 ms for
-      257x1024x3072 against 10.8 ms as :class:`TwoPartInt8Linear`);
-    - VNNI without native bf16: :class:`TwoPartInt8Linear`, as little change in P(fake) as exact
-      weights;
-    - no VNNI (class ``avx2``): two int8 products cost more than one fp32 one (18.6 against 14.8 ms),
-      so exact fp32."""
-    if precision != "int8":
-        return linear_for(precision)
-    if cpu_has_bf16_matrix_units():
-        return linear_for("bf16")
-    if cpu_class() == "avx2":
-        return ExactLinear
-    return lambda weight, bias: TwoPartInt8Linear(weight, bias, int8_weight_bits())
+
+def attention_paths(precision: str) -> tuple:
+    """The ways attention's projections may run for ``precision`` on this CPU, in the order to try
+    them: :data:`ATTENTION_PATHS` in int8, ``("bf16",)`` in bf16."""
+    if precision != "int8" or cpu_has_bf16_matrix_units():
+        return ATTENTION_PATHS["native bf16"]
+    return ATTENTION_PATHS["avx2" if cpu_class() == "avx2" else "vnni"]
+
+
+def attention_linears(precision: str, path: Optional[str] = None) -> tuple:
+    """``(qkv, out)``: for attention's q/k/v and output projections, each ``(weight, bias) -> module``,
+    for ``precision`` the way ``path`` says (one of :func:`attention_paths`; its first when ``None``)."""
+    path = path or attention_paths(precision)[0]
+    if path not in attention_paths(precision):
+        raise ValueError(f"attention path {path!r} is not one of {attention_paths(precision)} for {precision} here.")
+    if path == "bf16":
+        make = linear_for("bf16")
+        return make, make
+    if path == "two-part":
+        make = lambda weight, bias: TwoPartInt8Linear(weight, bias, int8_weight_bits())  # noqa: E731
+        return make, make
+    if path == "int8-qkv":
+        return (lambda weight, bias: Int8Linear(weight, bias, weight_bits=int8_weight_bits())), ExactLinear
+    return ExactLinear, ExactLinear
 
 
 def self_attention(qkv: nn.Module, out: nn.Module, x: torch.Tensor, heads: int, queries: Optional[int] = None) -> torch.Tensor:
@@ -302,7 +321,8 @@ class PackedResidualBlock(nn.Module):
 
     ``"bf16"``: every linear is a bf16 :class:`PackedLinear`, attention runs on the bf16 q/k/v
     (fp32 accumulation). ``"int8"``: the MLP (two thirds of the block's work) is
-    :class:`Int8Linear`; attention's projections are as :func:`attention_linear_for` says for this CPU.
+    :class:`Int8Linear`; attention's projections run the way ``attention`` says, one of
+    :func:`attention_paths` for this CPU (its first when ``None``).
 
     ``class_token_only``: the block returns the class token (the first) alone, for a last block
     whose other outputs nothing reads; it then skips their attention output and MLP (exact). In int8
@@ -312,15 +332,16 @@ class PackedResidualBlock(nn.Module):
     that MLP in int8, 0.0002 with it exact).
     """
 
-    def __init__(self, block: nn.Module, precision: str, class_token_only: bool = False):
+    def __init__(self, block: nn.Module, precision: str, class_token_only: bool = False,
+                 attention: Optional[str] = None):
         super().__init__()
         self.class_token_only = class_token_only
         attn, mlp = block.attn, block.mlp
         self.ln_1, self.ln_2 = block.ln_1, block.ln_2
         self.heads, self.batch_first = attn.num_heads, attn.batch_first
-        attention = attention_linear_for(precision)
-        self.qkv = attention(attn.in_proj_weight, attn.in_proj_bias)
-        self.out = attention(attn.out_proj.weight, attn.out_proj.bias)
+        qkv, out = attention_linears(precision, attention)
+        self.qkv = qkv(attn.in_proj_weight, attn.in_proj_bias)
+        self.out = out(attn.out_proj.weight, attn.out_proj.bias)
         if class_token_only and precision == "int8":
             self.fc, self.proj = nn.Sequential(mlp.c_fc, mlp.gelu), mlp.c_proj  # exact, see above
             return
@@ -357,17 +378,17 @@ class PackedResidualBlock(nn.Module):
 class PackedViTBlock(nn.Module):
     """timm's ViT ``Block`` (pre-norm; no LayerScale, q/k norm or attention norm; exact GELU) on packed
     linears for ``precision``, as :class:`PackedResidualBlock`: LayerNorms and the residual stream stay
-    fp32, GELU is fused into the first MLP layer, attention's projections as :func:`attention_linear_for`;
-    ``class_token_only`` as there."""
+    fp32, GELU is fused into the first MLP layer; ``attention`` and ``class_token_only`` as there."""
 
-    def __init__(self, block: nn.Module, precision: str, class_token_only: bool = False):
+    def __init__(self, block: nn.Module, precision: str, class_token_only: bool = False,
+                 attention: Optional[str] = None):
         super().__init__()
         self.class_token_only = class_token_only
         attn, mlp = block.attn, block.mlp
         self.norm1, self.norm2, self.heads = block.norm1, block.norm2, attn.num_heads
-        attention = attention_linear_for(precision)
-        self.qkv = attention(attn.qkv.weight, attn.qkv.bias)
-        self.proj = attention(attn.proj.weight, attn.proj.bias)
+        qkv, out = attention_linears(precision, attention)
+        self.qkv = qkv(attn.qkv.weight, attn.qkv.bias)
+        self.proj = out(attn.proj.weight, attn.proj.bias)
         if class_token_only and precision == "int8":
             self.fc1, self.fc2 = nn.Sequential(mlp.fc1, mlp.act), mlp.fc2  # exact, as PackedResidualBlock's
             return

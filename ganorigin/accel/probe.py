@@ -2,7 +2,8 @@
 
 :func:`accelerate` converts a model, runs the probe image through both, and returns the fast
 module when the scores agree within the bounds below, else the reference (and logs why). The
-verdict is cached per (weights, machine and CPU class, torch, precision), so later starts skip the probe.
+verdict is cached per (weights, machine and CPU class, torch, precision, way of attention), so later
+starts skip the probe.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch import nn
 from ..hub.integrity import cache_root, read_json, write_json_atomic
 from .convert import fast_commfor, fast_detector, fast_encoder, page_blocks, precision_of
 from .memory import releasing_pages
+from .packed import attention_paths
 from .precision import cpu_class, cpu_model_name
 
 logger = logging.getLogger(__name__)
@@ -30,13 +32,14 @@ MAX_FAKE_PROBABILITY_DELTA = 0.005
 MAX_ATTRIBUTION_PROBABILITY_DELTA = 0.01
 MAX_COMMFOR_PROBABILITY_DELTA = 0.005
 PROBE_SIZE = 256
-FAST_PATH_VERSION = "packed-8"  # part of the cached verdicts' key: a new fast path is checked afresh
+FAST_PATH_VERSION = "packed-9"  # part of the cached verdicts' key: a new fast path is checked afresh
 CHECKS_FILE = "precision-checks.json"
 
 Scores = Callable[[nn.Module, list], np.ndarray]
 
-# kind -> (converter, whether the top class must stay the same)
-KINDS = {"detector": (fast_detector, False), "encoder": (fast_encoder, True), "commfor": (fast_commfor, False)}
+# kind -> (converter, whether the top class must stay the same, whether it has attention to run per CPU)
+KINDS = {"detector": (fast_detector, False, True), "encoder": (fast_encoder, True, False),
+         "commfor": (fast_commfor, False, True)}
 
 
 def max_delta(kind: str) -> float:
@@ -67,7 +70,8 @@ def agreement(reference: np.ndarray, fast: np.ndarray, max_delta: float, same_ar
 def accelerate(model: nn.Module, device: torch.device, precisions: Union[str, Sequence[str]], scores: Scores, *,
                kind: str, weight_files: Sequence = ()) -> nn.Module:
     """``model`` (on ``device``) converted for the first of ``precisions`` that agrees with it in
-    fp32; ``model`` itself when none does.
+    fp32; ``model`` itself when none does. On a CPU the transformers try each precision's ways of
+    running attention in turn (:func:`~ganorigin.accel.packed.attention_paths`: on AVX2, int8 q/k/v, then exact).
 
     Args:
         precisions: one precision, or several to try in order (:func:`ganorigin.accel.precision.candidate_precisions`).
@@ -79,18 +83,21 @@ def accelerate(model: nn.Module, device: torch.device, precisions: Union[str, Se
         weight_files: the files behind the model and its scores; name the cached verdicts.
     """
     candidates = [p for p in ([precisions] if isinstance(precisions, str) else precisions) if p != "fp32"]
-    convert, same_argmax = KINDS[kind]
+    convert, same_argmax, has_attention = KINDS[kind]
+    steps = [(precision, attention) for precision in candidates
+             for attention in (attention_paths(precision) if has_attention and device.type == "cpu" else (None,))]
     checks, reference = read_json(_checks_file()), None
-    for precision in candidates:
-        key = _check_key(kind, weight_files, device, precision)
+    for step, (precision, attention) in enumerate(steps):
+        options = {"attention": attention} if attention else {}
+        key = _check_key(kind, weight_files, device, precision, attention)
         if key in checks:
             if checks[key]["ok"]:
-                return convert(model, device, precision)
+                return convert(model, device, precision, **options)
             continue
         if reference is None:
             with releasing_pages(page_blocks(model)):
                 reference = scores(model, probe_images())
-        fast = convert(model, device, precision)
+        fast = convert(model, device, precision, **options)
         check = agreement(reference, scores(fast, probe_images()), max_delta(kind), same_argmax=same_argmax)
         if key is not None:
             checks[key] = check
@@ -98,10 +105,14 @@ def accelerate(model: nn.Module, device: torch.device, precisions: Union[str, Se
                 logger.warning("Could not cache the precision check in %s; it runs again next start.", _checks_file())
         if check["ok"]:
             return fast
-        later = candidates[candidates.index(precision) + 1:]
-        logger.warning("The %s disagrees with fp32 in %s on the probe image (%s); %s.", kind, precision, check,
-                       f"trying {later[0]}" if later else "it runs exact fp32")
+        later = steps[step + 1:]
+        logger.warning("The %s disagrees with fp32 in %s on the probe image (%s); %s.", kind, _describe(*steps[step]),
+                       check, f"trying {_describe(*later[0])}" if later else "it runs exact fp32")
     return model
+
+
+def _describe(precision: str, attention: Optional[str]) -> str:
+    return f"{precision} (attention: {attention})" if attention and attention != precision else precision
 
 
 def precision_summary(detector: nn.Module, encoder: nn.Module) -> str:
@@ -114,8 +125,10 @@ def precision_summary(detector: nn.Module, encoder: nn.Module) -> str:
     return f"CLIP {d}, e4e {e}"
 
 
-def _check_key(kind: str, weight_files: Sequence, device: torch.device, precision: str) -> Optional[str]:
-    """A key for one (model, weights, machine, torch, precision); ``None`` when the weights are unknown.
+def _check_key(kind: str, weight_files: Sequence, device: torch.device, precision: str,
+               attention: Optional[str] = None) -> Optional[str]:
+    """A key for one (model, weights, machine, torch, precision and way of attention); ``None`` when
+    the weights are unknown.
 
     The machine is the CPU's name and the class GANOrigin takes it for (``GANORIGIN_CPU_ISA`` can
     say another) and the instruction sets oneDNN may use (``ONEDNN_MAX_CPU_ISA``): each changes the
@@ -123,8 +136,8 @@ def _check_key(kind: str, weight_files: Sequence, device: torch.device, precisio
     """
     if not weight_files:
         return None
-    parts = [kind, precision, FAST_PATH_VERSION, device.type, torch.__version__, cpu_model_name(), cpu_class(),
-             os.environ.get("ONEDNN_MAX_CPU_ISA", "")]
+    parts = [kind, precision, attention or "", FAST_PATH_VERSION, device.type, torch.__version__, cpu_model_name(),
+             cpu_class(), os.environ.get("ONEDNN_MAX_CPU_ISA", "")]
     for path in weight_files:
         stat = Path(path).stat()
         parts.append(f"{Path(path).resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
