@@ -146,8 +146,9 @@ def main(argv: Optional[list] = None) -> int:
         "passes": args.passes,
         "path_order": paths,
         "paths": runs,
+        "commfor_reference": timed["commfor_reference"],
         "ratios": {path: _ratios(runs[BASELINE], runs[path]) for path in paths if path != BASELINE},
-        "agreement": {path: agreement(runs[BASELINE]["answers"], runs[path]["answers"])
+        "agreement": {path: agreement(runs[BASELINE]["answers"], runs[path]["answers"], timed["commfor_reference"])
                       for path in paths if path != BASELINE},
         "command": "python -m benchmarks.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
@@ -320,7 +321,8 @@ def _child(args) -> int:
             os.environ["GANORIGIN_CACHE_DIR"] = str(_check_cache(args, path))
             models[path], facts[path] = _load(path, args.weights_dir)
         timed = time_paths(models, images, args.batch_size, passes=args.passes)
-        result = {"paths": {path: {**facts[path], **timed[path]} for path in models}}
+        result = {"paths": {path: {**facts[path], **timed[path]} for path in models},
+                  "commfor_reference": commfor_reference(args.weights_dir, images)}
     else:
         model, facts = _load(args.child, args.weights_dir)
         result = {"cold_start_s": time.time() - args.started, **facts, "threads": torch.get_num_threads()}
@@ -357,6 +359,17 @@ def load_baseline(weights_dir: Path):
             unit.shortcut_layer = torch.nn.MaxPool2d(1, unit.shortcut_layer.stride)
     attributor = load_attributor_pickles(*(weights_dir / f for f in (SVM_FILE, SCALER_FILE, LABEL_ENCODER_FILE)))
     return GANOrigin(detector, encoder, attributor, device="cpu", align=False)
+
+
+def commfor_reference(weights_dir: Path, images: list) -> list:
+    """Community Forensics' P(fake) for ``images`` in exact fp32: what ours' second detector is compared
+    with (the baseline has none)."""
+    from ganorigin.factory import commfor_scores, load_commfor
+    from ganorigin.images import load_image
+    from ganorigin.testing import COMMFOR_FILE
+
+    model = load_commfor(weights_dir / COMMFOR_FILE)
+    return [float(p) for p in commfor_scores(model, [load_image(path) for path in images])]
 
 
 def load_ours(weights_dir: Path, precision: Optional[str] = "auto"):
@@ -417,6 +430,9 @@ def time_image(model, path: Path) -> tuple:
     t5 = time.perf_counter()
     answer = {"image": str(path), "fake_probability": prediction.fake_probability, "fake": prediction.is_fake,
               "attribution": prediction.attribution_label}
+    if prediction.commfor_probability is not None:  # the second detector's score and what it says
+        answer.update(commfor_probability=prediction.commfor_probability, commfor_threshold=prediction.commfor_threshold,
+                      commfor_band=prediction.commfor_band, commfor_state=prediction.detector_states["commfor"])
     return (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), answer
 
 
@@ -428,14 +444,17 @@ def time_batch(model, images: list, batch_size: int) -> dict:
     return {"batch_seconds": seconds, "throughput_images_per_s": len(images) / seconds}
 
 
-def agreement(baseline: list, ours: list) -> dict:
+def agreement(baseline: list, ours: list, commfor_reference: Optional[list] = None) -> dict:
     """Max |delta fake probability|, max |delta logit| (over the images whose probability is not
     saturated in float32, where the logit is recoverable) and the shares of identical verdicts and
-    attributions."""
+    attributions; with ``commfor_reference`` (Community Forensics' fp32 P(fake) per image), the same
+    for ours' second detector against it (its verdicts: fake, real or unsure, by ours' threshold and band)."""
+    from ganorigin.verdict import detector_state
+
     pairs = list(zip(baseline, ours))
     logits = [(_logit(a["fake_probability"]), _logit(b["fake_probability"])) for a, b in pairs]
     logits = [(a, b) for a, b in logits if a is not None and b is not None]
-    return {
+    result = {
         "images": len(pairs),
         "max_fake_probability_delta": max(abs(a["fake_probability"] - b["fake_probability"]) for a, b in pairs),
         "max_fake_logit_delta": max((abs(a - b) for a, b in logits), default=None),
@@ -443,6 +462,13 @@ def agreement(baseline: list, ours: list) -> dict:
         "identical_verdicts": sum(a["fake"] == b["fake"] for a, b in pairs) / len(pairs),
         "identical_attributions": sum(a["attribution"] == b["attribution"] for a, b in pairs) / len(pairs),
     }
+    commfor = [(want, b) for want, b in zip(commfor_reference or (), ours) if "commfor_probability" in b]
+    if commfor:
+        result["max_commfor_probability_delta"] = max(abs(want - b["commfor_probability"]) for want, b in commfor)
+        result["identical_commfor_verdicts"] = sum(
+            detector_state(want, b["commfor_threshold"], b["commfor_band"]) == b["commfor_state"] for want, b in commfor
+        ) / len(commfor)
+    return result
 
 
 def _logit(p: float) -> Optional[float]:
@@ -472,8 +498,12 @@ def _targets(result: dict, path: str) -> dict:
         "throughput_images_per_s": run["throughput_images_per_s"],
         "max_fake_probability_delta": agree["max_fake_probability_delta"],
     }
+    if "max_commfor_probability_delta" in agree:  # the second detector against its own fp32, by the same bar
+        target["max_commfor_probability_delta"] = target["max_fake_probability_delta"]
+        measured["max_commfor_probability_delta"] = agree["max_commfor_probability_delta"]
     met = {k: (v >= target[k] if k == "throughput_images_per_s" else v <= target[k]) for k, v in measured.items()}
-    met["identical_answers"] = agree["identical_verdicts"] == 1.0 and agree["identical_attributions"] == 1.0
+    met["identical_answers"] = (agree["identical_verdicts"] == 1.0 and agree["identical_attributions"] == 1.0
+                                and agree.get("identical_commfor_verdicts", 1.0) == 1.0)
     return {"target": target, "measured": measured, "met": met}
 
 
@@ -596,6 +626,9 @@ def format_table(result: dict) -> str:
             if a.get("max_fake_logit_delta") is not None:
                 lines.append(f"{path}: max |Δ logit| {a['max_fake_logit_delta']:.3f} on the {a['logit_images']} "
                              "images whose P(fake) is not saturated.")
+            if "max_commfor_probability_delta" in a:
+                lines.append(f"{path}: Community Forensics' P(fake) against its own fp32: max |Δ| "
+                             f"{a['max_commfor_probability_delta']:.2e}, same verdicts {a['identical_commfor_verdicts']:.0%}.")
     with_commfor = [path for path in order if paths[path].get("commfor_precision")]
     if with_commfor:
         lines.append(f"{', '.join(with_commfor)} also run the second detector (Community Forensics); the baseline, "

@@ -77,7 +77,8 @@ def test_quick_bench_writes_every_measurement(quick_result):
         assert ratios["end_to_end_p50"] == pytest.approx(
             run["latency"]["end_to_end"]["p50_ms"] / base["latency"]["end_to_end"]["p50_ms"])
         assert ratios["peak_rss_gb"] == pytest.approx(run["peak_rss_gb"] / base["peak_rss_gb"])
-        assert set(quick_result["targets"][path]["met"]) == {*bench.TARGETS, "identical_answers"}
+        assert set(quick_result["targets"][path]["met"]) == {*bench.TARGETS, "max_commfor_probability_delta",
+                                                             "identical_answers"}
     assert set(quick_result["agreement"]) == set(quick_result["ratios"]) == set(_ours(quick_result))
 
 
@@ -184,6 +185,13 @@ def test_quick_bench_agreement_comes_from_each_paths_answers(quick_result):
         assert agreement["identical_attributions"] == pytest.approx(same_attribution)
         # Tiny random weights still give the same answers on every path, within the issue's bar.
         assert agreement["max_fake_probability_delta"] <= 0.01
+        # the second detector, against its own fp32 (computed in the timing process)
+        reference = quick_result["commfor_reference"]
+        assert len(reference) == len(ours) and all(0 <= p <= 1 for p in reference)
+        assert agreement["max_commfor_probability_delta"] == pytest.approx(
+            max(abs(want - b["commfor_probability"]) for want, b in zip(reference, ours)))
+        assert agreement["max_commfor_probability_delta"] <= 0.01 and agreement["identical_commfor_verdicts"] == 1.0
+        assert "max_commfor_probability_delta" in quick_result["targets"][path]["met"]
 
 
 def test_agreement_counts_disagreements():
@@ -199,6 +207,18 @@ def test_agreement_counts_disagreements():
     assert result["logit_images"] == 2
     saturated = bench.agreement([{**base[0], "fake_probability": 0.0}], [{**ours[0], "fake_probability": 1e-9}])
     assert saturated["max_fake_logit_delta"] is None and saturated["logit_images"] == 0
+    assert "max_commfor_probability_delta" not in result  # no second detector, nothing said of it
+
+
+def test_agreement_compares_the_second_detector_with_its_fp32_verdicts():
+    """Community Forensics' fp32 P(fake) 0.40 and 0.52 against ours' 0.41 and 0.49, threshold 0.5 and
+    band 0.02: the first is "real" both times, the second "fake" in fp32 but "unsure" in ours."""
+    base = [{"fake_probability": 0.2, "fake": False, "attribution": "progan"}] * 2
+    ours = [{**base[0], "commfor_probability": p, "commfor_threshold": 0.5, "commfor_band": 0.02, "commfor_state": state}
+            for p, state in ((0.41, "real"), (0.49, "unsure"))]
+    result = bench.agreement(base, ours, [0.40, 0.52])
+    assert result["max_commfor_probability_delta"] == pytest.approx(0.03)
+    assert result["identical_commfor_verdicts"] == 0.5
 
 
 def test_precision_resolution(monkeypatch):
