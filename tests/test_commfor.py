@@ -168,6 +168,26 @@ def test_fast_commfor_is_a_new_module_and_agrees(tiny_checkpoint):
 
 
 @needs_onednn
+@pytest.mark.parametrize("isa, first", [("avx512_bf16", "bf16"), ("amx", "bf16"), ("avx512_vnni", "exact"),
+                                        ("avx2", "exact")])
+def test_int8_commfor_keeps_its_first_block_out_of_int8(tiny_checkpoint, isa, first, monkeypatch):
+    """As CLIP's: the first block, which reads the raw patch embeddings, stays exact (bf16 where the CPU
+    has native bf16); the last computes the class token alone."""
+    monkeypatch.setenv("GANORIGIN_CPU_ISA", isa)
+    model = load_commfor(tiny_checkpoint)
+    fast = accel.fast_commfor(model, torch.device("cpu"), "int8")
+    blocks = fast.module.vit.blocks
+    if first == "exact":
+        assert blocks[0] is model.vit.blocks[0]
+    else:
+        assert type(blocks[0]) is PackedViTBlock and type(blocks[0].fc1) is PackedLinear
+    assert type(blocks[-1]) is PackedViTBlock and blocks[-1].class_token_only
+    images = _images()
+    exact, quick = commfor_scores(model, images), commfor_scores(fast, images)
+    assert 0 < np.abs(exact - quick).max() <= 2 * probe.MAX_COMMFOR_PROBABILITY_DELTA
+
+
+@needs_onednn
 def test_the_probe_keeps_the_fast_path_only_within_its_own_bound(sources, monkeypatch, tmp_path):
     from ganorigin.hub import resolve
 
