@@ -8,4 +8,5 @@ from .probe import accelerate, precision_summary
 from .workers import ModelWorkers
 
 __all__ = ["PRECISIONS", "Accelerated", "ModelWorkers", "accelerate", "attention_paths", "candidate_precisions",
-           "cpu_has_bf16_matrix_units", "cpu_model_name", "fast_commfor", "fast_detector", "fast_encoder", "precision_of", "precision_summary", "replace_modules", "resolve_precision"]
+           "cpu_has_bf16_matrix_units", "cpu_model_name", "fast_commfor", "fast_detector", "fast_encoder",
+           "precision_of", "precision_summary", "replace_modules", "resolve_precision"]

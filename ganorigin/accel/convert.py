@@ -97,8 +97,8 @@ def _shallow(module: nn.Module) -> nn.Module:
 CLIP_INT8_EXACT_BLOCKS = 1
 # Community Forensics' likewise: its P(fake) on 24 dev images moved from fp32 by up to 0.0146 (mean 0.0042)
 # on AMD Zen 4 with every block in int8, 0.0155 (0.0048) on AVX2 and 0.0086 (0.0033) on AVX-512-VNNI
-# (emulated), against 0.0066 (0.0023), 0.0060 (0.0027) and 0.0065 (0.0022) with its first block exact.
-# Full-size random weights; one block is 1/12 of its work.
+# (emulated), against 0.0055 (0.0022; the first block in bf16), 0.0060 (0.0027) and 0.0065 (0.0022; both
+# exact) with its first block out of int8. Full-size random weights; one block is 1/12 of its work.
 COMMFOR_INT8_EXACT_BLOCKS = 1
 
 
