@@ -269,7 +269,7 @@ def linear_for(precision: str):
 #   "int8-qkv" (q/k/v in plain int8, the output projection exact), else "exact". AVX2 emulated on Zen 4,
 #   full-size random weights, one thread: CLIP 1265 -> 1030 ms, its P(fake) on the probe image 0.0022 from
 #   fp32 (0.0094 with the output projection in int8 too); Community Forensics' moved 0.0164 with q/k/v in
-#   int8 (refused: it runs "exact").
+#   int8 (0.0134 with its first block exact; refused: it runs "exact").
 ATTENTION_PATHS = {"native bf16": ("bf16",), "vnni": ("two-part",), "avx2": ("int8-qkv", "exact")}
 
 
@@ -284,9 +284,10 @@ def attention_paths(precision: str) -> tuple:
 def attention_linears(precision: str, path: Optional[str] = None) -> tuple:
     """``(qkv, out)``: for attention's q/k/v and output projections, each ``(weight, bias) -> module``,
     for ``precision`` the way ``path`` says (one of :func:`attention_paths`; its first when ``None``)."""
-    path = path or attention_paths(precision)[0]
-    if path not in attention_paths(precision):
-        raise ValueError(f"attention path {path!r} is not one of {attention_paths(precision)} for {precision} here.")
+    paths = attention_paths(precision)
+    path = path or paths[0]
+    if path not in paths:
+        raise ValueError(f"attention path {path!r} is not one of {paths} for {precision} here.")
     if path == "bf16":
         make = linear_for("bf16")
         return make, make
