@@ -426,10 +426,12 @@ def time_image(model, path: Path) -> tuple:
     t3 = time.perf_counter()
     model.attributor.predict_proba(codes)
     t4 = time.perf_counter()
+    rescored = getattr(model.detector, "rescored", 0)  # a fast detector's borderline images, scored again exactly
     prediction = model.predict(path)
     t5 = time.perf_counter()
     answer = {"image": str(path), "fake_probability": prediction.fake_probability, "fake": prediction.is_fake,
-              "attribution": prediction.attribution_label}
+              "attribution": prediction.attribution_label,
+              "rescored_exactly": getattr(model.detector, "rescored", 0) > rescored}
     if prediction.commfor_probability is not None:  # the second detector's score and what it says
         answer.update(commfor_probability=prediction.commfor_probability, commfor_threshold=prediction.commfor_threshold,
                       commfor_band=prediction.commfor_band, commfor_state=prediction.detector_states["commfor"])
@@ -447,8 +449,9 @@ def time_batch(model, images: list, batch_size: int) -> dict:
 def agreement(baseline: list, ours: list, commfor_reference: Optional[list] = None) -> dict:
     """Max |delta fake probability|, max |delta logit| (over the images whose probability is not
     saturated in float32, where the logit is recoverable) and the shares of identical verdicts and
-    attributions; with ``commfor_reference`` (Community Forensics' fp32 P(fake) per image), the same
-    for ours' second detector against it (its verdicts: fake, real or unsure, by ours' threshold and band)."""
+    attributions, and how many of ours' images its detector found borderline and scored again exactly; with
+    ``commfor_reference`` (Community Forensics' fp32 P(fake) per image), the same for ours' second detector
+    against it (its verdicts: fake, real or unsure, by ours' threshold and band)."""
     from ganorigin.verdict import detector_state
 
     pairs = list(zip(baseline, ours))
@@ -461,6 +464,7 @@ def agreement(baseline: list, ours: list, commfor_reference: Optional[list] = No
         "logit_images": len(logits),
         "identical_verdicts": sum(a["fake"] == b["fake"] for a, b in pairs) / len(pairs),
         "identical_attributions": sum(a["attribution"] == b["attribution"] for a, b in pairs) / len(pairs),
+        "rescored_images": sum(bool(b.get("rescored_exactly")) for b in ours),
     }
     commfor = [(want, b) for want, b in zip(commfor_reference or (), ours) if "commfor_probability" in b]
     if commfor:
@@ -626,6 +630,9 @@ def format_table(result: dict) -> str:
             if a.get("max_fake_logit_delta") is not None:
                 lines.append(f"{path}: max |Δ logit| {a['max_fake_logit_delta']:.3f} on the {a['logit_images']} "
                              "images whose P(fake) is not saturated.")
+            if a.get("rescored_images"):
+                lines.append(f"{path}: {a['rescored_images']} of {a['images']} images were borderline for the fast "
+                             "detector and scored again exactly.")
             if "max_commfor_probability_delta" in a:
                 lines.append(f"{path}: Community Forensics' P(fake) against its own fp32: max |Δ| "
                              f"{a['max_commfor_probability_delta']:.2e}, same verdicts {a['identical_commfor_verdicts']:.0%}.")

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .accel import Accelerated, accelerate, candidate_precisions
+from .accel import Accelerated, BorderlineExact, accelerate, borderline_band, candidate_precisions
 from .errors import WeightsFormatError
 from .hub import ResolvedWeights, WeightSources, resolve
 from .hub.checkpoints import load_tensors, load_torch_file, strict_load
@@ -72,16 +72,18 @@ def create_detector(*, pretrained: bool = False, files: Optional[ResolvedWeights
     Args:
         pretrained: load the published weights (resolved from ``sources``, or given as ``files``).
         precision: ``"fp32"`` (exact), ``"auto"``/``None`` (the fastest agreeing path on this
-            device, see :mod:`ganorigin.accel`), ``"bf16"``, ``"fp16"`` (CUDA).
+            device, see :mod:`ganorigin.accel`), ``"bf16"``, ``"fp16"`` (CUDA). A fast path scores its
+            borderline images again exactly (:class:`~ganorigin.accel.BorderlineExact`).
     """
     device = as_device(device)
     if not (pretrained or files):
         return UFDDetector().to(device)
     files = files or resolve(sources)
     model = load_detector(files.clip, files.ufd_head).to(device)
-    return accelerate(model, device, candidate_precisions(precision, device, "detector"), detector_scores,
-                      kind="detector",
-                      weight_files=[files.clip, files.ufd_head])
+    fast = accelerate(model, device, candidate_precisions(precision, device, "detector"), detector_scores,
+                      kind="detector", weight_files=[files.clip, files.ufd_head])
+    band = borderline_band()
+    return fast if fast is model or band == 0 else BorderlineExact(fast, model, band)
 
 
 def create_encoder(*, pretrained: bool = False, files: Optional[ResolvedWeights] = None,

@@ -208,6 +208,8 @@ def test_agreement_counts_disagreements():
     saturated = bench.agreement([{**base[0], "fake_probability": 0.0}], [{**ours[0], "fake_probability": 1e-9}])
     assert saturated["max_fake_logit_delta"] is None and saturated["logit_images"] == 0
     assert "max_commfor_probability_delta" not in result  # no second detector, nothing said of it
+    assert result["rescored_images"] == 0
+    assert bench.agreement(base, [ours[0], {**ours[1], "rescored_exactly": True}])["rescored_images"] == 1
 
 
 def test_agreement_compares_the_second_detector_with_its_fp32_verdicts():

@@ -484,6 +484,7 @@ def test_int8_path_quantises_clip_and_e4e_and_agrees(sources, dev_sample, monkey
     from ganorigin import GANOrigin
 
     monkeypatch.setenv("GANORIGIN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("GANORIGIN_EXACT_BORDERLINE", "0")  # the fast detector's own scores (the tiny model's are all borderline)
     exact = GANOrigin.from_pretrained(sources, device="cpu", precision="fp32", align=False)
     int8 = GANOrigin.from_pretrained(sources, device="cpu", precision="int8", align=False)
     assert accel.precision_of(int8.detector) == accel.precision_of(int8.encoder) == "int8" == int8.precision
@@ -497,6 +498,80 @@ def test_int8_path_quantises_clip_and_e4e_and_agrees(sources, dev_sample, monkey
     # int8 quantises each input over its own range, so an image's codes never depend on its batch-mates
     images = [Image.open(path).convert("RGB") for path in dev_sample[:3]]
     assert np.array_equal(int8.encode(images), np.concatenate([int8.encode([im]) for im in images]))
+
+
+class _FirstValue(nn.Module):
+    """A stand-in detector whose logit is its input's first value, plus ``shift`` (a fast path's error)."""
+
+    def __init__(self, shift: float = 0.0):
+        super().__init__()
+        self.shift = nn.Parameter(torch.tensor(shift), requires_grad=False)
+
+    def forward(self, x):
+        return x.flatten(1)[:, 0] + self.shift
+
+
+def test_borderline_images_are_scored_again_exactly_and_the_others_keep_the_fast_score():
+    """Only the images whose *fast* P(fake) lies strictly inside (band, 1 - band) get the exact logit;
+    the rest keep the fast one (with an error of 0.3 logit, as int8 CLIP's worst moves)."""
+    exact, fast = _FirstValue(), _FirstValue(shift=0.3)
+    model = accel.BorderlineExact(fast, exact, band=0.02)  # fast P in (0.02, 0.98): |fast logit| < 3.89
+    logits = torch.tensor([-6.0, -4.3, -3.0, 0.0, 2.0, 3.5, 3.7, 6.0])
+    x = logits[:, None, None, None].expand(-1, 3, 4, 4).contiguous()
+    with torch.inference_mode():
+        out = model(x)
+    rescored = torch.tensor([False, False, True, True, True, True, False, False])  # fast -4.0 and 4.0 stay
+    assert torch.equal(out[rescored], logits[rescored])
+    assert torch.equal(out[~rescored], logits[~rescored] + 0.3)
+    assert model.rescored == 4 and accel.precision_of(model) == "fp32"  # a stand-in fast model: not Accelerated
+    with torch.inference_mode():
+        model(x[:1])
+    assert model.rescored == 4  # nothing borderline: the exact model is not run
+
+
+def test_a_borderline_rescore_stays_differentiable_for_the_heat_map():
+    """The gradient heat map differentiates P(fake): through the exact model for a borderline image,
+    through the fast one otherwise."""
+    model = accel.BorderlineExact(_FirstValue(shift=0.3), _FirstValue(), band=0.02)
+    x = torch.tensor([0.0, 8.0])[:, None, None, None].expand(-1, 3, 2, 2).contiguous().requires_grad_()
+    model(x).sum().backward()
+    expected = torch.zeros_like(x)
+    expected[:, 0, 0, 0] = 1
+    assert torch.equal(x.grad, expected)
+
+
+def test_the_fast_detector_scores_borderline_images_as_fp32_does(sources, dev_sample, monkeypatch, tmp_path):
+    """From the published-format weights, a fast detector wraps the exact one (by default, band 0.02): the
+    dev images it scores as borderline get fp32's P(fake) exactly, the others its own; with
+    ``GANORIGIN_EXACT_BORDERLINE=0`` it is not wrapped."""
+    from ganorigin import GANOrigin
+    from ganorigin.hub.registry import UFD_PREPROCESS
+    from ganorigin.images import load_image
+
+    monkeypatch.setenv("GANORIGIN_CACHE_DIR", str(tmp_path))
+    images = [load_image(p) for p in dev_sample]
+    exact = GANOrigin.from_pretrained(sources, device="cpu", precision="fp32", align=False)
+    assert not isinstance(exact.detector, accel.BorderlineExact)  # exact already
+    reference = exact.fake_probabilities(images)
+    default = GANOrigin.from_pretrained(sources, device="cpu", precision="int8", align=False)
+    assert isinstance(default.detector, accel.BorderlineExact) and default.detector.band == accel.convert.BORDERLINE
+    monkeypatch.setenv("GANORIGIN_EXACT_BORDERLINE", "0.2")  # the tiny model scores 0.1-0.4: some in, some out
+    fast = GANOrigin.from_pretrained(sources, device="cpu", precision="int8", align=False)
+    assert isinstance(fast.detector, accel.BorderlineExact) and accel.precision_of(fast.detector) == "int8"
+    with torch.inference_mode():
+        alone = np.array([float(torch.sigmoid(fast.detector.fast(UFD_PREPROCESS(im)[None]))) for im in images])
+    close = (alone > 0.2) & (alone < 0.8)
+    assert close.any() and not close.all(), alone
+    scores = fast.fake_probabilities(images)
+    assert np.array_equal(scores[close], reference[close]) and fast.detector.rescored == close.sum()
+    assert np.array_equal(scores[~close], alone[~close]) and not np.array_equal(scores, reference)
+    monkeypatch.setenv("GANORIGIN_EXACT_BORDERLINE", "0")
+    off = GANOrigin.from_pretrained(sources, device="cpu", precision="int8", align=False)
+    assert isinstance(off.detector, accel.Accelerated)
+    for bad in ("0.5", "-0.1", "half"):
+        monkeypatch.setenv("GANORIGIN_EXACT_BORDERLINE", bad)
+        with pytest.raises(ValueError, match="GANORIGIN_EXACT_BORDERLINE"):
+            accel.borderline_band()
 
 
 @pytest.mark.parametrize("encoder", [True, False])
