@@ -3,19 +3,21 @@
 ``create_detector()`` / ``create_encoder()`` / ``create_commfor()`` build the pure model with random weights; with
 ``pretrained=True`` (or resolved ``files``) they load the published weights strictly, and with a
 ``precision`` other than ``"fp32"`` they return the accelerated module where it agrees with the
-exact one on the probe image (:func:`ganorigin.accel.accelerate`).
+exact one on the probe image (:func:`ganorigin.accel.accelerate`); a fast detector hands the images
+it scores near a verdict's edge to the exact one (:class:`ganorigin.accel.BorderlineExact`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch import nn
 
-from .accel import Accelerated, BorderlineExact, accelerate, borderline_band, candidate_precisions
+from .accel import BorderlineExact, accelerate, borderline_band, candidate_precisions
+from .accel.convert import COMMFOR_MARGIN, base_model
 from .errors import WeightsFormatError
 from .hub import ResolvedWeights, WeightSources, resolve
 from .hub.checkpoints import load_tensors, load_torch_file, strict_load
@@ -23,6 +25,7 @@ from .hub.registry import COMMFOR_PREPROCESS, E4E_PREPROCESS, UFD_PREPROCESS
 from .models.commfor import CommForDetector, vit_cfg_from_state_dict
 from .models.detector import UFDDetector, clip_visual_state_dict, vision_cfg_from_state_dict
 from .models.encoder import E4EEncoder, checkpoint_filter_fn, config_from_state_dict
+from .verdict import COMMFOR_THRESHOLD, UnsurePolicy, effective_band
 
 Device = Union[None, str, torch.device]
 
@@ -80,7 +83,7 @@ def create_detector(*, pretrained: bool = False, files: Optional[ResolvedWeights
         return UFDDetector().to(device)
     files = files or resolve(sources)
     model = load_detector(files.clip, files.ufd_head).to(device)
-    fast = accelerate(model, device, candidate_precisions(precision, device, "detector"), detector_scores,
+    fast = accelerate(model, device, candidate_precisions(precision, device, "detector"), detector_logits,
                       kind="detector", weight_files=[files.clip, files.ufd_head])
     band = borderline_band()
     return fast if fast is model or band == 0 else BorderlineExact(fast, model, band)
@@ -115,43 +118,54 @@ def create_encoder(*, pretrained: bool = False, files: Optional[ResolvedWeights]
 
 def create_commfor(*, pretrained: bool = False, files: Optional[ResolvedWeights] = None,
                    sources: Optional[WeightSources] = None, device: Device = None,
-                   precision: Optional[str] = "fp32") -> nn.Module:
+                   precision: Optional[str] = "fp32", edges: Optional[Sequence[float]] = None) -> nn.Module:
     """Community Forensics (the any-generator detector), ready for inference on ``device``.
 
     Args:
         pretrained: load the published weights (resolved from ``sources``, or given as ``files``).
-        precision: as :func:`create_detector`; the probe bounds its P(fake) on its own.
+        precision: as :func:`create_detector`; the probe bounds its P(fake) on its own. A fast path scores
+            the images it puts near one of ``edges`` again exactly.
+        edges: the P(fake)s where its verdict changes (default: :data:`COMMFOR_THRESHOLD` and the edges of
+            the "unsure" band around it, ``UnsurePolicy.from_env()``).
     """
     device = as_device(device)
     if not (pretrained or files):
         return CommForDetector().to(device)
     files = files or resolve(sources)
     model = load_commfor(files.commfor).to(device)
-    return accelerate(model, device, candidate_precisions(precision, device, "commfor"), commfor_scores,
-                      kind="commfor",
-                      weight_files=[files.commfor])
+    fast = accelerate(model, device, candidate_precisions(precision, device, "commfor"), commfor_scores,
+                      kind="commfor", weight_files=[files.commfor])
+    if fast is model or borderline_band() == 0:
+        return fast
+    if edges is None:
+        band = effective_band(COMMFOR_THRESHOLD, UnsurePolicy.from_env().commfor_band)
+        edges = sorted({COMMFOR_THRESHOLD - band, COMMFOR_THRESHOLD, COMMFOR_THRESHOLD + band})
+    return BorderlineExact(fast, model, band=None, edges=edges, margin=COMMFOR_MARGIN)
 
 
 def detector_scores(detector: nn.Module, images: list, batch: int = 1) -> np.ndarray:
     """UFD's P(fake) for decoded RGB images, ``batch`` per forward, shape (B,)."""
-    return _sigmoid_scores(detector, UFD_PREPROCESS, images, batch)
+    return _scores(detector, UFD_PREPROCESS, images, batch)
+
+
+def detector_logits(detector: nn.Module, images: list, batch: int = 1) -> np.ndarray:
+    """UFD's logit for decoded RGB images (what the agreement probe compares), shape (B,)."""
+    return _scores(detector, UFD_PREPROCESS, images, batch, sigmoid=False)
 
 
 def commfor_scores(commfor: nn.Module, images: list, batch: int = 1) -> np.ndarray:
     """Community Forensics' P(fake) for decoded RGB images, ``batch`` per forward, shape (B,)."""
-    preprocess = COMMFOR_PREPROCESS[(commfor.module if isinstance(commfor, Accelerated) else commfor).input_size]
-    return _sigmoid_scores(commfor, preprocess, images, batch)
+    preprocess = COMMFOR_PREPROCESS[base_model(commfor).input_size]
+    return _scores(commfor, preprocess, images, batch)
 
 
 @torch.inference_mode()
-def _sigmoid_scores(model: nn.Module, preprocess, images: list, batch: int) -> np.ndarray:
-    """sigmoid(model(preprocess(image))) for each image, ``batch`` per forward, shape (B,)."""
+def _scores(model: nn.Module, preprocess, images: list, batch: int, sigmoid: bool = True) -> np.ndarray:
+    """sigmoid(model(preprocess(image))) (or the logit alone) for each image, ``batch`` per forward, shape (B,)."""
     device = _device_of(model)
-    return np.concatenate([
-        torch.sigmoid(model(torch.stack([preprocess(im) for im in images[i : i + batch]]).to(device)).float())
-        .cpu().numpy()
-        for i in range(0, len(images), batch)
-    ])
+    outputs = [model(torch.stack([preprocess(im) for im in images[i : i + batch]]).to(device)).float()
+               for i in range(0, len(images), batch)]
+    return np.concatenate([(torch.sigmoid(out) if sigmoid else out).cpu().numpy() for out in outputs])
 
 
 @torch.inference_mode()

@@ -201,3 +201,31 @@ def test_the_probe_keeps_the_fast_path_only_within_its_own_bound(sources, monkey
     assert isinstance(refused, CommForDetector) and accel.precision_of(refused) == "fp32"
     assert create_commfor(files=files, device="cpu", precision="fp32").__class__ is CommForDetector
 
+
+@needs_onednn
+def test_a_fast_commfor_scores_again_exactly_the_images_near_where_its_verdict_changes(sources, monkeypatch, tmp_path):
+    """Its threshold and the edges of its "unsure" band (from the environment, as the pipeline's) are where a
+    small move changes its verdict: there the fast path hands the image to the exact model."""
+    from ganorigin.hub import resolve
+
+    monkeypatch.setenv("GANORIGIN_CACHE_DIR", str(tmp_path))
+    files = resolve(sources)
+    model = load_commfor(files.commfor)
+    fast = create_commfor(files=files, device="cpu", precision="int8")
+    assert isinstance(fast, accel.BorderlineExact) and accel.precision_of(fast) == "int8"
+    assert fast.edges == pytest.approx((0.4, 0.5, 0.6)) and fast.margin == accel.convert.COMMFOR_MARGIN
+    monkeypatch.setenv("GANORIGIN_UNSURE_BAND_COMMFOR", "0.2")
+    assert create_commfor(files=files, device="cpu", precision="int8").edges == pytest.approx((0.3, 0.5, 0.7))
+
+    images = _images()
+    reference, alone = commfor_scores(model, images), commfor_scores(fast.fast, images)
+    distance = np.abs(alone[:, None] - np.array(fast.edges)[None]).min(axis=1)
+    fast.margin = float(np.sort(distance)[0] + np.sort(distance)[1]) / 2  # the nearest image in, the others out
+    near = distance < fast.margin
+    scores = commfor_scores(fast, images)
+    assert near.sum() == 1 and np.array_equal(scores[near], reference[near])
+    assert np.array_equal(scores[~near], alone[~near]) and fast.rescored == 1
+    monkeypatch.setenv("GANORIGIN_EXACT_BORDERLINE", "0")
+    assert accel.precision_of(off := create_commfor(files=files, device="cpu", precision="int8")) == "int8"
+    assert not isinstance(off, accel.BorderlineExact)
+

@@ -15,8 +15,8 @@ it (no copy of the unconverted weights), and replaces the parts it converts:
   :class:`~ganorigin.accel.packed.Int8UnfoldedConv2d`).
 - e4e's int8 weights use 7 bits on CPUs without VNNI (:func:`~ganorigin.accel.packed.int8_weight_bits`).
 - CUDA and mps: autocast does the casting and fp32 master weights stay; the detectors' heads stay fp32.
-- UFD: the images a fast detector scores near neither 0 nor 1 are scored again exactly
-  (:class:`BorderlineExact`), since rounding moves P(fake) most there.
+- The images a fast detector scores where rounding could change its verdict are scored again exactly
+  (:class:`BorderlineExact`): UFD's near neither 0 nor 1, Community Forensics' near its threshold and band.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from threadpoolctl import threadpool_limits
@@ -59,6 +59,14 @@ class Accelerated(nn.Module):
             return self.module(x).float()
 
 
+def base_model(module: nn.Module) -> nn.Module:
+    """The model as built, under an :class:`Accelerated` or :class:`BorderlineExact` one (``module`` itself
+    when it is not converted)."""
+    if isinstance(module, BorderlineExact):
+        return module.exact
+    return module.module if isinstance(module, Accelerated) else module
+
+
 def precision_of(module: nn.Module) -> str:
     """The precision ``module`` runs in: an :class:`Accelerated` model's (or the fast one's of a
     :class:`BorderlineExact`), else ``"fp32"``."""
@@ -67,14 +75,20 @@ def precision_of(module: nn.Module) -> str:
     return module.precision if isinstance(module, Accelerated) else "fp32"
 
 
-# The fast detectors score again exactly the images they put between BORDERLINE and 1 - BORDERLINE.
-# int8 rounding moves UFD's logit by about 0.12 on average and by up to 0.36 (24 dev images, full-size random
-# CLIP weights, AMD Zen 4, AVX-512-VNNI and AVX2: scratch measurement; weights and activations of both MLP
-# layers each add a share). Where P(fake) is near 0 or 1 that moves it by next to nothing (from the fast
-# path's P 0.98 a logit moved 0.36 is P moved 0.0086), but near 0.5 by up to 0.09: nine times the 0.01 the
-# fast paths promise, just where the verdict is decided. Images the fast path scores outside the band keep
-# its answer. GANORIGIN_EXACT_BORDERLINE sets the band (0 turns the second look off).
+# The fast detectors score again exactly the images where rounding could change what they say.
+# UFD: those it puts between BORDERLINE and 1 - BORDERLINE. int8 rounding moves UFD's logit by about 0.12 on
+# average and by up to 0.36 (24 dev images, full-size random CLIP weights, AMD Zen 4, AVX-512-VNNI and AVX2:
+# scratch measurement; weights and activations of both MLP layers each add a share). Where P(fake) is near 0
+# or 1 that moves it by next to nothing (from the fast path's P 0.98 a logit moved 0.36 is P moved 0.0086),
+# but near 0.5 by up to 0.09: nine times the 0.01 the fast paths promise, just where a verdict is decided,
+# wherever the user puts UFD's threshold. Images the fast path scores outside the band keep its answer.
+# GANORIGIN_EXACT_BORDERLINE sets the band (0 turns every second look off).
 BORDERLINE = 0.02
+# Community Forensics (its scores spread over the middle, its threshold fixed): those within COMMFOR_MARGIN of
+# where its verdict changes (its threshold, and the edges of its "unsure" band). int8 moved its P(fake) by at
+# most 0.0084 over 24 dev images (Zen 4, full-size random weights), and one image of them, 0.4017 in fp32,
+# crossed its band's edge at 0.4.
+COMMFOR_MARGIN = 0.01
 
 
 def borderline_band() -> float:
@@ -91,22 +105,30 @@ def borderline_band() -> float:
 
 class BorderlineExact(nn.Module):
     """A fast detector (logits out) whose borderline images are scored again by the ``exact`` one: those
-    whose fast P(fake) lies strictly between ``band`` and ``1 - band`` get the exact logit; the others
+    whose fast P(fake) lies strictly between ``band`` and ``1 - band`` (no band: ``None``) or within
+    ``margin`` of one of ``edges`` (the P(fake)s where its verdict changes) get the exact logit; the others
     keep the fast one. The exact model's memory-mapped weights are read back as it runs and given back
     block by block (:func:`~ganorigin.accel.memory.releasing_pages`), on all the intra-op threads torch had
     when this module was made, even on a worker lane limited to fewer (:mod:`~ganorigin.accel.workers`: the
     other lane is then mostly done). ``rescored`` counts the images scored again."""
 
-    def __init__(self, fast: nn.Module, exact: nn.Module, band: float = BORDERLINE):
+    def __init__(self, fast: nn.Module, exact: nn.Module, band: Optional[float] = BORDERLINE,
+                 edges: Sequence[float] = (), margin: float = 0.0):
         super().__init__()
         self.fast, self.exact, self.band = fast, exact, band
+        self.edges, self.margin = tuple(edges), margin
         self.threads = torch.get_num_threads()
         self.rescored = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.fast(x).float()
         probability = torch.sigmoid(logits)
-        close = ((probability > self.band) & (probability < 1 - self.band)).nonzero().flatten()
+        close = torch.zeros_like(probability, dtype=torch.bool)
+        if self.band is not None:
+            close |= (probability > self.band) & (probability < 1 - self.band)
+        for edge in self.edges:
+            close |= (probability - edge).abs() < self.margin
+        close = close.nonzero().flatten()
         if len(close) == 0:
             return logits
         self.rescored += len(close)

@@ -264,13 +264,16 @@ def linear_for(precision: str):
 # over 16 dev images 0.0034 against 0.0016; the weights' rounding, not the activations', measured). So:
 # - "bf16" with native bf16 (AMX, AVX-512-BF16): bf16 PackedLinear (AMD EPYC Zen 4, one thread: 8.7 ms for
 #   257x1024x3072 against 10.8 ms as TwoPartInt8Linear);
-# - "two-part" with VNNI: TwoPartInt8Linear, as little change in P(fake) as exact weights;
+# - "two-part" with VNNI: TwoPartInt8Linear, as little change in P(fake) as exact weights; else "exact" (Community
+#   Forensics on AVX-512-VNNI, emulated on Zen 4, full-size random weights: its P(fake) on the probe image moved
+#   0.0073 from fp32 with two-part attention, refused, and 0.0026 with exact attention; over 24 dev images 0.0063
+#   and 0.0036 at most; without this it ran all in fp32);
 # - without VNNI (class avx2), where two int8 products cost more than one fp32 one (18.6 against 14.8 ms),
 #   "int8-qkv" (q/k/v in plain int8, the output projection exact), else "exact". AVX2 emulated on Zen 4,
 #   full-size random weights, one thread: CLIP 1265 -> 1030 ms, its P(fake) on the probe image 0.0022 from
 #   fp32 (0.0094 with the output projection in int8 too); Community Forensics' moved 0.0164 with q/k/v in
 #   int8 (0.0134 with its first block exact; refused: it runs "exact").
-ATTENTION_PATHS = {"native bf16": ("bf16",), "vnni": ("two-part",), "avx2": ("int8-qkv", "exact")}
+ATTENTION_PATHS = {"native bf16": ("bf16",), "vnni": ("two-part", "exact"), "avx2": ("int8-qkv", "exact")}
 
 
 def attention_paths(precision: str) -> tuple:
