@@ -30,9 +30,9 @@ logger = logging.getLogger(__name__)
 # Agreement a fast model must keep with fp32 on the probe image (the benchmark's bar is 0.01 in P(fake)).
 # UFD's is on its logit, not P(fake): P near 0 or 1 (where the probe image may fall with real weights) would
 # hide any move, and the images near 0.5 are scored again exactly (BorderlineExact), so what the fast
-# detector must keep small is its logit's move. 0.1 is what, on faces, int8 moved it up to 0.36 with while
-# the probe image's moved 0.003-0.08 (full-size random weights, every CPU class; the probe image is the less
-# sensitive one); from the band's edge, P(fake) 0.98, a logit moved 0.36 is P(fake) moved 0.0086.
+# detector must keep small is its logit's move: outside the band, a logit moved 0.36 is P(fake) moved 0.0086
+# at most. int8 moved the probe image's logit by 0.003-0.08 and faces' by up to 0.36 (full-size random weights,
+# every CPU class: the probe image is the less sensitive), so a path over 0.1 on it is likely far over on faces.
 MAX_FAKE_LOGIT_DELTA = 0.1
 MAX_ATTRIBUTION_PROBABILITY_DELTA = 0.01
 MAX_COMMFOR_PROBABILITY_DELTA = 0.005
