@@ -789,3 +789,82 @@ def test_a_path_that_disagrees_falls_back_to_the_next_and_both_verdicts_are_cach
     assert accel.precision_of(again) == "bf16"
     assert accel.precision_of(accel.accelerate(model, torch.device("cpu"), "int8", no_probe, kind="detector",
                                                weight_files=files)) == "fp32"
+
+
+def test_the_probe_image_is_a_real_face_from_a_dependency_and_synthetic_without_it(monkeypatch):
+    """Grace Hopper's portrait from matplotlib's sample data; an install without it gets the synthetic image."""
+    import matplotlib.cbook
+
+    from ganorigin.accel.probe import probe_images, synthetic_probe_image
+
+    face = probe_images()
+    assert len(face) == 1 and face[0].mode == "RGB" and face[0].size == (512, 600)
+
+    def missing(name, asfileobj=True):
+        raise FileNotFoundError(name)
+
+    monkeypatch.setattr(matplotlib.cbook, "get_sample_data", missing)
+    synthetic = probe_images()
+    assert np.array_equal(np.asarray(synthetic[0]), np.asarray(synthetic_probe_image()))
+    assert not np.array_equal(np.asarray(synthetic[0].resize(face[0].size)), np.asarray(face[0]))
+
+
+@pytest.mark.parametrize("kind", ["detector", "encoder", "commfor"])
+def test_the_probe_compares_the_features_each_score_is_computed_from(kind, weights_dir):
+    """The head's input for the detectors (CLIP's embedding, Community Forensics' pooled token), e4e's codes."""
+    from ganorigin.accel.probe import KINDS, probe_images, scores_and_features
+    from ganorigin.factory import commfor_scores, detector_logits, encode, load_commfor, load_detector, load_encoder
+    from ganorigin.hub.registry import COMMFOR_PREPROCESS, E4E_PREPROCESS, UFD_PREPROCESS
+    from ganorigin.testing import CLIP_FILE, COMMFOR_FILE, E4E_FILE, UFD_HEAD_FILE
+
+    images = probe_images()
+    if kind == "detector":
+        model, scores = load_detector(weights_dir / CLIP_FILE, weights_dir / UFD_HEAD_FILE), detector_logits
+        expected = lambda x: model.forward_features(x)  # noqa: E731
+        x = UFD_PREPROCESS(images[0])[None]
+    elif kind == "encoder":
+        model = load_encoder(weights_dir / E4E_FILE)
+        scores, expected = (lambda m, ims: encode(m, ims)), model
+        x = E4E_PREPROCESS(images[0])[None]
+    else:
+        model, scores = load_commfor(weights_dir / COMMFOR_FILE), commfor_scores
+        expected = lambda x: model.vit.forward_head(model.vit.forward_features(x), pre_logits=True)  # noqa: E731
+        x = COMMFOR_PREPROCESS[model.input_size](images[0])[None]
+    got_scores, features = scores_and_features(model, scores, images, KINDS[kind][3])
+    with torch.inference_mode():
+        want = expected(x).flatten(1).numpy()
+    np.testing.assert_allclose(got_scores, scores(model, images))
+    np.testing.assert_allclose(features, want, rtol=1e-5, atol=1e-6)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())  # hooks removed
+
+
+def test_a_fast_path_whose_features_move_is_refused_though_its_scores_do_not(weights_dir, monkeypatch, tmp_path):
+    """With a head that reads nothing (weight 0), int8 leaves the logit exactly as fp32's, so no score bound sees
+    the int8 rounding; the bound on the features' relative error does: refused below the error int8 makes,
+    kept above it."""
+    from ganorigin.accel.probe import KINDS, probe_images, relative_error, scores_and_features
+    from ganorigin.factory import detector_logits, load_detector
+    from ganorigin.testing import CLIP_FILE, UFD_HEAD_FILE
+
+    model = load_detector(weights_dir / CLIP_FILE, weights_dir / UFD_HEAD_FILE)
+    model.fc.weight.data.zero_()
+    cpu = torch.device("cpu")
+    int8 = accel.fast_detector(model, cpu, "int8")
+    (exact, features), (fast, fast_features) = (scores_and_features(m, detector_logits, probe_images(), KINDS["detector"][3])
+                                                for m in (model, int8))
+    assert np.array_equal(exact, fast)
+    error = relative_error(features, fast_features)
+    assert error > 0
+    monkeypatch.setenv("GANORIGIN_CACHE_DIR", str(tmp_path))
+    for bound, expected in ((error / 2, "fp32"), (error * 2, "int8")):
+        monkeypatch.setattr(accel.probe, "MAX_FEATURE_RELATIVE_ERROR", bound)
+        chosen = accel.accelerate(model, cpu, "int8", detector_logits, kind="detector")
+        assert accel.precision_of(chosen) == expected
+
+
+def test_relative_error_is_the_worst_rows():
+    from ganorigin.accel.probe import relative_error
+
+    reference = np.array([[3.0, 4.0], [1.0, 0.0]])
+    assert relative_error(reference, reference) == 0
+    assert relative_error(reference, reference + [[0.5, 0.0], [0.0, 0.2]]) == pytest.approx(0.2)

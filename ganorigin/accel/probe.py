@@ -1,9 +1,9 @@
 """The agreement probe: a fast module is used only where it agrees with its exact fp32 reference.
 
 :func:`accelerate` converts a model, runs the probe image through both, and returns the fast
-module when the scores agree within the bounds below, else the reference (and logs why). The
-verdict is cached per (weights, machine and CPU class, torch, precision, way of attention), so later
-starts skip the probe.
+module when its scores, and the features they are computed from, agree within the bounds below,
+else the reference (and logs why). The verdict is cached per (weights, machine and CPU class, torch,
+precision, way of attention), so later starts skip the probe.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from PIL import Image
 from torch import nn
 
 from ..hub.integrity import cache_root, read_json, write_json_atomic
-from .convert import fast_commfor, fast_detector, fast_encoder, page_blocks, precision_of
+from ..images import load_image
+from .convert import base_model, fast_commfor, fast_detector, fast_encoder, page_blocks, precision_of
 from .memory import releasing_pages
 from .packed import attention_paths
 from .precision import cpu_class, cpu_model_name
@@ -31,20 +32,28 @@ logger = logging.getLogger(__name__)
 # UFD's is on its logit, not P(fake): P near 0 or 1 (where the probe image may fall with real weights) would
 # hide any move, and the images near 0.5 are scored again exactly (BorderlineExact), so what the fast
 # detector must keep small is its logit's move: outside the band, a logit moved 0.36 is P(fake) moved 0.0086
-# at most. int8 moved the probe image's logit by 0.003-0.08 and faces' by up to 0.36 (full-size random weights,
-# every CPU class: the probe image is the less sensitive), so a path over 0.1 on it is likely far over on faces.
+# at most.
 MAX_FAKE_LOGIT_DELTA = 0.1
 MAX_ATTRIBUTION_PROBABILITY_DELTA = 0.01
 MAX_COMMFOR_PROBABILITY_DELTA = 0.005
+# A score's move depends on where the probe image's score falls (int8 moved UFD's logit by 0.01 on an image at
+# logit -3.5 and by 0.29 on one at -14); the relative error of the features the score is computed from hardly
+# does (int8 CLIP: 0.013-0.016 on each of 16 dev faces and 0.015 on the probe face, AMD Zen 4). So the probe
+# bounds that too. The paths kept measured 0.015-0.020 on the probe face (Zen 4, AVX-512-VNNI) and 0.026-0.031
+# on AVX2 (full-size random weights): a path over the bound is off by more than any path measured, whatever
+# score the probe image gets (as int8 could be on weights whose activations have outliers).
+MAX_FEATURE_RELATIVE_ERROR = 0.04
+PROBE_FACE = "grace_hopper.jpg"  # in matplotlib's sample data (a pinned dependency): a public-domain portrait
 PROBE_SIZE = 256
-FAST_PATH_VERSION = "packed-10"  # part of the cached verdicts' key: a new fast path is checked afresh
+FAST_PATH_VERSION = "packed-11"  # part of the cached verdicts' key: a new fast path is checked afresh
 CHECKS_FILE = "precision-checks.json"
 
 Scores = Callable[[nn.Module, list], np.ndarray]
 
-# kind -> (converter, whether the top class must stay the same, whether it has attention to run per CPU)
-KINDS = {"detector": (fast_detector, False, True), "encoder": (fast_encoder, True, False),
-         "commfor": (fast_commfor, False, True)}
+# kind -> (converter, whether the top class must stay the same, whether it has attention to run per CPU,
+#          the features: the input of this head, or the model's own output where it names none)
+KINDS = {"detector": (fast_detector, False, True, "fc"), "encoder": (fast_encoder, True, False, None),
+         "commfor": (fast_commfor, False, True, "vit.head")}
 
 
 def max_delta(kind: str) -> float:
@@ -54,13 +63,47 @@ def max_delta(kind: str) -> float:
 
 
 def probe_images() -> list:
-    """The probe's one deterministic image: a smooth face-like blob (low frequencies) under fine
-    noise (high frequencies). One image: each costs a full fp32 forward on the first start."""
+    """The probe's one image: a real face, Grace Hopper's portrait from matplotlib's sample data (int8 moves
+    its features as far as dev faces', 0.015 against 0.012-0.018, where the synthetic image's moved less);
+    where an install lacks it, :func:`synthetic_probe_image`. One image: each costs a full fp32 forward
+    on the first start."""
+    import matplotlib.cbook  # here: importing matplotlib costs every start that needs no probe
+
+    try:
+        path = matplotlib.cbook.get_sample_data(PROBE_FACE, asfileobj=False)
+        return [load_image(Path(path).read_bytes())]
+    except (OSError, ValueError):
+        logger.info("matplotlib's %s is missing: the probe uses a synthetic image.", PROBE_FACE)
+        return [synthetic_probe_image()]
+
+
+def synthetic_probe_image() -> Image.Image:
+    """A deterministic face-like image: a smooth blob (low frequencies) under fine noise (high frequencies)."""
     yy, xx = np.mgrid[0:PROBE_SIZE, 0:PROBE_SIZE] / PROBE_SIZE
     blob = np.exp(-((xx - 0.5) ** 2 / 0.06 + (yy - 0.45) ** 2 / 0.1))
     smooth = np.stack([0.3 + 0.6 * blob, 0.25 + 0.5 * blob, 0.2 + 0.4 * blob * yy], axis=-1)
     noise = np.random.default_rng(0).random((PROBE_SIZE, PROBE_SIZE, 3))
-    return [Image.fromarray(np.clip(255 * (0.8 * smooth + 0.2 * noise), 0, 255).astype(np.uint8), "RGB")]
+    return Image.fromarray(np.clip(255 * (0.8 * smooth + 0.2 * noise), 0, 255).astype(np.uint8), "RGB")
+
+
+def scores_and_features(model: nn.Module, scores: Scores, images: list, head: Optional[str]) -> tuple:
+    """``scores(model, images)`` and, per image, the features they come from: the input of ``model``'s
+    submodule ``head`` (its own output for ``None``), flattened, shape (B, D)."""
+    seen = []
+    target = base_model(model) if head is None else base_model(model).get_submodule(head)
+    hook = (target.register_forward_hook(lambda m, args, out: seen.append(out)) if head is None else
+            target.register_forward_pre_hook(lambda m, args: seen.append(args[0])))
+    try:
+        result = scores(model, images)
+    finally:
+        hook.remove()
+    return result, torch.cat([f.detach().float().flatten(1).cpu() for f in seen]).numpy()
+
+
+def relative_error(reference: np.ndarray, fast: np.ndarray) -> float:
+    """The largest ||fast - reference|| / ||reference|| over rows."""
+    reference, fast = np.asarray(reference, dtype=np.float64), np.asarray(fast, dtype=np.float64)
+    return float(np.max(np.linalg.norm(fast - reference, axis=-1) / np.linalg.norm(reference, axis=-1)))
 
 
 def agreement(reference: np.ndarray, fast: np.ndarray, max_delta: float, same_argmax: bool = False) -> dict:
@@ -83,12 +126,13 @@ def accelerate(model: nn.Module, device: torch.device, precisions: Union[str, Se
         kind: ``"detector"`` (UFD's logit must move by at most ``MAX_FAKE_LOGIT_DELTA``),
             ``"encoder"`` (attribution probabilities by ``MAX_ATTRIBUTION_PROBABILITY_DELTA``,
             same top GAN) or ``"commfor"`` (Community Forensics' P(fake), by
-            ``MAX_COMMFOR_PROBABILITY_DELTA``).
+            ``MAX_COMMFOR_PROBABILITY_DELTA``); for each, the features behind the scores (the head's input,
+            e4e's codes) by ``MAX_FEATURE_RELATIVE_ERROR``.
         scores: ``scores(module, images)`` -> what the comparison is made on.
         weight_files: the files behind the model and its scores; name the cached verdicts.
     """
     candidates = [p for p in ([precisions] if isinstance(precisions, str) else precisions) if p != "fp32"]
-    convert, same_argmax, has_attention = KINDS[kind]
+    convert, same_argmax, has_attention, head = KINDS[kind]
     steps = [(precision, attention) for precision in candidates
              for attention in (attention_paths(precision) if has_attention and device.type == "cpu" else (None,))]
     checks, reference = read_json(_checks_file()), None
@@ -100,10 +144,14 @@ def accelerate(model: nn.Module, device: torch.device, precisions: Union[str, Se
                 return convert(model, device, precision, **options)
             continue
         if reference is None:
+            images = probe_images()
             with releasing_pages(page_blocks(model)):
-                reference = scores(model, probe_images())
+                reference = scores_and_features(model, scores, images, head)
         fast = convert(model, device, precision, **options)
-        check = agreement(reference, scores(fast, probe_images()), max_delta(kind), same_argmax=same_argmax)
+        fast_scores, fast_features = scores_and_features(fast, scores, images, head)
+        check = agreement(reference[0], fast_scores, max_delta(kind), same_argmax=same_argmax)
+        check["feature_error"] = relative_error(reference[1], fast_features)
+        check["ok"] = check["ok"] and check["feature_error"] <= MAX_FEATURE_RELATIVE_ERROR
         if key is not None:
             checks[key] = check
             if not write_json_atomic(_checks_file(), checks):
