@@ -850,7 +850,8 @@ def test_a_fast_path_whose_features_move_is_refused_though_its_scores_do_not(wei
     model.fc.weight.data.zero_()
     cpu = torch.device("cpu")
     int8 = accel.fast_detector(model, cpu, "int8")
-    (exact, features), (fast, fast_features) = (scores_and_features(m, detector_logits, probe_images(), KINDS["detector"][3])
+    head = KINDS["detector"][3]
+    (exact, features), (fast, fast_features) = (scores_and_features(m, detector_logits, probe_images(), head)
                                                 for m in (model, int8))
     assert np.array_equal(exact, fast)
     error = relative_error(features, fast_features)
