@@ -426,16 +426,22 @@ def time_image(model, path: Path) -> tuple:
     t3 = time.perf_counter()
     model.attributor.predict_proba(codes)
     t4 = time.perf_counter()
-    rescored = getattr(model.detector, "rescored", 0)  # a fast detector's borderline images, scored again exactly
+    before = _rescored(model)  # each fast detector's images near a verdict's edge, scored again exactly
     prediction = model.predict(path)
     t5 = time.perf_counter()
+    after = _rescored(model)
     answer = {"image": str(path), "fake_probability": prediction.fake_probability, "fake": prediction.is_fake,
-              "attribution": prediction.attribution_label,
-              "rescored_exactly": getattr(model.detector, "rescored", 0) > rescored}
+              "attribution": prediction.attribution_label, "rescored_exactly": after[0] > before[0],
+              "commfor_rescored_exactly": after[1] > before[1]}
     if prediction.commfor_probability is not None:  # the second detector's score and what it says
         answer.update(commfor_probability=prediction.commfor_probability, commfor_threshold=prediction.commfor_threshold,
                       commfor_band=prediction.commfor_band, commfor_state=prediction.detector_states["commfor"])
     return (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), answer
+
+
+def _rescored(model) -> tuple:
+    """How many images UFD's and Community Forensics' fast detectors have scored again exactly so far."""
+    return getattr(model.detector, "rescored", 0), getattr(model.commfor, "rescored", 0)
 
 
 def time_batch(model, images: list, batch_size: int) -> dict:
@@ -465,6 +471,7 @@ def agreement(baseline: list, ours: list, commfor_reference: Optional[list] = No
         "identical_verdicts": sum(a["fake"] == b["fake"] for a, b in pairs) / len(pairs),
         "identical_attributions": sum(a["attribution"] == b["attribution"] for a, b in pairs) / len(pairs),
         "rescored_images": sum(bool(b.get("rescored_exactly")) for b in ours),
+        "commfor_rescored_images": sum(bool(b.get("commfor_rescored_exactly")) for b in ours),
     }
     commfor = [(want, b) for want, b in zip(commfor_reference or (), ours) if "commfor_probability" in b]
     if commfor:
@@ -633,6 +640,9 @@ def format_table(result: dict) -> str:
             if a.get("rescored_images"):
                 lines.append(f"{path}: {a['rescored_images']} of {a['images']} images were borderline for the fast "
                              "detector and scored again exactly.")
+            if a.get("commfor_rescored_images"):
+                lines.append(f"{path}: {a['commfor_rescored_images']} of {a['images']} images were near a verdict's "
+                             "edge for Community Forensics' fast path and scored again exactly.")
             if "max_commfor_probability_delta" in a:
                 lines.append(f"{path}: Community Forensics' P(fake) against its own fp32: max |Δ| "
                              f"{a['max_commfor_probability_delta']:.2e}, same verdicts {a['identical_commfor_verdicts']:.0%}.")

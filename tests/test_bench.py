@@ -210,6 +210,9 @@ def test_agreement_counts_disagreements():
     assert "max_commfor_probability_delta" not in result  # no second detector, nothing said of it
     assert result["rescored_images"] == 0
     assert bench.agreement(base, [ours[0], {**ours[1], "rescored_exactly": True}])["rescored_images"] == 1
+    assert result["commfor_rescored_images"] == 0
+    counted = bench.agreement(base, [{**ours[0], "commfor_rescored_exactly": True}, ours[1]])
+    assert counted["commfor_rescored_images"] == 1 and counted["rescored_images"] == 0
 
 
 def test_agreement_compares_the_second_detector_with_its_fp32_verdicts():
