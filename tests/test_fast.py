@@ -824,7 +824,7 @@ def test_the_probe_compares_the_features_each_score_is_computed_from(kind, weigh
         x = UFD_PREPROCESS(images[0])[None]
     elif kind == "encoder":
         model = load_encoder(weights_dir / E4E_FILE)
-        scores, expected = (lambda m, ims: encode(m, ims)), model
+        scores, expected = encode, model
         x = E4E_PREPROCESS(images[0])[None]
     else:
         model, scores = load_commfor(weights_dir / COMMFOR_FILE), commfor_scores
