@@ -657,20 +657,27 @@ def test_int8_conv_as_patches_computes_the_int8_conv(size, stride):
     assert 0 < float((got - want).norm() / want.norm()) < 0.03
 
 
-@pytest.mark.parametrize("isa", ["avx512_vnni", "avx512_bf16"])
+@pytest.mark.parametrize("isa", ["avx512_vnni", "avx512_bf16", "avx2"])
 def test_int8_encoder_runs_each_convolution_in_the_cpus_fastest_way(isa, monkeypatch):
     """The style blocks' last convolutions (on maps of 8x8 and less) are bf16 with their LeakyReLU fused
-    where the CPU has native bf16. Every other convolution reading the last stage's width (the style
-    blocks', the last stage's) is int8 as patches through one int8 linear, and every narrower one an int8
-    convolution, except the squeeze-and-excitation gates' 1x1 convolutions (on 1x1 maps): exact."""
-    from ganorigin.accel.convert import STYLE_CONVS_IN_BF16, fast_encoder
+    where the CPU has native bf16. The first ones of the blocks that read the same map are one int8
+    convolution as patches (their own are ``nn.Identity``). Every other convolution reading the last
+    stage's width (on AVX2 the stage before's too) is int8 as patches through one int8 linear, and every
+    narrower one an int8 convolution, except the squeeze-and-excitation gates' 1x1 convolutions (on 1x1
+    maps): exact."""
+    from ganorigin.accel.convert import STYLE_CONVS_IN_BF16, fast_encoder, style_groups
     from ganorigin.models.encoder import E4EEncoder, SEModule
     from ganorigin.testing import TINY_E4E
 
     monkeypatch.setenv("GANORIGIN_CPU_ISA", isa)
     original = E4EEncoder(TINY_E4E).eval()
     encoder = fast_encoder(original, torch.device("cpu"), "int8")
-    for block in encoder.module.styles:
+    styles = encoder.module.styles
+    assert [tuple(g) for g in style_groups(original)] == [(0, 1, 2), (3, 4, 5, 6), tuple(range(7, 18))]
+    assert [(type(m), m.linear.out_features) for m in styles.first] == [
+        (Int8UnfoldedConv2d, n * TINY_E4E.channels[-1]) for n in (3, 4, 11)]
+    for block in styles:
+        assert type(block.convs[0]) is nn.Identity
         convs = [m for m in block.convs if not isinstance(m, (nn.LeakyReLU, nn.Identity))]
         small = min(STYLE_CONVS_IN_BF16, len(convs)) if isa == "avx512_bf16" else 0
         assert [type(m) for m in convs] == [Int8UnfoldedConv2d] * (len(convs) - small) + [PackedConv2d] * small
@@ -678,11 +685,38 @@ def test_int8_encoder_runs_each_convolution_in_the_cpus_fastest_way(isa, monkeyp
     body = {path: type(encoder.module.get_submodule(path)) for path, m in original.named_modules()
             if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3) and not path.startswith("styles.")}
     reads = {path: original.get_submodule(path).in_channels for path in body}
-    assert {body[path] for path in body if reads[path] == TINY_E4E.channels[-1]} == {Int8UnfoldedConv2d}
-    assert {body[path] for path in body if reads[path] < TINY_E4E.channels[-1]} == {Int8Conv2d}
+    wide = TINY_E4E.channels[-2 if isa == "avx2" else -1]
+    assert {body[path] for path in body if reads[path] >= wide} == {Int8UnfoldedConv2d}
+    assert {body[path] for path in body if reads[path] < wide} == {Int8Conv2d}
     gates = {id(conv) for m in encoder.modules() if isinstance(m, SEModule) for conv in (m.fc1, m.fc2)}
     exact = {id(m) for m in encoder.modules() if type(m) is nn.Conv2d}
     assert gates and exact == gates
+
+
+@pytest.mark.parametrize("isa", ["avx512_vnni", "avx2"])
+def test_style_blocks_that_share_a_first_convolution_give_the_styles_of_their_own_bitwise(isa, monkeypatch):
+    """Each block of a group on its own first convolution (int8, as patches) and on its slice of the group's
+    one give the same style, to the bit; and the group runs that one convolution once."""
+    from ganorigin.accel.convert import fast_encoder, style_groups
+    from ganorigin.accel.packed import int8_weight_bits
+    from ganorigin.models.encoder import E4EEncoder
+    from ganorigin.testing import TINY_E4E
+
+    monkeypatch.setenv("GANORIGIN_CPU_ISA", isa)
+    torch.manual_seed(0)
+    original = E4EEncoder(TINY_E4E).eval()
+    styles = fast_encoder(original, torch.device("cpu"), "int8").module.styles
+    calls = []
+    for first in styles.first:
+        first.register_forward_hook(lambda module, args, out: calls.append(module))
+    for indices, size in zip(style_groups(original), (16, 32, 64)):
+        x = torch.randn(1, TINY_E4E.channels[-1], size, size).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            shared = styles.outputs(indices, x)
+            own = [styles[i](Int8UnfoldedConv2d(original.styles[i].convs[0], int8_weight_bits(encoder=True))(x))
+                   for i in indices]
+        assert len(shared) == len(indices) and all(torch.equal(a, b) for a, b in zip(shared, own))
+    assert calls == list(styles.first)
 
 
 @pytest.mark.parametrize("isa", ["avx512_vnni", "avx512_bf16"])
@@ -761,6 +795,50 @@ def test_the_detectors_probe_compares_logits_so_a_saturated_probability_hides_no
     sources = WeightSources(weights_dir=str(folder), local_files_only=True,
                             ufd_head_sha256=hashlib.sha256((folder / UFD_HEAD_FILE).read_bytes()).hexdigest())
     assert accel.precision_of(create_detector(sources=sources, pretrained=True, device="cpu", precision="int8")) == "fp32"
+
+
+def test_the_detector_bound_keeps_every_kept_probability_within_its_bar():
+    """Where the band keeps P(fake) (at most ``band``, at least ``1 - band``; everywhere with it off), a logit
+    moved by the bound moves P by at most 0.01; where the bound is under MAX_FAKE_LOGIT_DELTA, 5% more does not."""
+    from ganorigin.accel.probe import MAX_FAKE_LOGIT_DELTA, MAX_KEPT_PROBABILITY_DELTA, detector_logit_bound
+
+    def worst_move(band, move):
+        p = np.linspace(1e-6, 1 - 1e-6, 200001)
+        kept = p[(p <= band) | (p >= 1 - band)] if band > 0 else p
+        logit = np.log(kept / (1 - kept))
+        return max(np.abs(1 / (1 + np.exp(-(logit + s * move))) - kept).max() for s in (-1, 1))
+
+    assert detector_logit_bound(0.0) == pytest.approx(0.04, abs=1e-4)
+    assert detector_logit_bound(0.02) == MAX_FAKE_LOGIT_DELTA  # the default band: the move 0.1 is P 0.004 there
+    for band in (0.0, 0.02, 0.1, 0.2, 0.3, 0.45, 0.499):
+        bound = detector_logit_bound(band)
+        assert worst_move(band, bound) <= MAX_KEPT_PROBABILITY_DELTA + 1e-9, band
+        if bound < MAX_FAKE_LOGIT_DELTA:
+            assert worst_move(band, 1.05 * bound) > MAX_KEPT_PROBABILITY_DELTA, band
+
+
+def test_with_the_second_look_off_a_logit_move_the_band_allowed_is_refused_even_when_cached(weights_dir, monkeypatch,
+                                                                                            tmp_path):
+    """int8 made to move the logit by 0.07: kept with the default band (bound 0.1), refused with
+    ``GANORIGIN_EXACT_BORDERLINE=0`` (bound 0.04), the verdict cached under the band judged again without a probe."""
+    from ganorigin.factory import detector_logits, load_detector
+    from ganorigin.testing import CLIP_FILE, UFD_HEAD_FILE
+
+    monkeypatch.setenv("GANORIGIN_CACHE_DIR", str(tmp_path))
+    files = [weights_dir / CLIP_FILE, weights_dir / UFD_HEAD_FILE]
+    model = load_detector(*files)
+
+    def scores(module, images):
+        return detector_logits(module, images) + (0.07 if accel.precision_of(module) == "int8" else 0.0)
+
+    assert accel.precision_of(accel.accelerate(model, torch.device("cpu"), "int8", scores, kind="detector",
+                                               weight_files=files)) == "int8"
+    monkeypatch.setenv("GANORIGIN_EXACT_BORDERLINE", "0")
+    again = accel.accelerate(model, torch.device("cpu"), "int8", lambda m, i: pytest.fail("the probe ran again"),
+                             kind="detector", weight_files=files)
+    assert again is model
+    monkeypatch.setenv("GANORIGIN_CACHE_DIR", str(tmp_path / "fresh"))
+    assert accel.accelerate(model, torch.device("cpu"), "int8", scores, kind="detector", weight_files=files) is model
 
 
 def test_a_path_that_disagrees_falls_back_to_the_next_and_both_verdicts_are_cached(weights_dir, monkeypatch, tmp_path):

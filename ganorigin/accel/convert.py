@@ -33,11 +33,11 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ..models.commfor import CommForDetector
 from ..models.detector import UFDDetector
-from ..models.encoder import BottleneckIRSE, E4EEncoder, SEModule
+from ..models.encoder import COARSE_END, MIDDLE_END, BottleneckIRSE, E4EEncoder, SEModule, StyleBlocks
 from .memory import give_back, releasing_pages
 from .packed import (Int8Conv2d, Int8Linear, Int8UnfoldedConv2d, PackedConv2d, PackedLinear, PackedResidualBlock,
                      PackedViTBlock, int8_weight_bits)
-from .precision import DTYPES, cpu_has_bf16_matrix_units
+from .precision import DTYPES, cpu_class, cpu_has_bf16_matrix_units
 
 
 class Accelerated(nn.Module):
@@ -242,10 +242,67 @@ def fast_commfor(commfor: CommForDetector, device: torch.device, precision: str,
 # is slow there. Per 512->512 3x3 convolution, one thread, patches against Int8Conv2d: on 32x32 maps 0.78x
 # on AMD Zen 4 and AVX-512-VNNI (emulated), 0.93x on AVX2 (emulated); on 16x16 0.45-0.65x; on 8x8 and less
 # 0.1-0.5x; stride 1 on 16x16 0.62-0.85x. Fewer channels on larger maps went the other way (64 channels on 128x128: 1.4-1.7x).
+# On AVX2 (emulated) the patches won from 256 channels on too: one thread, 256->256 3x3 on 32x32 maps 6.6
+# against 7.4 ms, stride 2 from 64x64 7.7 against 8.5, 256->512 13.0 against 17.3; 128 channels lost (9.4
+# against 8.9). On AMD Zen 4 256->256 lost (4.0 against 3.7 ms), so there they start at 512.
 # Where the CPU has native bf16, the style blocks' last three convolutions (on 8x8 maps and less) run in
 # bf16 with their LeakyReLU fused instead (one thread, AMD EPYC Zen 4: 0.38, 0.24 and 0.11 ms against 0.44,
 # 0.21 and 0.27 ms as int8 patches; on 16x16 maps patches won, 1.49 against 1.98 ms).
 STYLE_CONVS_IN_BF16 = 3
+
+
+def unfolded_from(encoder: E4EEncoder) -> int:
+    """In int8, e4e's convolutions reading at least this many channels run as patches (:class:`Int8UnfoldedConv2d`):
+    its last stage's width; on AVX2 the one before too."""
+    return encoder.config.channels[-2 if cpu_class() == "avx2" else -1]
+
+
+class SharedInputStyleBlocks(nn.Module):
+    """e4e's style ``blocks`` (a :class:`~ganorigin.models.encoder.StyleBlocks`, which this one stands for)
+    in int8 with the first convolutions of the blocks that read the same map as one: ``first[k]`` (a
+    :class:`Int8UnfoldedConv2d`) for the blocks at ``groups[k]``, whose own first convolution is then
+    ``nn.Identity``. That map is quantised and gathered into patches once, and one product replaces
+    several: per output channel the same integer sums, so the same styles, bitwise (one thread, 11 fine
+    blocks on 64x64 maps: 268 against 312 ms on AVX2, emulated; 128 against 148 ms on AMD Zen 4)."""
+
+    def __init__(self, blocks: StyleBlocks, groups: Sequence[range], first: Sequence[Int8UnfoldedConv2d]):
+        super().__init__()
+        self.blocks, self.first = blocks, nn.ModuleList(first)
+        self.groups = [tuple(indices) for indices in groups]
+
+    def __getitem__(self, index: int) -> nn.Module:
+        return self.blocks[index]
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __iter__(self):
+        return iter(self.blocks)
+
+    def outputs(self, indices: range, features: torch.Tensor) -> list:
+        """As :meth:`StyleBlocks.outputs <ganorigin.models.encoder.StyleBlocks.outputs>`."""
+        if tuple(indices) not in self.groups:
+            return self.blocks.outputs(indices, features)
+        maps = self.first[self.groups.index(tuple(indices))](features).chunk(len(indices), dim=1)
+        return [self.blocks[i](y) for i, y in zip(indices, maps)]
+
+
+def style_groups(encoder: E4EEncoder) -> list:
+    """The ranges of e4e's style blocks that read the same feature map (coarse, middle, fine), those of two or more."""
+    count = encoder.config.style_count
+    ranges = [range(0, min(COARSE_END, count)), range(COARSE_END, min(MIDDLE_END, count)), range(MIDDLE_END, count)]
+    return [indices for indices in ranges if len(indices) >= 2]
+
+
+def merged_conv(convs: Sequence[nn.Conv2d]) -> nn.Conv2d:
+    """One convolution computing ``convs`` (alike but for their weights) on the same input, their outputs in turn."""
+    first = convs[0]
+    merged = nn.Conv2d(first.in_channels, sum(c.out_channels for c in convs), first.kernel_size, first.stride,
+                       first.padding, first.dilation, first.groups, first.bias is not None, device="meta")
+    merged.weight = nn.Parameter(torch.cat([c.weight.detach() for c in convs]), requires_grad=False)
+    if first.bias is not None:
+        merged.bias = nn.Parameter(torch.cat([c.bias.detach() for c in convs]), requires_grad=False)
+    return merged
 
 
 def fold_encoder_batchnorms(encoder: E4EEncoder) -> dict:
@@ -279,11 +336,16 @@ def fast_encoder(encoder: E4EEncoder, device: torch.device, precision: str) -> n
     def packed(conv: nn.Conv2d) -> nn.Module:
         if not int8:
             return PackedConv2d(conv, dtype)
-        widest = conv.in_channels >= encoder.config.channels[-1]
-        return (Int8UnfoldedConv2d if widest else Int8Conv2d)(conv, bits)
+        wide = conv.in_channels >= unfolded_from(encoder)
+        return (Int8UnfoldedConv2d if wide else Int8Conv2d)(conv, bits)
 
+    groups = style_groups(encoder) if int8 else []
+    first = [Int8UnfoldedConv2d(merged_conv([encoder.styles[i].convs[0] for i in indices]), bits) for indices in groups]
     for i, block in enumerate(encoder.styles):  # conv, LeakyReLU, conv, LeakyReLU, ...: bf16 fuses each pair
         for j in range(0, len(block.convs), 2):
+            if j == 0 and any(i in indices for indices in groups):
+                replacements[f"styles.{i}.convs.0"] = nn.Identity()  # SharedInputStyleBlocks runs it
+                continue
             from_end = (len(block.convs) - j) // 2  # 1 for the last conv
             if int8 and not (small_in_bf16 and from_end <= STYLE_CONVS_IN_BF16):
                 replacements[f"styles.{i}.convs.{j}"] = packed(block.convs[j])  # int8 cannot fuse a LeakyReLU
@@ -315,7 +377,9 @@ def fast_encoder(encoder: E4EEncoder, device: torch.device, precision: str) -> n
             originals += list(encoder.get_submodule(path).parameters())
     give_back(originals)
     if int8:
-        return Accelerated(replace_modules(encoder, replacements), precision, channels_last=True)
+        converted = replace_modules(encoder, replacements)
+        styles = SharedInputStyleBlocks(converted.styles, groups, first)
+        return Accelerated(replace_modules(converted, {"styles": styles}), precision, channels_last=True)
     return Accelerated(replace_modules(encoder, replacements), precision, autocast_device="cpu", channels_last=True)
 
 

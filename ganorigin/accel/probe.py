@@ -3,13 +3,15 @@
 :func:`accelerate` converts a model, runs the probe image through both, and returns the fast
 module when its scores, and the features they are computed from, agree within the bounds below,
 else the reference (and logs why). The verdict is cached per (weights, machine and CPU class, torch,
-precision, way of attention), so later starts skip the probe.
+precision, way of attention), so later starts skip the probe; it is judged again by the bounds of the
+day (which the rescoring band sets for UFD).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
@@ -21,7 +23,8 @@ from torch import nn
 
 from ..hub.integrity import cache_root, read_json, write_json_atomic
 from ..images import load_image
-from .convert import base_model, fast_commfor, fast_detector, fast_encoder, page_blocks, precision_of
+from .convert import (base_model, borderline_band, fast_commfor, fast_detector, fast_encoder, page_blocks,
+                      precision_of)
 from .memory import releasing_pages
 from .packed import attention_paths
 from .precision import cpu_class, cpu_model_name
@@ -31,9 +34,10 @@ logger = logging.getLogger(__name__)
 # Agreement a fast model must keep with fp32 on the probe image (the benchmark's bar is 0.01 in P(fake)).
 # UFD's is on its logit, not P(fake): P near 0 or 1 (where the probe image may fall with real weights) would
 # hide any move, and the images near 0.5 are scored again exactly (BorderlineExact), so what the fast
-# detector must keep small is its logit's move: outside the band, a logit moved 0.36 is P(fake) moved 0.0086
-# at most.
+# detector must keep small is its logit's move: outside the default band, a logit moved 0.36 is P(fake) moved
+# 0.0086 at most. A band that keeps fast answers nearer 0.5 (or none) tightens it (detector_logit_bound).
 MAX_FAKE_LOGIT_DELTA = 0.1
+MAX_KEPT_PROBABILITY_DELTA = 0.01  # where a fast detector's answer is kept, P(fake) may move this much
 MAX_ATTRIBUTION_PROBABILITY_DELTA = 0.01
 MAX_COMMFOR_PROBABILITY_DELTA = 0.005
 # A score's move depends on where the probe image's score falls (int8 moved UFD's logit by 0.01 on an image at
@@ -45,7 +49,7 @@ MAX_COMMFOR_PROBABILITY_DELTA = 0.005
 MAX_FEATURE_RELATIVE_ERROR = 0.04
 PROBE_FACE = "grace_hopper.jpg"  # in matplotlib's sample data (a pinned dependency): a public-domain portrait
 PROBE_SIZE = 256
-FAST_PATH_VERSION = "packed-11"  # part of the cached verdicts' key: a new fast path is checked afresh
+FAST_PATH_VERSION = "packed-12"  # part of the cached verdicts' key: a new fast path is checked afresh
 CHECKS_FILE = "precision-checks.json"
 
 Scores = Callable[[nn.Module, list], np.ndarray]
@@ -57,9 +61,20 @@ KINDS = {"detector": (fast_detector, False, True, "fc"), "encoder": (fast_encode
 
 
 def max_delta(kind: str) -> float:
-    """The bound on the scores' max |delta| for ``kind`` (read when the probe runs)."""
-    return {"detector": MAX_FAKE_LOGIT_DELTA, "encoder": MAX_ATTRIBUTION_PROBABILITY_DELTA,
-            "commfor": MAX_COMMFOR_PROBABILITY_DELTA}[kind]
+    """The bound on the scores' max |delta| for ``kind`` (read whenever a verdict is judged)."""
+    if kind == "detector":
+        return detector_logit_bound(borderline_band())
+    return {"encoder": MAX_ATTRIBUTION_PROBABILITY_DELTA, "commfor": MAX_COMMFOR_PROBABILITY_DELTA}[kind]
+
+
+def detector_logit_bound(band: float) -> float:
+    """The bound on UFD's logit move: :data:`MAX_FAKE_LOGIT_DELTA`, or less where that move could take a
+    P(fake) the fast detector keeps by more than :data:`MAX_KEPT_PROBABILITY_DELTA`. It keeps those at most
+    ``band`` (or at least ``1 - band``), and every one with the band off (0); the steepest of them is at
+    ``band``, or at 0.5 (a logit move of 0.04 with the band off)."""
+    step = MAX_KEPT_PROBABILITY_DELTA
+    kept = min(band, 0.5 - step / 2) if band > 0 else 0.5 - step / 2
+    return min(MAX_FAKE_LOGIT_DELTA, math.log((kept + step) / (1 - kept - step)) - math.log(kept / (1 - kept)))
 
 
 def probe_images() -> list:
@@ -106,13 +121,20 @@ def relative_error(reference: np.ndarray, fast: np.ndarray) -> float:
     return float(np.max(np.linalg.norm(fast - reference, axis=-1) / np.linalg.norm(reference, axis=-1)))
 
 
-def agreement(reference: np.ndarray, fast: np.ndarray, max_delta: float, same_argmax: bool = False) -> dict:
+def agreement(reference: np.ndarray, fast: np.ndarray, same_argmax: bool = False) -> dict:
     """Max absolute difference of two score arrays (and whether each row's argmax is the same)."""
     reference, fast = np.asarray(reference, dtype=np.float64), np.asarray(fast, dtype=np.float64)
-    delta = float(np.max(np.abs(reference - fast)))
     argmax_same = bool((reference.argmax(-1) == fast.argmax(-1)).all()) if same_argmax else True
-    return {"ok": delta <= max_delta and argmax_same, "max_delta": delta, "max_allowed": max_delta,
-            "same_argmax": argmax_same}
+    return {"max_delta": float(np.max(np.abs(reference - fast))), "same_argmax": argmax_same}
+
+
+def judged(check: dict, kind: str) -> dict:
+    """``check`` (what the probe measured, maybe cached under other settings) judged by the bounds that hold
+    now for ``kind``: with ``max_allowed`` and ``ok``; a measurement missing fails."""
+    bound = max_delta(kind)
+    ok = (check.get("max_delta", math.inf) <= bound and check.get("same_argmax") is True
+          and check.get("feature_error", math.inf) <= MAX_FEATURE_RELATIVE_ERROR)
+    return {**check, "max_allowed": bound, "ok": ok}
 
 
 def accelerate(model: nn.Module, device: torch.device, precisions: Union[str, Sequence[str]], scores: Scores, *,
@@ -123,7 +145,7 @@ def accelerate(model: nn.Module, device: torch.device, precisions: Union[str, Se
 
     Args:
         precisions: one precision, or several to try in order (:func:`ganorigin.accel.precision.candidate_precisions`).
-        kind: ``"detector"`` (UFD's logit must move by at most ``MAX_FAKE_LOGIT_DELTA``),
+        kind: ``"detector"`` (UFD's logit must move by at most :func:`detector_logit_bound`),
             ``"encoder"`` (attribution probabilities by ``MAX_ATTRIBUTION_PROBABILITY_DELTA``,
             same top GAN) or ``"commfor"`` (Community Forensics' P(fake), by
             ``MAX_COMMFOR_PROBABILITY_DELTA``); for each, the features behind the scores (the head's input,
@@ -140,7 +162,7 @@ def accelerate(model: nn.Module, device: torch.device, precisions: Union[str, Se
         options = {"attention": attention} if attention else {}
         key = _check_key(kind, weight_files, device, precision, attention)
         if key in checks:
-            if checks[key]["ok"]:
+            if judged(checks[key], kind)["ok"]:
                 return convert(model, device, precision, **options)
             continue
         if reference is None:
@@ -149,9 +171,8 @@ def accelerate(model: nn.Module, device: torch.device, precisions: Union[str, Se
                 reference = scores_and_features(model, scores, images, head)
         fast = convert(model, device, precision, **options)
         fast_scores, fast_features = scores_and_features(fast, scores, images, head)
-        check = agreement(reference[0], fast_scores, max_delta(kind), same_argmax=same_argmax)
-        check["feature_error"] = relative_error(reference[1], fast_features)
-        check["ok"] = check["ok"] and check["feature_error"] <= MAX_FEATURE_RELATIVE_ERROR
+        check = agreement(reference[0], fast_scores, same_argmax=same_argmax)
+        check = judged({**check, "feature_error": relative_error(reference[1], fast_features)}, kind)
         if key is not None:
             checks[key] = check
             if not write_json_atomic(_checks_file(), checks):

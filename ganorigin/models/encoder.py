@@ -119,6 +119,14 @@ class GradualStyleBlock(nn.Module):
         return self.linear(self.convs(x).flatten(1))  # (B, C)
 
 
+class StyleBlocks(nn.ModuleList):
+    """The style blocks, run a group at a time: those that read the same feature map."""
+
+    def outputs(self, indices: range, features: torch.Tensor) -> list:
+        """The blocks at ``indices`` on ``features``: one (B, C) style each."""
+        return [self[i](features) for i in indices]
+
+
 class E4EEncoder(nn.Module):
     """e4e ``Encoder4Editing``: image (B, 3, 256, 256) in [-1, 1] -> W+ codes (B, 18, 512).
 
@@ -142,7 +150,7 @@ class E4EEncoder(nn.Module):
         ends = [sum(config.units[: i + 1]) - 1 for i in range(len(config.units))]
         self._taps = tuple(ends[1:])
         spatial = [16] * COARSE_END + [32] * (MIDDLE_END - COARSE_END) + [64] * (config.style_count - MIDDLE_END)
-        self.styles = nn.ModuleList(GradualStyleBlock(c[-1], s) for s in spatial)
+        self.styles = StyleBlocks(GradualStyleBlock(c[-1], s) for s in spatial)
         self.latlayer1 = nn.Conv2d(c[2], c[-1], 1)
         self.latlayer2 = nn.Conv2d(c[1], c[-1], 1)
         self.requires_grad_(False)
@@ -156,17 +164,15 @@ class E4EEncoder(nn.Module):
             if i in self._taps:
                 taps.append(x)
         c1, c2, c3 = taps  # (B,128,64,64), (B,256,32,32), (B,512,16,16)
-        w = self.styles[0](c3).unsqueeze(1).repeat(1, self.config.style_count, 1)  # (B, 18, 512)
-        features = c3
-        deltas = [w[:, 0]]
-        for i in range(1, self.config.style_count):
-            if i == COARSE_END:
-                p2 = _upsample_add(c3, self.latlayer1(c2))
-                features = p2
-            elif i == MIDDLE_END:
-                features = _upsample_add(p2, self.latlayer2(c1))
-            deltas.append(w[:, i] + self.styles[i](features))
-        return torch.stack(deltas, dim=1)  # (B, 18, 512)
+        count = self.config.style_count
+        styles = self.styles.outputs(range(min(COARSE_END, count)), c3)
+        if count > COARSE_END:
+            p2 = _upsample_add(c3, self.latlayer1(c2))
+            styles += self.styles.outputs(range(COARSE_END, min(MIDDLE_END, count)), p2)
+        if count > MIDDLE_END:
+            styles += self.styles.outputs(range(MIDDLE_END, count), _upsample_add(p2, self.latlayer2(c1)))
+        w0 = styles[0]  # the first style, to which every other is a delta
+        return torch.stack([w0, *(w0 + delta for delta in styles[1:])], dim=1)  # (B, 18, 512)
 
 
 def _upsample_add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
