@@ -719,7 +719,7 @@ def test_style_blocks_that_share_a_first_convolution_give_the_styles_of_their_ow
     assert calls == list(styles.first)
 
 
-@pytest.mark.parametrize("isa", ["avx512_vnni", "avx512_bf16"])
+@pytest.mark.parametrize("isa", ["avx512_vnni", "avx512_bf16", "avx2"])
 def test_int8_encoder_codes_stay_close_to_fp32(isa, monkeypatch):
     from ganorigin.accel.convert import fast_encoder
     from ganorigin.models.encoder import E4EEncoder
@@ -839,6 +839,28 @@ def test_with_the_second_look_off_a_logit_move_the_band_allowed_is_refused_even_
     assert again is model
     monkeypatch.setenv("GANORIGIN_CACHE_DIR", str(tmp_path / "fresh"))
     assert accel.accelerate(model, torch.device("cpu"), "int8", scores, kind="detector", weight_files=files) is model
+
+
+def test_a_cached_verdict_that_is_not_a_measurement_is_probed_again(weights_dir, monkeypatch, tmp_path):
+    """A cache entry that is not what the probe writes (a damaged file) counts as none: the probe runs again."""
+    from ganorigin.factory import detector_logits, load_detector
+    from ganorigin.testing import CLIP_FILE, UFD_HEAD_FILE
+
+    monkeypatch.setenv("GANORIGIN_CACHE_DIR", str(tmp_path))
+    files = [weights_dir / CLIP_FILE, weights_dir / UFD_HEAD_FILE]
+    model = load_detector(*files)
+    accel.accelerate(model, torch.device("cpu"), "int8", detector_logits, kind="detector", weight_files=files)
+    cache = tmp_path / "ganorigin" / "precision-checks.json"
+    cache.write_text(json.dumps({key: "ok" for key in json.loads(cache.read_text())}))
+    probed = []
+
+    def scores(module, images):
+        probed.append(module)
+        return detector_logits(module, images)
+
+    fast = accel.accelerate(model, torch.device("cpu"), "int8", scores, kind="detector", weight_files=files)
+    assert accel.precision_of(fast) == "int8" and len(probed) == 2
+    assert all(isinstance(check, dict) and check["ok"] for check in json.loads(cache.read_text()).values())
 
 
 def test_a_path_that_disagrees_falls_back_to_the_next_and_both_verdicts_are_cached(weights_dir, monkeypatch, tmp_path):

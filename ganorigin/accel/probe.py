@@ -161,7 +161,7 @@ def accelerate(model: nn.Module, device: torch.device, precisions: Union[str, Se
     for step, (precision, attention) in enumerate(steps):
         options = {"attention": attention} if attention else {}
         key = _check_key(kind, weight_files, device, precision, attention)
-        if key in checks:
+        if isinstance(checks.get(key), dict):  # what the probe measured (anything else there is not)
             if judged(checks[key], kind)["ok"]:
                 return convert(model, device, precision, **options)
             continue
