@@ -30,7 +30,7 @@ from ganorigin.serving.uploads import MAX_UPLOAD_BYTES, UploadsOnlyBlocks, mount
 from ganorigin.ui.batch import batch_tab
 from ganorigin.ui.cards import CARD_CSS, EMPTY_CARD, provenance_panel, verdict_card
 from ganorigin.ui.common import gpu, user_threshold, with_upload
-from ganorigin.ui.feedback import feedback_form
+from ganorigin.ui.feedback import feedback_form, feedback_shown
 from ganorigin.ui.files import LIFETIME_S
 from ganorigin.ui.url_input import url_box
 from ganorigin.ui.video import video_tab
@@ -329,7 +329,7 @@ with UploadsOnlyBlocks(title="GANOrigin — GAN face detection and attribution",
                         explain_text = gr.Markdown(label="How to read these views")
                     with gr.Accordion("JSON (the original API's answer)", open=False):
                         as_json = gr.JSON(label="POST /predict")
-                    feedback_form(image, last_result, threshold, service.health)
+                    feedback = feedback_form(image, last_result, threshold, service.health)
         with gr.Tab("Batch", id="batch"):
             batch_tab(gpu(service.predict_batch))
         with gr.Tab("Video", id="video"):
@@ -355,9 +355,11 @@ with UploadsOnlyBlocks(title="GANOrigin — GAN face detection and attribution",
                       preprocess=False, concurrency_limit=None)
     # preprocess=False: the handlers get the uploaded file itself, which Gradio has not opened.
     # /analyse is the page's own event (its outputs are page views): callable, but not advertised.
-    analyse_btn.click(analyse, [image, threshold, align, commfor_threshold], [*verdict_views, crop, last_result],
-                      api_name="analyse", api_visibility="undocumented", preprocess=False, show_progress_on=card
-                      ).failure(drop_image, outputs=image, api_visibility="private", queue=False)
+    analysed = analyse_btn.click(analyse, [image, threshold, align, commfor_threshold],
+                                 [*verdict_views, crop, last_result], api_name="analyse", api_visibility="undocumented",
+                                 preprocess=False, show_progress_on=card)
+    analysed.failure(drop_image, outputs=image, api_visibility="private", queue=False)
+    analysed.success(feedback_shown, outputs=feedback, api_visibility="private", queue=False)
     explain_btn.click(explain, image, [heat_image, spectrum_image, explain_text], api_name="explain", preprocess=False,
                       show_progress_on=heat_image
                       ).failure(drop_image, outputs=image, api_visibility="private", queue=False)

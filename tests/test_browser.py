@@ -524,6 +524,9 @@ def test_the_feedback_form_stores_a_report(browser, batch_app, dev_images, width
     consent = width == 1400
     page = _open(browser, batch_app.url, width)
     _upload(page, face)
+    page.locator("#face-image img").first.wait_for()
+    page.wait_for_timeout(500)  # the upload's change events have run
+    assert not page.get_by_text("This verdict is wrong").is_visible(), "the form shows before any analysis"
     page.get_by_role("button", name="Analyse").click()
     page.locator("#verdict-card.real, #verdict-card.fake, #verdict-card.unsure").wait_for()
     page.get_by_text("This verdict is wrong").click()

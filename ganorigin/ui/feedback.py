@@ -37,8 +37,9 @@ def _label(choice: str, prediction: Prediction) -> str:
 
 
 def feedback_form(image: gr.Image, result: gr.State, threshold: gr.Slider, health: Callable[[], dict],
-                  store: Optional[FeedbackStore] = None) -> None:
-    """The form (a closed panel under the results), shown with an image and reset with each new one.
+                  store: Optional[FeedbackStore] = None) -> gr.Accordion:
+    """The form (a closed panel under the results), hidden and reset with each new image; returned, for the
+    page to show it once an analysis has succeeded (:func:`feedback_shown`).
 
     Args:
         image: the analysed upload (its bytes give the sha256 and, with consent, the kept image).
@@ -57,8 +58,8 @@ def feedback_form(image: gr.Image, result: gr.State, threshold: gr.Slider, healt
         send = gr.Button("Send feedback", variant="primary", size="sm", elem_id="feedback-send")
     thanks = gr.Markdown(elem_id="feedback-thanks")
 
-    def reset(file: Optional[dict]):
-        return gr.Accordion(visible=file is not None, open=False), gr.Radio(value=None), "", False, ""
+    def reset():
+        return gr.Accordion(visible=False, open=False), gr.Radio(value=None), "", False, ""
 
     def submit(file: Optional[dict], prediction: Optional[Prediction], label: Optional[str], text: str, consent: bool,
                threshold_value: float):
@@ -79,10 +80,15 @@ def feedback_form(image: gr.Image, result: gr.State, threshold: gr.Slider, healt
         return gr.Accordion(open=False), f"Thank you: your report was stored. {kept}"
 
     # A new image (or none) resets the form; the State itself is not watched (its value need not be hashable).
-    image.change(reset, image, [form, what, note, keep, thanks], api_visibility="private", queue=False,
-                 preprocess=False)
+    image.change(reset, None, [form, what, note, keep, thanks], api_visibility="private", queue=False)
     form.expand(lambda prediction: gr.Radio(choices(prediction.labels if prediction else ())), result, what,
                 api_visibility="private", queue=False, preprocess=False)
     # preprocess=False: the handler gets the uploaded file itself, which Gradio has not opened.
     send.click(submit, [image, result, what, note, keep, threshold], [form, thanks], api_visibility="private",
                preprocess=False)
+    return form
+
+
+def feedback_shown() -> gr.Accordion:
+    """The form's update once the page shows an analysis: visible, closed."""
+    return gr.Accordion(visible=True, open=False)
