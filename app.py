@@ -327,7 +327,7 @@ with UploadsOnlyBlocks(title="GANOrigin — GAN face detection and attribution",
                                                       buttons=["fullscreen"], elem_id="frequency-view", scale=3,
                                                       min_width=260)
                         explain_text = gr.Markdown(label="How to read these views")
-                    with gr.Accordion("JSON (the original API's answer)", open=False):
+                    with gr.Accordion("JSON (the original API's answer: UFD's verdict alone)", open=False):
                         as_json = gr.JSON(label="POST /predict")
                     feedback = feedback_form(image, last_result, threshold, service.health)
         with gr.Tab("Batch", id="batch"):
