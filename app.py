@@ -22,7 +22,7 @@ from ganorigin import DEFAULT_THRESHOLD, Prediction
 from ganorigin.verdict import COMMFOR_THRESHOLD
 from ganorigin.align import alignment_available
 from ganorigin.examples import EXAMPLES, fetch_examples
-from ganorigin.images import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
+from ganorigin.images import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, load_image
 from ganorigin.models import display_name
 from ganorigin.serving.rest import create_rest_app
 from ganorigin.serving.service import ModelService
@@ -267,6 +267,12 @@ def cleared() -> tuple:
     return (EMPTY_CARD, "", gr.Label(None, label="Attributed GAN"), None, "", None, None, None, None, None, "")
 
 
+def check_upload(image: dict | None) -> None:
+    """An upload goes through the decoding gate at once, so a file we cannot read is refused before Analyse."""
+    if image is not None:
+        with_upload(image, load_image)
+
+
 def drop_image() -> None:
     """After a failed analysis the input is emptied: a rejected upload is already deleted."""
     return None
@@ -355,6 +361,8 @@ with UploadsOnlyBlocks(title="GANOrigin — GAN face detection and attribution",
                       preprocess=False, concurrency_limit=None)
     # preprocess=False: the handlers get the uploaded file itself, which Gradio has not opened.
     # /analyse is the page's own event (its outputs are page views): callable, but not advertised.
+    image.upload(check_upload, image, api_visibility="private", preprocess=False
+                 ).failure(drop_image, outputs=image, api_visibility="private", queue=False)
     analysed = analyse_btn.click(analyse, [image, threshold, align, commfor_threshold],
                                  [*verdict_views, crop, last_result], api_name="analyse", api_visibility="undocumented",
                                  preprocess=False, show_progress_on=card)

@@ -19,6 +19,8 @@ from typing import Optional, Sequence
 from .errors import GANOriginError
 
 EXIT_ERROR = 2
+TEST_WEIGHTS_WARNING = ("these are random test weights from `ganorigin demo-weights`: every answer is meaningless "
+                        "(unset GANORIGIN_WEIGHTS_DIR, or pass other --weights, for the real ones).")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -248,8 +250,11 @@ def _threshold(args) -> float:
 def _load_model(args):
     from .pipeline import GANOrigin
 
-    return GANOrigin.from_pretrained(_sources(args), threshold=_threshold(args), device=args.device,
-                                     align=getattr(args, "align", None))
+    model = GANOrigin.from_pretrained(_sources(args), threshold=_threshold(args), device=args.device,
+                                      align=getattr(args, "align", None))
+    if model.weights is not None and model.weights.test_weights:
+        print(f"ganorigin {args.command}: warning: {TEST_WEIGHTS_WARNING}", file=sys.stderr)
+    return model
 
 
 def _usage(message: str) -> GANOriginError:

@@ -204,6 +204,21 @@ def test_a_file_that_is_not_an_image_gets_the_library_message_and_clears_the_pag
     page.close()
 
 
+def test_a_file_that_is_not_an_image_is_refused_as_it_is_uploaded(browser, server, tmp_path):
+    from ganorigin import InvalidImageError, load_image
+
+    content = b"GIF89a but not really a picture" * 10
+    with pytest.raises(InvalidImageError) as library:
+        load_image(content)
+    bad = tmp_path / "looks-like.gif"
+    bad.write_bytes(content)
+    page = _open(browser, server.url, 1400)
+    _upload(page, bad)  # no button pressed
+    page.locator(".toast-body", has_text=str(library.value)).first.wait_for()
+    expect(page.locator("#face-image img")).to_have_count(0)  # no broken preview left in the input
+    page.close()
+
+
 @pytest.mark.parametrize("width", [1400, 400])
 def test_layout_fits_and_nothing_covers_labels_or_the_crop(browser, server, dev_images, width):
     largest = max(dev_images["real"], key=lambda p: p.stat().st_size)  # a big photo: its 224 px crop is small

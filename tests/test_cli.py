@@ -201,6 +201,19 @@ def test_explain_writes_heat_map_and_spectrum(dev_images, weights_dir, cli_env, 
             assert im.mode == "RGB" and (size is None or im.size == size)
 
 
+def test_predict_warns_on_stderr_that_test_weights_give_meaningless_answers(image_dir, weights_dir, cli_env, capsys,
+                                                                          tmp_path):
+    from ganorigin.cli import TEST_WEIGHTS_WARNING
+
+    image = str(sorted((image_dir / "real").iterdir())[0])
+    unmarked = shutil.copytree(weights_dir, tmp_path / "weights", ignore=shutil.ignore_patterns(TEST_WEIGHTS_MARKER))
+    for folder, marked in ((weights_dir, True), (unmarked, False)):
+        assert main(["predict", image, "--weights", str(folder), "--offline", "--no-progress"]) == 0
+        captured = capsys.readouterr()
+        assert json.loads(captured.out)["error"] is None
+        assert (TEST_WEIGHTS_WARNING in captured.err) == marked, captured.err
+
+
 @pytest.mark.parametrize("listing", ["empty_folder", "folder_without_images", "empty_list"])
 def test_predict_without_images_says_so_and_exits_2(listing, tmp_path, capsys):
     folder = tmp_path / "photos"
@@ -279,6 +292,7 @@ def test_demo_weights_prints_commands_that_run_the_cli_and_the_app(installed_cli
     run = subprocess.run(["bash", "-c", cli_line.replace("face.png", shlex.quote(str(face)))], cwd=elsewhere,
                          env=installed_cli, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
+    assert "every answer is meaningless" in run.stderr
     row = json.loads(run.stdout)
     assert row["path"] == str(face) and 0.0 <= row["fake_probability"] <= 1.0 and row["error"] is None
 

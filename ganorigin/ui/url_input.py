@@ -39,14 +39,11 @@ def fetch_into_image(url: str) -> str:
 
 
 def url_box(image: gr.Image, predict: Callable[[bytes, float], Prediction]) -> gr.Textbox:
-    """A URL box and *Fetch* button that load an image into ``image``, plus the ``/predict_url`` API
-    (the original /predict JSON for the image at a URL)."""
-    with gr.Row(equal_height=True):
-        box = gr.Textbox(label="…or an image URL", placeholder=URL_PLACEHOLDER, scale=4, min_width=200,
-                         elem_id="image-url", max_lines=1)
-        fetch = gr.Button("Fetch", size="sm", scale=1, min_width=80, elem_id="image-url-fetch")
-    for trigger in (fetch.click, box.submit):
-        trigger(fetch_into_image, box, image, api_visibility="private")
+    """A URL box whose *Fetch* button (or Enter) loads an image into ``image``, plus the ``/predict_url``
+    API (the original /predict JSON for the image at a URL)."""
+    box = gr.Textbox(label="…or an image URL", placeholder=URL_PLACEHOLDER, elem_id="image-url", max_lines=1,
+                     submit_btn="Fetch")
+    box.submit(fetch_into_image, box, image, api_visibility="private")
 
     def predict_url(url: str, threshold: float = DEFAULT_THRESHOLD) -> dict:
         """The original /predict JSON for the image at ``url``."""
