@@ -29,6 +29,7 @@ from playwright.sync_api import expect
 
 from app_server import ROOT, main_server, offline_server
 from ganorigin.ui.cards import CARD_CLASSES
+from ganorigin.ui.common import NO_IMAGE
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -188,13 +189,15 @@ def test_a_file_that_is_not_an_image_gets_the_library_message_and_clears_the_pag
     bad.write_bytes(content)
     page = _open(browser, server.url, 1400)
     _upload(page, sorted(dev_images["stylegan2"])[0])
+    page.locator("#face-image img").first.wait_for()  # uploaded before Analyse
     page.get_by_role("button", name="Analyse").click()
     page.locator("#verdict-card.real, #verdict-card.fake, #verdict-card.unsure").wait_for()
     page.get_by_text("Why this verdict?").click()
 
     _upload(page, bad)
-    page.get_by_role("button", name=button).click()
-    page.locator(".toast-body", has_text=str(library.value)).first.wait_for()
+    page.locator(".toast-body", has_text=str(library.value)).first.wait_for()  # refused as it is uploaded
+    page.get_by_role("button", name=button).click()  # which left nothing to analyse
+    page.locator(".toast-body", has_text=NO_IMAGE).first.wait_for()
     expect(page.locator("#verdict-card")).to_contain_text("No image analysed yet")  # no stale verdict
     expect(page.locator("#face-image img")).to_have_count(0)  # the rejected upload is gone
     text = page.locator("body").inner_text()
@@ -224,6 +227,7 @@ def test_layout_fits_and_nothing_covers_labels_or_the_crop(browser, server, dev_
     largest = max(dev_images["real"], key=lambda p: p.stat().st_size)  # a big photo: its 224 px crop is small
     page = _open(browser, server.url, width)
     _upload(page, largest)
+    page.locator("#face-image img").first.wait_for()  # uploaded before Analyse
     page.get_by_role("button", name="Analyse").click()
     page.locator("#verdict-card.real, #verdict-card.fake, #verdict-card.unsure").wait_for()
     page.get_by_text("Why this verdict?").click()
