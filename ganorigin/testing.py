@@ -29,6 +29,7 @@ from sklearn.preprocessing import LabelEncoder, StandardScaler
 from sklearn.svm import SVC
 from timm.models.vision_transformer import VisionTransformer
 
+from .hub.download import give_default_permissions
 from .hub.integrity import sha256_file
 from .hub.registry import WEIGHTS
 from .hub.resolve import TEST_WEIGHTS_MARKER
@@ -71,6 +72,7 @@ def write_test_weights(folder: Path, *, size: str = "tiny", seed: int = 0, ufd_h
     clip = CLIP(EMBED_DIM, VIT_L_14 if full else TINY_VISION, FULL_TEXT if full else TINY_TEXT, quick_gelu=True)
     clip_sd = {k: _randomize(v, g).half().float().contiguous() for k, v in clip.state_dict().items()}
     save_file(clip_sd, str(folder / CLIP_FILE))
+    give_default_permissions(folder / CLIP_FILE)  # safetensors writes files owner-only
     del clip, clip_sd
 
     if ufd_head is not None:
@@ -101,6 +103,7 @@ def write_commfor_weights(path: Path, vit_cfg: dict, g: torch.Generator) -> Path
     vit = VisionTransformer(**vit_cfg, num_classes=1)
     state = {f"vit.{k}": _randomize(v, g).contiguous() for k, v in vit.state_dict().items()}
     save_file(state, str(path), metadata={"format": "pt"})
+    give_default_permissions(path)
     return path
 
 

@@ -471,6 +471,18 @@ def test_a_batch_of_twenty_images_and_urls_sorts_opens_and_downloads(browser, ba
     assert _column(page, 2)[:3] == [p.name for p in twenty[:3]]
     assert page.locator(f"{BATCH_ROWS} img").count() == rows.count() >= 8  # a thumbnail per analysed image
 
+    # no header breaks a word across lines ("Fake probabili / ty"): each word's text lies on one line box
+    broken = page.evaluate("""() => [...document.querySelectorAll('#batch-table th')].flatMap(th => {
+        const walker = document.createTreeWalker(th, NodeFilter.SHOW_TEXT), out = [];
+        for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+            for (const m of node.textContent.matchAll(/\\S+/g)) {
+                const range = document.createRange();
+                range.setStart(node, m.index); range.setEnd(node, m.index + m[0].length);
+                if (new Set([...range.getClientRects()].map(r => Math.round(r.top))).size > 1) out.push(m[0]);
+            }
+        }
+        return out; })""")
+    assert broken == [], f"header words broken across lines: {broken}"
     header = page.locator("#batch-table th", has_text="Fake probability").first
     header.hover()
     header.locator("button.cell-menu-button").click()

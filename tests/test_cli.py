@@ -308,6 +308,17 @@ def test_demo_weights_prints_commands_that_run_the_cli_and_the_app(installed_cli
         server.stop()
 
 
+def test_demo_weights_are_readable_as_the_umask_allows(tmp_path):
+    """safetensors writes owner-only files; the demo weights get a file's usual permissions."""
+    umask = os.umask(0o022)
+    try:
+        assert main(["demo-weights", str(tmp_path / "demo")]) == 0
+    finally:
+        os.umask(umask)
+    modes = {path.name: path.stat().st_mode & 0o777 for path in (tmp_path / "demo").iterdir()}
+    assert set(modes.values()) == {0o644}, modes
+
+
 def test_demo_weights_never_overwrites_a_folder_it_did_not_write(tmp_path, capsys):
     real = tmp_path / "weights"
     real.mkdir()

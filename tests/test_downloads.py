@@ -98,6 +98,17 @@ def test_download_is_verified_and_cached(sources, weights_dir, hub):
     _check_published(offline, weights_dir)
 
 
+def test_a_downloaded_file_gets_the_permissions_the_umask_allows(sources):
+    """Not the owner-only mode of the temporary file it was written to: another user sharing the cache
+    (a Space's or a container's) can read it."""
+    umask = os.umask(0o022)
+    try:
+        files = resolve(sources)
+    finally:
+        os.umask(umask)
+    assert files.ufd_head.stat().st_mode & 0o777 == 0o644
+
+
 def test_ufd_head_with_wrong_digest_is_refused_and_not_cached(sources):
     wrong = replace(sources, ufd_head_sha256="0" * 64)
     with pytest.raises(WeightsFormatError, match="sha256") as raised:

@@ -58,6 +58,14 @@ class RateGuard:
             self._window_start, self._window_bytes = time.monotonic(), 0
 
 
+def give_default_permissions(path: Path) -> None:
+    """Give ``path`` the permissions of a file created in the usual way (0666 less the umask): temporary
+    files and safetensors' writer make them owner-only, which another user sharing the cache cannot read."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def download_url(url: str, dest: Path, sha256: str, *, max_bytes: Optional[int] = None) -> None:
     """Download to a temporary file beside ``dest``, check size and digest, then move into place.
 
@@ -86,6 +94,7 @@ def download_url(url: str, dest: Path, sha256: str, *, max_bytes: Optional[int] 
                     f"{url} downloaded with sha256 {digest.hexdigest()}, expected {sha256}; "
                     "the file is corrupt or not the published one. It was not used."
                 )
+            give_default_permissions(Path(tmp.name))
             os.replace(tmp.name, dest)
         finally:
             if os.path.exists(tmp.name):

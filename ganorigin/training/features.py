@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from ..errors import DatasetError, InvalidImageError
+from ..hub.download import give_default_permissions
 from ..hub.integrity import sha256_file
 from ..hub.registry import E4E_PREPROCESS
 from ..images import load_image
@@ -218,6 +219,7 @@ def _write_shard(out_dir: Path, buffer: dict) -> None:
     }
     with tempfile.NamedTemporaryFile(dir=out_dir, suffix=".npz.part", delete=False) as tmp:
         np.savez(tmp, **arrays)
+    give_default_permissions(Path(tmp.name))
     os.replace(tmp.name, out_dir / f"shard-{number:05d}.npz")
     for values in buffer.values():
         values.clear()

@@ -37,7 +37,7 @@ TURN = 4  # images per model turn: the progress bar moves, and single analyses w
 THUMB_SIDE, DETAIL_SIDE = 64, 384
 COLUMNS = ["#", "Image", "File", "Verdict", "Fake probability", "Attributed GAN", "Provenance", "Error"]
 # In pixels: on a narrow screen the table scrolls sideways inside its box instead of squeezing every column.
-COLUMN_WIDTHS = ["48px", "84px", "180px", "230px", "96px", "110px", "260px", "200px"]
+COLUMN_WIDTHS = ["48px", "84px", "180px", "230px", "132px", "110px", "260px", "200px"]
 DATATYPES = ["number", "markdown", "str", "str", "number", "str", "str", "str"]
 LIMITS = (f"Up to **{MAX_FILES} images** per batch (files, images inside ZIPs and URLs together), "
           f"**{MAX_TOTAL_BYTES / 2**20:g} MiB** in all; each image at most {MAX_IMAGE_BYTES / 2**20:g} MiB and "
