@@ -60,7 +60,6 @@ DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
 STAGES = ("decode", "detect", "encode", "classify", "end_to_end")
 BASELINE = "baseline"
 OURS_PRECISIONS = ("auto", "fp32", "bf16", "int8")  # what --precisions takes (fp16 is for GPUs)
-BF16_CLASSES = ("amx", "avx512_bf16")  # CPU classes with native bf16 matrix maths
 CPU_FLAGS = ("amx_bf16", "avx512_bf16", "avx512_vnni", "avx_vnni", "avx2")  # the flags the classes come from
 EMULATION_ENV = ("ONEDNN_MAX_CPU_ISA", "GANORIGIN_CPU_ISA")  # either set: the run is emulated
 RECORDED_ENV = (*EMULATION_ENV, "MKL_ENABLE_INSTRUCTIONS", "GANORIGIN_PRECISION")
@@ -169,11 +168,12 @@ def _precision_list(text: str) -> list:
 
 
 def default_precisions() -> list:
-    """Every path this CPU can run: ``auto``; ``bf16`` on the bf16 classes; ``int8`` on any x86 CPU."""
-    from ganorigin.accel.precision import cpu_class
+    """Every path this CPU can run: ``auto``; ``bf16`` on the bf16 classes (where oneDNN runs bf16); ``int8`` on
+    any x86 CPU."""
+    from ganorigin.accel import cpu_has_bf16_matrix_units
 
     precisions = ["auto"]
-    if cpu_class() in BF16_CLASSES:
+    if cpu_has_bf16_matrix_units():
         precisions.append("bf16")
     if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86"):
         precisions.append("int8")

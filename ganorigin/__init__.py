@@ -1,6 +1,7 @@
 """GANOrigin: tell GAN-generated faces from real ones and name the GAN that made them (and flag other generators)."""
 
 from .errors import (
+    ConfigurationError,
     DatasetError,
     GANOriginError,
     ImageTooLargeError,
@@ -26,6 +27,7 @@ __version__ = "0.2.0"
 
 __all__ = [
     "CommForDetector",
+    "ConfigurationError",
     "DEFAULT_THRESHOLD",
     "DatasetError",
     "E4EEncoder",

@@ -29,6 +29,10 @@ class AlignmentUnavailableError(GANOriginError, RuntimeError):
     """Face alignment was asked for but dlib or its landmark model is not installed."""
 
 
+class ConfigurationError(GANOriginError, ValueError):
+    """A setting (an argument or an environment variable) has a value GANOrigin, or this machine, cannot use."""
+
+
 class DatasetError(GANOriginError, ValueError):
     """A data folder, latents folder or trained-model folder is missing or inconsistent."""
 

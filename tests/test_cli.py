@@ -214,6 +214,18 @@ def test_predict_warns_on_stderr_that_test_weights_give_meaningless_answers(imag
         assert (TEST_WEIGHTS_WARNING in captured.err) == marked, captured.err
 
 
+@pytest.mark.parametrize("precision, message", [("foo", "must be one of auto, fp32, bf16, int8, fp16"),
+                                                ("fp16", "needs a CUDA or mps device")])
+def test_an_unusable_precision_setting_is_a_clear_error_not_a_traceback(image_dir, weights_dir, cli_env, capsys,
+                                                                         monkeypatch, precision, message):
+    monkeypatch.setenv("GANORIGIN_PRECISION", precision)
+    image = str(sorted((image_dir / "real").iterdir())[0])
+    assert main(["predict", image, "--weights", str(weights_dir), "--offline", "--no-progress",
+                 "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+
+
 @pytest.mark.parametrize("listing", ["empty_folder", "folder_without_images", "empty_list"])
 def test_predict_without_images_says_so_and_exits_2(listing, tmp_path, capsys):
     folder = tmp_path / "photos"

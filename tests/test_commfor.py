@@ -23,6 +23,8 @@ from ganorigin.hub.registry import COMMFOR_PREPROCESS, WEIGHTS
 from ganorigin.models.commfor import VIT_S_16_384, CommForDetector, vit_cfg_from_state_dict
 from ganorigin.testing import COMMFOR_FILE, TINY_COMMFOR, write_commfor_weights
 
+from cpu_kernels import needs_bf16
+
 needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
 
 
@@ -127,7 +129,8 @@ def test_scores_do_not_depend_on_the_batch(tiny_checkpoint):
 
 
 @needs_onednn
-@pytest.mark.parametrize("precision, linear, atol", [("bf16", PackedLinear, 0.06), ("int8", Int8Linear, 0.06)])
+@pytest.mark.parametrize("precision, linear, atol", [pytest.param("bf16", PackedLinear, 0.06, marks=needs_bf16),
+                                                     ("int8", Int8Linear, 0.06)])
 def test_packed_vit_block_matches_the_timm_block(precision, linear, atol):
     torch.manual_seed(0)
     vit = timm.models.vision_transformer.VisionTransformer(**TINY_COMMFOR, num_classes=1).eval()
@@ -153,6 +156,7 @@ def test_blocks_that_are_not_plain_vit_blocks_are_left_alone():
 
 
 @needs_onednn
+@needs_bf16
 def test_fast_commfor_is_a_new_module_and_agrees(tiny_checkpoint):
     model = load_commfor(tiny_checkpoint)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -168,7 +172,8 @@ def test_fast_commfor_is_a_new_module_and_agrees(tiny_checkpoint):
 
 
 @needs_onednn
-@pytest.mark.parametrize("isa, first", [("avx512_bf16", "bf16"), ("amx", "bf16"), ("avx512_vnni", "exact"),
+@pytest.mark.parametrize("isa, first", [pytest.param("avx512_bf16", "bf16", marks=needs_bf16),
+                                        pytest.param("amx", "bf16", marks=needs_bf16), ("avx512_vnni", "exact"),
                                         ("avx2", "exact")])
 def test_int8_commfor_keeps_its_first_block_out_of_int8(tiny_checkpoint, isa, first, monkeypatch):
     """As CLIP's: the first block, which reads the raw patch embeddings, stays exact (bf16 where the CPU
@@ -188,6 +193,7 @@ def test_int8_commfor_keeps_its_first_block_out_of_int8(tiny_checkpoint, isa, fi
 
 
 @needs_onednn
+@needs_bf16
 def test_the_probe_keeps_the_fast_path_only_within_its_own_bound(sources, monkeypatch, tmp_path):
     from ganorigin.hub import resolve
 

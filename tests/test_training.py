@@ -476,6 +476,7 @@ def test_cli_warns_when_alignment_differs_from_training(aligned_model_dir, weigh
     monkeypatch.setenv("GANORIGIN_UFD_HEAD_SHA256", weights_env["GANORIGIN_UFD_HEAD_SHA256"])
     with caplog.at_level(logging.WARNING):
         assert main(["predict", image, "--weights", str(folder), "--offline", "--no-align", "--no-progress"]) == 0
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "trained on FFHQ-aligned faces" in warnings[0] and "alignment is off" in warnings[0]
+    warnings = [r.getMessage() for r in caplog.records  # (a CPU may add the probe's: a fast path refused)
+                if r.levelno == logging.WARNING and "trained on FFHQ-aligned faces" in r.getMessage()]
+    assert len(warnings) == 1 and "alignment is off" in warnings[0]
     assert json.loads(capsys.readouterr().out)["path"] == image

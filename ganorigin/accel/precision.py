@@ -24,6 +24,8 @@ from typing import Optional
 
 import torch
 
+from ..errors import ConfigurationError
+
 PRECISIONS = ("auto", "fp32", "bf16", "int8", "fp16")
 # CPU classes, fastest first, with the flag (/proc/cpuinfo) that marks each and its native low-precision
 # matrix type (what resolve_precision reports for "auto"; AUTO_CPU_PATHS has what each model tries, in order).
@@ -62,7 +64,7 @@ def cpu_class() -> str:
     names = [name for name, _, _ in CPU_CLASSES]
     if override:
         if override not in (*names, "none"):
-            raise ValueError(f"GANORIGIN_CPU_ISA must be one of {', '.join(names)}, none; got {override!r}.")
+            raise ConfigurationError(f"GANORIGIN_CPU_ISA must be one of {', '.join(names)}, none; got {override!r}.")
         return override
     flags = cpu_flags()
     return next((name for name, flag, _ in CPU_CLASSES if flag in flags), "none")
@@ -70,7 +72,7 @@ def cpu_class() -> str:
 
 def cpu_has_bf16_matrix_units() -> bool:
     """True on CPUs that run bf16 matrix maths natively (AMX or AVX-512-BF16)."""
-    return _auto_cpu_precision() == "bf16"
+    return _auto_cpu_precision() == "bf16" and _runnable("bf16")
 
 
 def _auto_cpu_precision() -> str:
@@ -92,13 +94,18 @@ def resolve_precision(precision: Optional[str], device: torch.device) -> str:
     """``"auto"``/``None`` -> the fastest mode this device runs natively; validates the rest."""
     requested = (precision or os.environ.get("GANORIGIN_PRECISION") or "auto").lower()
     if requested not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {requested!r}.")
+        raise ConfigurationError(f"precision must be one of {', '.join(PRECISIONS)}; got {requested!r}.")
     if requested == "fp16" and device.type not in ("cuda", "mps"):
-        raise ValueError("precision='fp16' needs a CUDA or mps device; on CPU use 'bf16', 'int8', 'fp32' or 'auto'.")
+        raise ConfigurationError("precision='fp16' needs a CUDA or mps device; on CPU use 'bf16', 'int8', 'fp32' "
+                                 "or 'auto'.")
     if requested == "int8" and device.type != "cpu":
-        raise ValueError("precision='int8' is for CPUs; on a GPU use 'auto', 'bf16', 'fp16' or 'fp32'.")
+        raise ConfigurationError("precision='int8' is for CPUs; on a GPU use 'auto', 'bf16', 'fp16' or 'fp32'.")
     if requested == "bf16" and device.type == "cpu" and not torch.backends.mkldnn.is_available():
-        raise ValueError("precision='bf16' on CPU needs a torch build with oneDNN (mkldnn); use 'fp32'.")
+        raise ConfigurationError("precision='bf16' on CPU needs a torch build with oneDNN (mkldnn); use 'fp32'.")
+    if requested == "bf16" and device.type == "cpu" and not _runnable("bf16"):
+        raise ConfigurationError("precision='bf16' needs a CPU whose oneDNN runs bf16 (AVX-512 or AVX-NE-CONVERT, e.g. "
+                         f"AMD Zen 4, Intel Cooper Lake and later); this one ({cpu_model_name()}) cannot. "
+                         "Use 'auto', 'int8' or 'fp32'.")
     if requested != "auto":
         return requested
     if device.type == "cuda":
@@ -107,11 +114,7 @@ def resolve_precision(precision: Optional[str], device: torch.device) -> str:
         return "fp16"
     if device.type == "cpu":
         auto = _auto_cpu_precision()
-        if auto == "bf16" and not torch.backends.mkldnn.is_available():
-            return "fp32"
-        if auto == "int8" and not _runnable("int8"):
-            return "fp32"
-        return auto
+        return auto if _runnable(auto) else "fp32"
     return "fp32"
 
 
@@ -127,7 +130,10 @@ def candidate_precisions(precision: Optional[str], device: torch.device, kind: s
 
 
 def _runnable(precision: str) -> bool:
-    """Whether this torch build has the kernels of ``precision`` (bf16 and int8 are oneDNN's)."""
+    """Whether this torch build and CPU run the kernels of ``precision`` (bf16 and int8 are oneDNN's; its bf16
+    needs AVX-512 BW/VL/DQ or AVX-NE-CONVERT, which AVX2-only CPUs such as AMD Zen 3 lack)."""
     if precision == "int8":
         return torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_pointwise")
-    return precision != "bf16" or torch.backends.mkldnn.is_available()
+    if precision == "bf16":
+        return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return True
