@@ -4,8 +4,8 @@
                                [--out bench-results.json] [--quick]
 
 The paths are ``baseline`` plus ``ours-<precision>`` for each of ``--precisions`` (default: every
-path this CPU can run: ``auto``; ``bf16`` where the CPU class is ``amx`` or ``avx512_bf16``;
-``int8`` on any x86 CPU). Each path starts in fresh subprocesses, so cold start (process start ->
+path this CPU can run: ``auto``; ``bf16`` where the CPU class is ``amx`` or ``avx512_bf16`` and oneDNN
+runs bf16; ``int8`` on any x86 CPU). Each path starts in fresh subprocesses, so cold start (process start ->
 model ready, weights on disk) and peak resident memory (after a first request and a first batch)
 are measured per path. Each of ours has its own cache of agreement verdicts: its "first start"
 begins with that cache empty, so the one-time probe runs, and its "cold start" is the next start,

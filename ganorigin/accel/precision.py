@@ -64,7 +64,8 @@ def cpu_class() -> str:
     names = [name for name, _, _ in CPU_CLASSES]
     if override:
         if override not in (*names, "none"):
-            raise ConfigurationError(f"GANORIGIN_CPU_ISA must be one of {', '.join(names)}, none; got {override!r}.")
+            raise ConfigurationError(f"GANORIGIN_CPU_ISA must be one of {', '.join(names)}, none; "
+                                     f"got {override!r}.")
         return override
     flags = cpu_flags()
     return next((name for name, flag, _ in CPU_CLASSES if flag in flags), "none")
@@ -103,9 +104,9 @@ def resolve_precision(precision: Optional[str], device: torch.device) -> str:
     if requested == "bf16" and device.type == "cpu" and not torch.backends.mkldnn.is_available():
         raise ConfigurationError("precision='bf16' on CPU needs a torch build with oneDNN (mkldnn); use 'fp32'.")
     if requested == "bf16" and device.type == "cpu" and not _runnable("bf16"):
-        raise ConfigurationError("precision='bf16' needs a CPU whose oneDNN runs bf16 (AVX-512 or AVX-NE-CONVERT, e.g. "
-                         f"AMD Zen 4, Intel Cooper Lake and later); this one ({cpu_model_name()}) cannot. "
-                         "Use 'auto', 'int8' or 'fp32'.")
+        raise ConfigurationError("precision='bf16' needs a CPU whose oneDNN runs bf16 (AVX-512 or AVX-NE-CONVERT, "
+                                 f"e.g. AMD Zen 4, Intel Cooper Lake and later); this one ({cpu_model_name()}) "
+                                 "cannot. Use 'auto', 'int8' or 'fp32'.")
     if requested != "auto":
         return requested
     if device.type == "cuda":
