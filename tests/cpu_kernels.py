@@ -5,12 +5,10 @@ from __future__ import annotations
 import os
 
 import pytest
-import torch
 
-from ganorigin.accel.precision import cpu_flags
+from ganorigin.accel.precision import cpu_flags, onednn_runs_bf16
 
-# oneDNN runs bf16 only with AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT: not on AVX2-only CPUs such as AMD Zen 3.
-BF16_RUNS = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+BF16_RUNS = onednn_runs_bf16()
 needs_bf16 = pytest.mark.skipif(not BF16_RUNS, reason="this CPU's oneDNN has no bf16 kernels (they need AVX-512 or "
                                                        "AVX-NE-CONVERT); the bf16 path cannot run here")
 

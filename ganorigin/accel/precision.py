@@ -131,10 +131,13 @@ def candidate_precisions(precision: Optional[str], device: torch.device, kind: s
 
 
 def _runnable(precision: str) -> bool:
-    """Whether this torch build and CPU run the kernels of ``precision`` (bf16 and int8 are oneDNN's; its bf16
-    needs AVX-512 BW/VL/DQ or AVX-NE-CONVERT, which AVX2-only CPUs such as AMD Zen 3 lack)."""
+    """Whether this torch build and CPU run the kernels of ``precision`` (bf16 and int8 are oneDNN's)."""
     if precision == "int8":
         return torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_pointwise")
-    if precision == "bf16":
-        return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    return True
+    return onednn_runs_bf16() if precision == "bf16" else True
+
+
+def onednn_runs_bf16() -> bool:
+    """Whether this CPU's oneDNN has bf16 kernels at all (AVX-512 BW/VL/DQ or AVX-NE-CONVERT), whatever
+    ``GANORIGIN_CPU_ISA`` says: AVX2-only CPUs such as AMD Zen 3 have none."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
