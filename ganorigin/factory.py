@@ -9,6 +9,8 @@ it scores near a verdict's edge to the exact one (:class:`ganorigin.accel.Border
 
 from __future__ import annotations
 
+from concurrent.futures import Future
+from functools import partial
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
@@ -17,7 +19,7 @@ import torch
 from torch import nn
 
 from .accel import BorderlineExact, accelerate, borderline_band, candidate_precisions
-from .accel.convert import COMMFOR_MARGIN, base_model
+from .accel.convert import COMMFOR_MARGIN, Accelerated, base_model
 from .errors import WeightsFormatError
 from .hub import ResolvedWeights, WeightSources, resolve
 from .hub.checkpoints import load_tensors, load_torch_file, strict_load
@@ -177,6 +179,33 @@ def encode(encoder: nn.Module, images: list, batch: int = 1) -> np.ndarray:
         .cpu().numpy()
         for i in range(0, len(images), batch)
     ])
+
+
+def encode_in_parts(encoder: nn.Module, images: list, submit: Callable[[Callable], Future],
+                    batch: int = 1) -> list:
+    """:func:`encode` as work others can share: per ``batch`` of images, e4e's feature maps are computed here and
+    each style group is handed to ``submit(fn) -> Future``, the group on the largest map (the most work) first.
+    Returns each batch's futures, for :func:`codes_from_parts`; the codes are :func:`encode`'s, bitwise."""
+    device = _device_of(encoder)
+    parts = []
+    for i in range(0, len(images), batch):
+        x = torch.stack([E4E_PREPROCESS(im) for im in images[i : i + batch]]).to(device)
+        maps = _call(encoder, "feature_maps", x)
+        largest_first = sorted(range(len(maps)), key=lambda k: -maps[k].shape[-1])
+        futures = {k: submit(partial(_call, encoder, "group_styles", maps[k], k)) for k in largest_first}
+        parts.append([futures[k] for k in range(len(maps))])
+    return parts
+
+
+def codes_from_parts(parts: list) -> np.ndarray:
+    """The flattened W+ codes, shape (B, 18 * 512), once every future of :func:`encode_in_parts` is done."""
+    return np.concatenate([E4EEncoder.codes([future.result() for future in futures]).flatten(1).float().cpu().numpy()
+                           for futures in parts])
+
+
+def _call(model: nn.Module, method: str, x: torch.Tensor, *args):
+    """``model.<method>(x, *args)``; on an accelerated model, the method of the model it runs, as it runs it."""
+    return model.call(method, x, *args) if isinstance(model, Accelerated) else getattr(model, method)(x, *args)
 
 
 def _device_of(module: nn.Module) -> torch.device:

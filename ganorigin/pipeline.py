@@ -8,6 +8,7 @@ import logging
 import os
 from concurrent.futures import Future
 from dataclasses import replace
+from functools import partial
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import numpy as np
@@ -18,8 +19,8 @@ from .accel import ModelWorkers, precision_of, precision_summary
 from .align import AlignmentResult, align_face, alignment_available
 from .degradation import assess
 from .errors import InvalidImageError
-from .factory import (Device, as_device, commfor_scores, create_commfor, create_detector, create_encoder,
-                      detector_scores, encode)
+from .factory import (Device, as_device, codes_from_parts, commfor_scores, create_commfor, create_detector,
+                      create_encoder, detector_scores, encode, encode_in_parts)
 from .hub import ResolvedWeights, WeightSources, resolve
 from .hub.pickles import load_attributor_pickles
 from .hub.trained_model import load_attribution_model
@@ -189,7 +190,8 @@ class GANOrigin:
         degradations = [assess(source, im) for source, im in zip(sources, images)]
         provenances = [read_provenance(source, decoded=im) if provenance and isinstance(source, bytes) else None
                        for source, im in zip(sources, images)]
-        fake, (alignments, attributed, features) = detection.result(), encoding.result()
+        fake, (alignments, attributed, parts) = detection.result(), encoding.result()
+        features = codes_from_parts(parts)
         other = second.result() if second is not None else [None] * len(images)
         gan = self.attributor.predict_proba(features)
         unknown = self.attributor.reject_unknown(features)
@@ -205,10 +207,13 @@ class GANOrigin:
         ]
 
     def _align_and_encode(self, images: list, align: bool) -> tuple:
-        """``(alignments, the images e4e saw, their codes)``."""
+        """``(alignments, the images e4e saw, their codes in parts)``: e4e's style groups go to whichever worker
+        is free (:func:`~ganorigin.factory.encode_in_parts`), so neither waits while the other has work."""
         alignments = [align_face(im) if align else None for im in images]
         attributed = [a.image if a is not None and a.used else im for a, im in zip(alignments, images)]
-        return alignments, attributed, self.encode(attributed)
+        parts = encode_in_parts(self.encoder, attributed, partial(self._start, "styles"),
+                                self._encoder_batch(len(attributed)))
+        return alignments, attributed, parts
 
     def _start(self, model: str, fn: Callable[[], Any]) -> Future:
         """``fn()`` on ``model``'s worker thread on a CPU fast path, so that CLIP and e4e run side by
@@ -236,11 +241,13 @@ class GANOrigin:
         On a CPU in bf16 up to ``CPU_ENCODER_BATCH`` at once: the packed convolutions give bitwise
         the same codes at any batch size, and each weight is read once per batch. int8 takes one
         image at a time: its inputs are quantised over the whole batch's range."""
+        return encode(self.encoder, list(images), batch=self._encoder_batch(len(images)))
+
+    def _encoder_batch(self, images: int) -> int:
+        """Images per e4e forward, of ``images``: all on a GPU; on a CPU as :meth:`encode` says."""
         if self.device.type == "cuda":
-            batch = len(images)
-        else:
-            batch = CPU_ENCODER_BATCH if precision_of(self.encoder) == "bf16" else 1
-        return encode(self.encoder, list(images), batch=batch)
+            return max(1, images)
+        return CPU_ENCODER_BATCH if precision_of(self.encoder) == "bf16" else 1
 
     def _threshold(self, threshold: Optional[float]) -> float:
         return self.threshold if threshold is None else check_threshold(threshold)

@@ -256,6 +256,73 @@ def test_model_workers_threads_end_when_the_workers_are_collected():
     assert not any(thread.is_alive() for thread in threads)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "int8", pytest.param("bf16", marks=needs_bf16)])
+def test_e4e_in_parts_gives_the_codes_of_one_forward_bitwise(precision):
+    """The pipeline computes e4e's feature maps on the encoder's worker and hands the style groups to
+    whichever worker is free (``encode_in_parts``); the codes are one forward's, to the bit, at any batch."""
+    from concurrent.futures import Future
+
+    from ganorigin.factory import codes_from_parts, encode, encode_in_parts
+    from ganorigin.models.encoder import E4EEncoder
+    from ganorigin.testing import TINY_E4E
+
+    torch.manual_seed(0)
+    encoder = E4EEncoder(TINY_E4E)
+    if precision != "fp32":
+        encoder = accel.fast_encoder(encoder, torch.device("cpu"), precision)
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (96, 80, 3), dtype=np.uint8)) for _ in range(3)]
+
+    def now(fn):
+        done = Future()
+        done.set_result(fn())
+        return done
+
+    workers = accel.ModelWorkers(2)
+    for batch in (1, 2):
+        whole = encode(encoder, images, batch=batch)
+        for submit in (now, lambda fn: workers.submit("styles", fn)):
+            parts = encode_in_parts(encoder, images, submit, batch=batch)
+            assert len(parts) == -(-len(images) // batch) and all(len(futures) == 3 for futures in parts)
+            assert np.array_equal(codes_from_parts(parts), whole)
+
+
+def test_e4e_style_groups_go_to_the_worker_that_is_free():
+    """While e4e's worker is still busy, the style groups it queued run on the other worker (CLIP's, once
+    done) instead of waiting: the largest group first."""
+    from ganorigin.factory import codes_from_parts, encode, encode_in_parts
+    from ganorigin.models.encoder import E4EEncoder
+    from ganorigin.testing import TINY_E4E
+
+    torch.manual_seed(0)
+    encoder = E4EEncoder(TINY_E4E)
+    images = [Image.new("RGB", (64, 64), (120, 80, 40))]
+    workers = accel.ModelWorkers(2)
+    ran, queued = [], []
+
+    def submit(fn):
+        queued.append(workers.submit("styles", lambda: ran.append((threading.current_thread().name, fn.args[-1]))
+                                     or fn()))
+        return queued[-1]
+
+    submitted, release = threading.Event(), threading.Event()
+
+    def encode_then_stay_busy():
+        parts = encode_in_parts(encoder, images, submit)
+        submitted.set()
+        release.wait(timeout=60)
+        return parts
+
+    held = workers.submit("encoder", encode_then_stay_busy)
+    assert submitted.wait(timeout=60)
+    [future.result(timeout=60) for future in queued]  # done while e4e's worker is still held
+    assert not held.done()
+    assert ran == [("ganorigin-detector", 2), ("ganorigin-detector", 1), ("ganorigin-detector", 0)]  # fine first
+    release.set()
+    one_forward = workers.submit("encoder", lambda: encode(encoder, images)).result(timeout=60)  # on as many threads
+    assert np.array_equal(codes_from_parts(held.result(timeout=60)), one_forward)
+
+
 def test_side_by_side_predictions_match_the_models_run_one_after_the_other(model, dev_sample):
     """``predict_batch`` (CLIP and e4e side by side on CPU fast paths) gives the answers the two
     models give when called one after the other: e4e's codes do not depend on its thread count,

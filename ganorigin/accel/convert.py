@@ -33,7 +33,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ..models.commfor import CommForDetector
 from ..models.detector import UFDDetector
-from ..models.encoder import COARSE_END, MIDDLE_END, BottleneckIRSE, E4EEncoder, SEModule, StyleBlocks
+from ..models.encoder import BottleneckIRSE, E4EEncoder, SEModule, StyleBlocks
 from .memory import give_back, releasing_pages
 from .packed import (Int8Conv2d, Int8Linear, Int8UnfoldedConv2d, PackedConv2d, PackedLinear, PackedResidualBlock,
                      PackedViTBlock, int8_weight_bits)
@@ -51,12 +51,17 @@ class Accelerated(nn.Module):
         self.autocast_device, self.channels_last = autocast_device, channels_last
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.call("forward", x).float()
+
+    def call(self, method: str, x: torch.Tensor, *args):
+        """``module.<method>(x, *args)`` run as :meth:`forward` runs the module (``x`` in the memory format,
+        under the autocast): for a model computed in parts, e.g. e4e's ``feature_maps`` and ``group_styles``."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         cast = (torch.autocast(self.autocast_device, dtype=DTYPES[self.precision]) if self.autocast_device
                 else contextlib.nullcontext())
         with cast:
-            return self.module(x).float()
+            return (self.module if method == "forward" else getattr(self.module, method))(x, *args)  # hooks run
 
 
 def base_model(module: nn.Module) -> nn.Module:
@@ -289,9 +294,7 @@ class SharedInputStyleBlocks(nn.Module):
 
 def style_groups(encoder: E4EEncoder) -> list:
     """The ranges of e4e's style blocks that read the same feature map (coarse, middle, fine), those of two or more."""
-    count = encoder.config.style_count
-    ranges = [range(0, min(COARSE_END, count)), range(COARSE_END, min(MIDDLE_END, count)), range(MIDDLE_END, count)]
-    return [indices for indices in ranges if len(indices) >= 2]
+    return [indices for indices in encoder.style_groups if len(indices) >= 2]
 
 
 def merged_conv(convs: Sequence[nn.Conv2d]) -> nn.Conv2d:

@@ -1,5 +1,5 @@
 """The models side by side on a CPU: one worker thread per lane (CLIP on one, e4e on the other), and
-Community Forensics on whichever lane is free first.
+Community Forensics and e4e's style groups on whichever lane is free first.
 
 On a 2-core CPU the detector and the encoder, each on one core at the same time, finish sooner
 than one after the other on both cores (measured: 0.85x the time). Neither model's kernels scale
@@ -8,9 +8,10 @@ OpenMP intra-op threads limited to its half of the cores. The limit is set per t
 threadpoolctl, so torch's process-wide thread setting is left alone.
 
 Which lane finishes first depends on the CPU: CLIP's where it runs int8 on VNNI, e4e's where both
-run bf16 on AMX. A model on the lane ``EITHER`` is taken by the first worker that has nothing of its
-own lane queued before it; a third worker would oversubscribe two cores (measured:
-``benchmarks/second_detector.py``).
+run bf16 on AMX. Work on the lane ``EITHER`` (Community Forensics; e4e's style groups, queued once the
+feature maps they read are made) is taken by the first worker that has nothing of its own lane queued
+before it, so that neither worker idles while there is work; a third worker would oversubscribe two
+cores (measured: ``benchmarks/second_detector.py``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 EITHER = "either"
-LANES = {"detector": "detector", "encoder": "encoder", "commfor": EITHER}
+LANES = {"detector": "detector", "encoder": "encoder", "commfor": EITHER, "styles": EITHER}
 
 
 class _Queue:

@@ -157,6 +157,17 @@ class E4EEncoder(nn.Module):
         self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.codes([self.group_styles(features, k) for k, features in enumerate(self.feature_maps(x))])
+
+    @property
+    def style_groups(self) -> list:
+        """The ranges of style blocks that read the same feature map: coarse (16x16), middle (32x32), fine (64x64)."""
+        count = self.config.style_count
+        ranges = [range(0, min(COARSE_END, count)), range(COARSE_END, min(MIDDLE_END, count)), range(MIDDLE_END, count)]
+        return [indices for indices in ranges if len(indices)]
+
+    def feature_maps(self, x: torch.Tensor) -> list:
+        """The map each of :attr:`style_groups` reads: (B,512,16,16), (B,512,32,32), (B,512,64,64)."""
         x = self.input_layer(x)
         taps = []
         for i, unit in enumerate(self.body):
@@ -164,15 +175,24 @@ class E4EEncoder(nn.Module):
             if i in self._taps:
                 taps.append(x)
         c1, c2, c3 = taps  # (B,128,64,64), (B,256,32,32), (B,512,16,16)
-        count = self.config.style_count
-        styles = self.styles.outputs(range(min(COARSE_END, count)), c3)
-        if count > COARSE_END:
-            p2 = _upsample_add(c3, self.latlayer1(c2))
-            styles += self.styles.outputs(range(COARSE_END, min(MIDDLE_END, count)), p2)
-        if count > MIDDLE_END:
-            styles += self.styles.outputs(range(MIDDLE_END, count), _upsample_add(p2, self.latlayer2(c1)))
-        w0 = styles[0]  # the first style, to which every other is a delta
-        return torch.stack([w0, *(w0 + delta for delta in styles[1:])], dim=1)  # (B, 18, 512)
+        maps = [c3]
+        count = len(self.style_groups)
+        if count > 1:
+            maps.append(_upsample_add(c3, self.latlayer1(c2)))
+        if count > 2:
+            maps.append(_upsample_add(maps[1], self.latlayer2(c1)))
+        return maps
+
+    def group_styles(self, features: torch.Tensor, group: int) -> list:
+        """The styles of ``style_groups[group]`` from the map it reads: one (B, C) each."""
+        return self.styles.outputs(self.style_groups[group], features)
+
+    @staticmethod
+    def codes(styles_per_group: list) -> torch.Tensor:
+        """W+ codes (B, 18, 512) from the styles of every group, in order: the first style, then it plus each
+        other (a delta to it)."""
+        w0, *deltas = [style for styles in styles_per_group for style in styles]
+        return torch.stack([w0, *(w0 + delta for delta in deltas)], dim=1)
 
 
 def _upsample_add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
