@@ -106,6 +106,7 @@ def load(folder: Path, precision: str, align: bool) -> tuple:
     Forensics, all sharing one set of models."""
     from ganorigin import GANOrigin, WeightSources
     from ganorigin.accel import ModelWorkers
+    from ganorigin.accel.workers import LANES as WORKER_LANES
     from ganorigin.factory import create_commfor, create_detector, create_encoder
     from ganorigin.hub import resolve
     from ganorigin.hub.pickles import load_attributor_pickles
@@ -129,8 +130,7 @@ def load(folder: Path, precision: str, align: bool) -> tuple:
     for variant, lane in LANES.items():
         pipeline = GANOrigin(detector, encoder, attributor, device="cpu", align=align, commfor=commfor)
         if pipeline._workers is not None:  # the variant's lane for Community Forensics (default: either)
-            pipeline._workers = ModelWorkers(torch.get_num_threads(), {"detector": "detector", "encoder": "encoder",
-                                                                      "commfor": lane})
+            pipeline._workers = ModelWorkers(torch.get_num_threads(), {**WORKER_LANES, "commfor": lane})
         pipelines[f"with-commfor-{variant}"] = pipeline
     return pipelines, memory
 

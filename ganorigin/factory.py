@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from concurrent.futures import Future
 from functools import partial
+from operator import itemgetter
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
@@ -183,24 +184,37 @@ def encode(encoder: nn.Module, images: list, batch: int = 1) -> np.ndarray:
 
 def encode_in_parts(encoder: nn.Module, images: list, submit: Callable[[Callable], Future],
                     batch: int = 1) -> list:
-    """:func:`encode` as work others can share: per ``batch`` of images, e4e's feature maps are computed here and
-    each style group is handed to ``submit(fn) -> Future``, the group on the largest map (the most work) first.
-    Returns each batch's futures, for :func:`codes_from_parts`; the codes are :func:`encode`'s, bitwise."""
+    """:func:`encode` as work others can share: ``batch`` images per forward, the last batch in parts: e4e's
+    feature maps are computed here and each style group is handed to ``submit(fn) -> Future``, the group on the
+    largest map (the most work) first, so that a worker done with its own models takes the end of e4e's. (Every
+    batch in parts measured slower for ``predict_batch``: the maps of all the batches wait in memory.) An encoder
+    without those parts (no ``feature_maps``) runs whole, here. Returns per batch ``(combine, futures)``, for
+    :func:`codes_from_parts`; the codes are :func:`encode`'s, bitwise."""
     device = _device_of(encoder)
+    in_parts = hasattr(base_model(encoder), "feature_maps")
     parts = []
     for i in range(0, len(images), batch):
         x = torch.stack([E4E_PREPROCESS(im) for im in images[i : i + batch]]).to(device)
+        if not in_parts or i + batch < len(images):  # whole, here
+            parts.append((itemgetter(0), [_done(encoder(x))]))
+            continue
         maps = _call(encoder, "feature_maps", x)
         largest_first = sorted(range(len(maps)), key=lambda k: -maps[k].shape[-1])
         futures = {k: submit(partial(_call, encoder, "group_styles", maps[k], k)) for k in largest_first}
-        parts.append([futures[k] for k in range(len(maps))])
+        parts.append((E4EEncoder.codes, [futures[k] for k in range(len(maps))]))
     return parts
 
 
 def codes_from_parts(parts: list) -> np.ndarray:
     """The flattened W+ codes, shape (B, 18 * 512), once every future of :func:`encode_in_parts` is done."""
-    return np.concatenate([E4EEncoder.codes([future.result() for future in futures]).flatten(1).float().cpu().numpy()
-                           for futures in parts])
+    return np.concatenate([combine([future.result() for future in futures]).flatten(1).float().cpu().numpy()
+                           for combine, futures in parts])
+
+
+def _done(result) -> Future:
+    future: Future = Future()
+    future.set_result(result)
+    return future
 
 
 def _call(model: nn.Module, method: str, x: torch.Tensor, *args):

@@ -258,7 +258,7 @@ def test_model_workers_threads_end_when_the_workers_are_collected():
 
 @pytest.mark.parametrize("precision", ["fp32", "int8", pytest.param("bf16", marks=needs_bf16)])
 def test_e4e_in_parts_gives_the_codes_of_one_forward_bitwise(precision):
-    """The pipeline computes e4e's feature maps on the encoder's worker and hands the style groups to
+    """The pipeline computes e4e's last feature maps on the encoder's worker and hands their style groups to
     whichever worker is free (``encode_in_parts``); the codes are one forward's, to the bit, at any batch."""
     from concurrent.futures import Future
 
@@ -283,8 +283,14 @@ def test_e4e_in_parts_gives_the_codes_of_one_forward_bitwise(precision):
         whole = encode(encoder, images, batch=batch)
         for submit in (now, lambda fn: workers.submit("styles", fn)):
             parts = encode_in_parts(encoder, images, submit, batch=batch)
-            assert len(parts) == -(-len(images) // batch) and all(len(futures) == 3 for futures in parts)
+            batches = -(-len(images) // batch)
+            assert [len(futures) for _, futures in parts] == [1] * (batches - 1) + [3]  # the last one in parts
             assert np.array_equal(codes_from_parts(parts), whole)
+    whole_only = nn.Sequential(nn.Flatten(), nn.LazyLinear(18 * 8))  # any encoder without e4e's parts runs whole
+    whole_only(torch.zeros(1, 3, 256, 256))
+    whole_only.requires_grad_(False)
+    assert np.array_equal(codes_from_parts(encode_in_parts(whole_only, images, now, batch=2)),
+                          encode(whole_only, images, batch=2))
 
 
 def test_e4e_style_groups_go_to_the_worker_that_is_free():
