@@ -207,8 +207,8 @@ class GANOrigin:
         ]
 
     def _align_and_encode(self, images: list, align: bool) -> tuple:
-        """``(alignments, the images e4e saw, their codes in parts)``: e4e's style groups go to whichever worker
-        is free (:func:`~ganorigin.factory.encode_in_parts`), so neither waits while the other has work."""
+        """``(alignments, the images e4e saw, their codes in parts)``: the last batch's style groups go to whichever
+        worker is free (:func:`~ganorigin.factory.encode_in_parts`), so neither waits while the other has work."""
         alignments = [align_face(im) if align else None for im in images]
         attributed = [a.image if a is not None and a.used else im for a, im in zip(alignments, images)]
         parts = encode_in_parts(self.encoder, attributed, partial(self._start, "styles"),
