@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from typing import Callable
 from dataclasses import replace
 
 import gradio as gr
@@ -278,6 +279,12 @@ def drop_image() -> None:
     return None
 
 
+def drop_image_and_settle(view) -> Callable[[], tuple]:
+    """After a failed analysis or explanation: the input emptied, and the view that showed the progress
+    drawn again as ``view``, so that Gradio's "Error" badge does not stay over it once the message has gone."""
+    return lambda: (None, view)
+
+
 with UploadsOnlyBlocks(title="GANOrigin — GAN face detection and attribution",
                        delete_cache=(LIFETIME_S, LIFETIME_S)) as demo:  # uploads, temporary files
     gr.Markdown("# GANOrigin\nIs this face real or AI-generated — and which GAN made it?")
@@ -366,11 +373,12 @@ with UploadsOnlyBlocks(title="GANOrigin — GAN face detection and attribution",
     analysed = analyse_btn.click(analyse, [image, threshold, align, commfor_threshold],
                                  [*verdict_views, crop, last_result], api_name="analyse", api_visibility="undocumented",
                                  preprocess=False, show_progress_on=card)
-    analysed.failure(drop_image, outputs=image, api_visibility="private", queue=False)
+    analysed.failure(drop_image_and_settle(EMPTY_CARD), outputs=[image, card], api_visibility="private", queue=False)
     analysed.success(feedback_shown, outputs=feedback, api_visibility="private", queue=False)
     explain_btn.click(explain, image, [heat_image, spectrum_image, explain_text], api_name="explain", preprocess=False,
                       show_progress_on=heat_image
-                      ).failure(drop_image, outputs=image, api_visibility="private", queue=False)
+                      ).failure(drop_image_and_settle(None), outputs=[image, heat_image], api_visibility="private",
+                                queue=False)
     api_file.change(predict_api, [api_file, threshold], api_json, api_name="predict", preprocess=False)
     api_file.change(predict_extended_api, [api_file, *thresholds], api_json, api_name="predict_extended",
                     preprocess=False)

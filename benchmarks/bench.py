@@ -273,10 +273,10 @@ def _check_cache(args, path: str) -> Path:
 
 
 class _ProbeWarnings(logging.Handler):
-    """Collects the probe's warnings (a model that falls back to fp32 says so there)."""
+    """Collects what the probe refused (a path that disagrees, at INFO; a model that falls back to fp32, at WARNING)."""
 
     def __init__(self):
-        super().__init__(logging.WARNING)
+        super().__init__(logging.INFO)
         self.messages: list = []
 
     def emit(self, record):
@@ -292,6 +292,7 @@ def _load(path: str, weights_dir: Path) -> tuple:
     handler = _ProbeWarnings()
     probe_logger = logging.getLogger("ganorigin.accel.probe")
     probe_logger.addHandler(handler)
+    probe_logger.setLevel(logging.INFO)
     try:
         if path == BASELINE:
             model, requested = load_baseline(weights_dir), "fp32"

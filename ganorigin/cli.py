@@ -420,8 +420,8 @@ def _explain(args) -> int:
     from .explain import frequency_view, gradient_heatmap, occlusion_heatmap
     from .images import load_image
 
+    image = load_image(args.image)  # a file that is no image is refused before the weights load
     model = _load_model(args)
-    image = load_image(args.image)
     method = args.method if args.method != "auto" else ("occlusion" if model.device.type == "cuda" else "gradient")
     heat = (occlusion_heatmap if method == "occlusion" else gradient_heatmap)(model.detector, image)
     spectrum = frequency_view(image)
@@ -429,7 +429,8 @@ def _explain(args) -> int:
     heat.image_overlay.save(args.out / "heatmap.png")
     heat.overlay.save(args.out / "heatmap_crop.png")
     spectrum.picture.save(args.out / "spectrum.png")
-    print(f"fake probability {heat.fake_probability:.4f}; heat map ({method}) and frequency view written to {args.out}")
+    print(f"fake probability {heat.fake_probability:.4f}; heat map ({method}) and frequency view written to {args.out}: "
+          "heatmap.png (over the image), heatmap_crop.png (the 224 px crop CLIP saw), spectrum.png")
     print(spectrum.explanation)
     return 0
 

@@ -29,17 +29,18 @@ NOT_AN_IMAGE = "This file is not an image we can read (supported: PNG, JPEG, Web
 
 
 def load_image(image: ImageInput) -> Image.Image:
-    """Decode ``image`` (path, bytes, file object, PIL image or numpy array) into RGB.
+    """Decode ``image`` (path, bytes, file object, PIL image or numpy array) into RGB: a new image,
+    its pixels read (a PIL image from ``Image.open`` is read here, not lazily later on another thread).
 
     Raises:
         InvalidImageError: empty, not an image, truncated, too large or too small.
     """
     if isinstance(image, Image.Image):
-        _check_size(image.size)
-        return _to_rgb(image)
+        return _decoded(lambda: image)
     if isinstance(image, np.ndarray):
         return _from_array(image)
-    return _decode(read_image_bytes(image))
+    data = read_image_bytes(image)
+    return _decoded(lambda: Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS))
 
 
 def read_image_bytes(image) -> bytes:
@@ -84,27 +85,29 @@ def image_extension(data: bytes) -> str:
     return {"JPEG": "jpg", "TIFF": "tif"}.get(kind, kind.lower())
 
 
-def _decode(data: bytes) -> Image.Image:
+def _decoded(open_image) -> Image.Image:
+    """The image ``open_image()`` gives, within the limits, its first frame read, EXIF orientation
+    applied, as a new RGB image. Pillow's own words stay in the exception's cause, not the message."""
     try:
         with warnings.catch_warnings():
             # We enforce our own pixel limit below; Pillow's own bomb warning is noise here.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+            img = open_image()
             _check_size(img.size)
             img.seek(0)  # animated GIF/WebP, multi-page TIFF: the first frame
             img.load()
-            img = ImageOps.exif_transpose(img)
+            img = ImageOps.exif_transpose(img)  # a copy where there is nothing to turn
     except InvalidImageError:
         raise
     except Image.DecompressionBombError as e:
         raise ImageTooLargeError(
-            f"The image declares far more pixels than the {MAX_IMAGE_PIXELS / 1e6:g} megapixel limit ({e}). "
-            "Downscale it first."
+            f"The image declares far more pixels than the {MAX_IMAGE_PIXELS / 1e6:g} megapixel limit. Downscale it first."
         ) from e
     except UnidentifiedImageError as e:
         raise InvalidImageError(NOT_AN_IMAGE) from e
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError) as e:
-        raise InvalidImageError(f"The image could not be decoded; it may be truncated or corrupt ({e}).") from e
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError, AttributeError,
+            AssertionError) as e:
+        raise InvalidImageError("The image could not be decoded; it may be truncated or corrupt.") from e
     return _to_rgb(img)
 
 

@@ -18,7 +18,7 @@ from torch import nn
 from .accel import ModelWorkers, precision_of, precision_summary
 from .align import AlignmentResult, align_face, alignment_available
 from .degradation import assess
-from .errors import InvalidImageError
+from .errors import ConfigurationError, InvalidImageError
 from .factory import (Device, as_device, codes_from_parts, commfor_scores, create_commfor, create_detector,
                       create_encoder, detector_scores, encode, encode_in_parts)
 from .hub import ResolvedWeights, WeightSources, resolve
@@ -301,11 +301,12 @@ def _alignment_fields(alignment: Optional[AlignmentResult], attributed: Image.Im
 
 
 def check_threshold(threshold) -> float:
-    """``threshold`` as a float in [0, 1]; a ValueError with the one message every entry point shows."""
+    """``threshold`` as a float in [0, 1]; a :class:`ConfigurationError` (a ValueError) with the one message
+    every entry point shows."""
     try:
         value = float(threshold)
     except (TypeError, ValueError):
         value = float("nan")
     if not 0.0 <= value <= 1.0:  # NaN fails too
-        raise ValueError(f"The threshold is a probability from 0 to 1; got {threshold}.")
+        raise ConfigurationError(f"The threshold is a probability from 0 to 1; got {threshold}.")
     return value

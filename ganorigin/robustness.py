@@ -144,7 +144,7 @@ def save_robustness_png(rows: Sequence[dict], summary: Sequence[dict], path: os.
         scores_ax.axhline(thresholds[key], color=colour, linestyle="--", linewidth=0.8)
     scores_ax.set_ylim(-0.02, 1.02)
     scores_ax.set_ylabel("P(generated)")
-    scores_ax.set_title("Scores per degradation (dashed: thresholds)")
+    scores_ax.set_title("Scores per degradation (dashed: thresholds)", loc="left")
     scores_ax.legend(loc="best", fontsize="small")
     bottom = np.zeros(len(names))
     for verdict, colour in zip(VERDICTS, ("tab:red", "tab:gray", "tab:green")):
@@ -152,9 +152,10 @@ def save_robustness_png(rows: Sequence[dict], summary: Sequence[dict], path: os.
         verdict_ax.bar(x, shares, bottom=bottom, color=colour, label=verdict)
         bottom += shares
     verdict_ax.set_ylabel("share of images")
-    verdict_ax.set_title("Verdicts per degradation")
+    verdict_ax.set_title("Verdicts per degradation", loc="left")
     verdict_ax.set_xticks(x, names, rotation=30, ha="right")
-    verdict_ax.legend(loc="upper right", fontsize="small")
+    # above the bars, beside the title: inside, it would cover a bar that reaches the top
+    verdict_ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=len(VERDICTS), fontsize="small", frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return Path(path)

@@ -90,7 +90,7 @@ def test_twenty_images_and_urls_go_through_predict_batch_with_progress(client, m
 def test_the_page_event_gives_a_table_with_thumbnails_and_csv_and_json_downloads(client, model, twenty):
     summary, table, csv_path, json_path = client.predict(
         [handle_file(str(p)) for p in twenty[:4]], "", api_name="/analyse_batch")
-    assert "4 images analysed" in summary
+    assert summary == "**4 of 4 items analysed**."
     assert table["headers"][:4] == ["#", "Image", "File", "Verdict"]
     rows = table["data"]
     assert [r[2] for r in rows] == [p.name for p in twenty[:4]]

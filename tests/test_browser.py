@@ -200,6 +200,9 @@ def test_a_file_that_is_not_an_image_gets_the_library_message_and_clears_the_pag
     page.locator(".toast-body", has_text=NO_IMAGE).first.wait_for()
     expect(page.locator("#verdict-card")).to_contain_text("No image analysed yet")  # no stale verdict
     expect(page.locator("#face-image img")).to_have_count(0)  # the rejected upload is gone
+    for close in page.locator(".toast-close").all():
+        close.click()
+    expect(page.get_by_text("Error", exact=True)).to_have_count(0)  # no badge left over a view once the message is gone
     text = page.locator("body").inner_text()
     for leak in ("/tmp", "gradio_api", "preprocess", "ImageData", "Traceback"):
         assert leak not in text, leak
@@ -420,6 +423,25 @@ def test_a_video_clip_gets_a_verdict_a_timeline_and_its_most_suspicious_frames(b
     page.close()
 
 
+def test_a_video_that_cannot_be_read_is_refused_as_it_is_uploaded(browser, server, tmp_path):
+    from test_video import grey_seconds, write_clip
+
+    from ganorigin import InvalidVideoError
+    from ganorigin.video import sample_frames
+
+    data = write_clip(grey_seconds(2), size=(32, 32))[:600]  # cut short: no frame can be decoded
+    with pytest.raises(InvalidVideoError) as library:
+        list(sample_frames(data)[1])
+    bad = tmp_path / "cut-short.mp4"
+    bad.write_bytes(data)
+    page = _open(browser, server.url, 1400)
+    page.get_by_role("tab", name="Video").click()
+    page.locator("#video-input input[type=file]").set_input_files(str(bad))  # no button pressed
+    page.locator(".toast-body", has_text=str(library.value)).first.wait_for()
+    expect(page.locator("#video-input video")).to_have_count(0)  # the input is emptied
+    page.close()
+
+
 # The Batch tab, the image URL box and the feedback form, on a server that allows loopback URLs
 # (the test-only switch) and keeps feedback in a folder of its own.
 
@@ -465,7 +487,9 @@ def test_a_batch_of_twenty_images_and_urls_sorts_opens_and_downloads(browser, ba
     page.locator("#batch-urls textarea").fill("\n".join(urls))
     page.get_by_role("button", name="Analyse all").click()
     page.get_by_text(re.compile(r"Analysing|Fetching URLs")).first.wait_for()  # the progress bar
-    expect(page.locator("#batch-summary")).to_contain_text("23 images analysed, 1 could not be read", timeout=WAIT_MS)
+    expect(page.locator("#batch-summary")).to_contain_text("22 of 23 items analysed; 1 failed (see Error)", timeout=WAIT_MS)
+    for box in page.locator("#batch-table .virtual-table-viewport").all():  # the table's scrolling box
+        assert box.evaluate("e => e.scrollWidth <= e.clientWidth"), "the table's last column is cut off at 1400 px"
     rows = page.locator(BATCH_ROWS)
     rows.first.wait_for()
     assert _column(page, 2)[:3] == [p.name for p in twenty[:3]]
@@ -534,6 +558,9 @@ def test_an_image_url_is_fetched_into_the_image_tab_and_analysed(browser, batch_
     page.locator("#image-url input").fill("http://169.254.169.254/latest/meta-data/")
     page.get_by_role("button", name="Fetch").click()
     page.locator(".toast-body", has_text="169.254.169.254 points to a cloud metadata address").first.wait_for()
+    for close in page.locator(".toast-close").all():
+        close.click()
+    expect(page.get_by_text("Error", exact=True)).to_have_count(0)  # no badge left on the image input
     page.locator("#image-url input").fill(url_server.add(face))
     page.get_by_role("button", name="Fetch").click()
     page.locator("#face-image img").first.wait_for()
@@ -575,6 +602,7 @@ def test_the_feedback_form_stores_a_report(browser, batch_app, dev_images, width
     report = next(r for r in read_feedback(folder) if r["note"] == f"from a tip line ({width} px)")
     assert report["image_sha256"] == digest and report["label"] == "stylegan2"
     assert report["model"]["weights"] and report["model"]["versions"]["ganorigin"]
+    assert report["model"]["test_weights"] is True, "a report made on random test weights must say so"
     assert (report["image"] is not None) == consent
     if consent:
         assert (folder / report["image"]).read_bytes() == face.read_bytes()

@@ -1001,6 +1001,35 @@ def test_a_path_that_disagrees_falls_back_to_the_next_and_both_verdicts_are_cach
                                                weight_files=files)) == "fp32"
 
 
+def test_each_refused_path_is_logged_in_words_and_only_the_fall_back_to_fp32_as_a_warning(weights_dir, monkeypatch,
+                                                                                          tmp_path, caplog):
+    """int8 made to disagree on every way of running attention: each refusal says what moved and the bound,
+    at INFO while another path is left; the last, which leaves the model in fp32, is a warning."""
+    import logging
+
+    from ganorigin.factory import detector_scores, load_detector
+    from ganorigin.testing import CLIP_FILE, UFD_HEAD_FILE
+
+    monkeypatch.setenv("GANORIGIN_CACHE_DIR", str(tmp_path))
+    files = [weights_dir / CLIP_FILE, weights_dir / UFD_HEAD_FILE]
+
+    def scores(module, images):
+        return detector_scores(module, images) + (0.5 if accel.precision_of(module) == "int8" else 0.0)
+
+    with caplog.at_level(logging.INFO, logger="ganorigin.accel.probe"):
+        fast = accel.accelerate(load_detector(*files), torch.device("cpu"), "int8", scores, kind="detector",
+                                weight_files=files)
+    assert accel.precision_of(fast) == "fp32"
+    refused = [r for r in caplog.records if "disagrees with fp32" in r.getMessage()]
+    assert len(refused) == len(accel.attention_paths("int8"))
+    assert [r.levelno for r in refused] == [logging.INFO] * (len(refused) - 1) + [logging.WARNING]
+    for record in refused:
+        message = record.getMessage()
+        assert message.startswith("UFD's CLIP in int8") and "UFD's logit moved 0.5" in message
+        assert "allowed" in message and "{" not in message, message
+    assert refused[-1].getMessage().endswith("it runs exact fp32.")
+
+
 def test_the_probe_image_is_a_real_face_from_a_dependency_and_synthetic_without_it(monkeypatch):
     """Grace Hopper's portrait from matplotlib's sample data; an install without it gets the synthetic image."""
     import matplotlib.cbook

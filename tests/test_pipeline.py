@@ -105,8 +105,12 @@ def test_threshold_per_call_and_per_pipeline(model, one_image):
     assert lenient.predict(one_image).is_fake
     assert lenient.predict(one_image, threshold=1.0).threshold == 1.0
     assert not lenient.predict(one_image, threshold=1.0).is_fake
-    with pytest.raises(ValueError, match="threshold"):
-        model.predict(one_image, threshold=1.5)
+    from ganorigin import ConfigurationError, GANOriginError
+
+    for bad in (1.5, -0.1, float("nan"), "high"):
+        with pytest.raises(ConfigurationError, match="threshold") as caught:  # a GANOriginError and a ValueError
+            model.predict(one_image, threshold=bad)
+        assert isinstance(caught.value, GANOriginError) and isinstance(caught.value, ValueError)
 
 
 def test_class_probabilities_sum_to_one_with_an_other_generator_bar_when_only_commfor_fires(batch):
@@ -132,6 +136,29 @@ def test_every_input_type_gives_the_same_numbers(model, one_image):
     inputs = [one_image, str(one_image), one_image.read_bytes(), pil, np.asarray(pil)]
     results = [_numbers(model.predict(x)) for x in inputs]
     assert all(r == results[0] for r in results[1:])
+
+
+def test_an_image_straight_from_image_open_gives_the_numbers_of_its_path(model, dev_sample, one_image, tmp_path):
+    """``Image.open`` gives a lazy image (pixels unread, its file open): the gate reads it, not whichever
+    worker thread touches it first; a truncated one is the bytes' InvalidImageError, in a batch only in its place."""
+    from ganorigin import load_image
+
+    paths = dev_sample[:6]
+    want = [_numbers(model.predict(p)) for p in paths]
+    for _ in range(2):
+        assert [_numbers(model.predict(Image.open(p))) for p in paths] == want
+    assert [_numbers(r) for r in model.predict_batch([Image.open(p) for p in paths])] == want
+    data = one_image.read_bytes()
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InvalidImageError) as from_bytes:
+        load_image(cut.read_bytes())
+    with pytest.raises(InvalidImageError) as from_pil:
+        model.predict(Image.open(cut))
+    assert str(from_pil.value) == str(from_bytes.value)
+    first, second = model.predict_batch([Image.open(cut), Image.open(paths[1])])
+    assert isinstance(first, InvalidImageError) and str(from_bytes.value) in str(first)
+    assert _numbers(second) == want[1]
 
 
 def test_predict_batch_gives_a_per_item_error_naming_the_bad_file(model, dev_sample, tmp_path):

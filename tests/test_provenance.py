@@ -423,11 +423,15 @@ def test_input_errors_are_the_gates_errors(tmp_path, monkeypatch):
         read_provenance(tmp_path / "missing.png")
     with pytest.raises(InvalidImageError, match="empty"):
         read_provenance(b"")
+    with pytest.raises(InvalidImageError, match="not an image we can read"):  # no image format's signature
+        read_provenance(b"hello, this is text, not an image\n" * 10)
+    for fmt in ("BMP", "GIF", "TIFF"):  # every format the gate decodes is read, with or without evidence in it
+        assert read_provenance(encode(picture(64), fmt)).strength == "none"
+    cut = encode(picture(300), "PNG")[:100]  # a damaged image is read as far as it goes, not refused
+    assert "not an image" not in read_provenance(cut).summary and read_provenance(cut).watermarks.error
     monkeypatch.setattr(images, "MAX_IMAGE_BYTES", 1000)
     with pytest.raises(ImageTooLargeError, match="limit"):
         read_provenance(encode(picture(300), "PNG"))
-    not_an_image = read_provenance(b"hello, this is text, not an image\n" * 10)
-    assert not_an_image.strength == "none" and "not an image" in not_an_image.watermarks.error
 
 
 def test_predictions_carry_provenance_for_files_and_bytes_only(model, ai_jpeg, tmp_path):

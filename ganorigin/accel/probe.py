@@ -56,6 +56,7 @@ Scores = Callable[[nn.Module, list], np.ndarray]
 
 # kind -> (converter, whether the top class must stay the same, whether it has attention to run per CPU,
 #          the features: the input of this head, or the model's own output where it names none)
+MODEL_NAMES = {"detector": "UFD's CLIP", "encoder": "e4e", "commfor": "Community Forensics"}
 KINDS = {"detector": (fast_detector, False, True, "fc"), "encoder": (fast_encoder, True, False, None),
          "commfor": (fast_commfor, False, True, "vit.head")}
 
@@ -180,13 +181,25 @@ def accelerate(model: nn.Module, device: torch.device, precisions: Union[str, Se
         if check["ok"]:
             return fast
         later = steps[step + 1:]
-        logger.warning("The %s disagrees with fp32 in %s on the probe image (%s); %s.", kind, _describe(*steps[step]),
-                       check, f"trying {_describe(*later[0])}" if later else "it runs exact fp32")
+        logger.log(logging.INFO if later else logging.WARNING, "%s in %s disagrees with fp32 on the probe image (%s); %s.",
+                   MODEL_NAMES[kind], _describe(*steps[step]), _measured(check, kind),
+                   f"trying {_describe(*later[0])}" if later else "it runs exact fp32")
     return model
 
 
 def _describe(precision: str, attention: Optional[str]) -> str:
     return f"{precision} (attention: {attention})" if attention and attention != precision else precision
+
+
+def _measured(check: dict, kind: str) -> str:
+    """What the probe measured, in words: each score's and the features' move against its bound."""
+    score = {"detector": "UFD's logit", "encoder": "the attribution probabilities",
+             "commfor": "P(fake)"}[kind]
+    words = [f"{score} moved {check.get('max_delta', math.nan):.4f}, at most {check['max_allowed']:.4f} allowed",
+             f"its features {check.get('feature_error', math.nan):.1%}, at most {MAX_FEATURE_RELATIVE_ERROR:.0%}"]
+    if check.get("same_argmax") is False:
+        words.append("the top GAN changed")
+    return "; ".join(words)
 
 
 def precision_summary(detector: nn.Module, encoder: nn.Module) -> str:

@@ -76,6 +76,8 @@ def sniff_mime(data: bytes) -> Optional[str]:
         return "image/gif"
     if data[:4] in (b"II*\x00", b"MM\x00*"):
         return "image/tiff"
+    if data[:2] == b"BM" and len(data) >= 26:  # a BMP file header and the size of its info header
+        return "image/bmp"
     if data[4:8] == b"ftyp":
         brand = data[8:12]
         if brand in (b"avif", b"avis"):

@@ -12,8 +12,8 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InvalidImageError
-from ..images import ImageInput, load_image, read_image_bytes
-from .containers import Container, read_container
+from ..images import NOT_AN_IMAGE, ImageInput, load_image, read_image_bytes
+from .containers import Container, read_container, sniff_mime
 from .credentials import ContentCredentials, read_content_credentials
 from .evidence import Evidence
 from .generators import GeneratorSettings, read_generator_settings
@@ -70,10 +70,13 @@ def read_provenance(image: Union[str, os.PathLike, bytes, bytearray, memoryview]
             decoding them again for the watermark check.
 
     Raises:
-        InvalidImageError: no such file, empty, or over the byte limit. A damaged or hostile file
-            never raises: what cannot be read becomes its section's ``error``.
+        InvalidImageError: no such file, empty, over the byte limit, or not an image file at all (no
+            image format's signature). A damaged or hostile image never raises: what cannot be read
+            becomes its section's ``error``.
     """
     data = read_image_bytes(image)
+    if sniff_mime(data) is None:
+        raise InvalidImageError(NOT_AN_IMAGE)
     container = _guarded("file structure", lambda: read_container(data),
                          Container(None, problems=[_internal("file structure")]))
     fields = _guarded("XMP / EXIF", lambda: read_fields(container), Fields({}, problems=(_internal("XMP / EXIF"),)))

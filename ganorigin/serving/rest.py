@@ -70,6 +70,7 @@ class VideoAnswer(BaseModel):
     threshold: float
     commfor_probability: Optional[float]
     fake_frame_fraction: float
+    commfor_frames: int
     attribution: str
     attribution_probabilities: dict[str, float]
     frames_analysed: int

@@ -37,7 +37,7 @@ TURN = 4  # images per model turn: the progress bar moves, and single analyses w
 THUMB_SIDE, DETAIL_SIDE = 64, 384
 COLUMNS = ["#", "Image", "File", "Verdict", "Fake probability", "Attributed GAN", "Provenance", "Error"]
 # In pixels: on a narrow screen the table scrolls sideways inside its box instead of squeezing every column.
-COLUMN_WIDTHS = ["48px", "84px", "180px", "230px", "132px", "110px", "260px", "200px"]
+COLUMN_WIDTHS = ["44px", "84px", "170px", "210px", "112px", "104px", "220px", "240px"]
 DATATYPES = ["number", "markdown", "str", "str", "number", "str", "str", "str"]
 LIMITS = (f"Up to **{MAX_FILES} images** per batch (files, images inside ZIPs and URLs together), "
           f"**{MAX_TOTAL_BYTES / 2**20:g} MiB** in all; each image at most {MAX_IMAGE_BYTES / 2**20:g} MiB and "
@@ -256,7 +256,8 @@ def batch_tab(predict_batch: Callable[[list, float], list]) -> None:
     def run_page(files, urls, progress=gr.Progress()):
         found = analyse_all(files, urls, DEFAULT_THRESHOLD, progress)
         failed = sum(r["error"] is not None for r in found)
-        note = f"**{len(found)} images analysed**" + (f", {failed} could not be read (see *Error*)." if failed else ".")
+        note = f"**{len(found) - failed} of {len(found)} items analysed**" + (
+            f"; {failed} failed (see *Error*)." if failed else ".")
         return (note, [table_row(r) for r in found], output_file("ganorigin-batch.csv", csv_text(found).encode()),
                 output_file("ganorigin-batch.json", json.dumps(api_rows(found), indent=1).encode()), found)
 

@@ -18,7 +18,7 @@ from ..result import Prediction
 from ..serving.uploads import read_upload
 from .common import user_error
 
-MODEL_KEYS = ("weights", "versions", "device")
+MODEL_KEYS = ("weights", "test_weights", "versions", "device")
 CONSENT = ("Keep this image so that future versions are tested on it (without this, only its fingerprint, the "
            "sha256, and the verdict are stored)")
 

@@ -43,10 +43,11 @@ def url_box(image: gr.Image, predict: Callable[[bytes, float], Prediction]) -> g
     API (the original /predict JSON for the image at a URL)."""
     box = gr.Textbox(label="…or an image URL", placeholder=URL_PLACEHOLDER, elem_id="image-url", max_lines=1,
                      submit_btn="Fetch")
-    box.submit(fetch_into_image, box, image, api_visibility="private")
+    box.submit(fetch_into_image, box, image, api_visibility="private"
+               ).failure(lambda: None, outputs=image, api_visibility="private", queue=False)  # no "Error" badge left
 
     def predict_url(url: str, threshold: float = DEFAULT_THRESHOLD) -> dict:
-        """The original /predict JSON for the image at ``url``."""
+        """The original /predict JSON for the image at the given http(s) URL."""
         threshold = user_threshold(threshold)
         data, _ = fetch_url(url)
         with user_errors(UNUSABLE):

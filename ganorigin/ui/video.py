@@ -17,7 +17,7 @@ from ..serving.rest import NO_VIDEO as NO_VIDEO_UPLOADED
 from ..serving.service import ModelService
 from ..serving.uploads import open_upload, reject_upload
 from ..video import (DEFAULT_FPS, DEFAULT_MAX_FRAMES, MAX_VIDEO_BYTES, MAX_VIDEO_FRAMES, MAX_VIDEO_PIXELS,
-                     MAX_VIDEO_SECONDS, VideoPrediction)
+                     MAX_VIDEO_SECONDS, VideoPrediction, sample_frames)
 from .common import gpu, user_error, user_threshold
 
 NO_VIDEO = "Upload or record a video first."
@@ -80,6 +80,8 @@ def video_tab(service: ModelService) -> None:
     api_json = gr.JSON(visible=False, label="video prediction")
 
     views = [card, timeline, strip, as_json]
+    video.upload(check_upload, video, api_visibility="private", preprocess=False
+                 ).failure(lambda: None, outputs=video, api_visibility="private", queue=False)
     video.change(lambda: (EMPTY_CARD, None, None, None, None), outputs=[*views, last], api_visibility="private",
                  queue=False)
     analyse_btn.click(analyse, [video, threshold], [*views, last], api_name="analyse_video",
@@ -88,6 +90,22 @@ def video_tab(service: ModelService) -> None:
     threshold.change(rederive, [last, threshold], views, api_visibility="private", preprocess=False,
                      concurrency_limit=None)
     api_file.change(predict_api, [api_file, threshold], api_json, api_name="predict_video", preprocess=False)
+
+
+def check_upload(video: dict | None) -> None:
+    """An upload goes through the video gate at once (its header, then its first frame), so a clip we
+    cannot read is refused with the reason before *Analyse video*."""
+    if video:
+        _with_video(_video_file(video), _first_frame)
+
+
+def _first_frame(stream) -> None:
+    with stream:
+        _, frames = sample_frames(stream, max_frames=1)
+        try:
+            next(frames, None)
+        finally:
+            frames.close()
 
 
 def _video_file(value, missing: str = NO_VIDEO) -> dict:
@@ -119,12 +137,16 @@ def _card(result: VideoPrediction) -> str:
     kind = "fake" if result.verdict_by else "real"
     background, border = _CARD_COLOURS[kind]
     lines = [
-        f"Clip score {result.fake_probability:.3f} (90th percentile of P(fake)), median "
-        f"{result.median_probability:.3f} — threshold {result.threshold:.2f}",
+        f"GAN detector (UniversalFakeDetect): clip score {result.fake_probability:.3f} (90th percentile of P(fake)), "
+        f"median {result.median_probability:.3f} — threshold {result.threshold:.2f}; "
         f"{len(result.fake_frames)} of {len(result.judged_frames)} judged frames called GAN-generated "
-        f"({result.fake_fraction:.0%}); {len(result.frames)} frames analysed, one every {result.interval:g} s",
-        result.face_note,
+        f"({result.fake_fraction:.0%})",
     ]
+    if result.commfor_probability is not None:
+        lines.append(f"Any-generator detector (Community Forensics): clip score {result.commfor_probability:.3f} — "
+                     f"threshold {result.commfor_threshold:.2f}; {len(result.commfor_frames)} of "
+                     f"{len(result.judged_frames)} judged frames called AI-generated")
+    lines += [f"{len(result.frames)} frames analysed, one every {result.interval:g} s", result.face_note]
     if result.frames_without_face:
         lines.append("No face at " + ", ".join(f"{f.time:g} s" for f in result.frames_without_face))
     body = "".join(f"<div>{html.escape(line)}</div>" for line in lines)
