@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Callable
 from dataclasses import replace
+from typing import Callable
 
 import gradio as gr
 import pandas as pd

@@ -105,8 +105,8 @@ def _decoded(open_image) -> Image.Image:
         ) from e
     except UnidentifiedImageError as e:
         raise InvalidImageError(NOT_AN_IMAGE) from e
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError, AttributeError,
-            AssertionError) as e:
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError,
+            AttributeError, AssertionError) as e:  # the last two: a caller's lazy image whose file is closed or broken
         raise InvalidImageError("The image could not be decoded; it may be truncated or corrupt.") from e
     return _to_rgb(img)
 
