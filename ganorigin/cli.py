@@ -32,6 +32,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except GANOriginError as e:
         print(f"ganorigin {args.command}: error: {e}", file=sys.stderr)
         return EXIT_ERROR
+    except OSError as e:
+        if e.filename is None:  # not about a file the command was given or writes: a fault, with its traceback
+            raise
+        print(f"ganorigin {args.command}: error: {e.filename}: {e.strerror or e}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print(f"ganorigin {args.command}: interrupted; finished work was saved.", file=sys.stderr)
         return 130
@@ -257,6 +262,20 @@ def _load_model(args):
     return model
 
 
+def _ray_commands():
+    """``ganorigin.scale.commands``; without Ray installed, a ConfigurationError that says how to get it."""
+    import importlib.util
+
+    if any(importlib.util.find_spec(name) is None for name in ("ray", "pyarrow")):
+        from .errors import ConfigurationError
+
+        raise ConfigurationError("--engine ray needs Ray, which is not installed: pip install 'ganorigin[ray]' "
+                                 "(from a clone: pip install -e '.[ray]').")
+    from .scale import commands
+
+    return commands
+
+
 def _usage(message: str) -> GANOriginError:
     from .errors import DatasetError
 
@@ -270,9 +289,7 @@ def _predict(args) -> int:
     if args.batch_size < 1:
         raise _usage("--batch-size must be >= 1.")
     if args.engine == "ray":
-        from .scale.commands import predict
-
-        return predict(args, _sources(args), _threshold(args))
+        return _ray_commands().predict(args, _sources(args), _threshold(args))
     if args.format == "parquet":
         raise _usage("--format parquet needs --engine ray.")
     paths = find_images(args.paths, IMAGE_EXTENSIONS | VIDEO_EXTENSIONS)
@@ -359,9 +376,7 @@ def _extract(args) -> int:
     from .training import extract_features
 
     if args.engine == "ray":
-        from .scale.commands import extract
-
-        summary = extract(args, _sources(args))
+        summary = _ray_commands().extract(args, _sources(args))
     else:
         encoder = load_encoder(resolve_file("e4e.ffhq_encode", _sources(args)))
         if args.device:
@@ -382,6 +397,8 @@ def _train(args) -> int:
     from .hub.trained_model import save_attribution_model
     from .training import load_latents, save_confusion_png, train_attribution_model
 
+    if args.cv is not None and args.cv < 2:
+        raise _usage(f"--cv needs at least 2 folds; got {args.cv} (leave it out for one hold-out split).")
     latents = load_latents(args.latents)
     result = train_attribution_model(latents.features, latents.labels, groups=latents.groups, aligned=latents.aligned,
                                      test_size=args.test_size, cv=args.cv, C=args.C, coverage=args.coverage,
@@ -468,14 +485,14 @@ def _evaluate(args) -> int:
     from .training import evaluate, format_report
 
     if args.engine == "ray":
-        from .scale.commands import evaluate as evaluate_on_ray
-
-        report = evaluate_on_ray(args, _sources(args), _threshold(args))
+        report = _ray_commands().evaluate(args, _sources(args), _threshold(args))
     else:
         report = evaluate(_load_model(args), args.data_dir, args.out, batch_size=args.batch_size,
                           progress=args.progress)
     print(format_report(report))
-    print(f"Wrote {args.out / 'report.json'}, {args.out / 'predictions.csv'} and the PNGs in {args.out}.")
+    pictures = sorted(p.name for p in args.out.glob("*.png"))
+    print(f"Wrote {args.out / 'report.json'}, {args.out / 'predictions.csv'}"
+          + (f" and {', '.join(pictures)} in {args.out}." if pictures else "."))
     return 0
 
 

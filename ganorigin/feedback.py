@@ -129,9 +129,15 @@ def read_feedback(folder: os.PathLike) -> list[dict]:
     records = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             logger.warning("%s line %d is not JSON; skipped.", FEEDBACK_FILE, number)
+            continue
+        if not (isinstance(record, dict) and isinstance(record.get("image_sha256"), str)
+                and isinstance(record.get("label"), str)):
+            logger.warning("%s line %d is not a report (no image sha256 and label); skipped.", FEEDBACK_FILE, number)
+            continue
+        records.append(record)
     return records
 
 
@@ -155,6 +161,8 @@ def export_feedback(folder: os.PathLike, out: os.PathLike) -> dict:
         elif source is None or not source.is_file() or label in ("", ".", ".."):
             summary["without_image"] += 1
         else:
+            for stale in out.glob(f"*/{source.name}"):  # an earlier export's copy under a label since corrected
+                stale.unlink()
             (out / label).mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, out / label / source.name)
             summary["exported"][label] = summary["exported"].get(label, 0) + 1

@@ -341,3 +341,35 @@ def test_demo_weights_never_overwrites_a_folder_it_did_not_write(tmp_path, capsy
     demo = tmp_path / "demo"
     assert main(["demo-weights", str(demo)]) == 0 and main(["demo-weights", str(demo), "--seed", "1"]) == 0
     assert json.loads((demo / TEST_WEIGHTS_MARKER).read_text())["seed"] == 1
+
+
+def test_an_output_that_cannot_be_written_is_one_line_and_status_2(dev_images, weights_dir, tmp_path, capsys):
+    image = str(dev_images["real"][0])
+    one = tmp_path / "one"
+    one.mkdir()
+    shutil.copy(image, one)
+    a_file = tmp_path / "not-a-folder"
+    a_file.write_text("x")
+    for argv in (["predict", image, "--out", str(a_file / "rows.csv"), "--format", "csv"],
+                 ["robustness", str(one), "--out", str(a_file / "rb")],
+                 ["explain", image, "--out", str(a_file / "why")]):
+        assert main([*argv, "--weights", str(weights_dir), "--offline"]) == 2, argv
+        err = capsys.readouterr().err
+        assert f"error: {a_file}" in err and "Traceback" not in err, err
+
+
+def test_engine_ray_without_ray_says_how_to_install_it(dev_images, monkeypatch, capsys):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else find_spec(name, *a))
+    assert main(["predict", str(dev_images["real"][0]), "--engine", "ray"]) == 2
+    err = capsys.readouterr().err
+    assert "--engine ray needs Ray" in err and "pip install 'ganorigin[ray]'" in err and "Traceback" not in err
+
+
+def test_train_with_fewer_than_two_folds_is_one_line_and_status_2(tmp_path, capsys):
+    for folds in ("1", "0"):
+        assert main(["train", str(tmp_path / "latents"), "--out", str(tmp_path / "m"), "--cv", folds]) == 2
+        err = capsys.readouterr().err
+        assert f"--cv needs at least 2 folds; got {folds}" in err and "Traceback" not in err

@@ -89,6 +89,13 @@ def test_export_keeps_the_latest_label_and_leaves_out_what_cannot_be_labelled(mo
         [f"real/{hashlib.sha256(a).hexdigest()}.{Path(faces['real'][0]).suffix[1:].replace('jpeg', 'jpg')}",
          f"other-generator/{hashlib.sha256(b).hexdigest()}.{Path(faces['stylegan2'][0]).suffix[1:].replace('jpeg', 'jpg')}"])
     assert not (tmp_path / "x").exists()
+    exported = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    with open(store.folder / FEEDBACK_FILE, "a") as f:  # JSON that is no report: skipped, as a damaged line
+        f.write("[1, 2]\n" + json.dumps({"label": "real"}) + "\n")
+    store.add(a, model.predict(a), "stylegan3", keep_image=True)  # corrected after the first export
+    assert export_feedback(store.folder, out)["exported"] == {"stylegan3": 1, "other-generator": 1}
+    name = exported[1].name if exported[1].parts[0] == "real" else exported[0].name
+    assert sorted(p.relative_to(out).parts[0] for p in out.rglob(name)) == ["stylegan3"], "one image, one class"
 
 
 def test_reports_are_exported_and_evaluated_end_to_end(model, faces, weights_dir, weights_env, tmp_path):

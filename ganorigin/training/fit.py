@@ -152,7 +152,7 @@ def _check_training_data(y, groups, label_encoder, cv, test_size, coverage) -> N
     needed = max(cv or 2, 2) * CALIBRATION_FOLDS
     if counts.min() < needed:
         raise DatasetError(
-            f"Class {label_encoder.classes_[counts.argmin()]!r} has {counts.min()} source images; at least {needed} "
+            f"Class '{label_encoder.classes_[counts.argmin()]}' has {counts.min()} source images; at least {needed} "
             "are needed for the split and the calibration (augmented copies of one image count once). Add images."
         )
     if not 0.0 < coverage < 1.0:
