@@ -396,9 +396,9 @@ def _extract(args) -> int:
 def _train(args) -> int:
     from .hub.trained_model import save_attribution_model
     from .training import load_latents, save_confusion_png, train_attribution_model
+    from .training.fit import check_folds
 
-    if args.cv is not None and args.cv < 2:
-        raise _usage(f"--cv needs at least 2 folds; got {args.cv} (leave it out for one hold-out split).")
+    check_folds(args.cv)  # before the latents load
     latents = load_latents(args.latents)
     result = train_attribution_model(latents.features, latents.labels, groups=latents.groups, aligned=latents.aligned,
                                      test_size=args.test_size, cv=args.cv, C=args.C, coverage=args.coverage,

@@ -480,3 +480,14 @@ def test_cli_warns_when_alignment_differs_from_training(aligned_model_dir, weigh
                 if r.levelno == logging.WARNING and "trained on FFHQ-aligned faces" in r.getMessage()]
     assert len(warnings) == 1 and "alignment is off" in warnings[0]
     assert json.loads(capsys.readouterr().out)["path"] == image
+
+
+def test_cross_validation_with_fewer_than_two_folds_is_refused_from_python_too():
+    from ganorigin.errors import DatasetError
+    from ganorigin.training import train_attribution_model
+
+    features = np.random.default_rng(0).normal(size=(40, 8))
+    labels = ["progan", "stylegan2"] * 20
+    for folds in (1, 0):
+        with pytest.raises(DatasetError, match=f"at least 2 folds; got {folds}"):
+            train_attribution_model(features, labels, cv=folds)

@@ -143,7 +143,14 @@ def train_attribution_model(
     )
 
 
+def check_folds(cv: Optional[int]) -> None:
+    """Refuse a cross-validation with fewer than two folds (``None``: one hold-out split)."""
+    if cv is not None and cv < 2:
+        raise DatasetError(f"--cv needs at least 2 folds; got {cv} (leave it out for one hold-out split).")
+
+
 def _check_training_data(y, groups, label_encoder, cv, test_size, coverage) -> None:
+    check_folds(cv)
     if len(groups) != len(y):
         raise DatasetError(f"{len(groups)} groups for {len(y)} rows; give one group per row.")
     counts = np.bincount(y[np.unique(groups, return_index=True)[1]], minlength=len(label_encoder.classes_))
