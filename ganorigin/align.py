@@ -28,6 +28,7 @@ __all__ = [
     "AlignmentResult",
     "align_face",
     "alignment_available",
+    "alignment_setting",
     "ffhq_quad",
     "quad_frame_iou",
 ]
@@ -66,6 +67,11 @@ class AlignmentResult:
 def alignment_available() -> bool:
     """True when dlib and the 68-point landmark model are installed."""
     return importlib.util.find_spec("dlib") is not None and _predictor_path() is not None
+
+
+def alignment_setting(align: Optional[bool]) -> bool:
+    """``align`` as given, or for None the default of inference and extraction alike: align when available."""
+    return alignment_available() if align is None else bool(align)
 
 
 def align_face(image: Image.Image, *, output_size: int = OUTPUT_SIZE) -> AlignmentResult:

@@ -26,7 +26,9 @@ TEST_WEIGHTS_WARNING = ("these are random test weights from `ganorigin demo-weig
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run one command; returns the exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(_CommandFormatter(args.command))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
     try:
         return args.run(args)
     except GANOriginError as e:
@@ -38,8 +40,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"ganorigin {args.command}: error: {e.filename}: {e.strerror or e}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print(f"ganorigin {args.command}: interrupted; finished work was saved.", file=sys.stderr)
+        print(f"ganorigin {args.command}: interrupted; {_left_behind(args)}", file=sys.stderr)
         return 130
+
+
+class _CommandFormatter(logging.Formatter):
+    """Log records as the command's own messages: ``ganorigin predict: warning: ...``."""
+
+    def __init__(self, command: str):
+        super().__init__()
+        self.command = command
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"ganorigin {self.command}: {record.levelname.lower()}: {record.getMessage()}"
+
+
+def _left_behind(args) -> str:
+    """What an interrupted command leaves, in words."""
+    if args.command == "extract" or (getattr(args, "engine", None) == "ray" and args.command in ("predict", "evaluate")):
+        return "what was finished is kept: run the same command again to do only the rest."
+    if args.command in ("predict", "provenance") and args.out:
+        return f"the rows written so far are in {args.out}."
+    return "its output is missing or incomplete."
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,7 +120,11 @@ def _add_extract(commands) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--shard-size", type=int, default=512, help="images per shard file (default: 512)")
     p.add_argument("--limit", type=int, help="stop after about N newly encoded images (resume later)")
-    p.add_argument("--align", action="store_true", help="FFHQ-align the largest face first (needs dlib)")
+    aligned = p.add_mutually_exclusive_group()
+    aligned.add_argument("--align", dest="align", action="store_true", default=None,
+                         help="FFHQ-align the largest face first, as predict does (default: on when dlib is installed)")
+    aligned.add_argument("--no-align", dest="align", action="store_false",
+                         help="encode the images as they are (for models used with --no-align)")
     _progress_flag(p)
     _weight_flags(p)
     _engine_flags(p)
@@ -255,11 +281,19 @@ def _threshold(args) -> float:
 def _load_model(args):
     from .pipeline import GANOrigin
 
-    model = GANOrigin.from_pretrained(_sources(args), threshold=_threshold(args), device=args.device,
+    sources = _sources(args)
+    model = GANOrigin.from_pretrained(sources, threshold=_threshold(args), device=args.device,
                                       align=getattr(args, "align", None))
-    if model.weights is not None and model.weights.test_weights:
-        print(f"ganorigin {args.command}: warning: {TEST_WEIGHTS_WARNING}", file=sys.stderr)
+    _warn_on_test_weights(args, sources)
     return model
+
+
+def _warn_on_test_weights(args, sources) -> None:
+    """Say on stderr, once per command, that the weights are random test weights (``demo-weights``)."""
+    from .hub import holds_test_weights
+
+    if holds_test_weights(sources):
+        print(f"ganorigin {args.command}: warning: {TEST_WEIGHTS_WARNING}", file=sys.stderr)
 
 
 def _ray_commands():
@@ -289,7 +323,9 @@ def _predict(args) -> int:
     if args.batch_size < 1:
         raise _usage("--batch-size must be >= 1.")
     if args.engine == "ray":
-        return _ray_commands().predict(args, _sources(args), _threshold(args))
+        sources = _sources(args)
+        _warn_on_test_weights(args, sources)
+        return _ray_commands().predict(args, sources, _threshold(args))
     if args.format == "parquet":
         raise _usage("--format parquet needs --engine ray.")
     paths = find_images(args.paths, IMAGE_EXTENSIONS | VIDEO_EXTENSIONS)
@@ -375,10 +411,12 @@ def _extract(args) -> int:
     from .hub import resolve_file
     from .training import extract_features
 
+    sources = _sources(args)
+    _warn_on_test_weights(args, sources)
     if args.engine == "ray":
-        summary = _ray_commands().extract(args, _sources(args))
+        summary = _ray_commands().extract(args, sources)
     else:
-        encoder = load_encoder(resolve_file("e4e.ffhq_encode", _sources(args)))
+        encoder = load_encoder(resolve_file("e4e.ffhq_encode", sources))
         if args.device:
             encoder = encoder.to(args.device)
         summary = extract_features(
@@ -485,7 +523,9 @@ def _evaluate(args) -> int:
     from .training import evaluate, format_report
 
     if args.engine == "ray":
-        report = _ray_commands().evaluate(args, _sources(args), _threshold(args))
+        sources = _sources(args)
+        _warn_on_test_weights(args, sources)
+        report = _ray_commands().evaluate(args, sources, _threshold(args))
     else:
         report = evaluate(_load_model(args), args.data_dir, args.out, batch_size=args.batch_size,
                           progress=args.progress)

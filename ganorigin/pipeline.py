@@ -16,7 +16,7 @@ from PIL import Image
 from torch import nn
 
 from .accel import ModelWorkers, precision_of, precision_summary
-from .align import AlignmentResult, align_face, alignment_available
+from .align import AlignmentResult, align_face, alignment_setting
 from .degradation import assess
 from .errors import ConfigurationError, InvalidImageError
 from .factory import (Device, as_device, codes_from_parts, commfor_scores, create_commfor, create_detector,
@@ -73,7 +73,7 @@ class GANOrigin:
         self.attributor = attributor
         self.threshold = check_threshold(threshold)
         self.weights = weights
-        self.align = alignment_available() if align is None else bool(align)
+        self.align = alignment_setting(align)
         self._alignments_checked: set = set()
         self._align(None)  # warns now if the default setting differs from the model's training
         # CLIP and e4e side by side on a CPU fast path; the exact fp32 path stays the original sequential one.

@@ -17,6 +17,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -66,8 +67,8 @@ def test_every_command_has_help(command, capsys):
     sections = _help_sections(text)
     if command not in ("train", "demo-weights"):
         assert all(flag in sections["weights"] for flag in ("--weights", "--offline", "--cache-dir", "--device"))
-    model_flags = "--threshold" in text, "--no-align" in text
-    assert model_flags == ((True, True) if command in ("predict", "evaluate", "robustness") else (False, False))
+    assert ("--threshold" in text) == (command in ("predict", "evaluate", "robustness"))
+    assert ("--no-align" in text) == (command in ("predict", "evaluate", "robustness", "extract"))
     if command in ("predict", "extract", "evaluate", "robustness"):
         assert "--no-progress" in sections["options"] and "--no-progress" not in sections.get("weights", "")
 
@@ -201,17 +202,43 @@ def test_explain_writes_heat_map_and_spectrum(dev_images, weights_dir, cli_env, 
             assert im.mode == "RGB" and (size is None or im.size == size)
 
 
-def test_predict_warns_on_stderr_that_test_weights_give_meaningless_answers(image_dir, weights_dir, cli_env, capsys,
-                                                                          tmp_path):
+@pytest.mark.parametrize("command", ["predict", "extract"])
+def test_commands_warn_on_stderr_that_test_weights_give_meaningless_answers(command, image_dir, weights_dir, cli_env,
+                                                                            capsys, tmp_path):
     from ganorigin.cli import TEST_WEIGHTS_WARNING
 
-    image = str(sorted((image_dir / "real").iterdir())[0])
+    image = sorted((image_dir / "real").iterdir())[0]
+    data = tmp_path / "data"
+    (data / "real").mkdir(parents=True)
+    shutil.copy(image, data / "real" / image.name)
     unmarked = shutil.copytree(weights_dir, tmp_path / "weights", ignore=shutil.ignore_patterns(TEST_WEIGHTS_MARKER))
     for folder, marked in ((weights_dir, True), (unmarked, False)):
-        assert main(["predict", image, "--weights", str(folder), "--offline", "--no-progress"]) == 0
+        given = [str(image)] if command == "predict" else [str(data), "--out", str(tmp_path / f"latents-{marked}")]
+        assert main([command, *given, "--weights", str(folder), "--offline", "--no-progress"]) == 0
         captured = capsys.readouterr()
-        assert json.loads(captured.out)["error"] is None
+        if command == "predict":
+            assert json.loads(captured.out)["error"] is None
+        else:
+            assert captured.out.startswith("1 encoded")
         assert (TEST_WEIGHTS_WARNING in captured.err) == marked, captured.err
+
+
+def test_an_interrupted_evaluate_says_its_output_is_incomplete_not_saved(image_dir, cli_env, tmp_path):
+    """A real Ctrl-C (SIGINT) once the progress bar shows: status 130 and one line, no traceback."""
+    command = [sys.executable, "-m", "ganorigin", "evaluate", str(image_dir), "--out", str(tmp_path / "out"),
+               "--batch-size", "1"]
+    job = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.PIPE)
+    seen = b""
+    while b"predict:" not in seen:  # tqdm's bar: the images are being analysed
+        chunk = os.read(job.stderr.fileno(), 4096)
+        assert chunk, seen.decode()
+        seen += chunk
+    job.send_signal(signal.SIGINT)
+    seen += job.stderr.read()
+    assert job.wait(timeout=60) == 130
+    err = seen.decode()
+    assert "ganorigin evaluate: interrupted; its output is missing or incomplete." in err
+    assert "saved" not in err and "Traceback" not in err and not (tmp_path / "out" / "report.json").exists()
 
 
 @pytest.mark.parametrize("precision, message", [("foo", "must be one of auto, fp32, bf16, int8, fp16"),

@@ -23,7 +23,7 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 
-from ganorigin.cli import main
+from ganorigin.cli import TEST_WEIGHTS_WARNING, main
 from ganorigin.training import predict_paths
 
 from app_server import free_port
@@ -88,7 +88,17 @@ def test_ray_engine_gives_the_local_rows_and_an_error_row(ray_address, inputs, l
     corrupt = next(row for row in rows if row["path"].endswith("corrupt.png"))
     assert corrupt["error"].startswith(str(inputs / "corrupt.png")) and corrupt["fake_probability"] is None
     assert status == 1  # one input could not be read, as with the local engine
-    assert f"{len(local_rows)} analysed (1 could not be read), 0 already in the output" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"{len(local_rows) - 1} analysed, 1 could not be read, 0 already in the output" in err
+    assert TEST_WEIGHTS_WARNING in err  # the test weights say what they are, as on the local engine
+
+
+def test_a_video_given_to_the_ray_engine_is_refused_with_the_way_to_analyse_it(inputs, tmp_path, capsys):
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"\x00\x00\x00\x18ftypmp42")
+    assert main(["predict", str(inputs), str(clip), "--engine", "ray", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"videos run on the local engine (without --engine ray): {clip}" in err and "Traceback" not in err
 
 
 def test_a_plan_that_leaves_no_cpu_to_decode_is_refused(ray_address, inputs, capsys):
@@ -118,7 +128,8 @@ def test_killed_job_completes_only_the_rest(ray_address, inputs, local_rows, tmp
     rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert_same_rows(rows, local_rows)  # every input exactly once
-    assert f"{len(local_rows) - len(first)} analysed" in rerun.stderr
+    unreadable = int(not any('corrupt.png"' in line for line in first))  # the corrupt input, if the rerun had it
+    assert f"{len(local_rows) - len(first) - unreadable} analysed, {unreadable} could not be read" in rerun.stderr
     assert f"{len(first)} already in the output" in rerun.stderr
 
 

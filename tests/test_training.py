@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -48,6 +51,8 @@ from ganorigin.training import (
 from ganorigin.training.data import _item_rng
 from ganorigin.hub.trained_model import SAFE_ARRAYS_FILE, SAFE_MODEL_FILE
 from ganorigin.testing import E4E_FILE, LABEL_ENCODER_FILE, SCALER_FILE, SVM_FILE
+
+ROOT = Path(__file__).resolve().parents[1]
 
 KNOWN = ("gan_a", "gan_b", "gan_c")
 UNSEEN = "gan_x"
@@ -93,7 +98,8 @@ def encoder(weights_dir) -> E4EEncoder:
 def latents(synthetic_dir, weights_dir, tmp_path_factory) -> Path:
     """Features of every synthetic image, extracted through the CLI."""
     out = tmp_path_factory.mktemp("latents")
-    args = ["extract", str(synthetic_dir), "--out", str(out), "--weights", str(weights_dir), "--offline", "--no-progress"]
+    args = ["extract", str(synthetic_dir), "--out", str(out), "--no-align", "--weights", str(weights_dir), "--offline",
+            "--no-progress"]
     assert main(args) == 0
     return out
 
@@ -165,7 +171,7 @@ def test_extract_interrupted_then_resumed_equals_one_run(synthetic_dir, encoder,
         (data / kind).mkdir(parents=True)
         for i in range(3):
             shutil.copyfile(synthetic_dir / kind / f"{i:03d}.png", data / kind / f"{i:03d}.png")
-    settings = dict(augment=1, seed=3, batch_size=2, shard_size=4, progress=False)
+    settings = dict(augment=1, seed=3, batch_size=2, shard_size=4, align=False, progress=False)
     counts: list = []
     hook = _count_encoded(encoder, counts)
     try:
@@ -202,8 +208,35 @@ def test_extract_interrupted_then_resumed_equals_one_run(synthetic_dir, encoder,
     original, augmented = a.features[a.keys == "gan_a/000.png#0"], a.features[a.keys == "gan_a/000.png#1"]
     assert not np.array_equal(original, augmented)  # the augmented copy really is another resolution
 
-    with pytest.raises(DatasetError, match="other settings|made with"):
+    with pytest.raises(DatasetError, match="extracted with --augment 1 --seed 3 --no-align, not --augment 1 --seed 4 "
+                                           "--no-align; use another --out folder, or those settings to resume"):
         extract_features(data, tmp_path / "resumed", encoder, **{**settings, "seed": 4})
+    (tmp_path / "resumed" / LATENTS_MANIFEST).write_bytes(b"\xff not json")
+    with pytest.raises(DatasetError, match="is not a folder of latents written by extract"):
+        extract_features(data, tmp_path / "resumed", encoder, **settings)
+
+
+def test_extract_aligns_by_default_as_predict_does(dev_images, weights_dir, tmp_path, capsys):
+    """Without --align or --no-align, extract aligns exactly when a model's predict does by default, so a
+    model trained on its latents meets the faces it was trained on; resuming them unaligned is refused
+    with the flags that made them."""
+    from ganorigin.align import alignment_available
+
+    data = tmp_path / "data" / "stylegan2"
+    data.mkdir(parents=True)
+    face = sorted(dev_images["stylegan2"])[0]
+    shutil.copyfile(face, data / face.name)
+    args = ["extract", str(tmp_path / "data"), "--out", str(tmp_path / "latents"), "--weights", str(weights_dir),
+            "--offline", "--no-progress"]
+    assert main(args) == 0
+    default = alignment_available()
+    assert load_latents(tmp_path / "latents").aligned is default
+    capsys.readouterr()
+    other = "--no-align" if default else "--align"
+    assert main([*args, other]) == 2
+    made = "--align" if default else "--no-align"
+    assert (f"holds latents extracted with --augment 0 --seed 0 {made}, not --augment 0 --seed 0 {other}; "
+            in capsys.readouterr().err)
 
 
 def test_resolution_augmentation_is_seeded_per_image():
@@ -375,7 +408,7 @@ def augmented_noise_latents(weights_dir, tmp_path_factory) -> Path:
         for i in range(8):
             Image.fromarray(rng.integers(0, 256, (80, 80, 3), dtype=np.uint8)).save(data / cls / f"{i}.png")
     out = tmp_path_factory.mktemp("noise_latents")
-    assert main(["extract", str(data), "--out", str(out), "--augment", "2", "--weights", str(weights_dir),
+    assert main(["extract", str(data), "--out", str(out), "--augment", "2", "--no-align", "--weights", str(weights_dir),
                  "--offline", "--no-progress"]) == 0
     return out
 
@@ -393,7 +426,7 @@ def test_train_on_augmented_latents_holds_out_whole_images(augmented_noise_laten
     meta = json.loads((tmp_path / SAFE_MODEL_FILE).read_text())
     assert meta["held_out"]["n_test"] == 18 and meta["held_out"]["n_test_sources"] == 6
     assert meta["held_out"]["accuracy"] <= 0.7  # noise; the row-wise split reported 1.0 here
-    assert meta["aligned"] is False  # latents.json: extracted without --align
+    assert meta["aligned"] is False  # latents.json: extracted with --no-align
 
 
 def test_latents_folder_mixing_old_and_new_shards_groups_by_image(augmented_noise_latents, tmp_path):
@@ -480,6 +513,12 @@ def test_cli_warns_when_alignment_differs_from_training(aligned_model_dir, weigh
                 if r.levelno == logging.WARNING and "trained on FFHQ-aligned faces" in r.getMessage()]
     assert len(warnings) == 1 and "alignment is off" in warnings[0]
     assert json.loads(capsys.readouterr().out)["path"] == image
+    command = [sys.executable, "-m", "ganorigin", "predict", image, "--weights", str(folder), "--offline", "--no-align",
+               "--no-progress"]
+    run = subprocess.run(command, env={**os.environ, **weights_env, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0  # said as the command's own warnings are, not as a log record
+    assert "ganorigin predict: warning: The attribution model was trained on FFHQ-aligned faces" in run.stderr, run.stderr
 
 
 def test_cross_validation_with_fewer_than_two_folds_is_refused_from_python_too():
@@ -491,3 +530,20 @@ def test_cross_validation_with_fewer_than_two_folds_is_refused_from_python_too()
     for folds in (1, 0):
         with pytest.raises(DatasetError, match=f"at least 2 folds; got {folds}"):
             train_attribution_model(features, labels, cv=folds)
+
+
+@pytest.mark.parametrize("classes", [2, 3, 5])
+def test_a_long_confusion_matrix_title_stays_inside_the_picture(classes):
+    """The title `train` gives (its evaluation recipe) wraps instead of being cut at the picture's edges."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from ganorigin.training.reports import confusion_figure
+
+    title = "Held-out attribution (stratified hold-out by source image, test_size=0.2, 5 calibration folds)"
+    figure = confusion_figure(np.eye(classes, dtype=int), [f"stylegan{i}" for i in range(classes)], title)
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    shown = figure.axes[0].title
+    box = shown.get_window_extent(canvas.get_renderer())
+    assert 0 <= box.x0 and box.x1 <= figure.bbox.width and box.y1 <= figure.bbox.height
+    assert shown.get_text().replace("\n", " ") == title  # every word is kept

@@ -64,9 +64,13 @@ def resolve(sources: Optional[WeightSources] = None) -> ResolvedWeights:
         paths.update((name, _find(lookup, WEIGHTS[name])) for name in PICKLE_FILES)
     if lookup.missing or lookup.problems:
         raise WeightsNotFoundError(_missing_message(lookup))
-    folder = lookup.sources.weights_dir
-    marked = bool(folder) and (Path(folder).expanduser() / TEST_WEIGHTS_MARKER).is_file()
-    return ResolvedWeights(paths, lookup.origins, test_weights=marked)
+    return ResolvedWeights(paths, lookup.origins, test_weights=holds_test_weights(lookup.sources))
+
+
+def holds_test_weights(sources: WeightSources) -> bool:
+    """Whether the weights folder of ``sources`` holds random test weights (``ganorigin demo-weights``)."""
+    folder = sources.weights_dir
+    return bool(folder) and (Path(folder).expanduser() / TEST_WEIGHTS_MARKER).is_file()
 
 
 def resolve_file(name: str, sources: Optional[WeightSources] = None) -> Path:

@@ -194,9 +194,9 @@ def alignment_mismatch(attributor: GANAttributor, align: bool) -> Optional[str]:
     if trained is None or trained == bool(align):
         return None
     if align:
-        return ("The attribution model was trained on unaligned images (`ganorigin extract` without --align), but "
+        return ("The attribution model was trained on unaligned images (`ganorigin extract --no-align`), but "
                 "face alignment is on: attribution may be off. Turn alignment off (align=False, --no-align, or the "
-                "switch in the app), or retrain on latents extracted with --align.")
+                "switch in the app), or retrain on latents extracted with alignment (extract's default when dlib is installed).")
     return ("The attribution model was trained on FFHQ-aligned faces (`ganorigin extract --align`), but face "
             "alignment is off: attribution may be off. Turn alignment on (needs dlib: pip install dlib-bin "
-            "face-recognition-models), or retrain on latents extracted without --align.")
+            "face-recognition-models), or retrain on latents extracted with --no-align.")

@@ -3,12 +3,14 @@ a Ray cluster (:mod:`ganorigin.scale.batch`). The command-line parsing stays in 
 
 from __future__ import annotations
 
+import posixpath
 import sys
 from pathlib import Path
 
 from ..errors import DatasetError
 from ..hub import WeightSources
 from ..training import IMAGE_EXTENSIONS, labelled_images
+from ..video import VIDEO_EXTENSIONS
 from .batch import ActorPlan, RaySession, run_predict
 from .inputs import list_inputs
 from .outputs import ResultSink, read_rows
@@ -20,6 +22,10 @@ def predict(args, sources: WeightSources, threshold: float) -> int:
     if not names:
         raise DatasetError(f"no images found in {', '.join(args.paths)} "
                            f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))}).")
+    videos = [name for name in names if posixpath.splitext(name)[1].lower() in VIDEO_EXTENSIONS]
+    if videos:
+        raise DatasetError(f"--engine ray analyses images; videos run on the local engine (without --engine ray): "
+                           f"{', '.join(videos[:3])}{' …' if len(videos) > 3 else ''}.")
     sink = ResultSink(args.out, args.format)
     try:
         with RaySession(args.address):
@@ -29,7 +35,7 @@ def predict(args, sources: WeightSources, threshold: float) -> int:
     finally:
         sink.close()
     skipped = len(sink.done & set(names))
-    print(f"{sink.written} analysed ({sink.failed} could not be read), {skipped} already in the output, "
+    print(f"{sink.written - sink.failed} analysed, {sink.failed} could not be read, {skipped} already in the output, "
           f"{len(names)} in all.", file=sys.stderr)
     return 1 if sink.failed else 0
 

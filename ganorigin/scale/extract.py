@@ -10,6 +10,7 @@ from typing import Optional
 import numpy as np
 import pyarrow as pa
 
+from ..align import alignment_setting
 from ..errors import InvalidImageError
 from ..hub import WeightSources
 from ..training import ExtractSummary
@@ -59,11 +60,12 @@ class Encoder:
 
 
 def run_extract(data_dir: Path, out_dir: Path, sources: WeightSources, *, augment: int = 0, seed: int = 0,
-                batch_size: int = 8, shard_size: int = 512, limit: Optional[int] = None, align: bool = False,
+                batch_size: int = 8, shard_size: int = 512, limit: Optional[int] = None, align: Optional[bool] = None,
                 device: Optional[str] = None, plan: Optional[ActorPlan] = None) -> ExtractSummary:
     """:func:`ganorigin.training.extract_features` on the Ray cluster this process is connected to."""
     import ray
 
+    align = alignment_setting(align)
     items, done = extraction_plan(data_dir, out_dir, augment=augment, seed=seed, align=align)
     todo = [{"key": i.key, "label": i.label, "path": str(i.path), "copy": i.copy} for i in items if i.key not in done]
     summary = ExtractSummary(total=len(items), already_done=len(items) - len(todo))

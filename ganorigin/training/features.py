@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..align import align_face, alignment_setting
 from ..errors import DatasetError, InvalidImageError
 from ..hub.download import give_default_permissions
 from ..hub.integrity import sha256_file
@@ -95,20 +96,21 @@ def extract_features(
     batch_size: int = 8,
     shard_size: int = 512,
     limit: Optional[int] = None,
-    align: bool = False,
+    align: Optional[bool] = None,
     device: Optional[torch.device] = None,
     progress: bool = True,
 ) -> ExtractSummary:
     """Encode every image of ``data_dir/<class>/`` (plus ``augment`` augmented copies) into shards.
 
     Re-running skips every image already in a shard. ``limit`` stops after about that many new
-    images (whole batches), as an interruption would.
+    images (whole batches), as an interruption would. ``align`` (default: as inference, on when
+    alignment is available) FFHQ-aligns the largest face first.
 
     Raises:
         DatasetError: the folder is empty, or ``out_dir`` holds latents made with other settings.
     """
     check_extract_settings(augment, batch_size, shard_size)
-    out_dir = Path(out_dir)
+    out_dir, align = Path(out_dir), alignment_setting(align)
     items, done = extraction_plan(data_dir, out_dir, augment=augment, seed=seed, align=align)
     summary = ExtractSummary(total=len(items), already_done=sum(item.key in done for item in items))
     device = device or next(encoder.parameters()).device
@@ -180,8 +182,6 @@ def _encode_batch(batch: list, encoder: E4EEncoder, device, seed: int, align: bo
 def _prepare(item: _Item, seed: int, align: bool) -> torch.Tensor:
     image = load_image(item.path)
     if align:
-        from ..align import align_face
-
         aligned = align_face(image)
         image = aligned.image if aligned.used else image
     if item.copy:
@@ -192,15 +192,25 @@ def _prepare(item: _Item, seed: int, align: bool) -> torch.Tensor:
 def _check_manifest(out_dir: Path, settings: dict) -> None:
     manifest = out_dir / LATENTS_MANIFEST
     if manifest.is_file():
-        existing = json.loads(manifest.read_text())
+        try:
+            existing = json.loads(manifest.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            existing = None
+        if not isinstance(existing, dict) or existing.get("format") != settings["format"]:
+            raise DatasetError(f"{out_dir} is not a folder of latents written by extract ({LATENTS_MANIFEST} is "
+                               "unreadable); use another --out folder.")
         if existing != settings:
-            raise DatasetError(
-                f"{out_dir} holds latents made with {existing}, not {settings}; use another --out folder "
-                "or the same settings to resume."
-            )
+            raise DatasetError(f"{out_dir} holds latents extracted with {_as_flags(existing)}, not "
+                               f"{_as_flags(settings)}; use another --out folder, or those settings to resume.")
         return
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest.write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def _as_flags(settings: dict) -> str:
+    """A latents manifest's settings as the command-line flags that make them."""
+    align = {True: "--align", False: "--no-align"}.get(settings.get("align"), f"align={settings.get('align')!r}")
+    return f"--augment {settings.get('augment')} --seed {settings.get('seed')} {align}"
 
 
 def _write_shard(out_dir: Path, buffer: dict) -> None:

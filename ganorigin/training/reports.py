@@ -4,18 +4,30 @@
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 
+TITLE_CHARS_PER_INCH = 8  # characters of matplotlib's 12 pt title per inch of figure, with a margin
+
 
 def save_confusion_png(confusion: np.ndarray, names: Sequence[str], path: os.PathLike, title: str,
                        row_names: Optional[Sequence[str]] = None) -> Path:
     """A confusion matrix (rows: truth, columns: prediction) as a PNG."""
+    confusion_figure(confusion, names, title, row_names).savefig(path, dpi=100)
+    return Path(path)
+
+
+def confusion_figure(confusion: np.ndarray, names: Sequence[str], title: str,
+                     row_names: Optional[Sequence[str]] = None) -> Figure:
+    """The figure of :func:`save_confusion_png`; a title wider than the figure is wrapped onto more lines."""
     row_names = list(row_names or names)
-    fig = Figure(figsize=(1.6 + 1.1 * len(names), 1.4 + 0.9 * len(row_names)))
+    width = 1.6 + 1.1 * len(names)
+    title = textwrap.fill(title, width=max(16, int(width * TITLE_CHARS_PER_INCH)), break_on_hyphens=False)
+    fig = Figure(figsize=(width, 1.4 + 0.9 * len(row_names) + 0.2 * title.count("\n")))
     ax = fig.subplots()
     ax.imshow(confusion, cmap="Blues")
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
@@ -27,8 +39,7 @@ def save_confusion_png(confusion: np.ndarray, names: Sequence[str], path: os.Pat
     for (i, j), value in np.ndenumerate(confusion):
         ax.text(j, i, str(value), ha="center", va="center", color="white" if value > peak / 2 else "black")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return Path(path)
+    return fig
 
 
 def _roc_png(fpr: np.ndarray, tpr: np.ndarray, auc: float, path: Path) -> None:
