@@ -157,6 +157,9 @@ def test_api_outputs_are_named_and_the_documented_endpoints_are_listed(client):
     assert [p["parameter_name"] for p in api["/predict_url"]["parameters"]] == ["url", "threshold"]
     assert [p["parameter_name"] for p in api["/predict_batch"]["parameters"]] == ["files", "urls", "threshold"]
     assert [r["label"] for r in api["/predict_batch"]["returns"]] == ["results"]
+    examples = [p["example_input"] for endpoint in api.values() for p in endpoint["parameters"]]
+    assert "Hello!!" not in examples  # Gradio's example for any text: ours name images
+    assert api["/predict_url"]["parameters"][0]["example_input"].startswith("https://")
 
 
 def test_a_threshold_outside_0_1_is_refused_with_a_message(client, dev_sample):

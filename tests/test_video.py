@@ -159,7 +159,8 @@ def _huge_gif() -> bytes:
 BAD_VIDEOS = {
     "empty": (lambda: b"", InvalidVideoError, "The file is empty (0 bytes)."),
     "text": (lambda: b"hello, this is not a video at all", InvalidVideoError, "not a video we can read"),
-    "truncated": (lambda: write_clip(grey_seconds(2), size=(32, 32))[:600], InvalidVideoError, "truncated or corrupt"),
+    "truncated": (lambda: write_clip(grey_seconds(2), size=(32, 32))[:600], InvalidVideoError,
+                  "The video could not be decoded; it may be truncated or corrupt."),
     "audio only": (_audio_only, InvalidVideoError, "no video stream"),
     "zero length": (_frameless, InvalidVideoError, "holds no frames"),
     "huge declared resolution": (_huge_gif, VideoTooLargeError, "256.0 megapixels"),
@@ -173,6 +174,8 @@ def test_a_bad_video_is_refused_with_a_clear_message(name):
         _, frames = sample_frames(make())
         list(frames)
     assert message in str(caught.value)
+    if name == "truncated":
+        assert str(caught.value) == message, "our words only, not the decoder's"
 
 
 def test_limits_on_duration_frames_and_bytes(monkeypatch, tmp_path):
@@ -273,6 +276,19 @@ def test_the_verdict_reads_frames_with_a_face_and_reports_the_others():
     assert answer["frames_without_face"] == [1] and answer["frames"][1]["face_found"] is False
     assert "No face in 1 of 5 frames" in answer["face_note"]
     assert not clip.with_threshold(0.9).is_fake, "the same analysis read at a higher threshold"
+
+
+def test_frame_rows_mark_the_frames_the_clips_verdict_leaves_out():
+    from ganorigin.video.rows import video_rows
+
+    labels = ["progan", "stylegan2", "stylegan3"]
+    clip = _clip([_frame(0, 0.1), _frame(1, 0.95, faces=0), _frame(2, 0.8)])
+    rows = video_rows("clip.mp4", clip, labels, frames=True)
+    assert [row["path"] for row in rows] == ["clip.mp4#t=0", "clip.mp4#t=1", "clip.mp4#t=2"]
+    left_out = [row["verdict_text"].endswith("(no face found: left out of the clip's verdict)") for row in rows]
+    assert left_out == [False, True, False]
+    faceless = _clip([_frame(0, 0.1, faces=0), _frame(1, 0.9, faces=0)])  # no face anywhere: every frame counts
+    assert not any("left out" in row["verdict_text"] for row in video_rows("c.mp4", faceless, labels, frames=True))
 
 
 def test_attribution_is_a_vote_weighted_by_fake_probability_over_fake_frames():

@@ -24,11 +24,12 @@ import gradio as gr
 from PIL import Image
 
 from ..errors import InvalidImageError
+from ..examples import EXAMPLES
 from ..images import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, load_image
 from ..result import DEFAULT_THRESHOLD, Prediction
 from ..serving.uploads import read_upload, reject_upload
 from ..serving.urls import fetch_image_bytes
-from .common import user_error, user_errors, user_threshold
+from .common import api_text, user_error, user_errors, user_threshold
 from .files import output_file
 
 MAX_FILES = int(os.environ.get("GANORIGIN_BATCH_MAX_FILES", 100))
@@ -282,7 +283,7 @@ def batch_tab(predict_batch: Callable[[list, float], list]) -> None:
               api_name="analyse_batch", api_visibility="undocumented", show_progress_on=table)
     table.select(select, records, [picture, chosen, chosen_json], api_visibility="private")
     api_files = gr.File(file_count="multiple", visible=False, label="files")
-    api_urls = gr.Textbox(visible=False, label="urls")
+    api_urls = api_text("urls", "\n".join(example.url for example in EXAMPLES[1:3]))
     api_threshold = gr.Number(DEFAULT_THRESHOLD, visible=False, label="threshold")
     api_out = gr.JSON(visible=False, label="results")
     api_files.change(predict_batch_api, [api_files, api_urls, api_threshold], api_out, api_name="predict_batch",

@@ -26,6 +26,14 @@ logger = logging.getLogger("ganorigin.app")
 NO_IMAGE = "Upload, paste or capture a face image first."
 
 
+def api_text(label: str, example: str) -> gr.Textbox:
+    """The hidden text input of an API endpoint, documented with ``example`` (Gradio's own is "Hello!!").
+    Not a subclass: Gradio writes a ``.pyi`` file beside the module of every component class."""
+    box = gr.Textbox(visible=False, label=label)
+    box.example_payload = box.example_value = lambda: example
+    return box
+
+
 def user_threshold(value) -> float:
     """A threshold sent by the page or an API client (a slider's own checks do not run for API calls);
     ``None``: the default."""

@@ -7,10 +7,11 @@ from typing import Callable
 
 import gradio as gr
 
+from ..examples import EXAMPLES
 from ..images import image_extension, load_image
 from ..result import DEFAULT_THRESHOLD, Prediction
 from ..serving.urls import fetch_image_bytes
-from .common import user_error, user_errors, user_threshold
+from .common import api_text, user_error, user_errors, user_threshold
 from .files import output_file
 
 URL_PLACEHOLDER = "https://example.org/face.jpg"
@@ -53,7 +54,7 @@ def url_box(image: gr.Image, predict: Callable[[bytes, float], Prediction]) -> g
         with user_errors(UNUSABLE):
             return predict(data, threshold).to_dict()
 
-    api_url = gr.Textbox(visible=False, label="url")
+    api_url = api_text("url", EXAMPLES[1].url)
     api_threshold = gr.Number(DEFAULT_THRESHOLD, visible=False, label="threshold")
     api_json = gr.JSON(visible=False, label="prediction")
     api_url.change(predict_url, [api_url, api_threshold], api_json, api_name="predict_url", preprocess=False)

@@ -270,8 +270,8 @@ def _upright(frame) -> Image.Image:
 
 
 def _corrupt(e: BaseException) -> InvalidVideoError:
-    detail = getattr(e, "strerror", None) or type(e).__name__
-    return InvalidVideoError(f"The video could not be decoded; it may be truncated or corrupt ({detail}).")
+    """Our words only; the decoder's stay in the cause (``raise ... from e``)."""
+    return InvalidVideoError("The video could not be decoded; it may be truncated or corrupt.")
 
 
 def _too_long(seconds: float) -> str:

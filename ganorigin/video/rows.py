@@ -9,14 +9,18 @@ from typing import Optional
 from ..models.attributor import display_name
 from .result import VideoPrediction
 
+NOT_JUDGED = " (no face found: left out of the clip's verdict)"
+
 
 def video_rows(path: os.PathLike, result: VideoPrediction, labels: list, *, frames: bool = False) -> list[dict]:
     """The clip's summary row (its verdict, score and vote), or with ``frames`` one row per sampled
-    frame, named ``<path>#t=<seconds>``."""
+    frame, named ``<path>#t=<seconds>``; a frame the clip's verdict leaves out says so in its verdict text."""
     if frames:
+        judged = {id(f) for f in result.judged_frames}
         return [_row(f"{path}#t={f.time:g}", f.prediction.fake_probability, f.prediction.is_fake,
                      f.prediction.attribution, f.prediction.unknown, dict(zip(f.prediction.labels, f.prediction.probabilities)),
-                     f.prediction.commfor_probability, f.prediction.verdict, f.prediction.verdict_text,
+                     f.prediction.commfor_probability, f.prediction.verdict,
+                     f.prediction.verdict_text + ("" if id(f) in judged else NOT_JUDGED),
                      "; ".join(f.prediction.unsure_reasons), None) for f in result.frames]
     votes = result.attribution_probabilities
     by_label = {label: votes.get(display_name(label), 0.0) for label in labels}
