@@ -125,6 +125,8 @@ def _add_extract(commands) -> None:
                          help="FFHQ-align the largest face first, as predict does (default: on when dlib is installed)")
     aligned.add_argument("--no-align", dest="align", action="store_false",
                          help="encode the images as they are (for models used with --no-align)")
+    p.add_argument("--prune", action="store_true",
+                   help="remove the latents of images no longer in DATA_DIR (default: keep them, with a warning)")
     _progress_flag(p)
     _weight_flags(p)
     _engine_flags(p)
@@ -281,19 +283,18 @@ def _threshold(args) -> float:
 def _load_model(args):
     from .pipeline import GANOrigin
 
-    sources = _sources(args)
-    model = GANOrigin.from_pretrained(sources, threshold=_threshold(args), device=args.device,
-                                      align=getattr(args, "align", None))
-    _warn_on_test_weights(args, sources)
-    return model
+    return GANOrigin.from_pretrained(_weights(args), threshold=_threshold(args), device=args.device,
+                                     align=getattr(args, "align", None))
 
 
-def _warn_on_test_weights(args, sources) -> None:
-    """Say on stderr, once per command, that the weights are random test weights (``demo-weights``)."""
+def _weights(args):
+    """The command's weight sources; says on stderr when they are random test weights (``demo-weights``)."""
     from .hub import holds_test_weights
 
+    sources = _sources(args)
     if holds_test_weights(sources):
         print(f"ganorigin {args.command}: warning: {TEST_WEIGHTS_WARNING}", file=sys.stderr)
+    return sources
 
 
 def _ray_commands():
@@ -323,9 +324,7 @@ def _predict(args) -> int:
     if args.batch_size < 1:
         raise _usage("--batch-size must be >= 1.")
     if args.engine == "ray":
-        sources = _sources(args)
-        _warn_on_test_weights(args, sources)
-        return _ray_commands().predict(args, sources, _threshold(args))
+        return _ray_commands().predict(args, _weights(args), _threshold(args))
     if args.format == "parquet":
         raise _usage("--format parquet needs --engine ray.")
     paths = find_images(args.paths, IMAGE_EXTENSIONS | VIDEO_EXTENSIONS)
@@ -411,8 +410,7 @@ def _extract(args) -> int:
     from .hub import resolve_file
     from .training import extract_features
 
-    sources = _sources(args)
-    _warn_on_test_weights(args, sources)
+    sources = _weights(args)
     if args.engine == "ray":
         summary = _ray_commands().extract(args, sources)
     else:
@@ -421,14 +419,21 @@ def _extract(args) -> int:
             encoder = encoder.to(args.device)
         summary = extract_features(
             args.data_dir, args.out, encoder, augment=args.augment, seed=args.seed, batch_size=args.batch_size,
-            shard_size=args.shard_size, limit=args.limit, align=args.align, progress=args.progress,
+            shard_size=args.shard_size, limit=args.limit, align=args.align, prune=args.prune, progress=args.progress,
         )
+    for path, error in dict(summary.failed).items():  # once per file, however many copies it was to give
+        print(f"ganorigin extract: could not read {path}: {error}", file=sys.stderr)
     state = "complete" if summary.complete else "stopped early; run the same command again to resume"
-    print(f"{summary.encoded} encoded, {summary.already_done} already done, {len(summary.failed)} failed, "
+    print(f"{summary.encoded} encoded, {summary.already_done} already done, {len(summary.failed)} could not be read, "
           f"{summary.total} in all ({state}). Latents: {args.out}")
-    for path, error in summary.failed:
-        print(f"  failed: {path}: {error}", file=sys.stderr)
-    return 0 if summary.complete else 1
+    if summary.changed:
+        print(f"Encoded again, their image having changed since: {summary.changed}.")
+    if summary.gone and summary.pruned:
+        print(f"Removed, their image being no longer in {args.data_dir}: {summary.gone}.")
+    elif summary.gone:
+        print(f"ganorigin extract: warning: {args.out} holds latents of images no longer in {args.data_dir} "
+              f"({summary.gone}); train uses them too. Run again with --prune to remove them.", file=sys.stderr)
+    return 0 if summary.complete and not summary.failed else 1
 
 
 def _train(args) -> int:
@@ -523,17 +528,16 @@ def _evaluate(args) -> int:
     from .training import evaluate, format_report
 
     if args.engine == "ray":
-        sources = _sources(args)
-        _warn_on_test_weights(args, sources)
-        report = _ray_commands().evaluate(args, sources, _threshold(args))
+        report = _ray_commands().evaluate(args, _weights(args), _threshold(args))
     else:
         report = evaluate(_load_model(args), args.data_dir, args.out, batch_size=args.batch_size,
                           progress=args.progress)
+    for failure in report["failed"]:
+        print(f"ganorigin evaluate: could not read {failure['error']}", file=sys.stderr)  # the error starts with the path
     print(format_report(report))
-    pictures = sorted(p.name for p in args.out.glob("*.png"))
-    print(f"Wrote {args.out / 'report.json'}, {args.out / 'predictions.csv'}"
-          + (f" and {', '.join(pictures)} in {args.out}." if pictures else "."))
-    return 0
+    written = ["report.json", "predictions.csv"] + sorted(p.name for p in args.out.glob("*.png"))
+    print(f"Wrote {', '.join(written[:-1])} and {written[-1]} to {args.out}.")
+    return 1 if report["failed"] else 0
 
 
 def _robustness(args) -> int:

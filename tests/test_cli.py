@@ -209,8 +209,8 @@ def test_commands_warn_on_stderr_that_test_weights_give_meaningless_answers(comm
 
     image = sorted((image_dir / "real").iterdir())[0]
     data = tmp_path / "data"
-    (data / "real").mkdir(parents=True)
-    shutil.copy(image, data / "real" / image.name)
+    (data / "stylegan2").mkdir(parents=True)
+    shutil.copy(image, data / "stylegan2" / image.name)
     unmarked = shutil.copytree(weights_dir, tmp_path / "weights", ignore=shutil.ignore_patterns(TEST_WEIGHTS_MARKER))
     for folder, marked in ((weights_dir, True), (unmarked, False)):
         given = [str(image)] if command == "predict" else [str(data), "--out", str(tmp_path / f"latents-{marked}")]
@@ -221,6 +221,50 @@ def test_commands_warn_on_stderr_that_test_weights_give_meaningless_answers(comm
         else:
             assert captured.out.startswith("1 encoded")
         assert (TEST_WEIGHTS_WARNING in captured.err) == marked, captured.err
+
+
+def test_extract_and_evaluate_name_each_unreadable_image_once_and_exit_1(image_dir, dev_images, cli_env, capsys,
+                                                                        tmp_path):
+    """As predict does: the work is done and written, each bad file is named once on stderr, the status is 1."""
+    data = tmp_path / "data"
+    for cls in ("real", "stylegan2"):
+        (data / cls).mkdir(parents=True)
+        shutil.copy(dev_images[cls][0], data / cls / dev_images[cls][0].name)
+    shutil.copy(image_dir / "bad" / "truncated.png", data / "stylegan2" / "truncated.png")
+
+    assert main(["evaluate", str(data), "--out", str(tmp_path / "eval"), "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.count("truncated.png") == 1 and "could not read" in captured.err
+    assert "Images: 3 (1 could not be read); analysed per class: real 1, stylegan2 1" in captured.out
+    assert (f"Wrote report.json, predictions.csv, attribution_confusion.png and roc.png to {tmp_path / 'eval'}."
+            in captured.out)
+    assert json.loads((tmp_path / "eval" / "report.json").read_text())["failed"][0]["path"].endswith("truncated.png")
+
+    shutil.rmtree(data / "real")
+    assert main(["extract", str(data), "--out", str(tmp_path / "latents"), "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.count("truncated.png") == 1 and "could not read" in captured.err
+    assert captured.out.startswith("1 encoded, 0 already done, 1 could not be read, 2 in all (complete).")
+
+
+def test_extract_says_what_became_of_latents_whose_images_changed_or_went(dev_images, cli_env, capsys, tmp_path):
+    data = tmp_path / "data" / "stylegan2"
+    data.mkdir(parents=True)
+    first, second = dev_images["stylegan2"][:2]
+    shutil.copy(first, data / "a.png")
+    shutil.copy(second, data / "b.png")
+    args = ["extract", str(tmp_path / "data"), "--out", str(tmp_path / "latents"), "--no-progress"]
+    assert main(args) == 0
+    shutil.copy(second, data / "a.png")
+    (data / "b.png").unlink()
+    capsys.readouterr()
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "Encoded again, their image having changed since: 1." in captured.out
+    assert (f"warning: {tmp_path / 'latents'} holds latents of images no longer in {tmp_path / 'data'} (1); train "
+            "uses them too. Run again with --prune to remove them." in captured.err)
+    assert main([*args, "--prune"]) == 0
+    assert f"Removed, their image being no longer in {tmp_path / 'data'}: 1." in capsys.readouterr().out
 
 
 def test_an_interrupted_evaluate_says_its_output_is_incomplete_not_saved(image_dir, cli_env, tmp_path):

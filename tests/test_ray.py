@@ -151,9 +151,10 @@ def test_evaluate_on_ray_writes_the_local_report(ray_address, model, dev_images,
     assert (tmp_path / "ray" / "predictions.csv").read_text().count("\n") == 4
 
 
-def test_extract_on_ray_writes_the_local_shards_and_resumes(ray_address, sources, dev_images, tmp_path):
+def test_extract_on_ray_writes_the_local_shards_and_resumes(ray_address, sources, dev_images, tmp_path, capsys):
     """``--limit`` stops the Ray job after its first batch; the re-run encodes only the rest, and the
-    shards equal the local engine's (keys, digests, codes to 1e-6); the corrupt file is reported."""
+    shards equal the local engine's (keys, digests, codes to 1e-6) and record the same e4e weights, so
+    either engine resumes the other's; the corrupt file is reported and the status is 1."""
     import numpy as np
 
     from ganorigin.factory import load_encoder
@@ -161,10 +162,10 @@ def test_extract_on_ray_writes_the_local_shards_and_resumes(ray_address, sources
     from ganorigin.training import extract_features, load_latents
 
     data = tmp_path / "data"
-    for cls in ("real", "stylegan2"):
+    for cls in ("progan", "stylegan2"):
         (data / cls).mkdir(parents=True)
         shutil.copy(dev_images[cls][0], data / cls / dev_images[cls][0].name)
-    (data / "real" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    (data / "progan" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
     encoder = load_encoder(resolve_file("e4e.ffhq_encode", sources))
     local = extract_features(data, tmp_path / "local", encoder, augment=1, batch_size=2, progress=False)
     args = ["extract", str(data), "--out", str(tmp_path / "ray"), "--augment", "1", "--batch-size", "2",
@@ -172,12 +173,16 @@ def test_extract_on_ray_writes_the_local_shards_and_resumes(ray_address, sources
     assert main([*args, "--limit", "2"]) == 1  # stopped early
     first = load_latents(tmp_path / "ray")
     assert 2 <= len(first.keys) < 4
-    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args) == 1  # complete, but one file could not be read
+    assert capsys.readouterr().err.count("could not read") == 1
     ours, theirs = load_latents(tmp_path / "ray"), load_latents(tmp_path / "local")
     assert ours.keys.tolist() == theirs.keys.tolist() and len(ours.keys) == 4 == local.encoded
     assert ours.sources.tolist() == theirs.sources.tolist()
     assert np.abs(ours.features - theirs.features).max() <= 1e-6
     assert len(list((tmp_path / "ray").glob("shard-*.npz"))) >= 2  # the first run's shard was kept
+    again = extract_features(data, tmp_path / "ray", encoder, augment=1, batch_size=2, progress=False)
+    assert again.encoded == 0 and again.already_done == 4 and len(again.failed) == 2  # the corrupt file's copies
 
 
 @pytest.fixture(scope="module")

@@ -216,6 +216,77 @@ def test_extract_interrupted_then_resumed_equals_one_run(synthetic_dir, encoder,
         extract_features(data, tmp_path / "resumed", encoder, **settings)
 
 
+def _two_classes(synthetic_dir: Path, root: Path, count: int = 2) -> Path:
+    for kind in KNOWN[:2]:
+        (root / kind).mkdir(parents=True)
+        for i in range(count):
+            shutil.copyfile(synthetic_dir / kind / f"{i:03d}.png", root / kind / f"{i:03d}.png")
+    return root
+
+
+def test_extract_refuses_to_resume_latents_of_other_e4e_weights(synthetic_dir, encoder, tmp_path):
+    """Latents record which e4e weights made them: resuming with other weights would mix two encoders'
+    features in one training set, so it is refused; a folder from before the record resumes as it was."""
+    import copy
+
+    import torch
+
+    data = _two_classes(synthetic_dir, tmp_path / "data")
+    settings = dict(align=False, progress=False, limit=1, batch_size=1)
+    assert extract_features(data, tmp_path / "latents", encoder, **settings).encoded == 1
+    other = copy.deepcopy(encoder)
+    with torch.no_grad():
+        next(other.parameters()).add_(1e-3)
+    with pytest.raises(DatasetError, match="holds latents of other e4e weights .*use another --out folder, or the "
+                                           "--weights that made them to resume"):
+        extract_features(data, tmp_path / "latents", other, **settings)
+    assert len(load_latents(tmp_path / "latents").keys) == 1  # nothing was added or dropped
+
+    manifest = tmp_path / "latents" / LATENTS_MANIFEST
+    recorded = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({k: v for k, v in recorded.items() if k != "encoder"}))  # an older folder
+    resumed = extract_features(data, tmp_path / "latents", encoder, align=False, progress=False)
+    assert resumed.complete and resumed.already_done == 1 and resumed.encoded == 3
+
+
+def test_extract_encodes_changed_images_again_and_prunes_gone_ones_on_request(synthetic_dir, encoder, tmp_path):
+    """A re-run encodes an image again when its file changed (its old rows are dropped); rows of images
+    no longer in DATA_DIR stay (reported) until --prune, after which the latents equal a fresh extraction."""
+    data = _two_classes(synthetic_dir, tmp_path / "data")
+    settings = dict(augment=1, seed=1, align=False, progress=False, shard_size=3)
+    first = extract_features(data, tmp_path / "latents", encoder, **settings)
+    assert first.complete and first.encoded == 8 and (first.changed, first.gone) == (0, 0)
+
+    synthetic_image(UNSEEN, 0).save(data / "gan_a" / "000.png")  # new content under the same name
+    (data / "gan_b" / "001.png").unlink()
+    resumed = extract_features(data, tmp_path / "latents", encoder, **settings)
+    assert (resumed.changed, resumed.gone, resumed.encoded, resumed.already_done) == (2, 2, 2, 4)
+    kept = load_latents(tmp_path / "latents")
+    assert sorted(kept.keys) == sorted([*(f"gan_a/00{i}.png#{c}" for i in range(2) for c in range(2)),
+                                        "gan_b/000.png#0", "gan_b/000.png#1", "gan_b/001.png#0", "gan_b/001.png#1"])
+
+    pruned = extract_features(data, tmp_path / "latents", encoder, **settings, prune=True)
+    assert (pruned.changed, pruned.gone, pruned.encoded, pruned.pruned) == (0, 2, 0, True)
+    fresh = extract_features(data, tmp_path / "fresh", encoder, **settings)
+    assert fresh.encoded == 6
+    ours, theirs = load_latents(tmp_path / "latents"), load_latents(tmp_path / "fresh")
+    assert list(ours.keys) == list(theirs.keys)
+    assert list(ours.sources) == list(theirs.sources)
+    np.testing.assert_allclose(ours.features, theirs.features, rtol=0, atol=1e-5)  # batches differ: last bits may
+
+
+def test_a_class_named_real_is_refused_by_extract_and_train(synthetic_dir, encoder, tmp_path):
+    """Attribution names GANs; real images belong to the detector (evaluate's real/ folder)."""
+    data = _two_classes(synthetic_dir, tmp_path / "data")
+    shutil.copytree(data / "gan_a", data / "Real")
+    with pytest.raises(DatasetError, match="A class folder is named 'real'"):
+        extract_features(data, tmp_path / "latents", encoder, align=False, progress=False)
+    assert not (tmp_path / "latents").exists()
+    features = np.random.default_rng(0).normal(size=(24, 8)).astype(np.float32)
+    with pytest.raises(DatasetError, match="A class folder is named 'real'"):
+        train_attribution_model(features, ["gan_a"] * 12 + ["real"] * 12)
+
+
 def test_extract_aligns_by_default_as_predict_does(dev_images, weights_dir, tmp_path, capsys):
     """Without --align or --no-align, extract aligns exactly when a model's predict does by default, so a
     model trained on its latents meets the faces it was trained on; resuming them unaligned is refused

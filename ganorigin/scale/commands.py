@@ -71,7 +71,7 @@ def extract(args, sources: WeightSources):
         _progress(args.progress)
         return run_extract(args.data_dir, args.out, sources, augment=args.augment, seed=args.seed,
                            batch_size=args.batch_size, shard_size=args.shard_size, limit=args.limit,
-                           align=args.align, device=args.device,
+                           align=args.align, prune=args.prune, device=args.device,
                            plan=ActorPlan.for_cluster(args.actors, args.cpus_per_actor))
 
 

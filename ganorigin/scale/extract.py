@@ -14,7 +14,7 @@ from ..align import alignment_setting
 from ..errors import InvalidImageError
 from ..hub import WeightSources
 from ..training import ExtractSummary
-from ..training.features import _Item, _prepare, _write_shard, extraction_plan
+from ..training.features import _Item, _prepare, _write_shard, encoder_fingerprint, extraction_plan
 from .batch import DECODE_CPUS, ActorPlan
 
 NO_FEATURES = np.zeros(0, dtype=np.float32)
@@ -59,16 +59,26 @@ class Encoder:
         return pa.table({**columns, "features": pa.array(features, type=pa.list_(pa.float32()))})
 
 
+def _fingerprint_of(sources: WeightSources) -> str:
+    """The e4e weights' :func:`~ganorigin.training.features.encoder_fingerprint`, as the actors will load them."""
+    from ..factory import load_encoder
+    from ..hub import resolve_file
+
+    return encoder_fingerprint(load_encoder(resolve_file("e4e.ffhq_encode", sources)))
+
+
 def run_extract(data_dir: Path, out_dir: Path, sources: WeightSources, *, augment: int = 0, seed: int = 0,
                 batch_size: int = 8, shard_size: int = 512, limit: Optional[int] = None, align: Optional[bool] = None,
-                device: Optional[str] = None, plan: Optional[ActorPlan] = None) -> ExtractSummary:
+                prune: bool = False, device: Optional[str] = None, plan: Optional[ActorPlan] = None) -> ExtractSummary:
     """:func:`ganorigin.training.extract_features` on the Ray cluster this process is connected to."""
     import ray
 
     align = alignment_setting(align)
-    items, done = extraction_plan(data_dir, out_dir, augment=augment, seed=seed, align=align)
-    todo = [{"key": i.key, "label": i.label, "path": str(i.path), "copy": i.copy} for i in items if i.key not in done]
-    summary = ExtractSummary(total=len(items), already_done=len(items) - len(todo))
+    work = extraction_plan(data_dir, out_dir, augment=augment, seed=seed, align=align,
+                           encoder=_fingerprint_of(sources), prune=prune)
+    todo = [{"key": i.key, "label": i.label, "path": str(i.path), "copy": i.copy}
+            for i in work.items if i.key not in work.done]
+    summary = work.summary()
     if not todo:
         summary.complete = True
         return summary

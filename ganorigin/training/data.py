@@ -14,6 +14,7 @@ from ..errors import DatasetError
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 AUGMENT_SIDES = (64, 1024)  # the original's resolution augmentation: a random square side in this range
+REAL_CLASS = "real"  # the class folder of real images (evaluate); never a GAN to attribute
 
 
 def find_images(paths: Sequence[os.PathLike], extensions: Collection[str] = IMAGE_EXTENSIONS) -> list[Path]:
@@ -44,6 +45,14 @@ def labelled_images(data_dir: os.PathLike) -> list[tuple[str, Path]]:
     if not items:
         raise DatasetError(f"No images in class folders under {data_dir}; expected DATA_DIR/<class>/<images>.")
     return items
+
+
+def check_gan_classes(labels: Collection[str]) -> None:
+    """Refuse a ``real`` class among attribution classes: the detector, not the attributor, tells real from fake."""
+    if any(str(label).lower() == REAL_CLASS for label in labels):
+        raise DatasetError(f"A class folder is named '{REAL_CLASS}': attribution learns only GAN classes (the detector "
+                           f"tells real from fake). Move {REAL_CLASS}/ out of DATA_DIR, extract again into a new --out "
+                           "folder and train on that.")
 
 
 def resolution_augment(image: Image.Image, rng: np.random.Generator) -> Image.Image:

@@ -16,10 +16,8 @@ from ..errors import InvalidImageError
 from ..models.attributor import display_name
 from ..pipeline import GANOrigin
 from ..result import UNKNOWN_GAN
-from .data import labelled_images
+from .data import REAL_CLASS, labelled_images
 from .reports import _roc_png, save_confusion_png
-
-REAL_CLASS = "real"
 
 
 def predict_paths(

@@ -9,8 +9,8 @@ uninterrupted run. Every row records its source image, so splits keep copies tog
 
 from __future__ import annotations
 
+import hashlib
 import json
-import logging
 import os
 import tempfile
 import zipfile
@@ -29,9 +29,7 @@ from ..hub.integrity import sha256_file
 from ..hub.registry import E4E_PREPROCESS
 from ..images import load_image
 from ..models.encoder import E4EEncoder
-from .data import _item_rng, labelled_images, resolution_augment
-
-logger = logging.getLogger(__name__)
+from .data import _item_rng, check_gan_classes, labelled_images, resolution_augment
 
 LATENTS_MANIFEST = "latents.json"
 # Shard columns added after the first release, with the value rows of older shards get.
@@ -53,6 +51,25 @@ class ExtractSummary:
     encoded: int = 0
     failed: list = field(default_factory=list)  # (path, message)
     complete: bool = False
+    changed: int = 0  # rows dropped because their image changed since it was encoded (encoded again)
+    gone: int = 0  # rows of images no longer in DATA_DIR: dropped with ``prune``, else kept (and trained on)
+    pruned: bool = False
+
+
+@dataclass(frozen=True)
+class ExtractPlan:
+    """What an extract run does: every image copy in order, those already in a shard, and what the
+    shards held that no longer matches DATA_DIR."""
+
+    items: list
+    done: set
+    changed: int
+    gone: int
+    pruned: bool
+
+    def summary(self) -> ExtractSummary:
+        return ExtractSummary(total=len(self.items), already_done=sum(item.key in self.done for item in self.items),
+                              changed=self.changed, gone=self.gone, pruned=self.pruned)
 
 
 @dataclass(frozen=True)
@@ -97,30 +114,34 @@ def extract_features(
     shard_size: int = 512,
     limit: Optional[int] = None,
     align: Optional[bool] = None,
+    prune: bool = False,
     device: Optional[torch.device] = None,
     progress: bool = True,
 ) -> ExtractSummary:
     """Encode every image of ``data_dir/<class>/`` (plus ``augment`` augmented copies) into shards.
 
-    Re-running skips every image already in a shard. ``limit`` stops after about that many new
-    images (whole batches), as an interruption would. ``align`` (default: as inference, on when
-    alignment is available) FFHQ-aligns the largest face first.
+    Re-running skips every image already in a shard, and encodes again those whose file changed
+    since. ``limit`` stops after about that many new images (whole batches), as an interruption
+    would. ``align`` (default: as inference, on when alignment is available) FFHQ-aligns the
+    largest face first. ``prune`` drops the rows of images no longer in ``data_dir``.
 
     Raises:
-        DatasetError: the folder is empty, or ``out_dir`` holds latents made with other settings.
+        DatasetError: the folder is empty or has a ``real`` class, or ``out_dir`` holds latents
+            made with other settings or other e4e weights.
     """
     check_extract_settings(augment, batch_size, shard_size)
     out_dir, align = Path(out_dir), alignment_setting(align)
-    items, done = extraction_plan(data_dir, out_dir, augment=augment, seed=seed, align=align)
-    summary = ExtractSummary(total=len(items), already_done=sum(item.key in done for item in items))
+    plan = extraction_plan(data_dir, out_dir, augment=augment, seed=seed, align=align,
+                           encoder=encoder_fingerprint(encoder), prune=prune)
+    summary = plan.summary()
     device = device or next(encoder.parameters()).device
     buffer: dict = {"keys": [], "labels": [], "paths": [], "sources": [], "copies": [], "features": []}
-    bar = tqdm(total=len(items), initial=summary.already_done, desc="extract", unit="img", disable=not progress)
+    bar = tqdm(total=len(plan.items), initial=summary.already_done, desc="extract", unit="img", disable=not progress)
     try:
-        for start in range(0, len(items), batch_size):
+        for start in range(0, len(plan.items), batch_size):
             if limit is not None and summary.encoded >= limit:
                 return summary
-            batch = [item for item in items[start : start + batch_size] if item.key not in done]
+            batch = [item for item in plan.items[start : start + batch_size] if item.key not in plan.done]
             _encode_batch(batch, encoder, device, seed, align, buffer, summary)
             bar.update(len(batch))
             if len(buffer["keys"]) >= shard_size:
@@ -137,21 +158,70 @@ def check_extract_settings(augment: int, batch_size: int, shard_size: int) -> No
         raise DatasetError("--augment must be >= 0, --batch-size and --shard-size >= 1.")
 
 
-def extraction_plan(data_dir: os.PathLike, out_dir: os.PathLike, *, augment: int, seed: int, align: bool) -> tuple:
-    """``(items, done keys)``: every image copy to encode, in order, and those already in a shard of
-    ``out_dir`` (whose settings must be these).
+def encoder_fingerprint(encoder: torch.nn.Module) -> str:
+    """sha256 over the encoder's state (names, dtypes, shapes, values): equal exactly for equal weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(encoder.state_dict().items()):
+        values = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{values.dtype}:{tuple(values.shape)}\n".encode())
+        digest.update(values.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def extraction_plan(data_dir: os.PathLike, out_dir: os.PathLike, *, augment: int, seed: int, align: bool,
+                    encoder: str, prune: bool = False) -> ExtractPlan:
+    """Every image copy to encode, in order, and those already in a shard of ``out_dir`` (whose
+    settings and ``encoder`` fingerprint must be these). Rows of images changed since are dropped
+    first, and with ``prune`` rows of images no longer in ``data_dir``.
 
     Raises:
-        DatasetError: the folder is empty, or ``out_dir`` holds latents made with other settings.
+        DatasetError: the folder is empty or has a ``real`` class, or ``out_dir`` holds latents
+            made with other settings or other e4e weights.
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
+    images = labelled_images(data_dir)
+    check_gan_classes({label for label, _ in images})
     items = [
         _Item(f"{label}/{path.relative_to(data_dir / label).as_posix()}#{copy}", label, path, copy)
-        for label, path in labelled_images(data_dir)
+        for label, path in images
         for copy in range(augment + 1)
     ]
-    _check_manifest(out_dir, {"format": "ganorigin-latents", "augment": augment, "seed": seed, "align": bool(align)})
-    return items, set(_read_shards(out_dir, "keys").get("keys", []))
+    _check_manifest(out_dir, {"format": "ganorigin-latents", "augment": augment, "seed": seed, "align": bool(align),
+                              "encoder": encoder})
+    changed, gone = _drop_stale_rows(out_dir, {item.key: item.path for item in items}, prune)
+    done = set(_read_shards(out_dir, "keys").get("keys", []))
+    return ExtractPlan(items, done, changed, gone, prune)
+
+
+def _drop_stale_rows(out_dir: Path, current: dict, prune: bool) -> tuple[int, int]:
+    """Drop shard rows whose image changed since it was encoded (and, with ``prune``, rows whose
+    image is gone from ``current``, a key -> path map); returns (changed, gone) row counts."""
+    digests: dict = {}
+
+    def status(key: str, recorded: str) -> str:
+        path = current.get(key)
+        if path is None:
+            return "gone"
+        if recorded:  # shards that predate digests cannot tell
+            digests.setdefault(path, sha256_file(path))
+            if digests[path] != recorded:
+                return "changed"
+        return "kept"
+
+    counts = {"changed": 0, "gone": 0}
+    for shard in sorted(out_dir.glob("shard-*.npz")):
+        rows = _shard_columns(shard, ("keys", "sources"))
+        states = np.array([status(key, recorded) for key, recorded in zip(rows["keys"], rows["sources"])])
+        for state in counts:
+            counts[state] += int((states == state).sum())
+        keep = (states == "kept") | ((states == "gone") & (not prune))
+        if keep.all():
+            continue
+        if keep.any():
+            _save_shard(shard, {name: values[keep] for name, values in _shard_columns(shard).items()})
+        else:
+            shard.unlink()
+    return counts["changed"], counts["gone"]
 
 
 def _encode_batch(batch: list, encoder: E4EEncoder, device, seed: int, align: bool, buffer: dict,
@@ -165,7 +235,6 @@ def _encode_batch(batch: list, encoder: E4EEncoder, device, seed: int, align: bo
             kept.append(item)
         except InvalidImageError as e:
             summary.failed.append((str(item.path), str(e)))
-            logger.warning("%s: %s", item.path, e)
     if not kept:
         return
     with torch.inference_mode():
@@ -199,6 +268,11 @@ def _check_manifest(out_dir: Path, settings: dict) -> None:
         if not isinstance(existing, dict) or existing.get("format") != settings["format"]:
             raise DatasetError(f"{out_dir} is not a folder of latents written by extract ({LATENTS_MANIFEST} is "
                                "unreadable); use another --out folder.")
+        existing.setdefault("encoder", settings["encoder"])  # older manifests did not record it
+        if existing["encoder"] != settings["encoder"]:
+            raise DatasetError(f"{out_dir} holds latents of other e4e weights (fingerprint {existing['encoder'][:12]}, "
+                               f"these weights: {settings['encoder'][:12]}); use another --out folder, or the "
+                               "--weights that made them to resume.")
         if existing != settings:
             raise DatasetError(f"{out_dir} holds latents extracted with {_as_flags(existing)}, not "
                                f"{_as_flags(settings)}; use another --out folder, or those settings to resume.")
@@ -214,39 +288,53 @@ def _as_flags(settings: dict) -> str:
 
 
 def _write_shard(out_dir: Path, buffer: dict) -> None:
-    """Write the buffered rows as the next shard (atomically) and empty the buffer."""
+    """Write the buffered rows as the next shard and empty the buffer."""
     if not buffer["keys"]:
         return
     existing = sorted(out_dir.glob("shard-*.npz"))
     number = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
-    arrays = {
+    _save_shard(out_dir / f"shard-{number:05d}.npz", {
         "keys": np.array(buffer["keys"]),
         "labels": np.array(buffer["labels"]),
         "paths": np.array(buffer["paths"]),
         "sources": np.array(buffer["sources"]),
         "copies": np.array(buffer["copies"], dtype=np.int32),
         "features": np.concatenate(buffer["features"]).astype(np.float32),
-    }
-    with tempfile.NamedTemporaryFile(dir=out_dir, suffix=".npz.part", delete=False) as tmp:
-        np.savez(tmp, **arrays)
-    give_default_permissions(Path(tmp.name))
-    os.replace(tmp.name, out_dir / f"shard-{number:05d}.npz")
+    })
     for values in buffer.values():
         values.clear()
+
+
+def _save_shard(path: Path, arrays: dict) -> None:
+    """Write (or replace) one shard atomically."""
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz.part", delete=False) as tmp:
+        np.savez(tmp, **arrays)
+    give_default_permissions(Path(tmp.name))
+    os.replace(tmp.name, path)
+
+
+def _shard_columns(shard: Path, names: Optional[Sequence[str]] = None) -> dict:
+    """Columns of one shard (``None``: all); columns it predates get their default value."""
+    try:
+        with np.load(shard, allow_pickle=False) as data:
+            wanted = data.files if names is None else names
+            columns = {name: data[name] for name in wanted if name in data.files}
+            rows = len(data["keys"])
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
+        raise DatasetError(f"{shard} is not a readable latents shard ({e}); delete it and run extract again.") from e
+    for name in wanted:
+        if name not in columns and name not in OPTIONAL_COLUMNS:
+            raise DatasetError(f"{shard} is not a readable latents shard (it has no {name}); delete it and run "
+                               "extract again.")
+        columns.setdefault(name, np.full(rows, OPTIONAL_COLUMNS.get(name)))
+    return columns
 
 
 def _read_shards(folder: Path, *names: str) -> dict:
     columns: dict = {name: [] for name in names}
     for shard in sorted(Path(folder).glob("shard-*.npz")):
-        try:
-            with np.load(shard, allow_pickle=False) as data:
-                for name in names:
-                    if name not in data.files and name in OPTIONAL_COLUMNS:
-                        columns[name].append(np.full(len(data["keys"]), OPTIONAL_COLUMNS[name]))
-                    else:
-                        columns[name].append(data[name])
-        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
-            raise DatasetError(f"{shard} is not a readable latents shard ({e}); delete it and run extract again.") from e
+        for name, values in _shard_columns(shard, names).items():
+            columns[name].append(values)
     return {name: np.concatenate(parts) for name, parts in columns.items() if parts}
 
 

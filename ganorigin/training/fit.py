@@ -17,6 +17,7 @@ from sklearn.svm import LinearSVC
 
 from ..errors import DatasetError
 from ..models.attributor import GANAttributor
+from .data import check_gan_classes
 
 CALIBRATION_FOLDS = 3
 
@@ -153,13 +154,15 @@ def _check_training_data(y, groups, label_encoder, cv, test_size, coverage) -> N
     check_folds(cv)
     if len(groups) != len(y):
         raise DatasetError(f"{len(groups)} groups for {len(y)} rows; give one group per row.")
+    check_gan_classes(label_encoder.classes_)
     counts = np.bincount(y[np.unique(groups, return_index=True)[1]], minlength=len(label_encoder.classes_))
     if len(counts) < 2:
         raise DatasetError("Training needs at least two classes (one folder per GAN).")
     needed = max(cv or 2, 2) * CALIBRATION_FOLDS
     if counts.min() < needed:
         raise DatasetError(
-            f"Class '{label_encoder.classes_[counts.argmin()]}' has {counts.min()} source images; at least {needed} "
+            f"Class '{label_encoder.classes_[counts.argmin()]}' has {counts.min()} source "
+            f"image{'s' if counts.min() != 1 else ''}; at least {needed} "
             "are needed for the split and the calibration (augmented copies of one image count once). Add images."
         )
     if not 0.0 < coverage < 1.0:

@@ -58,7 +58,8 @@ def _roc_png(fpr: np.ndarray, tpr: np.ndarray, auc: float, path: Path) -> None:
 def format_report(report: dict) -> str:
     """The evaluation report as text for the terminal."""
     det, att = report["detection"], report["attribution"]
-    lines = [f"Images: {report['images']} ({len(report['failed'])} failed) per class: {report['per_class']}",
+    per_class = ", ".join(f"{cls} {n}" for cls, n in report["per_class"].items())
+    lines = [f"Images: {report['images']} ({len(report['failed'])} could not be read); analysed per class: {per_class}",
              f"Detection ({det['n_real']} real, {det['n_fake']} fake):",
              f"  accuracy at threshold {report['threshold']:.2f}: {det['accuracy_at_threshold']:.4f}"]
     if "roc_auc" in det:
