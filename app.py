@@ -12,7 +12,6 @@ import logging
 import os
 import threading
 from dataclasses import replace
-from typing import Callable
 
 import gradio as gr
 import pandas as pd
@@ -30,11 +29,11 @@ from ganorigin.serving.service import ModelService
 from ganorigin.serving.uploads import MAX_UPLOAD_BYTES, UploadsOnlyBlocks, mount
 from ganorigin.ui.batch import batch_tab
 from ganorigin.ui.cards import CARD_CSS, EMPTY_CARD, provenance_panel, verdict_card
-from ganorigin.ui.common import gpu, user_threshold, with_upload
+from ganorigin.ui.common import drop_input_and_settle, gpu, user_threshold, with_upload
 from ganorigin.ui.feedback import feedback_form, feedback_shown
 from ganorigin.ui.files import LIFETIME_S
 from ganorigin.ui.url_input import url_box
-from ganorigin.ui.video import video_tab
+from ganorigin.ui.video import VIDEO_PAGE_JS, video_tab
 
 LOG_LEVEL = os.environ.get("GANORIGIN_LOG_LEVEL", "info").upper()
 logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -279,12 +278,6 @@ def drop_image() -> None:
     return None
 
 
-def drop_image_and_settle(view) -> Callable[[], tuple]:
-    """After a failed analysis or explanation: the input emptied, and the view that showed the progress
-    drawn again as ``view``, so that Gradio's "Error" badge does not stay over it once the message has gone."""
-    return lambda: (None, view)
-
-
 with UploadsOnlyBlocks(title="GANOrigin — GAN face detection and attribution",
                        delete_cache=(LIFETIME_S, LIFETIME_S)) as demo:  # uploads, temporary files
     gr.Markdown("# GANOrigin\nIs this face real or AI-generated — and which GAN made it?")
@@ -373,11 +366,11 @@ with UploadsOnlyBlocks(title="GANOrigin — GAN face detection and attribution",
     analysed = analyse_btn.click(analyse, [image, threshold, align, commfor_threshold],
                                  [*verdict_views, crop, last_result], api_name="analyse", api_visibility="undocumented",
                                  preprocess=False, show_progress_on=card)
-    analysed.failure(drop_image_and_settle(EMPTY_CARD), outputs=[image, card], api_visibility="private", queue=False)
+    analysed.failure(drop_input_and_settle(EMPTY_CARD), outputs=[image, card], api_visibility="private", queue=False)
     analysed.success(feedback_shown, outputs=feedback, api_visibility="private", queue=False)
     explain_btn.click(explain, image, [heat_image, spectrum_image, explain_text], api_name="explain", preprocess=False,
                       show_progress_on=heat_image
-                      ).failure(drop_image_and_settle(None), outputs=[image, heat_image], api_visibility="private",
+                      ).failure(drop_input_and_settle(None), outputs=[image, heat_image], api_visibility="private",
                                 queue=False)
     api_file.change(predict_api, [api_file, threshold], api_json, api_name="predict", preprocess=False)
     api_file.change(predict_extended_api, [api_file, *thresholds], api_json, api_name="predict_extended",
@@ -389,8 +382,8 @@ THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="slate").set(
     button_primary_background_fill="*primary_600", button_primary_background_fill_hover="*primary_700",
     button_primary_text_color="white",
 )
-app = mount(create_rest_app(service), demo, theme=THEME, css=CSS, max_file_size=MAX_UPLOAD_BYTES,
-            footer_links=["api", "settings"])
+app = mount(create_rest_app(service), demo, theme=THEME, css=CSS, js=VIDEO_PAGE_JS,
+            max_file_size=MAX_UPLOAD_BYTES, footer_links=["api", "settings"])
 
 if __name__ == "__main__":
     host = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")

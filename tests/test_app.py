@@ -141,6 +141,21 @@ def test_a_file_that_is_not_an_image_gets_the_predict_message_on_every_endpoint(
     assert "Traceback" not in server.logs()
 
 
+def test_a_video_sent_as_an_image_is_pointed_to_the_video_analysis(client, tmp_path):
+    """An MP4 on the image endpoints: not "not an image we can read", but where videos are analysed."""
+    from test_video import grey_seconds, write_clip
+
+    from ganorigin.ui.common import VIDEO_NOT_IMAGE
+
+    clip = tmp_path / "clip.png"  # named like an image: the bytes decide
+    clip.write_bytes(write_clip(grey_seconds(1), size=(32, 32)))
+    for api_name, args in {"/predict": (handle_file(str(clip)),),
+                           "/analyse": (handle_file(str(clip)), 0.5, False, 0.5)}.items():
+        with pytest.raises(AppError) as caught:
+            client.predict(*args, api_name=api_name)
+        assert str(caught.value) == VIDEO_NOT_IMAGE, api_name
+
+
 def test_api_outputs_are_named_and_the_documented_endpoints_are_listed(client):
     """view_api names every output after its label (no ``value_15``); /predict, /predict_extended, /explain,
     /predict_video, /predict_url and /predict_batch are listed, the page's own /analyse and /analyse_batch are

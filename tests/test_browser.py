@@ -8,7 +8,9 @@ the verdict at once (no new analysis) and a value outside 0..1 is put back in ra
 "Explain" shows the heat map big, with its legend, and the frequency view; that a text file or an
 empty file gets the library's message with no server path and no stale verdict left on screen;
 and that at 400 px nothing overflows sideways, the chart's labels do not overlap and no toolbar
-covers a label or the crop, with the model loaded or not. The Batch tab takes 20 dev images and URLs
+covers a label or the crop, with the model loaded or not. On the Video tab a refused clip gets our one
+message (not the browser's "Video not playable" too) and leaves no "Error" badge, and the timeline marks the
+frames without a face, with a legend entry and a caption that are not cut off. The Batch tab takes 20 dev images and URLs
 from a local server with a progress bar, shows thumbnails, sorts by fake probability, opens a row's full
 analysis and downloads CSV and JSON with the library's numbers, and fits a 400 px screen; the image URL box
 refuses a metadata address and fetches a served image that is then analysed; the "This verdict is wrong"
@@ -423,6 +425,32 @@ def test_a_video_clip_gets_a_verdict_a_timeline_and_its_most_suspicious_frames(b
     page.close()
 
 
+def test_the_video_timeline_marks_the_frames_without_a_face(browser, server, model, dev_images, tmp_path):
+    from test_video import write_clip
+
+    from ganorigin.ui.video import NO_FACE_COLOUR, NO_FACE_SERIES
+
+    clip = tmp_path / "face-then-wall.mp4"  # a face for 2 s, then 2 s of plain grey: no face there
+    clip.write_bytes(write_clip([(Image.open(dev_images["real"][0]), 2), ((128, 128, 128), 2)]))
+    expected = model.predict_video(clip)
+    assert [f.time for f in expected.frames_without_face] == pytest.approx([2, 3], abs=0.01)
+
+    page = _open(browser, server.url, 1280)
+    page.get_by_role("tab", name="Video").click()
+    page.locator("#video-input input[type=file]").set_input_files(str(clip))
+    page.locator("#video-input video").first.wait_for()
+    page.get_by_role("button", name="Analyse video").click()
+    expect(page.locator("#video-card")).to_contain_text("4 frames sampled, 2 without a face")
+    timeline = page.locator("#video-timeline")
+    expect(timeline.locator(f"svg .mark-line path[stroke='{NO_FACE_COLOUR}']")).to_have_count(1)
+    legend, caption = timeline.get_by_text(NO_FACE_SERIES, exact=True), timeline.get_by_text("grey lines mark the frames")
+    for shown in (legend, caption):  # inside the plot's box, not cut off below it
+        box, frame = shown.bounding_box(), timeline.bounding_box()
+        assert frame["y"] <= box["y"] and box["y"] + box["height"] <= frame["y"] + frame["height"], (box, frame)
+    _screenshot(page, "app-video-no-face.png")
+    page.close()
+
+
 def test_a_video_that_cannot_be_read_is_refused_as_it_is_uploaded(browser, server, tmp_path):
     from test_video import grey_seconds, write_clip
 
@@ -441,6 +469,36 @@ def test_a_video_that_cannot_be_read_is_refused_as_it_is_uploaded(browser, serve
     expect(page.locator("#video-input video")).to_have_count(0)  # the input is emptied
     page.close()
 
+
+
+@pytest.mark.parametrize("name", ["notes.mp4", "cut-short.mp4"])
+def test_a_refused_video_gets_one_message_and_leaves_the_tab_clean(browser, server, tmp_path, name):
+    from test_video import grey_seconds, write_clip
+
+    from ganorigin import InvalidVideoError
+    from ganorigin.ui.video import NO_VIDEO
+    from ganorigin.video import sample_frames
+
+    content = b"this is not a video\n" * 50 if name == "notes.mp4" else write_clip(grey_seconds(2), size=(32, 32))[:600]
+    with pytest.raises(InvalidVideoError) as library:
+        list(sample_frames(content)[1])
+    bad = tmp_path / name
+    bad.write_bytes(content)
+    page = _open(browser, server.url, 1400)
+    page.get_by_role("tab", name="Video").click()
+    page.locator("#video-input input[type=file]").set_input_files(str(bad))
+    toasts = page.locator(".toast-body")
+    toasts.filter(has_text=str(library.value)).first.wait_for()
+    expect(page.locator("#video-input video")).to_have_count(0)  # the refused upload is gone
+    assert toasts.count() == 1 and "Video not playable" not in toasts.inner_text(), toasts.all_inner_texts()
+    _screenshot(page, f"app-video-refused-{name}.png")
+    page.get_by_role("button", name="Analyse video").click()  # which left nothing to analyse
+    toasts.filter(has_text=NO_VIDEO).first.wait_for()
+    for close in page.locator(".toast-close").all():
+        close.click()
+    expect(page.get_by_text("Error", exact=True)).to_have_count(0)  # no badge left once the messages are gone
+    expect(page.locator("#video-card")).to_contain_text("No video analysed yet")  # no stale verdict
+    page.close()
 
 # The Batch tab, the image URL box and the feedback form, on a server that allows loopback URLs
 # (the test-only switch) and keeps feedback in a folder of its own.

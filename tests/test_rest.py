@@ -11,7 +11,8 @@ OpenAPI spec finds no 5xx and no schema violation.
 Hardening (issue 12), each attack reproduced over real sockets: a declared ``Content-Length`` over
 the limit is refused before a byte of the body is sent; a chunked body is cut off at the limit
 and never spooled past it; requests past the in-flight bound get 503 with ``Retry-After`` while
-the admitted ones finish with 200; other methods on ``/predict`` get 405 JSON; ``/health`` and
+the admitted ones finish with 200; other methods on ``/predict`` and ``/predict/video`` get 405 JSON; a flag
+that is not true or false, and a video sent as an image (found by its bytes), get a plain message; ``/health`` and
 its errors name weight files and sources, never server folders; weights that load but hold NaN
 fail the load and ``/health`` says why; a fault of the program is a JSON 500 whose traceback goes
 to the log, while user errors are logged as one line. ``/docs`` works with the internet cut off.
@@ -46,7 +47,8 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from ganorigin import GANOrigin, WeightSources
 from ganorigin.pipeline import check_threshold
-from ganorigin.serving.rest import DEFAULT_MAX_INFLIGHT, INTERNAL_ERROR, MAX_BODY_BYTES, RETRY_AFTER_S, TOO_LARGE, create_rest_app
+from ganorigin.serving.rest import (DEFAULT_MAX_INFLIGHT, INTERNAL_ERROR, MAX_BODY_BYTES, RETRY_AFTER_S, TOO_LARGE,
+                                    VIDEO_ON_IMAGE_ROUTE, create_rest_app)
 from ganorigin.serving.service import ModelService
 from ganorigin.testing import COMMFOR_FILE, E4E_FILE, SVM_FILE, UFD_HEAD_FILE
 
@@ -393,6 +395,35 @@ def test_other_methods_on_predict_get_405_json(server):
         assert response.status_code == 405, (method, response.text)
         assert response.headers["allow"] == "POST"
         assert list(response.json()) == ["error"] and "POST" in response.json()["error"]
+
+
+def test_other_methods_on_predict_video_get_405_json_like_predict(server):
+    for method in ("GET", "PUT", "PATCH", "DELETE"):
+        response = httpx.request(method, f"{server.url}/predict/video", timeout=10)
+        assert response.status_code == 405, (method, response.text)
+        assert response.headers["allow"] == "POST"
+        assert response.json() == {"error": "Use POST /predict/video with the video in the multipart field 'video'."}
+
+
+def test_a_flag_that_is_not_true_or_false_gets_a_plain_message(server, dev_sample):
+    response = _post(server, dev_sample[0], extended="maybe")
+    assert response.status_code == 422, response.text
+    assert response.json() == {"error": "extended must be true or false."}
+
+
+def test_a_video_posted_as_an_image_is_sent_to_predict_video(server, dev_sample):
+    from PIL import Image
+    from test_video import write_clip
+
+    clip = write_clip([((200, 40, 40), 1)], size=(64, 64))
+    response = _post(server, content=clip)  # named upload.bin, sent as image/png: only its bytes say video
+    assert response.status_code == 422, response.text
+    assert response.json() == {"error": VIDEO_ON_IMAGE_ROUTE} and "POST /predict/video" in VIDEO_ON_IMAGE_ROUTE
+    with tempfile.SpooledTemporaryFile() as f:  # a GIF is an image as well as a clip format: still analysed here
+        Image.open(dev_sample[0]).convert("RGB").save(f, format="GIF")
+        f.seek(0)
+        gif = f.read()
+    assert _post(server, content=gif).status_code == 200
 
 
 def _strings(value):

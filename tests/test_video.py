@@ -291,6 +291,18 @@ def test_frame_rows_mark_the_frames_the_clips_verdict_leaves_out():
     assert not any("left out" in row["verdict_text"] for row in video_rows("c.mp4", faceless, labels, frames=True))
 
 
+def test_the_clips_row_says_how_many_frames_were_sampled_and_how_many_had_no_face():
+    from ganorigin.video.rows import video_rows
+
+    labels = ["progan", "stylegan2", "stylegan3"]
+    clip = _clip([_frame(0, 0.1), _frame(1, 0.95, faces=0), _frame(2, 0.8), _frame(3, 0.2, faces=0)])
+    assert clip.sampling_note == "4 frames sampled, 2 without a face"
+    [row] = video_rows("clip.mp4", clip, labels)
+    assert row["verdict_text"] == f"{clip.verdict_text}; 4 frames sampled, 2 without a face"
+    assert _clip([_frame(0, 0.1)]).sampling_note == "1 frame sampled, 0 without a face"
+    assert _clip([_frame(0, 0.1, faces=None)]).sampling_note == "1 frame sampled (face detection off)"
+
+
 def test_attribution_is_a_vote_weighted_by_fake_probability_over_fake_frames():
     clip = _clip([_frame(0, 0.6, probabilities=(0.9, 0.05, 0.05)), _frame(1, 0.99, probabilities=(0.1, 0.8, 0.1)),
                   _frame(2, 0.1, probabilities=(0.0, 0.0, 1.0))])

@@ -30,7 +30,7 @@ from ..errors import (GANOriginError, ImageTooLargeError, InvalidImageError, Inv
                       VideoTooLargeError)
 from ..images import MAX_IMAGE_BYTES
 from ..pipeline import check_threshold
-from ..video import MAX_VIDEO_BYTES
+from ..video import MAX_VIDEO_BYTES, is_video
 from .service import ModelService
 from .urls import fetch_image_bytes
 
@@ -47,6 +47,8 @@ VIDEO_TOO_LARGE = f"The video is larger than the {MAX_VIDEO_BYTES / 2**20:g} MiB
 BODY_LIMITS = {"/predict": (MAX_BODY_BYTES, TOO_LARGE), "/predict/video": (MAX_VIDEO_BODY_BYTES, VIDEO_TOO_LARGE)}
 INTERNAL_ERROR = "Internal error; the server logged the details."
 NO_VIDEO = "No video uploaded"
+VIDEO_ON_IMAGE_ROUTE = ("This file is a video, not an image: use POST /predict/video with the video in the multipart "
+                        "field 'video'.")
 
 
 class Authentic(BaseModel):
@@ -160,6 +162,8 @@ def _add_error_handlers(app: FastAPI) -> None:
             return _error(400, NO_VIDEO)
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        if first.get("type") == "bool_parsing":
+            return _error(422, f"{where} must be true or false.")
         return _error(422, f"Invalid request: {where or 'body'}: {first.get('msg', 'malformed')}")
 
 
@@ -210,6 +214,8 @@ def create_rest_app(service: ModelService) -> FastAPI:
                 data = await run_in_threadpool(fetch_image_bytes, url)
             else:
                 data = await image.read(MAX_IMAGE_BYTES + 1)
+                if is_video(data[:16]):
+                    return _error(422, VIDEO_ON_IMAGE_ROUTE)
                 if len(data) > MAX_IMAGE_BYTES:
                     return _error(413, TOO_LARGE)
             result = await run_in_threadpool(service.predict, data, threshold)
@@ -237,6 +243,10 @@ def create_rest_app(service: ModelService) -> FastAPI:
     @app.api_route("/predict", methods=["GET", "HEAD", "PUT", "PATCH", "DELETE"], include_in_schema=False)
     def predict_needs_post():
         return _error(405, "Use POST /predict with the image in the multipart field 'image'.", {"Allow": "POST"})
+
+    @app.api_route("/predict/video", methods=["GET", "HEAD", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    def predict_video_needs_post():
+        return _error(405, "Use POST /predict/video with the video in the multipart field 'video'.", {"Allow": "POST"})
 
     @app.get("/health", response_model=Health, summary="Whether the weights are loaded, their sources, versions")
     def health():

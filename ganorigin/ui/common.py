@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
+from typing import Callable
 
 import gradio as gr
 
@@ -11,6 +12,7 @@ from ..errors import GANOriginError, InvalidImageError
 from ..pipeline import check_threshold
 from ..result import DEFAULT_THRESHOLD
 from ..serving.uploads import read_upload, reject_upload
+from ..video import is_video
 
 try:  # ZeroGPU Spaces: run analyses on a borrowed GPU; elsewhere a no-op.
     import spaces
@@ -24,6 +26,8 @@ except ImportError:
 
 logger = logging.getLogger("ganorigin.app")
 NO_IMAGE = "Upload, paste or capture a face image first."
+VIDEO_NOT_IMAGE = ("This file is a video, not an image: analyse it in the Video tab (from gradio_client: "
+                   "api_name=\"/predict_video\").")
 
 
 def api_text(label: str, example: str) -> gr.Textbox:
@@ -51,16 +55,25 @@ def user_error(message: str, title: str) -> gr.Error:
     return gr.Error(message, title=title, print_exception=False)
 
 
+def drop_input_and_settle(view) -> Callable[[], tuple]:
+    """After a failed analysis or explanation: the input emptied, and the view that showed the progress
+    drawn again as ``view``, so that Gradio's "Error" badge does not stay over it once the message has gone."""
+    return lambda: (None, view)
+
+
 def with_upload(file: dict | None, task, missing: str = NO_IMAGE):
     """``task(bytes)`` on the uploaded ``file``. A file that is not one we can read is deleted at
     once; expected failures become messages for the person."""
     if file is None:
         raise user_error(missing, "No image")
     with user_errors():
+        data = read_upload(file)
         try:
-            return task(read_upload(file))
+            return task(data)
         except InvalidImageError as e:
             reject_upload(file, str(e))
+            if is_video(data[:16]):
+                raise InvalidImageError(VIDEO_NOT_IMAGE) from e
             raise
 
 

@@ -18,7 +18,7 @@ from ..serving.service import ModelService
 from ..serving.uploads import open_upload, reject_upload
 from ..video import (DEFAULT_FPS, DEFAULT_MAX_FRAMES, MAX_VIDEO_BYTES, MAX_VIDEO_FRAMES, MAX_VIDEO_PIXELS,
                      MAX_VIDEO_SECONDS, VideoPrediction, sample_frames)
-from .common import gpu, user_error, user_threshold
+from .common import drop_input_and_settle, gpu, user_error, user_threshold
 
 NO_VIDEO = "Upload or record a video first."
 LIMITS = (f"Limits: {MAX_VIDEO_BYTES / 2**20:g} MiB, {MAX_VIDEO_SECONDS / 60:g} min, "
@@ -27,6 +27,15 @@ LIMITS = (f"Limits: {MAX_VIDEO_BYTES / 2**20:g} MiB, {MAX_VIDEO_SECONDS / 60:g} 
           "spread evenly over longer clips).")
 EMPTY_CARD = "<div id='video-card'><h3>No video analysed yet</h3><div>Upload or record a clip and press Analyse video.</div></div>"
 UFD_SERIES, COMMFOR_SERIES, THRESHOLD_SERIES = "P(fake), GAN detector", "P(fake), any generator", "threshold"
+NO_FACE_SERIES, NO_FACE_COLOUR = "no face found", "#98a2b3"
+# The browser cannot play some clips we accept, nor any we refuse; Gradio would then add its own "Video not
+# playable" message (before ours, or over a clip we can analyse) and leave an "Error" badge on the input.
+# The upload check says what is wrong instead. Pass to the page as its ``js``.
+VIDEO_PAGE_JS = """() => {
+    document.addEventListener("error", (event) => {
+        if (event.target instanceof HTMLVideoElement && event.target.closest("#video-input")) event.stopPropagation();
+    }, true);
+}"""
 _CARD_COLOURS = {"fake": ("#fdecea", "#f5b7b1"), "real": ("#e8f6ee", "#a9dfbf")}
 
 
@@ -67,10 +76,11 @@ def video_tab(service: ModelService) -> None:
         with gr.Column(scale=6, min_width=300):
             card = gr.HTML(EMPTY_CARD, label="Video verdict")
             timeline = gr.LinePlot(x="time", y="probability", color="series", y_lim=[0, 1], x_title="time (s)",
-                                   y_title="P(fake)", color_title=" ", height=300,
-                                   label="Timeline — red: GAN detector, blue: any-generator detector, black: threshold", elem_id="video-timeline",
+                                   y_title="P(fake)", color_title=" ",
+                                   label="Timeline — red: GAN detector, blue: any-generator detector, black: threshold, "
+                                         "grey: no face found", elem_id="video-timeline",
                                    color_map={UFD_SERIES: "#d92d20", COMMFOR_SERIES: "#6172f3",
-                                              THRESHOLD_SERIES: "#101828"})
+                                              THRESHOLD_SERIES: "#101828", NO_FACE_SERIES: NO_FACE_COLOUR})
             strip = gr.Gallery(label="Most suspicious frames (time · P(fake))", columns=5, height=180, elem_id="video-frames",
                                allow_preview=False, buttons=[])
             with gr.Accordion("JSON (POST /predict/video's answer)", open=False):
@@ -86,7 +96,8 @@ def video_tab(service: ModelService) -> None:
                  queue=False)
     analyse_btn.click(analyse, [video, threshold], [*views, last], api_name="analyse_video",
                       api_visibility="undocumented", preprocess=False, show_progress_on=card
-                      ).failure(lambda: None, outputs=video, api_visibility="private", queue=False)
+                      ).failure(drop_input_and_settle(EMPTY_CARD), outputs=[video, card], api_visibility="private",
+                                queue=False)
     threshold.change(rederive, [last, threshold], views, api_visibility="private", preprocess=False,
                      concurrency_limit=None)
     api_file.change(predict_api, [api_file, threshold], api_json, api_name="predict_video", preprocess=False)
@@ -146,7 +157,7 @@ def _card(result: VideoPrediction) -> str:
         lines.append(f"Any-generator detector (Community Forensics): clip score {result.commfor_probability:.3f} — "
                      f"threshold {result.commfor_threshold:.2f}; {len(result.commfor_frames)} of "
                      f"{len(result.judged_frames)} judged frames called AI-generated")
-    lines += [f"{len(result.frames)} frames analysed, one every {result.interval:g} s", result.face_note]
+    lines += [f"One frame every {result.interval:g} s: {result.sampling_note}", result.face_note]
     if result.frames_without_face:
         lines.append("No face at " + ", ".join(f"{f.time:g} s" for f in result.frames_without_face))
     body = "".join(f"<div>{html.escape(line)}</div>" for line in lines)
@@ -161,9 +172,22 @@ def _timeline(result: VideoPrediction) -> gr.LinePlot:
              if f.prediction.commfor_probability is not None]
     end = max(result.frames[-1].time, result.info.duration)
     rows += [(0.0, result.threshold, THRESHOLD_SERIES), (end, result.threshold, THRESHOLD_SERIES)]
-    caption = (f"P(fake) of each analysed frame over time; the black line is the threshold {result.threshold:.2f}. "
+    rows += _no_face_marks(result)
+    caption = (f"P(fake) of each analysed frame over time; the black line is the threshold {result.threshold:.2f}"
+               + ("; grey lines mark the frames without a face. " if result.frames_without_face else ". ")
                + result.face_note)
     return gr.LinePlot(pd.DataFrame(rows, columns=["time", "probability", "series"]), caption=caption)
+
+
+def _no_face_marks(result: VideoPrediction) -> list:
+    """A grey line from top to bottom at each frame without a face; an empty value between two lines
+    breaks the series there, so that nothing joins them."""
+    rows = []
+    for frame in result.frames_without_face:
+        if rows:
+            rows.append(((rows[-1][0] + frame.time) / 2, None, NO_FACE_SERIES))
+        rows += [(frame.time, 0.0, NO_FACE_SERIES), (frame.time, 1.0, NO_FACE_SERIES)]
+    return rows
 
 
 def _strip(result: VideoPrediction) -> list:

@@ -36,6 +36,7 @@ SUPPORTED = "MP4, MOV, WebM, MKV, AVI or GIF"
 # What the CLI reads as video (a .gif stays an image there; predict_video reads animated GIFs too).
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".3gp", ".webm", ".mkv", ".avi"})
 ZERO_LENGTH = "The video holds no frames (zero length, or cut off before its first frame)."
+STILL_IMAGE_BRANDS = frozenset({b"heic", b"heix", b"mif1", b"avif"})  # ISO files that hold pictures, not clips
 CODECS = frozenset({"h264", "hevc", "vp8", "vp9", "av1", "mpeg4", "mjpeg", "gif", "prores", "mpeg2video"})
 _FORMAT_ERRORS = (av.error.FFmpegError, OSError, ValueError, EOFError, IndexError, KeyError, TypeError,
                   MemoryError, OverflowError, ZeroDivisionError, RuntimeError)
@@ -76,6 +77,12 @@ def container_format(head: bytes) -> Optional[str]:
     if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
         return "avi"
     return None
+
+
+def is_video(head: bytes) -> bool:
+    """Whether a file starting with ``head`` (its first 16 bytes) is a video container: a GIF, or an ISO
+    file branded as a still image (HEIC, AVIF), is an image."""
+    return container_format(head) not in (None, "gif") and head[8:12] not in STILL_IMAGE_BRANDS
 
 
 def sample_frames(video: VideoInput, *, fps: float = DEFAULT_FPS,

@@ -167,6 +167,14 @@ class VideoPrediction:
             return f"No face in {missing} of {len(self.frames)} frames; they are listed, not judged."
         return "A face was found in every frame."
 
+    @property
+    def sampling_note(self) -> str:
+        """How many frames were sampled and how many had no face, e.g. "6 frames sampled, 2 without a face"."""
+        sampled = f"{len(self.frames)} frame{'s' if len(self.frames) != 1 else ''} sampled"
+        if all(f.face_found is None for f in self.frames):
+            return f"{sampled} (face detection off)"
+        return f"{sampled}, {len(self.frames_without_face)} without a face"
+
     def with_threshold(self, threshold: float) -> "VideoPrediction":
         """The same analysis read at another threshold (no new forward pass)."""
         frames = tuple(replace(f, prediction=replace(f.prediction, threshold=threshold)) for f in self.frames)

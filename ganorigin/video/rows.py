@@ -13,8 +13,9 @@ NOT_JUDGED = " (no face found: left out of the clip's verdict)"
 
 
 def video_rows(path: os.PathLike, result: VideoPrediction, labels: list, *, frames: bool = False) -> list[dict]:
-    """The clip's summary row (its verdict, score and vote), or with ``frames`` one row per sampled
-    frame, named ``<path>#t=<seconds>``; a frame the clip's verdict leaves out says so in its verdict text."""
+    """The clip's summary row (its verdict, score and vote; its verdict text also says how many frames were
+    sampled and how many had no face), or with ``frames`` one row per sampled frame, named
+    ``<path>#t=<seconds>``; a frame the clip's verdict leaves out says so in its verdict text."""
     if frames:
         judged = {id(f) for f in result.judged_frames}
         return [_row(f"{path}#t={f.time:g}", f.prediction.fake_probability, f.prediction.is_fake,
@@ -25,7 +26,7 @@ def video_rows(path: os.PathLike, result: VideoPrediction, labels: list, *, fram
     votes = result.attribution_probabilities
     by_label = {label: votes.get(display_name(label), 0.0) for label in labels}
     return [_row(str(path), result.fake_probability, result.is_fake, result.attribution, None, by_label,
-                 result.commfor_probability, result.verdict, result.verdict_text, "", None)]
+                 result.commfor_probability, result.verdict, f"{result.verdict_text}; {result.sampling_note}", "", None)]
 
 
 def failed_video_row(path: os.PathLike, labels: list, error: str) -> dict:
