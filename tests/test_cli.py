@@ -267,9 +267,15 @@ def test_extract_says_what_became_of_latents_whose_images_changed_or_went(dev_im
     assert f"Removed, their image being no longer in {tmp_path / 'data'}: 1." in capsys.readouterr().out
 
 
-def test_an_interrupted_evaluate_says_its_output_is_incomplete_not_saved(image_dir, cli_env, tmp_path):
-    """A real Ctrl-C (SIGINT) once the progress bar shows: status 130 and one line, no traceback."""
-    command = [sys.executable, "-m", "ganorigin", "evaluate", str(image_dir), "--out", str(tmp_path / "out"),
+def test_an_interrupted_evaluate_says_its_output_is_incomplete_not_saved(dev_images, cli_env, tmp_path):
+    """A real Ctrl-C (SIGINT) once the progress bar shows: status 130 and one line, no traceback. The
+    folder holds minutes of work, so the signal always comes while images are being analysed."""
+    data = tmp_path / "data" / "stylegan2"
+    data.mkdir(parents=True)
+    first = shutil.copyfile(dev_images["stylegan2"][0], data / f"0000{dev_images['stylegan2'][0].suffix}")
+    for i in range(1, 1000):
+        os.link(first, data / f"{i:04d}{first.suffix}")
+    command = [sys.executable, "-m", "ganorigin", "evaluate", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
                "--batch-size", "1"]
     job = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.PIPE)
     seen = b""
