@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_predict(commands) -> None:
     p = commands.add_parser("predict", help="analyse images and videos, one output row per image or video",
                             description="Analyse image files, folders (recursive) or .txt lists of paths; video "
-                            "files (MP4, MOV, WebM, MKV, AVI) named or listed give one row per clip.")
+                            "files (MP4, MOV, WebM, MKV, AVI) among them give one row per clip.")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--frames", action="store_true", help="one row per sampled video frame instead of per clip")
     p.add_argument("--format", choices=("jsonl", "csv", "parquet"), default="jsonl",
@@ -408,8 +408,9 @@ def _provenance_row(path, provenance, error: Optional[str], *, details: bool) ->
 def _extract(args) -> int:
     from .factory import load_encoder
     from .hub import resolve_file
-    from .training import extract_features
+    from .training import extract_features, labelled_images
 
+    labelled_images(args.data_dir)  # a folder with no class folders of images is refused before the weights load
     sources = _weights(args)
     if args.engine == "ray":
         summary = _ray_commands().extract(args, sources)
@@ -424,10 +425,12 @@ def _extract(args) -> int:
     for path, error in dict(summary.failed).items():  # once per file, however many copies it was to give
         print(f"ganorigin extract: could not read {path}: {error}", file=sys.stderr)
     state = "complete" if summary.complete else "stopped early; run the same command again to resume"
-    print(f"{summary.encoded} encoded, {summary.already_done} already done, {len(summary.failed)} could not be read, "
-          f"{summary.total} in all ({state}). Latents: {args.out}")
+    unreadable = len(dict(summary.failed))
+    print(f"{summary.encoded} encoded, {summary.already_done} already done, {len(summary.failed)} could not be read"
+          + (f" ({unreadable} file{'s' if unreadable != 1 else ''})" if unreadable else "")
+          + f", {summary.total} in all ({state}). Latents: {args.out}")
     if summary.changed:
-        print(f"Encoded again, their image having changed since: {summary.changed}.")
+        print(f"Dropped as their image changed since it was encoded (encoded again where readable): {summary.changed}.")
     if summary.gone and summary.pruned:
         print(f"Removed, their image being no longer in {args.data_dir}: {summary.gone}.")
     elif summary.gone:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from sklearn import metrics
 
 from ganorigin.cli import main
@@ -244,7 +245,18 @@ def test_extract_and_evaluate_name_each_unreadable_image_once_and_exit_1(image_d
     assert main(["extract", str(data), "--out", str(tmp_path / "latents"), "--no-progress"]) == 1
     captured = capsys.readouterr()
     assert captured.err.count("truncated.png") == 1 and "could not read" in captured.err
-    assert captured.out.startswith("1 encoded, 0 already done, 1 could not be read, 2 in all (complete).")
+    assert captured.out.startswith("1 encoded, 0 already done, 1 could not be read (1 file), 2 in all (complete).")
+
+
+def test_extract_refuses_a_folder_without_class_folders_before_loading_weights(tmp_path, capsys):
+    (tmp_path / "flat").mkdir()
+    Image.new("RGB", (32, 32)).save(tmp_path / "flat" / "face.png")  # an image, but in no class folder
+    missing = tmp_path / "no-weights"
+    missing.mkdir()
+    assert main(["extract", str(tmp_path / "flat"), "--out", str(tmp_path / "l"), "--weights", str(missing),
+                 "--offline"]) == 2
+    err = capsys.readouterr().err
+    assert "No images in class folders under" in err and "weight" not in err.lower()
 
 
 def test_extract_says_what_became_of_latents_whose_images_changed_or_went(dev_images, cli_env, capsys, tmp_path):
@@ -260,7 +272,7 @@ def test_extract_says_what_became_of_latents_whose_images_changed_or_went(dev_im
     capsys.readouterr()
     assert main(args) == 0
     captured = capsys.readouterr()
-    assert "Encoded again, their image having changed since: 1." in captured.out
+    assert "Dropped as their image changed since it was encoded (encoded again where readable): 1." in captured.out
     assert (f"warning: {tmp_path / 'latents'} holds latents of images no longer in {tmp_path / 'data'} (1); train "
             "uses them too. Run again with --prune to remove them." in captured.err)
     assert main([*args, "--prune"]) == 0

@@ -275,6 +275,27 @@ def test_extract_encodes_changed_images_again_and_prunes_gone_ones_on_request(sy
     np.testing.assert_allclose(ours.features, theirs.features, rtol=0, atol=1e-5)  # batches differ: last bits may
 
 
+def test_an_image_moved_to_another_class_is_refused_by_train_until_pruned(synthetic_dir, encoder, tmp_path):
+    """Moving a file between class folders leaves its old rows (an image no longer there); training on
+    both labels of one image is refused, and --prune makes the latents trainable again."""
+    data = tmp_path / "data"
+    for kind in KNOWN[:2]:
+        (data / kind).mkdir(parents=True)
+        for i in range(7):
+            shutil.copyfile(synthetic_dir / kind / f"{i:03d}.png", data / kind / f"{i:03d}.png")
+    settings = dict(align=False, progress=False)
+    extract_features(data, tmp_path / "latents", encoder, **settings)
+    (data / "gan_a" / "000.png").rename(data / "gan_b" / "moved.png")
+    assert extract_features(data, tmp_path / "latents", encoder, **settings).gone == 1
+    latents = load_latents(tmp_path / "latents")
+    with pytest.raises(DatasetError, match=r"1 source image\(s\) have rows under two classes .*--prune"):
+        train_attribution_model(latents.features, latents.labels, groups=latents.groups, test_size=0.3)
+    extract_features(data, tmp_path / "latents", encoder, **settings, prune=True)
+    latents = load_latents(tmp_path / "latents")
+    result = train_attribution_model(latents.features, latents.labels, groups=latents.groups, test_size=0.3)
+    assert result.n_train + result.n_test == 14
+
+
 def test_a_class_named_real_is_refused_by_extract_and_train(synthetic_dir, encoder, tmp_path):
     """Attribution names GANs; real images belong to the detector (evaluate's real/ folder)."""
     data = _two_classes(synthetic_dir, tmp_path / "data")
@@ -590,6 +611,33 @@ def test_cli_warns_when_alignment_differs_from_training(aligned_model_dir, weigh
                          text=True, timeout=300)
     assert run.returncode == 0  # said as the command's own warnings are, not as a log record
     assert "ganorigin predict: warning: The attribution model was trained on FFHQ-aligned faces" in run.stderr, run.stderr
+
+
+def test_the_servers_start_up_check_gives_no_alignment_warning_the_model_would_not(aligned_model_dir, weights_dir,
+                                                                                   weights_env, tmp_path, caplog):
+    """A model trained on aligned faces, served with alignment on: the check on a test image at start-up
+    must not claim that alignment is off."""
+    from ganorigin.align import alignment_available
+    from ganorigin.hub import WeightSources
+    from ganorigin.serving.service import _probe
+
+    if not alignment_available():
+        pytest.skip("dlib's face landmarks are not installed: alignment is off, and the warning is true")
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    for f in weights_dir.iterdir():
+        if not f.name.endswith(".pkl"):
+            (folder / f.name).symlink_to(f)
+    for name in (SAFE_MODEL_FILE, SAFE_ARRAYS_FILE):
+        shutil.copyfile(aligned_model_dir / name, folder / name)
+    sources = WeightSources(weights_dir=str(folder), ufd_head_sha256=weights_env["GANORIGIN_UFD_HEAD_SHA256"],
+                            local_files_only=True)
+    model = GANOrigin.from_pretrained(sources)
+    assert model.align is True and model.attributor.trained_on_aligned is True
+    with caplog.at_level(logging.WARNING):
+        _probe(model)
+        model.predict(synthetic_image("gan_a", 0))
+    assert not [r for r in caplog.records if "trained on FFHQ-aligned" in r.getMessage()]
 
 
 def test_cross_validation_with_fewer_than_two_folds_is_refused_from_python_too():

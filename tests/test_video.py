@@ -264,6 +264,27 @@ def _clip(frames, threshold=0.5) -> VideoPrediction:
     return VideoPrediction(tuple(frames), threshold, info, 1.0).with_threshold(threshold)
 
 
+def test_the_clip_answers_unknown_gan_when_its_voting_frames_mostly_do():
+    """The open-set rule holds for a clip as for an image: fake frames weighted by P(fake) decide."""
+    from dataclasses import replace as swap
+
+    from ganorigin.result import UNKNOWN_GAN
+    from ganorigin.video.rows import video_rows
+
+    def unknown(frame):
+        return swap(frame, prediction=swap(frame.prediction, unknown=True))
+
+    clip = _clip([unknown(_frame(0, 0.9)), unknown(_frame(1, 0.8)), _frame(2, 0.7), _frame(3, 0.1)])
+    assert clip.unknown and clip.attribution == UNKNOWN_GAN
+    assert clip.verdict_text.startswith(f"AI-generated — {UNKNOWN_GAN} (3 of 4")
+    assert clip.to_dict()["unknown"] is True and clip.to_dict()["attribution"] == UNKNOWN_GAN
+    [row] = video_rows("clip.mp4", clip, ["progan", "stylegan2", "stylegan3"])
+    assert row["unknown"] is True and row["attribution"] == UNKNOWN_GAN
+    assert clip.attribution_probabilities["StyleGAN2"] == pytest.approx(0.7)  # the vote's shares stay
+    mostly_known = _clip([unknown(_frame(0, 0.6)), _frame(1, 0.9), _frame(2, 0.8), unknown(_frame(3, 0.1))])
+    assert not mostly_known.unknown and mostly_known.attribution == "StyleGAN2"
+
+
 def test_the_verdict_reads_frames_with_a_face_and_reports_the_others():
     clip = _clip([_frame(0, 0.1), _frame(1, 0.95, faces=0), _frame(2, 0.2), _frame(3, 0.3), _frame(4, 0.8)])
     assert [f.time for f in clip.judged_frames] == [0, 2, 3, 4]

@@ -74,6 +74,7 @@ class VideoAnswer(BaseModel):
     fake_frame_fraction: float
     commfor_frames: int
     attribution: str
+    unknown: bool
     attribution_probabilities: dict[str, float]
     frames_analysed: int
     frames_judged: int

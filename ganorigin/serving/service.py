@@ -252,7 +252,7 @@ def _probe(model: GANOrigin) -> None:
     logger.info("Checking the model on a test image")
     image = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
     try:
-        result = model.predict(image, align=False)
+        result = model.predict(image)  # as the model will be used: no alignment warning it would not give
     except GANOriginError as e:
         raise WeightsFormatError(f"The model loaded but failed its check on a test image: {e}") from e
     except Exception as e:

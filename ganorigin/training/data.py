@@ -51,8 +51,8 @@ def check_gan_classes(labels: Collection[str]) -> None:
     """Refuse a ``real`` class among attribution classes: the detector, not the attributor, tells real from fake."""
     if any(str(label).lower() == REAL_CLASS for label in labels):
         raise DatasetError(f"A class folder is named '{REAL_CLASS}': attribution learns only GAN classes (the detector "
-                           f"tells real from fake). Move {REAL_CLASS}/ out of DATA_DIR, extract again into a new --out "
-                           "folder and train on that.")
+                           f"tells real from fake). Keep {REAL_CLASS}/ out of the folder you extract and train on; "
+                           "it belongs in evaluate's test folder.")
 
 
 def resolution_augment(image: Image.Image, rng: np.random.Generator) -> Image.Image:

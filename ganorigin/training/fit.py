@@ -155,6 +155,13 @@ def _check_training_data(y, groups, label_encoder, cv, test_size, coverage) -> N
     if len(groups) != len(y):
         raise DatasetError(f"{len(groups)} groups for {len(y)} rows; give one group per row.")
     check_gan_classes(label_encoder.classes_)
+    _, labels_per_image = np.unique(np.unique(np.stack([groups, y]), axis=1)[0], return_counts=True)
+    if (labels_per_image > 1).any():
+        raise DatasetError(
+            f"{(labels_per_image > 1).sum()} source image(s) have rows under two classes (one file in two class "
+            "folders, or moved from one to another: its old rows stay until `ganorigin extract DATA_DIR --out "
+            "LATENTS --prune`). Give each image one class."
+        )
     counts = np.bincount(y[np.unique(groups, return_index=True)[1]], minlength=len(label_encoder.classes_))
     if len(counts) < 2:
         raise DatasetError("Training needs at least two classes (one folder per GAN).")

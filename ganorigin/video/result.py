@@ -8,7 +8,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-from ..result import Prediction
+from ..result import UNKNOWN_GAN, Prediction
 from ..verdict import AI_GENERATED, OTHER_GENERATOR, REAL
 from .decode import VideoInfo
 
@@ -111,19 +111,31 @@ class VideoPrediction:
     def attribution_probabilities(self) -> dict:
         """GAN -> share of the vote: each fake frame votes with its attribution probabilities,
         weighted by its P(fake); without fake frames, the judged frames vote (the closest GAN)."""
-        voters = self.fake_frames or self.judged_frames
         votes: dict = {}
-        for frame in voters:
-            p = frame.prediction
+        for p, weight in self._voters():
             for name, share in p.attribution_probabilities.items():
-                votes[name] = votes.get(name, 0.0) + p.fake_probability * share
-        total = sum(votes.values())
-        return {name: (v / total if total > 0 else 1.0 / len(votes)) for name, v in votes.items()}
+                votes[name] = votes.get(name, 0.0) + weight * share
+        return votes
+
+    @property
+    def unknown(self) -> bool:
+        """Whether the voting frames, weighted as in the vote, mostly answer "Unknown GAN" (the open-set rule)."""
+        return sum(weight for p, weight in self._voters() if p.unknown) > 0.5
 
     @property
     def attribution(self) -> str:
+        """"Unknown GAN" when :attr:`unknown`, else the GAN with the largest share of the vote."""
+        if self.unknown:
+            return UNKNOWN_GAN
         votes = self.attribution_probabilities
         return max(votes, key=votes.get)
+
+    def _voters(self) -> list:
+        """(prediction, weight) of each frame that votes on the attribution, weights summing to one: the fake
+        frames, else the judged frames, by P(fake) (equally where every P(fake) is 0)."""
+        voters = [f.prediction for f in self.fake_frames or self.judged_frames]
+        total = sum(p.fake_probability for p in voters)
+        return [(p, p.fake_probability / total if total > 0 else 1.0 / len(voters)) for p in voters]
 
     @property
     def decisive_frames(self) -> tuple:
@@ -193,6 +205,7 @@ class VideoPrediction:
             "fake_frame_fraction": self.fake_fraction,
             "commfor_frames": len(self.commfor_frames),
             "attribution": self.attribution,
+            "unknown": self.unknown,
             "attribution_probabilities": self.attribution_probabilities,
             "frames_analysed": len(self.frames),
             "frames_judged": len(self.judged_frames),

@@ -25,7 +25,7 @@ def video_rows(path: os.PathLike, result: VideoPrediction, labels: list, *, fram
                      "; ".join(f.prediction.unsure_reasons), None) for f in result.frames]
     votes = result.attribution_probabilities
     by_label = {label: votes.get(display_name(label), 0.0) for label in labels}
-    return [_row(str(path), result.fake_probability, result.is_fake, result.attribution, None, by_label,
+    return [_row(str(path), result.fake_probability, result.is_fake, result.attribution, result.unknown, by_label,
                  result.commfor_probability, result.verdict, f"{result.verdict_text}; {result.sampling_note}", "", None)]
 
 
