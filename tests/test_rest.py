@@ -48,7 +48,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from ganorigin import GANOrigin, WeightSources
 from ganorigin.pipeline import check_threshold
 from ganorigin.serving.rest import (DEFAULT_MAX_INFLIGHT, INTERNAL_ERROR, MAX_BODY_BYTES, RETRY_AFTER_S, TOO_LARGE,
-                                    VIDEO_ON_IMAGE_ROUTE, create_rest_app)
+                                    IMAGE_ON_VIDEO_ROUTE, VIDEO_ON_IMAGE_ROUTE, create_rest_app)
 from ganorigin.serving.service import ModelService
 from ganorigin.testing import COMMFOR_FILE, E4E_FILE, SVM_FILE, UFD_HEAD_FILE
 
@@ -409,6 +409,18 @@ def test_a_flag_that_is_not_true_or_false_gets_a_plain_message(server, dev_sampl
     response = _post(server, dev_sample[0], extended="maybe")
     assert response.status_code == 422, response.text
     assert response.json() == {"error": "extended must be true or false."}
+
+
+def test_an_image_posted_as_a_video_is_sent_to_predict(server, dev_images):
+    """The other way round: a JPEG or PNG on /predict/video is pointed to /predict; bytes that are
+    neither keep the video gate's own message."""
+    for path in (next(p for p in dev_images["real"] if p.suffix == ".jpg"), _any_png(dev_images)):
+        response = httpx.post(f"{server.url}/predict/video", files={"video": ("clip.mp4", path.read_bytes())},
+                              timeout=120)
+        assert response.status_code == 422 and response.json() == {"error": IMAGE_ON_VIDEO_ROUTE}, path.suffix
+    response = httpx.post(f"{server.url}/predict/video", files={"video": ("clip.mp4", b"not a clip\n" * 40)},
+                          timeout=120)
+    assert response.status_code == 422 and response.json()["error"] != IMAGE_ON_VIDEO_ROUTE
 
 
 def test_a_video_posted_as_an_image_is_sent_to_predict_video(server, dev_sample):

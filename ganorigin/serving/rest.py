@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import (GANOriginError, ImageTooLargeError, InvalidImageError, InvalidVideoError, ModelUnavailableError,
                       VideoTooLargeError)
-from ..images import MAX_IMAGE_BYTES
+from ..images import MAX_IMAGE_BYTES, image_extension
 from ..pipeline import check_threshold
 from ..video import MAX_VIDEO_BYTES, is_video
 from .service import ModelService
@@ -49,6 +49,9 @@ INTERNAL_ERROR = "Internal error; the server logged the details."
 NO_VIDEO = "No video uploaded"
 VIDEO_ON_IMAGE_ROUTE = ("This file is a video, not an image: use POST /predict/video with the video in the multipart "
                         "field 'video'.")
+IMAGE_ON_VIDEO_ROUTE = ("This file is an image, not a video: use POST /predict with the image in the multipart "
+                        "field 'image'.")
+IMAGE_HEADER_BYTES = 64 * 1024  # enough for any accepted format's header (JPEG's markers before its frame)
 
 
 class Authentic(BaseModel):
@@ -108,6 +111,15 @@ def _refused(error: GANOriginError) -> JSONResponse:
     if isinstance(error, (ImageTooLargeError, VideoTooLargeError)):
         return _error(413, str(error))
     return _error(503 if isinstance(error, ModelUnavailableError) else 422, str(error))
+
+
+def _is_image(file) -> bool:
+    """Whether an upload refused as a video opens as a still image (its header only; no pixel is decoded)."""
+    file.seek(0)
+    try:
+        return image_extension(file.read(IMAGE_HEADER_BYTES)) != "gif"
+    except InvalidImageError:
+        return False
 
 
 def _error(status: int, message: str, headers: Optional[dict] = None) -> JSONResponse:
@@ -238,6 +250,8 @@ def create_rest_app(service: ModelService) -> FastAPI:
         try:  # the upload is spooled to a temporary file by the server; frames are decoded from it as they come
             result = await run_in_threadpool(service.predict_video, video.file, threshold)
         except (InvalidVideoError, ModelUnavailableError) as e:
+            if type(e) is InvalidVideoError and await run_in_threadpool(_is_image, video.file):
+                return _error(422, IMAGE_ON_VIDEO_ROUTE)
             return _refused(e)
         return result.to_dict()
 
