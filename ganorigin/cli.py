@@ -408,9 +408,9 @@ def _provenance_row(path, provenance, error: Optional[str], *, details: bool) ->
 def _extract(args) -> int:
     from .factory import load_encoder
     from .hub import resolve_file
-    from .training import extract_features, labelled_images
+    from .training import extract_features
 
-    labelled_images(args.data_dir)  # a folder with no class folders of images is refused before the weights load
+    _check_class_folders(args)  # before the weights load
     sources = _weights(args)
     if args.engine == "ray":
         summary = _ray_commands().extract(args, sources)
@@ -437,6 +437,17 @@ def _extract(args) -> int:
         print(f"ganorigin extract: warning: {args.out} holds latents of images no longer in {args.data_dir} "
               f"({summary.gone}); train uses them too. Run again with --prune to remove them.", file=sys.stderr)
     return 0 if summary.complete and not summary.failed else 1
+
+
+def _check_class_folders(args) -> None:
+    """Refuse a DATA_DIR without class folders of images; warn of images outside every class folder."""
+    from .training import labelled_images
+    from .training.data import loose_images
+
+    labelled_images(args.data_dir)
+    if loose := loose_images(args.data_dir):
+        print(f"ganorigin {args.command}: warning: {len(loose)} image(s) directly in {args.data_dir}, such as "
+              f"{loose[0].name}, are in no class folder and are left out.", file=sys.stderr)
 
 
 def _train(args) -> int:
@@ -530,6 +541,7 @@ def _feedback_export(args) -> int:
 def _evaluate(args) -> int:
     from .training import evaluate, format_report
 
+    _check_class_folders(args)
     if args.engine == "ray":
         report = _ray_commands().evaluate(args, _weights(args), _threshold(args))
     else:

@@ -259,6 +259,19 @@ def test_extract_refuses_a_folder_without_class_folders_before_loading_weights(t
     assert "No images in class folders under" in err and "weight" not in err.lower()
 
 
+def test_images_outside_every_class_folder_are_named_as_left_out(dev_images, cli_env, tmp_path, capsys):
+    data = tmp_path / "data"
+    (data / "stylegan2").mkdir(parents=True)
+    shutil.copy(dev_images["stylegan2"][0], data / "stylegan2" / "a.png")
+    shutil.copy(dev_images["stylegan2"][1], data / "stray.png")
+    for command in (["extract", str(data), "--out", str(tmp_path / "latents")],
+                    ["evaluate", str(data), "--out", str(tmp_path / "eval")]):
+        assert main([*command, "--no-progress"]) == 0
+        err = capsys.readouterr().err
+        assert err.count(f"warning: 1 image(s) directly in {data}, such as stray.png, are in no class folder and "
+                         "are left out.") == 1, err
+
+
 def test_extract_says_what_became_of_latents_whose_images_changed_or_went(dev_images, cli_env, capsys, tmp_path):
     data = tmp_path / "data" / "stylegan2"
     data.mkdir(parents=True)

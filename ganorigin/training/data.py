@@ -47,6 +47,12 @@ def labelled_images(data_dir: os.PathLike) -> list[tuple[str, Path]]:
     return items
 
 
+def loose_images(data_dir: os.PathLike) -> list[Path]:
+    """Images directly in ``data_dir``, outside every class folder: :func:`labelled_images` leaves them out."""
+    data_dir = Path(data_dir)
+    return sorted(p for p in data_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
 def check_gan_classes(labels: Collection[str]) -> None:
     """Refuse a ``real`` class among attribution classes: the detector, not the attributor, tells real from fake."""
     if any(str(label).lower() == REAL_CLASS for label in labels):
