@@ -3,8 +3,8 @@
 :func:`extract_features` is resumable (the shards are the index of done images) and reproducible:
 each image's resolution augmentation draws from its own seeded RNG, and batches are fixed slices of
 the sorted image list, so an interrupted run plus a re-run equals one uninterrupted run (to the last
-bits of float rounding where the encoder's threads split work differently). Every row records its source image, so splits keep copies together
-(:func:`source_groups`).
+bits of float rounding where the encoder's threads split work differently). Every row records its
+source image, so splits keep copies together (:func:`source_groups`).
 """
 
 from __future__ import annotations

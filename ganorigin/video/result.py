@@ -124,7 +124,7 @@ class VideoPrediction:
 
     @property
     def attribution(self) -> str:
-        """"Unknown GAN" when :attr:`unknown`, else the GAN with the largest share of the vote."""
+        """The GAN with the largest share of the vote, or "Unknown GAN" when :attr:`unknown`."""
         if self.unknown:
             return UNKNOWN_GAN
         votes = self.attribution_probabilities
