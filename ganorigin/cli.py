@@ -119,7 +119,8 @@ def _add_extract(commands) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the augmentation (default: 0)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--shard-size", type=int, default=512, help="images per shard file (default: 512)")
-    p.add_argument("--limit", type=int, help="stop after about N newly encoded images (resume later)")
+    p.add_argument("--limit", type=int, help="stop after about N newly encoded images, each augmented copy counted "
+                   "(status 0; run again to go on)")
     aligned = p.add_mutually_exclusive_group()
     aligned.add_argument("--align", dest="align", action="store_true", default=None,
                          help="FFHQ-align the largest face first, as predict does (default: on when dlib is installed)")
@@ -436,7 +437,7 @@ def _extract(args) -> int:
     elif summary.gone:
         print(f"ganorigin extract: warning: {args.out} holds latents of images no longer in {args.data_dir} "
               f"({summary.gone}); train uses them too. Run again with --prune to remove them.", file=sys.stderr)
-    return 0 if summary.complete and not summary.failed else 1
+    return 1 if summary.failed else 0  # stopping at --limit is what was asked for
 
 
 def _check_class_folders(args) -> None:

@@ -259,6 +259,19 @@ def test_extract_refuses_a_folder_without_class_folders_before_loading_weights(t
     assert "No images in class folders under" in err and "weight" not in err.lower()
 
 
+def test_extract_stopped_at_limit_exits_0_and_says_how_to_go_on(dev_images, cli_env, tmp_path, capsys):
+    data = tmp_path / "data" / "stylegan2"
+    data.mkdir(parents=True)
+    for path in dev_images["stylegan2"][:2]:
+        shutil.copy(path, data / path.name)
+    args = ["extract", str(tmp_path / "data"), "--out", str(tmp_path / "latents"), "--batch-size", "1", "--no-progress"]
+    assert main([*args, "--limit", "1"]) == 0  # what was asked for: not a failure
+    assert "1 encoded, 0 already done, 0 could not be read, 2 in all (stopped early; run the same command again to " \
+           "resume)." in capsys.readouterr().out
+    assert main(args) == 0
+    assert capsys.readouterr().out.startswith("1 encoded, 1 already done, 0 could not be read, 2 in all (complete).")
+
+
 def test_images_outside_every_class_folder_are_named_as_left_out(dev_images, cli_env, tmp_path, capsys):
     data = tmp_path / "data"
     (data / "stylegan2").mkdir(parents=True)
