@@ -315,7 +315,9 @@ def test_an_interrupted_evaluate_says_its_output_is_incomplete_not_saved(dev_ima
         os.link(first, data / f"{i:04d}{first.suffix}")
     command = [sys.executable, "-m", "ganorigin", "evaluate", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
                "--batch-size", "1"]
-    job = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.PIPE)
+    # As at a terminal: Ctrl-C's signal is not ignored (a shell's background job, as CI may be, inherits it ignored)
+    job = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.PIPE,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = b""
     while b"predict:" not in seen:  # tqdm's bar: the images are being analysed
         chunk = os.read(job.stderr.fileno(), 4096)
