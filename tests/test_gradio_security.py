@@ -261,3 +261,55 @@ def test_mount_arms_gradios_own_upload_check_and_withholds_its_text(tmp_path):
         answer = client.post("/gradio_api/run/read", json={"data": [{"path": str(secret), "meta": FILE}]})
     assert answer.json() == {"error": None}
     assert "the secret" not in answer.text and str(tmp_path) not in answer.text
+
+
+def test_a_file_deleted_while_it_is_served_ends_its_answer_without_a_server_error(tmp_path):
+    """The race a refused upload meets when a browser fetches its preview: Gradio's file route checked
+    the file and Starlette's FileResponse sent its headers, the gate deleted the file, then the response
+    opened it. Unguarded that is a FileNotFoundError (a traceback in the server log); guarded, the answer
+    ends there. A file gone before anything was sent gets a 404."""
+    import asyncio
+    import json
+
+    import gradio as gr
+    from fastapi import FastAPI
+    from starlette.responses import FileResponse
+    from starlette.routing import Mount
+
+    from ganorigin.serving.uploads import NOT_AN_UPLOAD, GoneFiles, mount
+
+    path = tmp_path / "notes.mp4"
+    path.write_bytes(b"not a clip\n" * 10)
+    checked = os.stat(path)  # what the file route saw
+    path.unlink()  # what the gate did meanwhile
+    scope = {"type": "http", "method": "GET", "path": "/gradio_api/file=" + str(path), "headers": [],
+             "query_string": b"", "http_version": "1.1"}
+
+    async def receive():  # the client stays connected
+        await asyncio.Event().wait()
+
+    def serve(app) -> list:
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        asyncio.run(app(scope, receive, send))
+        return sent
+
+    with pytest.raises(FileNotFoundError):
+        serve(FileResponse(path, stat_result=checked))
+    sent = serve(GoneFiles(FileResponse(path, stat_result=checked)))
+    assert [m["type"] for m in sent] == ["http.response.start"]  # headers were out; nothing more
+
+    async def opens_first(scope, receive, send):  # a route that opens the file before answering
+        open(path, "rb")
+
+    sent = serve(GoneFiles(opens_first))
+    assert sent[0]["status"] == 404 and json.loads(sent[1]["body"]) == {"error": NOT_AN_UPLOAD}
+
+    with gr.Blocks() as blocks:
+        gr.Markdown("x")
+    mounted = mount(FastAPI(), blocks)
+    [gradio_app] = [route.app for route in mounted.routes if isinstance(route, Mount)]
+    assert any(m.cls is GoneFiles for m in gradio_app.user_middleware), "mount guards Gradio's own routes"

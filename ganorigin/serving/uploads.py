@@ -26,8 +26,11 @@ from typing import BinaryIO
 
 import gradio as gr
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 from gradio.utils import get_upload_folder
 from gradio_client.utils import is_file_obj, traverse
+from starlette.routing import Mount
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import InvalidImageError
 from ..images import MAX_IMAGE_BYTES
@@ -158,8 +161,37 @@ class UploadsOnlyBlocks(gr.Blocks):
 
 def mount(app: FastAPI, blocks: gr.Blocks, **kwargs) -> FastAPI:
     """``gr.mount_gradio_app(app, blocks, path="/", **kwargs)`` with Gradio's upload-folder check
-    armed as ``launch()`` arms it, and only ``gr.Error`` messages shown to clients (never the text
-    of an unexpected exception)."""
+    armed as ``launch()`` arms it, only ``gr.Error`` messages shown to clients (never the text
+    of an unexpected exception), and a refused upload deleted while it is served no traceback (:class:`GoneFiles`)."""
     mounted = gr.mount_gradio_app(app, blocks, path="/", show_error=False, **kwargs)
     blocks.has_launched = True
+    for route in mounted.routes:
+        if isinstance(route, Mount) and isinstance(route.app, FastAPI):  # Gradio's own app
+            route.app.add_middleware(GoneFiles)
     return mounted
+
+
+class GoneFiles:
+    """A file that disappears between a file route's check and its opening (an upload the gate
+    refused, deleted while a browser fetched its preview) ends that answer, with a 404 if nothing
+    was sent yet, else by closing it, and one log line: not a server error with a traceback."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracked(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except FileNotFoundError:
+            logger.info("A file was deleted while it was being served (a refused upload): %s", scope.get("path"))
+            if not started:
+                await JSONResponse({"error": NOT_AN_UPLOAD}, status_code=404)(scope, receive, send)
