@@ -588,15 +588,20 @@ def test_alignment_mismatch_says_which_way():
     assert alignment_mismatch(pickles, True) is None and alignment_mismatch(pickles, False) is None
 
 
-def test_cli_warns_when_alignment_differs_from_training(aligned_model_dir, weights_dir, weights_env, synthetic_dir,
-                                                        tmp_path, monkeypatch, caplog, capsys):
-    folder = tmp_path / "weights"
+def _weights_with_model(weights_dir: Path, model_dir: Path, folder: Path) -> Path:
+    """A weights folder: the test weights (linked) with a trained model in place of the pickles."""
     folder.mkdir()
     for f in weights_dir.iterdir():
         if not f.name.endswith(".pkl"):
             (folder / f.name).symlink_to(f)
     for name in (SAFE_MODEL_FILE, SAFE_ARRAYS_FILE):
-        shutil.copyfile(aligned_model_dir / name, folder / name)
+        shutil.copyfile(model_dir / name, folder / name)
+    return folder
+
+
+def test_cli_warns_when_alignment_differs_from_training(aligned_model_dir, weights_dir, weights_env, synthetic_dir,
+                                                        tmp_path, monkeypatch, caplog, capsys):
+    folder = _weights_with_model(weights_dir, aligned_model_dir, tmp_path / "weights")
     image = str(synthetic_dir / "gan_a" / "000.png")
     monkeypatch.setenv("GANORIGIN_UFD_HEAD_SHA256", weights_env["GANORIGIN_UFD_HEAD_SHA256"])
     with caplog.at_level(logging.WARNING):
@@ -623,13 +628,7 @@ def test_the_servers_start_up_check_gives_no_alignment_warning_the_model_would_n
 
     if not alignment_available():
         pytest.skip("dlib's face landmarks are not installed: alignment is off, and the warning is true")
-    folder = tmp_path / "weights"
-    folder.mkdir()
-    for f in weights_dir.iterdir():
-        if not f.name.endswith(".pkl"):
-            (folder / f.name).symlink_to(f)
-    for name in (SAFE_MODEL_FILE, SAFE_ARRAYS_FILE):
-        shutil.copyfile(aligned_model_dir / name, folder / name)
+    folder = _weights_with_model(weights_dir, aligned_model_dir, tmp_path / "weights")
     sources = WeightSources(weights_dir=str(folder), ufd_head_sha256=weights_env["GANORIGIN_UFD_HEAD_SHA256"],
                             local_files_only=True)
     model = GANOrigin.from_pretrained(sources)
