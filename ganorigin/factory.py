@@ -9,6 +9,7 @@ it scores near a verdict's edge to the exact one (:class:`ganorigin.accel.Border
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import Future
 from functools import partial
 from operator import itemgetter
@@ -27,10 +28,12 @@ from .hub.checkpoints import load_tensors, load_torch_file, strict_load
 from .hub.registry import COMMFOR_PREPROCESS, E4E_PREPROCESS, UFD_PREPROCESS
 from .models.commfor import CommForDetector, vit_cfg_from_state_dict
 from .models.detector import UFDDetector, clip_visual_state_dict, vision_cfg_from_state_dict
-from .models.encoder import E4EEncoder, checkpoint_filter_fn, config_from_state_dict
+from .models.encoder import (E4EEncoder, checkpoint_filter_fn, config_from_state_dict, encoder_fingerprint,
+                             encoder_mismatch)
 from .verdict import COMMFOR_THRESHOLD, UnsurePolicy, effective_band
 
 Device = Union[None, str, torch.device]
+logger = logging.getLogger(__name__)
 
 
 def load_detector(clip_path: Path, head_path: Path) -> UFDDetector:
@@ -96,19 +99,24 @@ def create_encoder(*, pretrained: bool = False, files: Optional[ResolvedWeights]
                    sources: Optional[WeightSources] = None, device: Device = None,
                    precision: Optional[str] = "fp32",
                    attribution: Optional[Callable[[np.ndarray], np.ndarray]] = None,
-                   attribution_files: tuple = ()) -> nn.Module:
+                   attribution_files: tuple = (), attribution_encoder: Optional[str] = None) -> nn.Module:
     """The e4e encoder, ready for inference on ``device``.
 
     Args:
         attribution: features -> GAN probabilities; the probe compares those. Without it the probe
             cannot judge agreement and the encoder stays exact fp32.
         attribution_files: the files behind ``attribution`` (they name the cached verdict).
+        attribution_encoder: the fingerprint of the e4e weights ``attribution`` was trained with
+            (``GANAttributor.trained_encoder``); a warning is logged when these weights are others.
     """
     device = as_device(device)
     if not (pretrained or files):
         return E4EEncoder().to(device)
     files = files or resolve(sources)
-    model = load_encoder(files.e4e).to(device)
+    model = load_encoder(files.e4e)
+    if attribution_encoder and (warning := encoder_mismatch(attribution_encoder, encoder_fingerprint(model))):
+        logger.warning(warning)
+    model = model.to(device)
     if attribution is None:
         return model
 

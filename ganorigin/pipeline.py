@@ -121,7 +121,7 @@ class GANOrigin:
         device = as_device(device)
         detector = create_detector(files=files, device=device, precision=precision)
         encoder = create_encoder(files=files, device=device, precision=precision, attribution=attributor.predict_proba,
-                                 attribution_files=attribution_files)
+                                 attribution_files=attribution_files, attribution_encoder=attributor.trained_encoder)
         commfor = create_commfor(files=files, device=device, precision=precision)
         return cls(detector, encoder, attributor, threshold=threshold, device=device, weights=files, align=align,
                    commfor=commfor)

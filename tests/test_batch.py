@@ -18,11 +18,14 @@ import time
 import zipfile
 from pathlib import Path
 
+import av
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
+from PIL import Image
 
 from ganorigin.ui.batch import MAX_FILES, MAX_TOTAL_BYTES
+from ganorigin.ui.common import VIDEO_NOT_IMAGE
 
 from batch_support import batch_server
 from image_server import ImageServer
@@ -106,6 +109,18 @@ def test_the_page_event_gives_a_table_with_thumbnails_and_csv_and_json_downloads
         assert csv_row["file"] == json_row["file"] == path.name
 
 
+def _clip() -> bytes:
+    """A one-second MP4, made by PyAV."""
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=4)
+        stream.width = stream.height = 64
+        for _ in range(4):
+            container.mux(stream.encode(av.VideoFrame.from_image(Image.new("RGB", (64, 64), "grey"))))
+        container.mux(stream.encode())
+    return buffer.getvalue()
+
+
 def _zip(members: dict) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
@@ -120,6 +135,7 @@ def test_a_zip_is_read_in_memory_with_member_paths_as_labels(client, model, twen
         "folder/a.png" if twenty[0].suffix == ".png" else f"folder/a{twenty[0].suffix}": twenty[0].read_bytes(),
         f"../../escape{twenty[1].suffix}": twenty[1].read_bytes(),
         "readme.txt": b"not an image",
+        "clip.mp4": _clip(),
         "__MACOSX/folder/._a.png": b"resource fork",
         "folder/.DS_Store": b"finder",
     }))
@@ -128,11 +144,12 @@ def test_a_zip_is_read_in_memory_with_member_paths_as_labels(client, model, twen
     rows = client.predict([handle_file(str(archive)), handle_file(str(broken))], "", api_name="/predict_batch")
     assert [r["file"] for r in rows] == [f"tip-line.zip/folder/a{twenty[0].suffix}",
                                          f"tip-line.zip/escape{twenty[1].suffix}", "tip-line.zip/readme.txt",
-                                         "broken.zip"]
-    assert "This ZIP file cannot be read" in rows[3]["error"]
+                                         "tip-line.zip/clip.mp4", "broken.zip"]
+    assert "This ZIP file cannot be read" in rows[4]["error"]
     _same_analysis(rows[0]["result"], model.predict(twenty[0].read_bytes()).to_dict(extended=True))
     _same_analysis(rows[1]["result"], model.predict(twenty[1].read_bytes()).to_dict(extended=True))
     assert "not an image we can read" in rows[2]["error"]
+    assert rows[3]["error"] == VIDEO_NOT_IMAGE, "a video is pointed to the Video tab"
 
 
 def test_a_zip_bomb_is_refused_before_it_is_unpacked(client, tmp_path):

@@ -32,6 +32,7 @@ from ganorigin import GANAttributor, GANOrigin, WeightsFormatError
 from ganorigin.cli import main
 from ganorigin.factory import load_encoder
 from ganorigin.models import E4EEncoder
+from ganorigin.models.encoder import encoder_fingerprint
 from ganorigin.result import UNKNOWN_GAN
 from ganorigin.errors import DatasetError
 from ganorigin.hub.pickles import load_attributor_pickles
@@ -616,6 +617,37 @@ def test_cli_warns_when_alignment_differs_from_training(aligned_model_dir, weigh
                          text=True, timeout=300)
     assert run.returncode == 0  # said as the command's own warnings are, not as a log record
     assert "ganorigin predict: warning: The attribution model was trained on FFHQ-aligned faces" in run.stderr, run.stderr
+
+
+@pytest.fixture(scope="module")
+def encoder_model_dir(latents, tmp_path_factory) -> Path:
+    """A model trained through the CLI on latents that the CLI extracted with the test weights."""
+    out = tmp_path_factory.mktemp("encoder_model")
+    assert main(["train", str(latents), "--out", str(out), *TRAIN_ARGS]) == 0
+    return out
+
+
+def test_the_model_records_its_e4e_weights_and_warns_when_loaded_with_others(encoder_model_dir, trained_dir, encoder,
+                                                                            weights_dir, sources, tmp_path, caplog):
+    fingerprint = encoder_fingerprint(encoder)
+    assert json.loads((encoder_model_dir / SAFE_MODEL_FILE).read_text())["encoder"] == fingerprint
+    assert load_attribution_model(trained_dir / SAFE_MODEL_FILE).trained_encoder is None  # latents without a record
+
+    def loaded_warnings(folder: Path) -> list[str]:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            GANOrigin.from_pretrained(replace(sources, weights_dir=str(folder)), device="cpu", align=False)
+        return [r.getMessage() for r in caplog.records if "other e4e weights" in r.getMessage()]
+
+    assert loaded_warnings(_weights_with_model(weights_dir, encoder_model_dir, tmp_path / "same")) == []
+    other = _weights_with_model(weights_dir, encoder_model_dir, tmp_path / "other")
+    meta = json.loads((other / SAFE_MODEL_FILE).read_text())
+    (other / SAFE_MODEL_FILE).write_text(json.dumps({**meta, "encoder": "0" * 64}))
+    warnings = loaded_warnings(other)
+    assert len(warnings) == 1 and "0" * 12 in warnings[0] and fingerprint[:12] in warnings[0]
+    (other / SAFE_MODEL_FILE).write_text(json.dumps({**meta, "encoder": "../../etc/passwd"}))
+    with pytest.raises(WeightsFormatError, match="'encoder' must be a sha256"):
+        load_attribution_model(other / SAFE_MODEL_FILE)
 
 
 def test_the_servers_start_up_check_gives_no_alignment_warning_the_model_would_not(aligned_model_dir, weights_dir,

@@ -92,6 +92,7 @@ def test_every_container_gives_the_first_frame_and_one_a_second(fmt, codec, pix_
     data = write_clip(grey_seconds(4), fmt=fmt, codec=codec, pix_fmt=pix_fmt, size=(64, 48), seekable=seekable)
     info, frames = sample_frames(data)
     frames = list(frames)
+    assert info.container == fmt, "the file's own container, not the demuxer's family (mov reads mp4)"
     assert info.duration == pytest.approx(4.0, abs=0.25) and (info.width, info.height) == (64, 48)
     assert [f.time for f in frames] == pytest.approx([0, 1, 2, 3], abs=0.01)
     assert [level(f.image) for f in frames] == pytest.approx([0, 40, 80, 120], abs=12), "each second's own frame"

@@ -98,6 +98,7 @@ def save_attribution_model(result, folder: os.PathLike, *, export_joblib: bool =
         "calibration": "sigmoid",
         "unknown_threshold": attributor.unknown_threshold,
         "aligned": getattr(attributor, "trained_on_aligned", None),
+        "encoder": getattr(attributor, "trained_encoder", None),
         "unknown_rule": "reject when the RMS distance of the standardised features to the nearest class "
         "centroid exceeds unknown_threshold",
         "arrays": SAFE_ARRAYS_FILE,
@@ -127,8 +128,9 @@ def load_attribution_model(path: os.PathLike) -> GANAttributor:
 
     The scaler is rebuilt with its fitted attributes and the calibrated SVM as
     :class:`SigmoidCalibratedSVM`, so ``predict_proba`` is the very computation the trained model
-    did. ``trained_on_aligned`` says whether the features were extracted from aligned faces (None
-    for models saved before it was recorded).
+    did. ``trained_on_aligned`` says whether the features were extracted from aligned faces, and
+    ``trained_encoder`` the fingerprint of the e4e weights that extracted them (None for models saved
+    before each was recorded).
 
     Raises:
         WeightsFormatError: the files are missing, of another format, or inconsistent.
@@ -158,6 +160,9 @@ def load_attribution_model(path: os.PathLike) -> GANAttributor:
         attributor.trained_on_aligned = meta.get("aligned")
         if attributor.trained_on_aligned not in (None, True, False):
             raise ValueError(f"'aligned' must be true, false or null, not {attributor.trained_on_aligned!r}")
+        attributor.trained_encoder = meta.get("encoder")
+        if not (attributor.trained_encoder is None or _is_sha256(attributor.trained_encoder)):
+            raise ValueError(f"'encoder' must be a sha256 (64 hex digits) or null, not {attributor.trained_encoder!r}")
     except (OSError, KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
         if isinstance(e, WeightsFormatError):
             raise
@@ -166,3 +171,7 @@ def load_attribution_model(path: os.PathLike) -> GANAttributor:
         logger.info("%s was trained with scikit-learn %s; running %s.", path.name, meta.get("sklearn_version"),
                     sklearn.__version__)
     return attributor
+
+
+def _is_sha256(value) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)

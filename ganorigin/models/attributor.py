@@ -37,6 +37,8 @@ class GANAttributor:
     unknown_threshold: Optional[float] = None
     # Whether the training features came from FFHQ-aligned faces; None when the model does not say.
     trained_on_aligned: Optional[bool] = None
+    # The e4e weights its training features came from (models.encoder.encoder_fingerprint); None when unknown.
+    trained_encoder: Optional[str] = None
 
     def __init__(self, scaler, classifier, labels: Sequence[str], *,
                  names: tuple[str, str] = ("The scaler", "The classifier")):
@@ -200,3 +202,4 @@ def alignment_mismatch(attributor: GANAttributor, align: bool) -> Optional[str]:
     return ("The attribution model was trained on FFHQ-aligned faces (`ganorigin extract --align`), but face "
             "alignment is off: attribution may be off. Turn alignment on (needs dlib: pip install dlib-bin "
             "face-recognition-models), or retrain on latents extracted with --no-align.")
+

@@ -8,6 +8,7 @@ Attribute names follow upstream, so a checkpoint loads by stripping ``encoder.``
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,3 +234,23 @@ def config_from_state_dict(sd: dict) -> E4EConfig:
     if len(channels) != 4:
         raise WeightsFormatError(f"Expected an IR-SE body of 4 stages, found channel widths {channels}.")
     return E4EConfig(channels=tuple(channels), units=tuple(units), style_count=style_count)
+
+
+def encoder_fingerprint(encoder: nn.Module) -> str:
+    """sha256 over the encoder's state (names, dtypes, shapes, values): equal exactly for equal weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(encoder.state_dict().items()):
+        values = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{values.dtype}:{tuple(values.shape)}\n".encode())
+        digest.update(values.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def encoder_mismatch(trained: Optional[str], fingerprint: str) -> Optional[str]:
+    """A warning when the e4e weights of ``fingerprint`` are not the ``trained`` ones an attribution
+    model's features came from; None when they are, or ``trained`` is unknown."""
+    if trained is None or trained == fingerprint:
+        return None
+    return (f"The attribution model was trained on features of other e4e weights (fingerprint {trained[:12]}) "
+            f"than these ({fingerprint[:12]}): its attributions do not hold for them. Use the e4e weights it was "
+            "trained with, or extract and train again with these.")

@@ -9,7 +9,6 @@ source image, so splits keep copies together (:func:`source_groups`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -28,7 +27,7 @@ from ..hub.download import give_default_permissions
 from ..hub.integrity import sha256_file
 from ..hub.registry import E4E_PREPROCESS
 from ..images import load_image
-from ..models.encoder import E4EEncoder
+from ..models.encoder import E4EEncoder, encoder_fingerprint
 from .data import _item_rng, check_gan_classes, labelled_images, resolution_augment
 
 LATENTS_MANIFEST = "latents.json"
@@ -82,6 +81,7 @@ class Latents:
     paths: np.ndarray  # (N,) str
     sources: np.ndarray  # (N,) str: sha256 of the source image file; "" in shards that predate it
     aligned: Optional[bool] = None  # extracted with face alignment (from latents.json), None if unknown
+    encoder: Optional[str] = None  # fingerprint of the e4e weights that extracted them (latents.json), None if unknown
 
     @property
     def groups(self) -> np.ndarray:
@@ -156,16 +156,6 @@ def extract_features(
 def check_extract_settings(augment: int, batch_size: int, shard_size: int) -> None:
     if augment < 0 or batch_size < 1 or shard_size < 1:
         raise DatasetError("--augment must be >= 0, --batch-size and --shard-size >= 1.")
-
-
-def encoder_fingerprint(encoder: torch.nn.Module) -> str:
-    """sha256 over the encoder's state (names, dtypes, shapes, values): equal exactly for equal weights."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(encoder.state_dict().items()):
-        values = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{values.dtype}:{tuple(values.shape)}\n".encode())
-        digest.update(values.reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
 
 
 def extraction_plan(data_dir: os.PathLike, out_dir: os.PathLike, *, augment: int, seed: int, align: bool,
@@ -351,5 +341,6 @@ def load_latents(folder: os.PathLike) -> Latents:
         raise DatasetError(f"No shard-*.npz files in {folder}; run `ganorigin extract DATA_DIR --out {folder}` first.")
     order = np.argsort(columns["keys"], kind="stable")
     manifest = folder / LATENTS_MANIFEST
-    aligned = json.loads(manifest.read_text()).get("align") if manifest.is_file() else None
-    return Latents(*(columns[name][order] for name in names), aligned=aligned)
+    settings = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    return Latents(*(columns[name][order] for name in names), aligned=settings.get("align"),
+                   encoder=settings.get("encoder"))

@@ -81,6 +81,7 @@ def train_attribution_model(
     *,
     groups: Optional[Sequence] = None,
     aligned: Optional[bool] = None,
+    encoder: Optional[str] = None,
     test_size: float = 0.2,
     cv: Optional[int] = None,
     C: float = 1.0,
@@ -98,6 +99,8 @@ def train_attribution_model(
         groups: one value per row, equal for rows of one source image (:attr:`Latents.groups`);
             no split ever separates them. Default: every row is its own image.
         aligned: whether the features were extracted from FFHQ-aligned faces; saved with the model.
+        encoder: the fingerprint of the e4e weights that extracted them (:attr:`Latents.encoder`); saved
+            with the model, which then warns when loaded with other e4e weights.
 
     Raises:
         DatasetError: fewer than two classes, or too few source images per class for the split.
@@ -118,6 +121,7 @@ def train_attribution_model(
         distances = attributor.centroid_distances(X[test])
     attributor.unknown_threshold = float(np.quantile(distances, coverage))
     attributor.trained_on_aligned = aligned
+    attributor.trained_encoder = encoder
     names = list(label_encoder.classes_)
     report = metrics.classification_report(y_test, y_pred, labels=range(len(names)), target_names=names, digits=4,
                                            zero_division=0)

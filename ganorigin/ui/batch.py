@@ -29,7 +29,8 @@ from ..images import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, load_image
 from ..result import DEFAULT_THRESHOLD, Prediction
 from ..serving.uploads import read_upload, reject_upload
 from ..serving.urls import fetch_image_bytes
-from .common import api_text, user_error, user_errors, user_threshold
+from ..video import is_video
+from .common import VIDEO_NOT_IMAGE, api_text, user_error, user_errors, user_threshold
 from .files import output_file
 
 MAX_FILES = int(os.environ.get("GANORIGIN_BATCH_MAX_FILES", 100))
@@ -157,6 +158,8 @@ def analyse(items: list[Item], predict_batch: Callable, threshold: float, progre
 def _record(n: int, item: Item, result) -> dict:
     if not isinstance(result, Prediction):
         error = item.error or str(result).partition(": ")[2]  # predict_batch's "item N: <why>"
+        if item.data is not None and is_video(item.data[:16]):
+            error = VIDEO_NOT_IMAGE
         if item.upload is not None:
             reject_upload(item.upload, error)
         return {"item": n, "file": item.name, "error": error, "result": None, "thumbnail": "", "picture": None}

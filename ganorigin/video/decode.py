@@ -79,6 +79,18 @@ def container_format(head: bytes) -> Optional[str]:
     return None
 
 
+def container_name(head: bytes) -> Optional[str]:
+    """The file's own kind of container ("mp4", "mov", "3gp", "webm", "matroska", "gif", "avi"), from its
+    first 64 bytes: FFmpeg's demuxer name covers a family ("mov" reads MP4 too)."""
+    fmt = container_format(head[:16])
+    if fmt == "mov":
+        brand = head[8:12] if head[4:8] == b"ftyp" else b"qt  "
+        return "mov" if brand == b"qt  " else "3gp" if brand.startswith(b"3g") else "mp4"
+    if fmt == "matroska":
+        return "webm" if b"webm" in head else "matroska"  # the EBML header's DocType
+    return fmt
+
+
 def is_video(head: bytes) -> bool:
     """Whether a file starting with ``head`` (its first 16 bytes) is a video container: a GIF, or an ISO
     file branded as a still image (HEIC, AVIF), is an image."""
@@ -143,8 +155,9 @@ def _check_size(file: BinaryIO) -> None:
 
 
 def _open_container(file: BinaryIO) -> tuple[av.container.InputContainer, VideoInfo]:
-    fmt = container_format(file.read(16))
+    head = file.read(64)
     file.seek(0)
+    fmt = container_format(head[:16])
     if fmt is None:
         raise InvalidVideoError(f"This file is not a video we can read (supported: {SUPPORTED}).")
     try:
@@ -152,13 +165,13 @@ def _open_container(file: BinaryIO) -> tuple[av.container.InputContainer, VideoI
     except _FORMAT_ERRORS as e:
         raise _corrupt(e) from e
     try:
-        return container, _check_header(container)
+        return container, _check_header(container, container_name(head))
     except BaseException:
         container.close()
         raise
 
 
-def _check_header(container) -> VideoInfo:
+def _check_header(container, name: str) -> VideoInfo:
     if not container.streams:
         raise InvalidVideoError(ZERO_LENGTH)
     if not container.streams.video:
@@ -186,7 +199,7 @@ def _check_header(container) -> VideoInfo:
     if duration > MAX_VIDEO_SECONDS:
         raise VideoTooLargeError(_too_long(duration))
     rate = stream.average_rate or stream.guessed_rate
-    return VideoInfo(container=container.format.name.split(",")[0], codec=codec, width=width, height=height,
+    return VideoInfo(container=name, codec=codec, width=width, height=height,
                      duration=duration, frame_rate=float(rate) if rate else None)
 
 
