@@ -76,7 +76,7 @@ def video_tab(service: ModelService) -> None:
         with gr.Column(scale=6, min_width=300):
             card = gr.HTML(EMPTY_CARD, label="Video verdict")
             timeline = gr.LinePlot(x="time", y="probability", color="series", y_lim=[0, 1], x_title="time (s)",
-                                   y_title="P(fake)", color_title=" ",
+                                   x_axis_format="~g", y_title="P(fake)", color_title=" ",
                                    label="Timeline — red: GAN detector, blue: any-generator detector, black: threshold, "
                                          "grey: no face found", elem_id="video-timeline",
                                    color_map={UFD_SERIES: "#d92d20", COMMFOR_SERIES: "#6172f3",
