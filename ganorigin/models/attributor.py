@@ -202,4 +202,3 @@ def alignment_mismatch(attributor: GANAttributor, align: bool) -> Optional[str]:
     return ("The attribution model was trained on FFHQ-aligned faces (`ganorigin extract --align`), but face "
             "alignment is off: attribution may be off. Turn alignment on (needs dlib: pip install dlib-bin "
             "face-recognition-models), or retrain on latents extracted with --no-align.")
-
