@@ -425,6 +425,31 @@ def test_a_video_clip_gets_a_verdict_a_timeline_and_its_most_suspicious_frames(b
     page.close()
 
 
+@pytest.mark.parametrize("how", ["chosen", "dropped"])
+def test_a_video_given_to_the_image_input_is_taken_to_the_video_tab(browser, server, model, dev_images, tmp_path, how):
+    from test_video import write_clip
+
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(write_clip([(Image.open(dev_images["real"][0]), 2)]))
+    page = _open(browser, server.url, 1280)
+    if how == "chosen":
+        _upload(page, clip)
+    else:
+        files = page.evaluate_handle("""(bytes) => {
+            const files = new DataTransfer();
+            files.items.add(new File([new Uint8Array(bytes)], "clip.mp4", {type: "video/mp4"}));
+            return files;
+        }""", list(clip.read_bytes()))
+        page.locator("#face-image").dispatch_event("drop", {"dataTransfer": files})
+    expect(page.get_by_role("tab", name="Video")).to_have_attribute("aria-selected", "true")
+    page.locator("#video-input video").first.wait_for()
+    page.get_by_role("button", name="Analyse video").click()
+    expect(page.locator("#video-card h3")).to_have_text(model.predict_video(clip).verdict_text)
+    expect(page.get_by_text("Invalid file type")).to_have_count(0)  # Gradio's refusal never came
+    page.get_by_role("tab", name="Image").click()
+    expect(page.locator("#face-image img")).to_have_count(0)  # the image input holds nothing
+
+
 def test_the_video_timeline_marks_the_frames_without_a_face(browser, server, model, dev_images, tmp_path):
     from test_video import write_clip
 

@@ -28,12 +28,42 @@ LIMITS = (f"Limits: {MAX_VIDEO_BYTES / 2**20:g} MiB, {MAX_VIDEO_SECONDS / 60:g} 
 EMPTY_CARD = "<div id='video-card'><h3>No video analysed yet</h3><div>Upload or record a clip and press Analyse video.</div></div>"
 UFD_SERIES, COMMFOR_SERIES, THRESHOLD_SERIES = "P(fake), GAN detector", "P(fake), any generator", "threshold"
 NO_FACE_SERIES, NO_FACE_COLOUR = "no face found", "#98a2b3"
-# The browser cannot play some clips we accept, nor any we refuse; Gradio would then add its own "Video not
-# playable" message (before ours, or over a clip we can analyse) and leave an "Error" badge on the input.
-# The upload check says what is wrong instead. Pass to the page as its ``js``.
+# The page's ``js``. The browser cannot play some clips we accept, nor any we refuse; Gradio would then add its
+# own "Video not playable" message (before ours, or over a clip we can analyse) and leave an "Error" badge on the
+# input: the upload check says what is wrong instead. And a video dropped or chosen on the Image tab's input
+# (which Gradio would refuse with "Invalid file type") is taken to the Video tab's input instead.
 VIDEO_PAGE_JS = """() => {
     document.addEventListener("error", (event) => {
         if (event.target instanceof HTMLVideoElement && event.target.closest("#video-input")) event.stopPropagation();
+    }, true);
+    const videoOf = (files) => [...(files || [])].find((file) => file.type.startsWith("video/"));
+    const toVideoTab = (file) => {
+        [...document.querySelectorAll("button[role=tab]")].find((tab) => tab.textContent.trim() === "Video")?.click();
+        const started = Date.now();
+        const give = () => {
+            const input = document.querySelector("#video-input input[type=file]");
+            if (!input) return Date.now() - started < 10000 && setTimeout(give, 100);
+            const files = new DataTransfer();
+            files.items.add(file);
+            input.files = files.files;
+            input.dispatchEvent(new Event("change", {bubbles: true}));
+        };
+        give();
+    };
+    document.addEventListener("drop", (event) => {
+        const file = event.target.closest?.("#face-image") && videoOf(event.dataTransfer?.files);
+        if (!file) return;
+        event.preventDefault();
+        event.stopPropagation();
+        toVideoTab(file);
+    }, true);
+    document.addEventListener("change", (event) => {
+        const input = event.target;
+        const file = input.closest?.("#face-image") && input.type === "file" && videoOf(input.files);
+        if (!file) return;
+        event.stopPropagation();
+        input.value = "";
+        toVideoTab(file);
     }, true);
 }"""
 _CARD_COLOURS = {"fake": ("#fdecea", "#f5b7b1"), "real": ("#e8f6ee", "#a9dfbf")}
