@@ -28,6 +28,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     handler = logging.StreamHandler()
     handler.setFormatter(_CommandFormatter(args.command))
+    handler.addFilter(lambda record: not getattr(record, "test_weights", False))  # said once, by _weights
     logging.basicConfig(level=logging.WARNING, handlers=[handler])
     try:
         return args.run(args)
@@ -467,7 +468,7 @@ def _train(args) -> int:
     print(f"Trained on {result.n_train} samples ({result.n_train_sources} source images), evaluated on "
           f"{result.n_test} ({result.n_test_sources} source images; {result.recipe['evaluation']}).")
     print(result.report)
-    print(f"Held-out accuracy: {result.accuracy:.4f}")
+    print(f"{'Cross-validated' if args.cv else 'Held-out'} accuracy: {result.accuracy:.4f}")
     print(f"Open-set threshold (RMS distance to nearest class centroid): {result.attributor.unknown_threshold:.4f}")
     print(f"Model: {path}\nConfusion matrix: {png}")
     if args.push_to_hub:
@@ -525,6 +526,8 @@ def _demo_weights(args) -> int:
           "the app and the CLI, not for judging images.")
     print(f"Run the app (from the repository root):\n  {env} python app.py")
     print(f"Run the command line:\n  {env} ganorigin predict face.png")
+    print(f"Or from Python:\n  GANOrigin.from_pretrained(WeightSources(weights_dir={str(folder)!r}, "
+          f"ufd_head_sha256={marker['ufd_head_sha256']!r}))")
     return 0
 
 

@@ -16,7 +16,7 @@ from PIL import Image
 from torch import nn
 
 from .accel import ModelWorkers, precision_of, precision_summary
-from .align import AlignmentResult, align_face, alignment_setting
+from .align import AlignmentResult, align_face, alignment_available, alignment_setting
 from .degradation import assess
 from .errors import ConfigurationError, InvalidImageError
 from .factory import (Device, as_device, codes_from_parts, commfor_scores, create_commfor, create_detector,
@@ -117,6 +117,9 @@ class GANOrigin:
         sources = replace(sources, local_files_only=local_files_only or sources.local_files_only,
                           cache_dir=cache_dir or sources.cache_dir)
         files = resolve(sources)
+        if files.test_weights:  # the app and the CLI say it their own way too; a library user sees only this
+            logger.warning("The weights in %s are random test weights from `ganorigin demo-weights`: every answer "
+                           "is meaningless.", sources.weights_dir, extra={"test_weights": True})
         attributor, attribution_files = load_attributor(files)
         device = as_device(device)
         detector = create_detector(files=files, device=device, precision=precision)
@@ -258,7 +261,7 @@ class GANOrigin:
         align = self.align if align is None else bool(align)
         if align not in self._alignments_checked:
             self._alignments_checked.add(align)
-            if warning := alignment_mismatch(self.attributor, align):
+            if warning := alignment_mismatch(self.attributor, align, alignment_available()):
                 logger.warning(warning)
         return align
 

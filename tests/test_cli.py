@@ -421,9 +421,17 @@ def test_demo_weights_prints_commands_that_run_the_cli_and_the_app(installed_cli
     run = subprocess.run(["bash", "-c", cli_line.replace("face.png", shlex.quote(str(face)))], cwd=elsewhere,
                          env=installed_cli, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
-    assert "every answer is meaningless" in run.stderr
+    assert run.stderr.count("every answer is meaningless") == 1, run.stderr  # the command's, not the library's too
     row = json.loads(run.stdout)
     assert row["path"] == str(face) and 0.0 <= row["fake_probability"] <= 1.0 and row["error"] is None
+
+    # The Python line loads them too, and the library says what they are.
+    python_line = next(line.strip() for line in printed.splitlines() if line.strip().startswith("GANOrigin."))
+    script = f"from ganorigin import GANOrigin, WeightSources\nprint({python_line}.predict({str(face)!r}).verdict)"
+    run = subprocess.run([sys.executable, "-c", script], cwd=elsewhere, env=installed_cli, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() in ("AI-generated", "real", "unsure") and "are random test weights" in run.stderr
 
     # The app line's environment starts the app on these weights (offline, so no example downloads).
     words = shlex.split(app_line)
@@ -433,6 +441,7 @@ def test_demo_weights_prints_commands_that_run_the_cli_and_the_app(installed_cli
     try:
         health = server.wait_until_loaded()
         assert health["status"] == "ready", server.logs()[-3000:]
+        assert "are random test weights" in server.logs(), "the server's log says so too"
     finally:
         server.stop()
 

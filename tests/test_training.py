@@ -50,6 +50,7 @@ from ganorigin.training import (
     train_attribution_model,
 )
 from ganorigin.training.data import _item_rng
+from ganorigin.training.fit import CALIBRATION_FOLDS
 from ganorigin.hub.trained_model import SAFE_ARRAYS_FILE, SAFE_MODEL_FILE
 from ganorigin.testing import E4E_FILE, LABEL_ENCODER_FILE, SCALER_FILE, SVM_FILE
 
@@ -429,6 +430,17 @@ def test_train_refuses_too_little_data(tmp_path):
     assert main(["train", str(tmp_path), "--out", str(tmp_path / "m")]) == 2
 
 
+def test_cross_validation_says_when_fewer_folds_would_do_and_reports_cross_validated_accuracy(known_latents, tmp_path,
+                                                                                              capsys):
+    too_many = PER_CLASS // CALIBRATION_FOLDS + 1  # more folds than 12 images per class can fill
+    assert main(["train", str(known_latents), "--out", str(tmp_path / "m5"), "--cv", str(too_many)]) == 2
+    err = capsys.readouterr().err
+    assert f"has {PER_CLASS} source images" in err and "or fewer folds" in err, err
+    assert main(["train", str(known_latents), "--out", str(tmp_path / "m2"), "--cv", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "2-fold cross-validation" in out and "Cross-validated accuracy:" in out and "Held-out accuracy" not in out
+
+
 # --------------------------------------------------------------------------------------------
 # Splits by source image
 
@@ -585,6 +597,9 @@ def test_alignment_mismatch_says_which_way():
         attributor.trained_on_aligned = trained
         message = alignment_mismatch(attributor, align)
         assert message is None if expected is None else expected in message
+    attributor.trained_on_aligned = True
+    assert "drop --no-align" in alignment_mismatch(attributor, False, can_align=True)  # dlib is there: no install
+    assert "pip install dlib" not in alignment_mismatch(attributor, False, can_align=True)
     pickles = GANAttributor.__new__(GANAttributor)  # the original pickles say nothing about alignment
     assert alignment_mismatch(pickles, True) is None and alignment_mismatch(pickles, False) is None
 

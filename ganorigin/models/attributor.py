@@ -187,10 +187,11 @@ def _non_finite(obj, where: str, seen: set) -> Optional[str]:
     return next((found for path, value in members if (found := _non_finite(value, path, seen)) is not None), None)
 
 
-def alignment_mismatch(attributor: GANAttributor, align: bool) -> Optional[str]:
+def alignment_mismatch(attributor: GANAttributor, align: bool, can_align: bool = False) -> Optional[str]:
     """A warning when ``align`` differs from how the attribution model's training features were made.
 
-    None when they agree or the model does not say (the original pickles).
+    None when they agree or the model does not say (the original pickles). ``can_align``: dlib is
+    installed (the warning then does not ask to install it).
     """
     trained = attributor.trained_on_aligned
     if trained is None or trained == bool(align):
@@ -199,6 +200,8 @@ def alignment_mismatch(attributor: GANAttributor, align: bool) -> Optional[str]:
         return ("The attribution model was trained on unaligned images (`ganorigin extract --no-align`), but "
                 "face alignment is on: attribution may be off. Turn alignment off (align=False, --no-align, or the "
                 "switch in the app), or retrain on latents extracted with alignment (extract's default when dlib is installed).")
+    how = ("drop --no-align, or align=True, or the switch in the app" if can_align
+           else "needs dlib: pip install dlib-bin face-recognition-models")
     return ("The attribution model was trained on FFHQ-aligned faces (`ganorigin extract --align`), but face "
-            "alignment is off: attribution may be off. Turn alignment on (needs dlib: pip install dlib-bin "
-            "face-recognition-models), or retrain on latents extracted with --no-align.")
+            f"alignment is off: attribution may be off. Turn alignment on ({how}), or retrain on latents extracted "
+            "with --no-align.")

@@ -171,10 +171,13 @@ def _check_training_data(y, groups, label_encoder, cv, test_size, coverage) -> N
         raise DatasetError("Training needs at least two classes (one folder per GAN).")
     needed = max(cv or 2, 2) * CALIBRATION_FOLDS
     if counts.min() < needed:
+        fewer = (f", or fewer folds (--cv K needs {CALIBRATION_FOLDS}×K source images per class; without --cv, "
+                 f"{2 * CALIBRATION_FOLDS})") if cv and cv > 2 else ""
         raise DatasetError(
             f"Class '{label_encoder.classes_[counts.argmin()]}' has {counts.min()} source "
             f"image{'s' if counts.min() != 1 else ''}; at least {needed} "
-            "are needed for the split and the calibration (augmented copies of one image count once). Add images."
+            "are needed for the split and the calibration (augmented copies of one image count once). "
+            f"Add images{fewer}."
         )
     if not 0.0 < coverage < 1.0:
         raise DatasetError(f"coverage must be within (0, 1), got {coverage}.")
