@@ -493,10 +493,14 @@ def _push_to_hub(folder: Path, repo_id: str) -> None:
 
 
 def _explain(args) -> int:
+    from .errors import InvalidImageError
     from .explain import frequency_view, gradient_heatmap, occlusion_heatmap
     from .images import load_image
 
-    image = load_image(args.image)  # a file that is no image is refused before the weights load
+    try:
+        image = load_image(args.image)  # a file that is no image is refused before the weights load
+    except InvalidImageError as e:
+        raise InvalidImageError(f"{args.image}: {e}") from e  # named, as predict's rows name theirs
     model = _load_model(args)
     method = args.method if args.method != "auto" else ("occlusion" if model.device.type == "cuda" else "gradient")
     heat = (occlusion_heatmap if method == "occlusion" else gradient_heatmap)(model.detector, image)

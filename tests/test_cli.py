@@ -114,8 +114,9 @@ def test_predict_gives_one_row_per_image_with_the_api_numbers(image_dir, weights
 def test_predict_csv_from_a_text_list(image_dir, weights_dir, cli_env, model, capsys, tmp_path):
     good = sorted((image_dir / "real").iterdir())[:2]
     listing = tmp_path / "list.txt"
-    listing.write_text("\n".join([str(p) for p in good] + [str(image_dir / "bad" / "empty.png")]) + "\n")
-    assert main(["predict", str(listing), "--format", "csv", "--weights", str(weights_dir), "--offline",
+    again = f"{good[1].parent}/./{good[1].name}"  # the second image under another name: analysed once
+    listing.write_text("\n".join([str(p) for p in good] + [str(image_dir / "bad" / "empty.png"), again]) + "\n")
+    assert main(["predict", str(listing), str(good[0]), "--format", "csv", "--weights", str(weights_dir), "--offline",
                  "--no-progress"]) == 1
     rows = list(csv.DictReader(capsys.readouterr().out.splitlines()))
     assert [row["path"] for row in rows] == [str(p) for p in good] + [str(image_dir / "bad" / "empty.png")]
@@ -201,6 +202,10 @@ def test_explain_writes_heat_map_and_spectrum(dev_images, weights_dir, cli_env, 
     for name, size in (("heatmap_crop.png", (224, 224)), ("spectrum.png", None), ("heatmap.png", None)):
         with Image.open(out / name) as im:
             assert im.mode == "RGB" and (size is None or im.size == size)
+    notes = tmp_path / "notes.png"
+    notes.write_text("not an image")
+    assert main(["explain", str(notes), "--weights", str(weights_dir), "--offline", "--out", str(out)]) == 2
+    assert f"ganorigin explain: error: {notes}: This file is not an image" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", ["predict", "extract"])

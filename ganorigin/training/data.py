@@ -20,7 +20,8 @@ REAL_CLASS = "real"  # the class folder of real images (evaluate); never a GAN t
 def find_images(paths: Sequence[os.PathLike], extensions: Collection[str] = IMAGE_EXTENSIONS) -> list[Path]:
     """Files, folders (recursive, files with one of ``extensions``) and ``.txt`` lists of paths -> paths.
 
-    Listed and named files are kept whatever their extension (so a bad file shows up as an error).
+    Listed and named files are kept whatever their extension (so a bad file shows up as an error). A file
+    reached twice (a folder and a list naming it, a link) is kept once, under the first name.
     """
     found: list[Path] = []
     for entry in map(Path, paths):
@@ -33,7 +34,8 @@ def find_images(paths: Sequence[os.PathLike], extensions: Collection[str] = IMAG
             found.append(entry)
         else:
             raise DatasetError(f"{entry} does not exist; pass image files, folders or a .txt list of paths.")
-    return found
+    seen: set = set()
+    return [path for path in found if not (path.resolve() in seen or seen.add(path.resolve()))]
 
 
 def labelled_images(data_dir: os.PathLike) -> list[tuple[str, Path]]:
