@@ -264,8 +264,8 @@ def _missing_message(lookup: _Lookup) -> str:
         lines.append(f"  - {filename}: looked in {', '.join(where)} ({reason})")
     lines += [
         "To provide them, either:",
-        "  - put the files in one folder and set GANORIGIN_WEIGHTS_DIR=/that/folder or pass --weights /that/folder "
-        "(one folder: --weights replaces the variable; file names as listed, see weights/README.md), or",
+        "  - put the files in one folder and set GANORIGIN_WEIGHTS_DIR=/that/folder, or give a CLI command "
+        "--weights /that/folder (which replaces the variable); file names as listed, see weights/README.md, or",
         "  - run once with network access so they download into the cache "
         f"({cache_root(lookup.sources.cache_dir)}), or",
         "  - point GANORIGIN_REPO_ID / GANORIGIN_CLIP_REPO_ID / GANORIGIN_COMMFOR_REPO_ID / GANORIGIN_UFD_HEAD_URL "

@@ -110,7 +110,10 @@ def _refused(error: GANOriginError) -> JSONResponse:
     """The answer to an input we cannot analyse: 413 over a limit, 422 unreadable, 503 no model."""
     if isinstance(error, (ImageTooLargeError, VideoTooLargeError)):
         return _error(413, str(error))
-    return _error(503 if isinstance(error, ModelUnavailableError) else 422, str(error))
+    if isinstance(error, ModelUnavailableError):  # why the load failed is for the operator: /health, the log
+        first, _, why = str(error).partition("\n")
+        return _error(503, f"{first} GET /health says why." if why else first)
+    return _error(422, str(error))
 
 
 def _is_image(file) -> bool:
