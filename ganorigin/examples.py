@@ -58,7 +58,7 @@ def fetch_examples(sources: Optional[WeightSources] = None, base_url: Optional[s
     sources = sources or WeightSources.from_env()
     base_url = base_url or os.environ.get("GANORIGIN_EXAMPLES_URL")
     folder = cache_root(sources.cache_dir) / "ganorigin" / "examples"
-    paths = []
+    paths, failed = [], []
     for example in EXAMPLES:
         path = folder / example.filename
         if not path.is_file():
@@ -68,7 +68,10 @@ def fetch_examples(sources: Optional[WeightSources] = None, base_url: Optional[s
             try:
                 download_url(url, path, example.sha256, max_bytes=MAX_EXAMPLE_BYTES)
             except (OSError, GANOriginError) as e:
-                logger.info("Example %s unavailable: %s", example.filename, e)
+                failed.append(f"{example.filename} ({e})")
                 continue
         paths.append(path)
+    if failed:  # one line: offline, every example fails the same way
+        logger.info("%d of %d example images could not be downloaded, so the page shows %d: %s", len(failed),
+                    len(EXAMPLES), len(paths), "; ".join(failed))
     return paths

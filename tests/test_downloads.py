@@ -203,3 +203,16 @@ def _damage(path: Path, how: str) -> None:
     else:
         middle = len(data) // 2
         path.write_bytes(data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :])
+
+
+def test_examples_that_cannot_be_downloaded_are_one_log_line(tmp_path, caplog):
+    import logging
+
+    from ganorigin.examples import EXAMPLES, fetch_examples
+
+    with caplog.at_level(logging.INFO, logger="ganorigin.examples"):
+        paths = fetch_examples(WeightSources(cache_dir=str(tmp_path)), base_url="http://127.0.0.1:9")  # refused
+    lines = [r.getMessage() for r in caplog.records if r.name == "ganorigin.examples"]
+    assert paths == [] and len(lines) == 1, lines
+    assert lines[0].startswith(f"{len(EXAMPLES)} of {len(EXAMPLES)} example images could not be downloaded")
+    assert all(example.filename in lines[0] for example in EXAMPLES)

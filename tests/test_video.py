@@ -439,7 +439,11 @@ def test_gradio_takes_uploads_up_to_the_video_limit(server):
 
 def test_rest_without_a_video_says_so(server):
     response = httpx.post(f"{server.url}/predict/video", data={"threshold": "0.5"}, timeout=30)
-    assert response.status_code == 400 and response.json() == {"error": "No video uploaded"}
+    assert response.status_code == 400
+    assert response.json() == {"error": "No video uploaded: send it in the multipart field 'video'."}
+    response = httpx.post(f"{server.url}/predict/video", files={"image": ("clip.mp4", b"\0" * 64, "video/mp4")},
+                          timeout=30)  # under /predict's field name
+    assert response.status_code == 400 and "multipart field 'video'" in response.json()["error"]
 
 
 def test_the_cli_mixes_images_and_videos_in_one_csv(model, switch_clip, dev_images, tmp_path, monkeypatch,

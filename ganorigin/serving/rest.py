@@ -175,7 +175,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(request: Request, exc: RequestValidationError):
         if any(e.get("type") == "missing" and tuple(e.get("loc", ())) == ("body", "video") for e in exc.errors()):
-            return _error(400, NO_VIDEO)
+            return _error(400, f"{NO_VIDEO}: send it in the multipart field 'video'.")
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         if first.get("type") == "bool_parsing":
