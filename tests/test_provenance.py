@@ -524,6 +524,11 @@ def test_chunk_walks_follow_png_crcs_and_webp_padding_and_name_a_truncated_chunk
     assert container.texts == [("Software", "Example 1"), ("Comment", "two")] and container.problems == []
     cut = read_container(png[:-6])
     assert cut.texts == [("Software", "Example 1")] and cut.problems == ["PNG chunk 'tEXt' is truncated"]
+    plain = io.BytesIO()
+    Image.new("RGB", (64, 64), "red").save(plain, "PNG")
+    damaged = read_provenance(plain.getvalue()[:-30])  # a truncated file: its summary must not read as complete
+    assert damaged.strength == "none" and damaged.summary != NOTHING_FOUND
+    assert damaged.summary.startswith("No provenance found where the file could be read (PNG chunk")
 
     exif = b"MM\x00*\x00\x00\x00\x08\x00\x00\x00\x00\x00"  # a TIFF header with no tags
     chunks = b"ODD " + struct.pack("<I", 3) + b"abc\x00" + b"EXIF" + struct.pack("<I", len(exif)) + exif

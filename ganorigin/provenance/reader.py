@@ -112,7 +112,9 @@ def summarise(credentials: ContentCredentials, metadata: Metadata, generator: Ge
     found = sorted((s for s in sections if s.found and s.strength != NONE),
                    key=lambda s: (STRENGTH_ORDER[s.strength], not s.ai_generated))
     if not found:
-        return Provenance(NONE, NOTHING_FOUND, False, *sections)
+        summary = NOTHING_FOUND if metadata.error is None else (
+            f"No provenance found where the file could be read ({metadata.error}); the rest is unknown.")
+        return Provenance(NONE, summary, False, *sections)
     summary = "; ".join(dict.fromkeys(s.says for s in found)) + "."
     return Provenance(found[0].strength, summary, found[0].ai_generated, *sections)
 
