@@ -472,6 +472,7 @@ def test_the_video_timeline_marks_the_frames_without_a_face(browser, server, mod
     for shown in (legend, caption):  # inside the plot's box, not cut off below it
         box, frame = shown.bounding_box(), timeline.bounding_box()
         assert frame["y"] <= box["y"] and box["y"] + box["height"] <= frame["y"] + frame["height"], (box, frame)
+    expect(caption).to_contain_text("their scores are drawn, but the verdict leaves them out")
     _screenshot(page, "app-video-no-face.png")
     page.close()
 

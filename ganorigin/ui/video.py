@@ -204,7 +204,9 @@ def _timeline(result: VideoPrediction) -> gr.LinePlot:
     rows += [(0.0, result.threshold, THRESHOLD_SERIES), (end, result.threshold, THRESHOLD_SERIES)]
     rows += _no_face_marks(result)
     caption = (f"P(fake) of each analysed frame over time; the black line is the threshold {result.threshold:.2f}"
-               + ("; grey lines mark the frames without a face. " if result.frames_without_face else ". ")
+               + ("; grey lines mark the frames without a face (their scores are drawn, but the verdict leaves "
+                  "them out). " if result.frames_without_face and len(result.judged_frames) < len(result.frames)
+                  else "; grey lines mark the frames without a face. " if result.frames_without_face else ". ")
                + result.face_note)
     return gr.LinePlot(pd.DataFrame(rows, columns=["time", "probability", "series"]), caption=caption)
 
