@@ -302,6 +302,17 @@ def test_a_file_deleted_while_it_is_served_ends_its_answer_without_a_server_erro
     sent = serve(GoneFiles(FileResponse(path, stat_result=checked)))
     assert [m["type"] for m in sent] == ["http.response.start"]  # headers were out; nothing more
 
+    with pytest.raises(RuntimeError, match="does not exist"):  # gone before its own stat (seen in CI)
+        serve(FileResponse(path))
+    sent = serve(GoneFiles(FileResponse(path)))
+    assert sent[0]["status"] == 404 and json.loads(sent[1]["body"]) == {"error": NOT_AN_UPLOAD}
+
+    async def fails(scope, receive, send):  # a RuntimeError of another cause is not hidden
+        raise RuntimeError("something else")
+
+    with pytest.raises(RuntimeError, match="something else"):
+        serve(GoneFiles(fails))
+
     async def opens_first(scope, receive, send):  # a route that opens the file before answering
         open(path, "rb")
 

@@ -191,7 +191,11 @@ class GoneFiles:
 
         try:
             await self.app(scope, receive, tracked)
-        except FileNotFoundError:
+        except (FileNotFoundError, RuntimeError) as error:
+            # Starlette's FileResponse says a file gone before its stat as a RuntimeError raised while
+            # handling the FileNotFoundError; any other RuntimeError is not ours to hide.
+            if isinstance(error, RuntimeError) and not isinstance(error.__context__, FileNotFoundError):
+                raise
             logger.info("A file was deleted while it was being served (a refused upload): %s", scope.get("path"))
             if not started:
                 await JSONResponse({"error": NOT_AN_UPLOAD}, status_code=404)(scope, receive, send)
