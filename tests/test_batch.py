@@ -18,17 +18,16 @@ import time
 import zipfile
 from pathlib import Path
 
-import av
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
-from PIL import Image
 
 from ganorigin.ui.batch import MAX_FILES, MAX_TOTAL_BYTES
 from ganorigin.ui.common import VIDEO_NOT_IMAGE
 
 from batch_support import batch_server
 from image_server import ImageServer
+from test_video import write_clip
 
 
 @pytest.fixture(scope="module")
@@ -109,18 +108,6 @@ def test_the_page_event_gives_a_table_with_thumbnails_and_csv_and_json_downloads
         assert csv_row["file"] == json_row["file"] == path.name
 
 
-def _clip() -> bytes:
-    """A one-second MP4, made by PyAV."""
-    buffer = io.BytesIO()
-    with av.open(buffer, "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=4)
-        stream.width = stream.height = 64
-        for _ in range(4):
-            container.mux(stream.encode(av.VideoFrame.from_image(Image.new("RGB", (64, 64), "grey"))))
-        container.mux(stream.encode())
-    return buffer.getvalue()
-
-
 def _zip(members: dict) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
@@ -135,7 +122,7 @@ def test_a_zip_is_read_in_memory_with_member_paths_as_labels(client, model, twen
         "folder/a.png" if twenty[0].suffix == ".png" else f"folder/a{twenty[0].suffix}": twenty[0].read_bytes(),
         f"../../escape{twenty[1].suffix}": twenty[1].read_bytes(),
         "readme.txt": b"not an image",
-        "clip.mp4": _clip(),
+        "clip.mp4": write_clip([((128, 128, 128), 1)], size=(64, 64)),
         "__MACOSX/folder/._a.png": b"resource fork",
         "folder/.DS_Store": b"finder",
     }))
