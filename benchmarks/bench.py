@@ -1,7 +1,7 @@
-"""Benchmark: the seed-style fp32 baseline against each of GANOrigin's paths, side by side, on a named CPU.
+"""Benchmark: the seed-style fp32 baseline against each of GANOrigin's paths, side by side, on a named CPU or GPU.
 
     python -m benchmarks.bench [--precisions auto,bf16,int8] [--images-dir DIR] [--images 30]
-                               [--out bench-results.json] [--quick]
+                               [--out bench-results.json] [--quick] [--device cuda]
 
 The paths are ``baseline`` plus ``ours-<precision>`` for each of ``--precisions`` (default: every
 path this CPU can run: ``auto``; ``bf16`` where the CPU class is ``amx`` or ``avx512_bf16`` and oneDNN
@@ -24,6 +24,9 @@ actually ended with, per model, and the probe's warnings. All paths analyse the 
 ours is compared with the baseline's answers. ``--ufd-head`` (or ``GANORIGIN_UFD_HEAD_FILE``) puts
 the real UFD head into the random weights. Stages are timed one call each; end to end is one
 ``predict(path)`` call, the API users call.
+
+``--device cuda`` runs every path, the baseline too, on the GPU (default paths ``auto`` and ``fp16``);
+the result then also names the GPU and records each path's peak GPU memory.
 
 The result names the CPU: model, ``cpu_class()``, the relevant flags, torch, the date, and whether
 the run is EMULATED: it is when ``ONEDNN_MAX_CPU_ISA`` or ``GANORIGIN_CPU_ISA`` is set. Ours' bf16
@@ -59,10 +62,10 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ganorigin-bench"
 STAGES = ("decode", "detect", "encode", "classify", "end_to_end")
 BASELINE = "baseline"
-OURS_PRECISIONS = ("auto", "fp32", "bf16", "int8")  # what --precisions takes (fp16 is for GPUs)
+OURS_PRECISIONS = ("auto", "fp32", "bf16", "int8", "fp16")  # what --precisions takes (fp16: GPUs only)
 CPU_FLAGS = ("amx_bf16", "avx512_bf16", "avx512_vnni", "avx_vnni", "avx2")  # the flags the classes come from
 EMULATION_ENV = ("ONEDNN_MAX_CPU_ISA", "GANORIGIN_CPU_ISA")  # either set: the run is emulated
-RECORDED_ENV = (*EMULATION_ENV, "MKL_ENABLE_INSTRUCTIONS", "GANORIGIN_PRECISION")
+RECORDED_ENV = (*EMULATION_ENV, "MKL_ENABLE_INSTRUCTIONS", "GANORIGIN_PRECISION", "GANORIGIN_CUDA_GRAPHS")
 BATCH_IMAGES = 16  # images in the throughput pass (the first ones of the timed set)
 TARGETS = {  # the issues' targets on a 2-core CPU (end to end: see E2E_TARGET_BY_CLASS)
     "end_to_end_p50_ratio": 0.25,
@@ -79,8 +82,8 @@ E2E_TARGET_BY_CLASS = {"amx": 0.25, "avx512_bf16": 0.35, "avx512_vnni": 0.5, "av
 def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--precisions", type=_precision_list, default=None,
-                        help="comma list of ours' paths, of auto, fp32, bf16, int8 (default: every path this CPU "
-                             "can run: " + ",".join(default_precisions()) + " here)")
+                        help="comma list of ours' paths, of auto, fp32, bf16, int8, fp16 (default: every path the "
+                             "device can run: " + ",".join(default_precisions()) + " on this CPU)")
     parser.add_argument("--images", type=int, default=30, help="dev images to time and compare (default 30)")
     parser.add_argument("--batch-size", type=int, default=8, help="predict_batch size for throughput (default 8)")
     parser.add_argument("--passes", type=int, default=2, help="timed passes per path, taking turns (default 2)")
@@ -92,6 +95,7 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--ufd-head", type=Path, default=os.environ.get("GANORIGIN_UFD_HEAD_FILE"),
                         help="a real fc_weights.pth to put into the random weights (default: GANORIGIN_UFD_HEAD_FILE)")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where random weights are written")
+    parser.add_argument("--device", default="cpu", help="torch device every path runs on: cpu (default) or cuda")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # a path name, or "all"
     parser.add_argument("--paths", help=argparse.SUPPRESS)  # for --child all: comma list of path names
     parser.add_argument("--started", type=float, help=argparse.SUPPRESS)
@@ -102,9 +106,9 @@ def main(argv: Optional[list] = None) -> int:
         return _child(args)
     if args.quick:
         args.images = min(args.images, 2)
-    precisions = args.precisions or default_precisions()
+    precisions = args.precisions or default_precisions(args.device)
     paths = [BASELINE, *(f"ours-{p}" for p in precisions)]
-    print(f"CPU: {describe_machine(_machine(emulation))}", flush=True)
+    print(f"CPU: {describe_machine(_machine(emulation, args.device))}", flush=True)
     if emulation["emulated"]:
         print(emulation["note"], flush=True)
     args.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -131,11 +135,11 @@ def main(argv: Optional[list] = None) -> int:
         first, cold = starts[path]["first"], starts[path]["cold"]
         runs[path] = {**timed["paths"][path], "threads": cold["threads"], "cold_start_s": cold["cold_start_s"],
                       "first_start_s": first["cold_start_s"], "peak_rss_gb": cold["peak_rss_gb"],
-                      "first_start_peak_rss_gb": first["peak_rss_gb"],
+                      "first_start_peak_rss_gb": first["peak_rss_gb"], "peak_gpu_memory_gb": cold["peak_gpu_memory_gb"],
                       "cold_start_precision": cold["precision"], "first_start_precision": first["precision"],
                       "probe_warnings": sorted({*first["probe_warnings"], *cold["probe_warnings"],
                                                 *timed["paths"][path]["probe_warnings"]})}
-    machine = _machine(emulation)
+    machine = _machine(emulation, args.device)
     result = {
         "machine": machine,
         "weights": weights_note,
@@ -167,11 +171,13 @@ def _precision_list(text: str) -> list:
     return list(dict.fromkeys(names))
 
 
-def default_precisions() -> list:
-    """Every path this CPU can run: ``auto``; ``bf16`` on the bf16 classes (where oneDNN runs bf16); ``int8`` on
-    any x86 CPU."""
+def default_precisions(device: str = "cpu") -> list:
+    """Every path the device can run: on a CPU ``auto``; ``bf16`` on the bf16 classes (where oneDNN runs bf16);
+    ``int8`` on any x86 CPU. On a GPU ``auto`` (bf16 where it runs bf16) and ``fp16``."""
     from ganorigin.accel import cpu_has_bf16_matrix_units
 
+    if not device.startswith("cpu"):
+        return ["auto", "fp16"]
     precisions = ["auto"]
     if cpu_has_bf16_matrix_units():
         precisions.append("bf16")
@@ -257,7 +263,7 @@ def _spawn(path: str, weights_dir: Path, image_list: Path, args, paths: Optional
     out = args.cache_dir / f"bench-{path}.json"
     command = [sys.executable, "-m", "benchmarks.bench", "--child", path, "--weights-dir", str(weights_dir),
                "--image-list", str(image_list), "--out", str(out), "--batch-size", str(args.batch_size),
-               "--cache-dir", str(args.cache_dir), "--passes", str(args.passes)]
+               "--cache-dir", str(args.cache_dir), "--passes", str(args.passes), "--device", args.device]
     if paths:
         command += ["--paths", ",".join(paths)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
@@ -283,7 +289,7 @@ class _ProbeWarnings(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def _load(path: str, weights_dir: Path) -> tuple:
+def _load(path: str, weights_dir: Path, device: str = "cpu") -> tuple:
     """``(model, facts)`` for a path name: the precision it ended with, per model, and the probe's warnings."""
     import torch
 
@@ -295,14 +301,14 @@ def _load(path: str, weights_dir: Path) -> tuple:
     probe_logger.setLevel(logging.INFO)
     try:
         if path == BASELINE:
-            model, requested = load_baseline(weights_dir), "fp32"
+            model, requested = load_baseline(weights_dir, device), "fp32"
         else:
             requested = path.removeprefix("ours-")
-            model = load_ours(weights_dir, requested)
+            model = load_ours(weights_dir, requested, device)
     finally:
         probe_logger.removeHandler(handler)
     commfor = getattr(model, "commfor", None)  # the second detector, where the pipeline has one
-    return model, {"requested": requested, "resolved": resolve_precision(requested, torch.device("cpu")),
+    return model, {"requested": requested, "resolved": resolve_precision(requested, torch.device(device)),
                    "precision": model.precision, "detector_precision": precision_of(model.detector),
                    "encoder_precision": precision_of(model.encoder),
                    "commfor_precision": None if commfor is None else precision_of(commfor),
@@ -320,22 +326,24 @@ def _child(args) -> int:
         models, facts = {}, {}
         for path in args.paths.split(","):  # each of ours with its own verdict cache, as it started
             os.environ["GANORIGIN_CACHE_DIR"] = str(_check_cache(args, path))
-            models[path], facts[path] = _load(path, args.weights_dir)
+            models[path], facts[path] = _load(path, args.weights_dir, args.device)
         timed = time_paths(models, images, args.batch_size, passes=args.passes)
         result = {"paths": {path: {**facts[path], **timed[path]} for path in models},
-                  "commfor_reference": commfor_reference(args.weights_dir, images)}
+                  "commfor_reference": commfor_reference(args.weights_dir, images, args.device)}
     else:
-        model, facts = _load(args.child, args.weights_dir)
+        model, facts = _load(args.child, args.weights_dir, args.device)
         result = {"cold_start_s": time.time() - args.started, **facts, "threads": torch.get_num_threads()}
         model.predict(images[0])  # what serving adds to memory: one request and one batch
         model.predict_batch(images[:BATCH_IMAGES][: args.batch_size], batch_size=args.batch_size)
         result["peak_rss_gb"] = peak_rss_bytes() / 1e9
+        on_gpu = torch.device(args.device).type == "cuda"
+        result["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9 if on_gpu else None
     args.out.write_text(json.dumps(result))
     return 0
 
 
-def load_baseline(weights_dir: Path):
-    """The seed app's loading and modules: random init, whole checkpoints in memory, fp32, eager."""
+def load_baseline(weights_dir: Path, device: str = "cpu"):
+    """The seed app's loading and modules: random init, whole checkpoints in memory, fp32, eager; on ``device``."""
     import torch
     from safetensors.torch import load_file
 
@@ -359,21 +367,21 @@ def load_baseline(weights_dir: Path):
         if isinstance(unit.shortcut_layer, Subsample):
             unit.shortcut_layer = torch.nn.MaxPool2d(1, unit.shortcut_layer.stride)
     attributor = load_attributor_pickles(*(weights_dir / f for f in (SVM_FILE, SCALER_FILE, LABEL_ENCODER_FILE)))
-    return GANOrigin(detector, encoder, attributor, device="cpu", align=False)
+    return GANOrigin(detector, encoder, attributor, device=device, align=False)
 
 
-def commfor_reference(weights_dir: Path, images: list) -> list:
-    """Community Forensics' P(fake) for ``images`` in exact fp32: what ours' second detector is compared
-    with (the baseline has none)."""
+def commfor_reference(weights_dir: Path, images: list, device: str = "cpu") -> list:
+    """Community Forensics' P(fake) for ``images`` in exact fp32 on ``device``: what ours' second detector is
+    compared with (the baseline has none)."""
     from ganorigin.factory import commfor_scores, load_commfor
     from ganorigin.images import load_image
     from ganorigin.testing import COMMFOR_FILE
 
-    model = load_commfor(weights_dir / COMMFOR_FILE)
+    model = load_commfor(weights_dir / COMMFOR_FILE).to(device)
     return [float(p) for p in commfor_scores(model, [load_image(path) for path in images])]
 
 
-def load_ours(weights_dir: Path, precision: Optional[str] = "auto"):
+def load_ours(weights_dir: Path, precision: Optional[str] = "auto", device: str = "cpu"):
     import hashlib
 
     from ganorigin import GANOrigin, WeightSources
@@ -381,7 +389,7 @@ def load_ours(weights_dir: Path, precision: Optional[str] = "auto"):
 
     head = hashlib.sha256((weights_dir / UFD_HEAD_FILE).read_bytes()).hexdigest()
     sources = WeightSources(weights_dir=str(weights_dir), ufd_head_sha256=head, local_files_only=True)
-    return GANOrigin.from_pretrained(sources, device="cpu", align=False, precision=precision)
+    return GANOrigin.from_pretrained(sources, device=device, align=False, precision=precision)
 
 
 def time_paths(models: dict, images: list, batch_size: int, passes: int = 2) -> dict:
@@ -502,7 +510,9 @@ def _ratios(base: dict, ours: dict) -> dict:
 def _targets(result: dict, path: str) -> dict:
     """The issues' targets for one of ours; the end-to-end one is the CPU class's."""
     run, agree = result["paths"][path], result["agreement"][path]
-    target = {**TARGETS, "end_to_end_p50_ratio": E2E_TARGET_BY_CLASS.get(result["machine"]["cpu_class"], 1.0)}
+    on_cpu = result["machine"].get("device", "cpu").startswith("cpu")  # on a GPU: no slower than the baseline
+    cls = result["machine"]["cpu_class"] if on_cpu else "none"
+    target = {**TARGETS, "end_to_end_p50_ratio": E2E_TARGET_BY_CLASS.get(cls, 1.0)}
     measured = {
         "end_to_end_p50_ratio": result["ratios"][path]["end_to_end_p50"],
         "cold_start_s": run["cold_start_s"],
@@ -519,7 +529,7 @@ def _targets(result: dict, path: str) -> dict:
     return {"target": target, "measured": measured, "met": met}
 
 
-def _machine(emulation: dict) -> dict:
+def _machine(emulation: dict, device: str = "cpu") -> dict:
     import torch
 
     from ganorigin.accel.precision import cpu_class, cpu_flags, cpu_model_name
@@ -530,6 +540,8 @@ def _machine(emulation: dict) -> dict:
         "cpu_class": cpu_class(),
         "cpu_flags": [flag for flag in CPU_FLAGS if flag in flags],
         "cores": os.cpu_count(),
+        "device": device,
+        "gpu": torch.cuda.get_device_name(torch.device(device)) if torch.device(device).type == "cuda" else None,
         "emulated": emulation["emulated"],
         "emulation_env": emulation["env"],
         "emulation_note": emulation["note"],
@@ -564,7 +576,8 @@ def describe_machine(m: dict) -> str:
             + (f", MKL_ENABLE_INSTRUCTIONS={env['MKL_ENABLE_INSTRUCTIONS']}" if env.get("MKL_ENABLE_INSTRUCTIONS") else "")
             + ")") if m["emulated"] else "native"
     source = f"; code {m['source']}" if m.get("source") else ""
-    return (f"{m['cpu']}, {m['cores']} cores, cpu_class {m['cpu_class']}, flags: {flags}; torch {m['torch']}; "
+    gpu = f"; every path on {m['device']}, {m['gpu']}" if m.get("gpu") else ""
+    return (f"{m['cpu']}, {m['cores']} cores, cpu_class {m['cpu_class']}, flags: {flags}; torch {m['torch']}{gpu}; "
             f"{m['date']}{source}; {mode}")
 
 
@@ -651,11 +664,14 @@ def format_table(result: dict) -> str:
     if with_commfor:
         lines.append(f"{', '.join(with_commfor)} also run the second detector (Community Forensics); the baseline, "
                      "as the original app, does not.")
+    if any(paths[path].get("peak_gpu_memory_gb") for path in order):
+        lines.append("Peak GPU memory (after a first request and a first batch): " + ", ".join(
+            f"{path} {paths[path]['peak_gpu_memory_gb']:.2f} GB" for path in order) + ".")
     lines.append(f"{len(result['images'])} images, {result.get('passes', 2)} passes taking turns in one process; "
                  f"load average {m['load_average_1m']:.1f} at the end. {result['weights']}")
     for path, targets in result["targets"].items():
         lines.append(f"Targets, {path} (end to end ≤ {targets['target']['end_to_end_p50_ratio']}x for "
-                     f"{m['cpu_class']}): " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in targets["met"].items()))
+                     f"{m['gpu'] or m['cpu_class']}): " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in targets["met"].items()))
     return "\n".join(lines)
 
 

@@ -191,20 +191,21 @@ def encode(encoder: nn.Module, images: list, batch: int = 1) -> np.ndarray:
 
 
 def encode_in_parts(encoder: nn.Module, images: list, submit: Callable[[Callable], Future],
-                    batch: int = 1) -> list:
+                    batch: int = 1, split: bool = True) -> list:
     """:func:`encode` as work others can share: ``batch`` images per forward, the last batch in parts: e4e's
     feature maps are computed here and each style group is handed to ``submit(fn) -> Future``, the group on the
     largest map (the most work) first, so that a worker done with its own models takes the end of e4e's. (Every
     batch in parts measured slower for ``predict_batch``: the maps of all the batches wait in memory.) An encoder
-    without those parts (no ``feature_maps``) runs whole, here. Returns per batch ``(combine, futures)``, for
-    :func:`codes_from_parts`; the codes are :func:`encode`'s, bitwise."""
+    without those parts (no ``feature_maps``), or with ``split`` off (on a GPU), runs whole, here, its codes
+    copied to the CPU. Returns per batch ``(combine, futures)``, for :func:`codes_from_parts`; the codes are
+    :func:`encode`'s, bitwise."""
     device = _device_of(encoder)
-    in_parts = hasattr(base_model(encoder), "feature_maps")
+    in_parts = split and hasattr(base_model(encoder), "feature_maps")
     parts = []
     for i in range(0, len(images), batch):
         x = torch.stack([E4E_PREPROCESS(im) for im in images[i : i + batch]]).to(device)
         if not in_parts or i + batch < len(images):  # whole, here
-            parts.append((itemgetter(0), [_done(encoder(x))]))
+            parts.append((itemgetter(0), [_done(encoder(x).float().cpu())]))
             continue
         maps = _call(encoder, "feature_maps", x)
         largest_first = sorted(range(len(maps)), key=lambda k: -maps[k].shape[-1])

@@ -215,7 +215,7 @@ class GANOrigin:
         alignments = [align_face(im) if align else None for im in images]
         attributed = [a.image if a is not None and a.used else im for a, im in zip(alignments, images)]
         parts = encode_in_parts(self.encoder, attributed, partial(self._start, "styles"),
-                                self._encoder_batch(len(attributed)))
+                                self._encoder_batch(len(attributed)), split=self.device.type == "cpu")
         return alignments, attributed, parts
 
     def _start(self, model: str, fn: Callable[[], Any]) -> Future:

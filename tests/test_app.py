@@ -143,7 +143,7 @@ def test_a_file_that_is_not_an_image_gets_the_predict_message_on_every_endpoint(
 
 def test_a_video_sent_as_an_image_is_pointed_to_the_video_analysis(client, tmp_path):
     """An MP4 on the image endpoints: not "not an image we can read", but where videos are analysed."""
-    from test_video import grey_seconds, write_clip
+    from video_files import grey_seconds, write_clip
 
     from ganorigin.ui.common import VIDEO_NOT_IMAGE
 

@@ -27,7 +27,7 @@ from ganorigin.ui.common import VIDEO_NOT_IMAGE
 
 from batch_support import batch_server
 from image_server import ImageServer
-from test_video import write_clip
+from video_files import write_clip
 
 
 @pytest.fixture(scope="module")

@@ -152,6 +152,7 @@ def test_default_precisions_are_the_paths_this_cpu_runs(isa, machine, expected, 
     monkeypatch.setenv("GANORIGIN_CPU_ISA", isa)
     monkeypatch.setattr(bench.platform, "machine", lambda: machine)
     assert bench.default_precisions() == expected
+    assert bench.default_precisions("cuda") == ["auto", "fp16"]  # on a GPU, whatever the CPU
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM and ru_maxrss's inheritance are Linux's")
@@ -171,7 +172,8 @@ def test_a_childs_peak_memory_is_its_own_not_its_parents():
 
 def test_precisions_option_is_checked():
     assert bench._precision_list("auto, INT8,auto") == ["auto", "int8"]
-    for wrong in ("fp16", "auto,int4", ""):
+    assert bench._precision_list("auto,fp16") == ["auto", "fp16"]  # a GPU's; a CPU refuses it when it starts
+    for wrong in ("fp8", "auto,int4", ""):
         with pytest.raises(Exception, match="comma list"):
             bench._precision_list(wrong)
 

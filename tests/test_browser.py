@@ -383,7 +383,7 @@ def test_a_slow_load_can_be_cancelled_and_retried_from_the_page(browser, hub, we
 
 def test_a_video_clip_gets_a_verdict_a_timeline_and_its_most_suspicious_frames(browser, server, model, dev_images,
                                                                               tmp_path):
-    from test_video import write_clip
+    from video_files import write_clip
 
     clip = tmp_path / "clip.mp4"
     clip.write_bytes(write_clip([(Image.open(dev_images["real"][0]), 2), (Image.open(dev_images["stylegan2"][0]), 2)]))
@@ -427,7 +427,7 @@ def test_a_video_clip_gets_a_verdict_a_timeline_and_its_most_suspicious_frames(b
 
 @pytest.mark.parametrize("how", ["chosen", "dropped"])
 def test_a_video_given_to_the_image_input_is_taken_to_the_video_tab(browser, server, model, dev_images, tmp_path, how):
-    from test_video import write_clip
+    from video_files import write_clip
 
     clip = tmp_path / "clip.mp4"
     clip.write_bytes(write_clip([(Image.open(dev_images["real"][0]), 2)]))
@@ -451,7 +451,7 @@ def test_a_video_given_to_the_image_input_is_taken_to_the_video_tab(browser, ser
 
 
 def test_the_video_timeline_marks_the_frames_without_a_face(browser, server, model, dev_images, tmp_path):
-    from test_video import write_clip
+    from video_files import write_clip
 
     from ganorigin.ui.video import NO_FACE_COLOUR, NO_FACE_SERIES
 
@@ -478,7 +478,7 @@ def test_the_video_timeline_marks_the_frames_without_a_face(browser, server, mod
 
 
 def test_a_video_that_cannot_be_read_is_refused_as_it_is_uploaded(browser, server, tmp_path):
-    from test_video import grey_seconds, write_clip
+    from video_files import grey_seconds, write_clip
 
     from ganorigin import InvalidVideoError
     from ganorigin.video import sample_frames
@@ -499,7 +499,7 @@ def test_a_video_that_cannot_be_read_is_refused_as_it_is_uploaded(browser, serve
 
 @pytest.mark.parametrize("name", ["notes.mp4", "cut-short.mp4"])
 def test_a_refused_video_gets_one_message_and_leaves_the_tab_clean(browser, server, tmp_path, name):
-    from test_video import grey_seconds, write_clip
+    from video_files import grey_seconds, write_clip
 
     from ganorigin import InvalidVideoError
     from ganorigin.ui.video import NO_VIDEO

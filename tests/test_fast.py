@@ -242,6 +242,21 @@ def test_a_model_on_either_lane_runs_on_the_first_worker_free():
     assert order == list(range(5))
 
 
+def test_on_a_gpu_one_worker_runs_every_model_in_order_and_the_caller_is_free():
+    """One thread makes every CUDA call (a CUDA graph being recorded must see no other), in the order submitted,
+    while the caller's thread does the CPU's share of the analysis."""
+    workers = accel.ModelWorkers.for_device(torch.device("cuda"))  # threads only: no GPU needed to build them
+    release, order = threading.Event(), []
+    held = workers.submit("detector", release.wait)
+    done = [workers.submit(model, lambda model=model: order.append((model, threading.current_thread().name)))
+            for model in ("encoder", "commfor", "styles", "detector")]
+    assert not held.done() and order == []  # queued behind the first, and the caller was not held up
+    release.set()
+    [future.result(timeout=30) for future in done]
+    assert order == [(model, "ganorigin-gpu") for model in ("encoder", "commfor", "styles", "detector")]
+    assert len(workers._queue.threads) == 1
+
+
 def test_model_workers_threads_end_when_the_workers_are_collected():
     import gc
 

@@ -425,7 +425,7 @@ def test_an_image_posted_as_a_video_is_sent_to_predict(server, dev_images):
 
 def test_a_video_posted_as_an_image_is_sent_to_predict_video(server, dev_sample):
     from PIL import Image
-    from test_video import write_clip
+    from video_files import write_clip
 
     clip = write_clip([((200, 40, 40), 1)], size=(64, 64))
     response = _post(server, content=clip)  # named upload.bin, sent as image/png: only its bytes say video

@@ -31,48 +31,7 @@ from app_server import ROOT, main_server
 from ganorigin import InvalidVideoError, Prediction, VideoPrediction, VideoTooLargeError
 from ganorigin.cli import main
 from ganorigin.video import FrameResult, VideoInfo, decode, sample_frames
-
-SIDE = 256
-RATE = 5  # frames per second of the test clips: few frames, quick to encode and decode
-
-
-def write_clip(segments, *, fmt="mp4", codec="libx264", pix_fmt="yuv420p", rate=RATE, size=(SIDE, SIDE),
-               rotation=None, seekable=True) -> bytes:
-    """A clip of ``segments``: (RGB image or colour, seconds) shown one after the other."""
-    buffer = io.BytesIO()
-    target = buffer if seekable else _Unseekable(buffer)
-    with av.open(target, "w", format=fmt) as container:
-        stream = container.add_stream(codec, rate=rate)
-        stream.width, stream.height, stream.pix_fmt = size[0], size[1], pix_fmt
-        if rotation:
-            stream.set_display_rotation(rotation)
-        for picture, seconds in segments:
-            if not isinstance(picture, Image.Image):
-                picture = Image.new("RGB", size, picture)
-            frame = av.VideoFrame.from_image(picture.convert("RGB").resize(size))
-            for _ in range(round(seconds * rate)):
-                container.mux(stream.encode(frame))
-        container.mux(stream.encode())
-    return buffer.getvalue()
-
-
-class _Unseekable(io.RawIOBase):
-    """A write-only stream, as a browser's recorder gives: the muxer cannot go back to write the duration."""
-
-    def __init__(self, sink):
-        self.sink = sink
-
-    def writable(self):
-        return True
-
-    def write(self, data):
-        return self.sink.write(data)
-
-
-def grey_seconds(seconds: int) -> list:
-    """One second per grey level 0, 40, 80, ...: a frame's level tells its second."""
-    return [((40 * s,) * 3, 1) for s in range(seconds)]
-
+from video_files import RATE, SIDE, grey_seconds, write_clip
 
 def level(image: Image.Image) -> int:
     return int(np.asarray(image).mean())

@@ -14,7 +14,8 @@ it (no copy of the unconverted weights), and replaces the parts it converts:
   (:class:`~ganorigin.accel.packed.Int8Conv2d`, the widest as patches through one int8 linear:
   :class:`~ganorigin.accel.packed.Int8UnfoldedConv2d`).
 - e4e's int8 weights use 7 bits on CPUs without VNNI (:func:`~ganorigin.accel.packed.int8_weight_bits`).
-- CUDA and mps: autocast does the casting and fp32 master weights stay; the detectors' heads stay fp32.
+- CUDA and mps: autocast does the casting and fp32 master weights stay; the detectors' heads stay fp32. On
+  CUDA each model's inference is replayed as CUDA graphs (:mod:`~ganorigin.accel.graphs`), one per batch size.
 - The images a fast detector scores where rounding could change its verdict are scored again exactly
   (:class:`BorderlineExact`): UFD's near neither 0 nor 1, Community Forensics' near its threshold and band.
 """
@@ -34,6 +35,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from ..models.commfor import CommForDetector
 from ..models.detector import UFDDetector
 from ..models.encoder import BottleneckIRSE, E4EEncoder, SEModule, StyleBlocks
+from .graphs import cuda_graphs_for, runs_hooks
 from .memory import give_back, releasing_pages
 from .packed import (Int8Conv2d, Int8Linear, Int8UnfoldedConv2d, PackedConv2d, PackedLinear, PackedResidualBlock,
                      PackedViTBlock, int8_weight_bits)
@@ -42,15 +44,22 @@ from .precision import DTYPES, cpu_class, cpu_has_bf16_matrix_units
 
 class Accelerated(nn.Module):
     """A converted model: runs ``module`` with its inputs in ``memory_format``, under autocast to
-    ``precision`` when ``autocast_device`` is set. ``precision`` says what the model runs in."""
+    ``precision`` when ``autocast_device`` is set, its inference replayed as CUDA graphs when
+    ``graphs_on`` is a CUDA device. ``precision`` says what the model runs in."""
 
     def __init__(self, module: nn.Module, precision: str, autocast_device: Optional[str] = None,
-                 channels_last: bool = False):
+                 channels_last: bool = False, graphs_on: Optional[torch.device] = None):
         super().__init__()
         self.module, self.precision = module, precision
         self.autocast_device, self.channels_last = autocast_device, channels_last
+        self.graphs = cuda_graphs_for(self._forward, graphs_on) if graphs_on is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.graphs is not None and self.graphs.replays(x) and not runs_hooks(self.module):
+            return self.graphs(x)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.call("forward", x).float()
 
     def call(self, method: str, x: torch.Tensor, *args):
@@ -58,8 +67,8 @@ class Accelerated(nn.Module):
         under the autocast): for a model computed in parts, e.g. e4e's ``feature_maps`` and ``group_styles``."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        cast = (torch.autocast(self.autocast_device, dtype=DTYPES[self.precision]) if self.autocast_device
-                else contextlib.nullcontext())
+        cast = (torch.autocast(self.autocast_device, dtype=DTYPES[self.precision], cache_enabled=False)  # as graphs
+                if self.autocast_device else contextlib.nullcontext())  # need: each cast made in the forward
         with cast:
             return (self.module if method == "forward" else getattr(self.module, method))(x, *args)  # hooks run
 
@@ -209,7 +218,7 @@ def fast_detector(detector: UFDDetector, device: torch.device, precision: str,
     attention's projections run as ``attention`` says: :func:`~ganorigin.accel.packed.attention_paths`)."""
     if device.type != "cpu":
         visual = Accelerated(detector.visual, precision, autocast_device=device.type)
-        return Accelerated(replace_modules(detector, {"visual": visual}), precision)
+        return Accelerated(replace_modules(detector, {"visual": visual}), precision, graphs_on=device)
     replacements = {}
     blocks = detector.visual.transformer.resblocks
     for i, block in enumerate(blocks):
@@ -230,7 +239,7 @@ def fast_commfor(commfor: CommForDetector, device: torch.device, precision: str,
     elsewhere the blocks under autocast; the patch embedding, final norm and head stay fp32."""
     if device.type != "cpu":
         blocks = Accelerated(commfor.vit.blocks, precision, autocast_device=device.type)
-        return Accelerated(replace_modules(commfor, {"vit.blocks": blocks}), precision)
+        return Accelerated(replace_modules(commfor, {"vit.blocks": blocks}), precision, graphs_on=device)
     replacements = {}
     for i, block in enumerate(commfor.vit.blocks):
         block_precision = int8_block_precision(i, precision, COMMFOR_INT8_EXACT_BLOCKS)
@@ -332,7 +341,8 @@ def fast_encoder(encoder: E4EEncoder, device: torch.device, precision: str) -> n
     :data:`STYLE_CONVS_IN_BF16` says; the gates' exact)."""
     replacements = fold_encoder_batchnorms(encoder)
     if device.type != "cpu":
-        return Accelerated(replace_modules(encoder, replacements), precision, autocast_device=device.type)
+        return Accelerated(replace_modules(encoder, replacements), precision, autocast_device=device.type,
+                           graphs_on=device)
     int8, bits, dtype = precision == "int8", int8_weight_bits(encoder=True), DTYPES.get(precision, torch.bfloat16)
     small_in_bf16 = int8 and cpu_has_bf16_matrix_units()
 

@@ -27,6 +27,7 @@ from threadpoolctl import threadpool_limits
 
 EITHER = "either"
 LANES = {"detector": "detector", "encoder": "encoder", "commfor": EITHER, "styles": EITHER}
+GPU_LANES = dict.fromkeys(LANES, "gpu")  # one thread makes every CUDA call: a graph being recorded sees no other
 
 
 class _Queue:
@@ -95,9 +96,12 @@ class ModelWorkers:
 
     @classmethod
     def for_device(cls, device: torch.device) -> Optional["ModelWorkers"]:
-        """Workers for a CPU with at least two intra-op threads; ``None`` elsewhere (a GPU runs the
-        models one after the other, each at full width)."""
+        """Workers for a CPU with at least two intra-op threads; on a CUDA GPU one worker for every model
+        (``GPU_LANES``), which keeps the GPU busy while the caller's thread does the CPU's share of an analysis
+        (degradation, provenance); ``None`` elsewhere."""
         threads = torch.get_num_threads()
+        if device.type == "cuda":
+            return cls(threads, GPU_LANES)
         return cls(threads) if device.type == "cpu" and threads >= 2 else None
 
     def submit(self, model: str, fn: Callable[[], Any]) -> Future:
