@@ -122,6 +122,25 @@ def test_quick_bench_names_the_cpu(quick_result):
     for path in quick_result["paths"]:
         assert f"| {path}" in table
     assert "EMULATED" not in table and "(emulated)" not in table
+    assert machine["device"] == "cpu" and machine["gpu"] is None and "every path on" not in table
+    assert all(run["peak_gpu_memory_gb"] is None for run in quick_result["paths"].values())
+
+
+def test_a_gpu_run_names_the_gpu_and_is_held_to_no_slower_than_the_baseline(quick_result):
+    """What a ``--device cuda`` run reports (read off a CPU run with its device and memory set as a GPU run's)."""
+    import copy
+
+    result = copy.deepcopy(quick_result)
+    result["machine"].update(device="cuda", gpu="NVIDIA Test GPU")
+    for i, run in enumerate(result["paths"].values()):
+        run["peak_gpu_memory_gb"] = 1.25 + i
+    result["targets"] = {path: bench._targets(result, path) for path in result["ratios"]}
+    table = bench.format_table(result)
+    assert "every path on cuda, NVIDIA Test GPU" in table
+    assert "Peak GPU memory" in table and "baseline 1.25 GB" in table
+    for path, targets in result["targets"].items():
+        assert targets["target"]["end_to_end_p50_ratio"] == bench.E2E_TARGET_BY_CLASS["none"]
+        assert f"Targets, {path} (end to end ≤ 1.0x for NVIDIA Test GPU)" in table
 
 
 def test_an_emulated_result_says_so_in_every_row(quick_result):

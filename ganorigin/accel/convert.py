@@ -67,8 +67,9 @@ class Accelerated(nn.Module):
         under the autocast): for a model computed in parts, e.g. e4e's ``feature_maps`` and ``group_styles``."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        cast = (torch.autocast(self.autocast_device, dtype=DTYPES[self.precision], cache_enabled=False)  # as graphs
-                if self.autocast_device else contextlib.nullcontext())  # need: each cast made in the forward
+        # No cache of cast weights: a CUDA graph must record each cast inside the forward it replays.
+        cast = (torch.autocast(self.autocast_device, dtype=DTYPES[self.precision], cache_enabled=False)
+                if self.autocast_device else contextlib.nullcontext())
         with cast:
             return (self.module if method == "forward" else getattr(self.module, method))(x, *args)  # hooks run
 

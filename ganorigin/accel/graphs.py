@@ -1,7 +1,7 @@
 """CUDA graphs: a model's whole forward replayed as one launch.
 
 One image at a time, a GPU spends most of a forward waiting for Python to launch its hundreds of small
-kernels (CLIP ViT-L/14 alone launches over a thousand). A CUDA graph records those launches once, for one input
+kernels. A CUDA graph records those launches once, for one input
 shape, and replays them with one call: the same kernels on the same memory, so the same numbers. Only
 inference is replayed: a forward that needs gradients (a heat map's) or runs hooks (the agreement probe's)
 runs as usual."""
