@@ -101,6 +101,7 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--started", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--image-list", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    _check_device(parser, args.device)
     emulation = emulation_settings()
     if args.child:
         return _child(args)
@@ -161,6 +162,17 @@ def main(argv: Optional[list] = None) -> int:
     print(format_table(result))
     print(f"Results written to {args.out}")
     return 0
+
+
+def _check_device(parser: argparse.ArgumentParser, device: str) -> None:
+    """``--device`` names a device this machine has, or the run stops here with the reason."""
+    from ganorigin import ConfigurationError
+    from ganorigin.factory import as_device
+
+    try:
+        as_device(device)
+    except ConfigurationError as error:
+        parser.error(str(error))
 
 
 def _precision_list(text: str) -> list:

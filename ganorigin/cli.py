@@ -31,6 +31,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     handler.addFilter(lambda record: not getattr(record, "test_weights", False))  # said once, by _weights
     logging.basicConfig(level=logging.WARNING, handlers=[handler])
     try:
+        if getattr(args, "device", None):
+            from .factory import as_device
+
+            as_device(args.device)  # a device this machine lacks is said first, before weights load or Ray starts
         return args.run(args)
     except GANOriginError as e:
         print(f"ganorigin {args.command}: error: {e}", file=sys.stderr)
@@ -408,7 +412,7 @@ def _provenance_row(path, provenance, error: Optional[str], *, details: bool) ->
 
 
 def _extract(args) -> int:
-    from .factory import load_encoder
+    from .factory import as_device, load_encoder
     from .hub import resolve_file
     from .training import extract_features
 
@@ -419,7 +423,7 @@ def _extract(args) -> int:
     else:
         encoder = load_encoder(resolve_file("e4e.ffhq_encode", sources))
         if args.device:
-            encoder = encoder.to(args.device)
+            encoder = encoder.to(as_device(args.device))
         summary = extract_features(
             args.data_dir, args.out, encoder, augment=args.augment, seed=args.seed, batch_size=args.batch_size,
             shard_size=args.shard_size, limit=args.limit, align=args.align, prune=args.prune, progress=args.progress,

@@ -22,7 +22,7 @@ from torch import nn
 
 from .accel import BorderlineExact, accelerate, borderline_band, candidate_precisions
 from .accel.convert import COMMFOR_MARGIN, Accelerated, base_model
-from .errors import WeightsFormatError
+from .errors import ConfigurationError, WeightsFormatError
 from .hub import ResolvedWeights, WeightSources, resolve
 from .hub.checkpoints import load_tensors, load_torch_file, strict_load
 from .hub.registry import COMMFOR_PREPROCESS, E4E_PREPROCESS, UFD_PREPROCESS
@@ -240,5 +240,25 @@ def default_device() -> torch.device:
 
 
 def as_device(device: Device) -> torch.device:
-    """``device`` as a torch device; ``None`` is :func:`default_device`."""
-    return torch.device(device) if device is not None else default_device()
+    """``device`` as a torch device; ``None`` is :func:`default_device`.
+
+    Raises:
+        ConfigurationError: ``device`` names no device, or one this machine does not have."""
+    if device is None:
+        return default_device()
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigurationError(f"device must be a torch device such as 'cpu', 'cuda' or 'cuda:1'; got {device!r}.") \
+            from None
+    if device.type == "cuda" and torch.cuda.device_count() == 0:
+        raise ConfigurationError(f"device {str(device)!r} needs an NVIDIA GPU, and PyTorch sees none on this machine "
+                                 f"(torch {torch.__version__}). Use 'cpu', or leave the device out: a GPU is used "
+                                 "where there is one.")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigurationError(f"device {str(device)!r}: PyTorch sees {torch.cuda.device_count()} CUDA GPU(s) here, "
+                                 "numbered from 0.")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigurationError("device 'mps' needs an Apple GPU with PyTorch's mps backend, which this machine does "
+                                 "not have. Use 'cpu'.")
+    return device

@@ -112,7 +112,9 @@ class GANOrigin:
         Raises:
             WeightsNotFoundError: some files are missing; the message lists them and the fix.
             WeightsFormatError: a file is corrupt, of the wrong architecture, or an unsafe pickle.
+            ConfigurationError: ``device`` or ``precision`` is one this machine cannot use.
         """
+        device = as_device(device)  # a device this machine lacks is said before any download
         sources = WeightSources.parse(source)
         sources = replace(sources, local_files_only=local_files_only or sources.local_files_only,
                           cache_dir=cache_dir or sources.cache_dir)
@@ -121,7 +123,6 @@ class GANOrigin:
             logger.warning("The weights in %s are random test weights from `ganorigin demo-weights`: every answer "
                            "is meaningless.", sources.weights_dir, extra={"test_weights": True})
         attributor, attribution_files = load_attributor(files)
-        device = as_device(device)
         detector = create_detector(files=files, device=device, precision=precision)
         encoder = create_encoder(files=files, device=device, precision=precision, attribution=attributor.predict_proba,
                                  attribution_files=attribution_files, attribution_encoder=attributor.trained_encoder)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from sklearn import metrics
 
@@ -504,3 +505,20 @@ def test_train_with_fewer_than_two_folds_is_one_line_and_status_2(tmp_path, caps
         assert main(["train", str(tmp_path / "latents"), "--out", str(tmp_path / "m"), "--cv", folds]) == 2
         err = capsys.readouterr().err
         assert f"--cv needs at least 2 folds; got {folds}" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["predict", "explain", "extract"])
+@pytest.mark.parametrize("device, message", [
+    ("gpu", "device must be a torch device such as 'cpu', 'cuda' or 'cuda:1'; got 'gpu'."),
+    pytest.param("cuda", "device 'cuda' needs an NVIDIA GPU, and PyTorch sees none on this machine",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")),
+])
+def test_a_device_this_machine_lacks_is_one_clear_line_before_any_weights_load(command, device, message, image_dir,
+                                                                               tmp_path, capsys):
+    missing = tmp_path / "no-weights"  # were they read first, the error would be about them
+    missing.mkdir()
+    target = str(image_dir) if command != "explain" else str(sorted((image_dir / "real").iterdir())[0])
+    extra = ["--out", str(tmp_path / "out")] if command == "extract" else []
+    assert main([command, target, *extra, "--weights", str(missing), "--offline", "--device", device]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"ganorigin {command}: error: {message}") and err.count("\n") == 1, err

@@ -167,3 +167,12 @@ def test_predictions_from_threads_at_once_are_each_their_own(gpu_auto, images):
     with ThreadPoolExecutor(4) as pool:
         together = list(pool.map(gpu_auto.predict, images))
     _close(together, alone, 0.0)
+
+
+def test_a_gpu_number_past_the_last_is_a_configuration_error():
+    from ganorigin.factory import as_device
+
+    count = torch.cuda.device_count()
+    assert as_device(f"cuda:{count - 1}") == torch.device("cuda", count - 1)
+    with pytest.raises(ConfigurationError, match=f"PyTorch sees {count} CUDA GPU"):
+        as_device(f"cuda:{count}")
