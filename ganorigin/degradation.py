@@ -109,10 +109,17 @@ def _read_dqt(segment: bytes, tables: dict) -> bool:
     return True
 
 
-def _libjpeg_table(base: np.ndarray, quality: int, wide: bool) -> np.ndarray:
-    """libjpeg's ``jpeg_set_quality``: the base table scaled for ``quality``, clamped to 1..255 (or 32767)."""
-    scale = 5000 // quality if quality < 50 else 200 - 2 * quality
-    return np.clip((base * scale + 50) // 100, 1, 32767 if wide else 255)
+def _libjpeg_tables(base: np.ndarray, wide: bool) -> np.ndarray:
+    """libjpeg's ``jpeg_set_quality`` for qualities 1 to 100: the base table scaled, clamped to 1..255 (or 32767);
+    shape (100, 64)."""
+    quality = np.arange(1, 101)
+    scale = np.where(quality < 50, 5000 // quality, 200 - 2 * quality)
+    return np.clip((base[None, :] * scale[:, None] + 50) // 100, 1, 32767 if wide else 255)
+
+
+# Table id -> {16-bit?: libjpeg's tables for every quality}: luminance (0) and chrominance (1).
+_LIBJPEG_TABLES = {i: {wide: _libjpeg_tables(base, wide) for wide in (False, True)}
+                   for i, base in ((0, _LUMINANCE), (1, _CHROMINANCE))}
 
 
 def jpeg_quality(tables: dict) -> Optional[int]:
@@ -120,9 +127,8 @@ def jpeg_quality(tables: dict) -> Optional[int]:
     luminance table 0 and, when present, the chrominance table 1); None without table 0."""
     if 0 not in tables:
         return None
-    pairs = [(tables[i], base) for i, base in ((0, _LUMINANCE), (1, _CHROMINANCE)) if i in tables]
-    errors = [sum(int(np.abs(_libjpeg_table(base, q, wide) - table).sum()) for (table, wide), base in pairs)
-              for q in range(1, 101)]
+    errors = sum(np.abs(_LIBJPEG_TABLES[i][wide] - table).sum(axis=1)
+                 for i, (table, wide) in tables.items() if i in _LIBJPEG_TABLES)
     return 1 + int(np.argmin(errors))
 
 

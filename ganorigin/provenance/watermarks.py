@@ -120,7 +120,10 @@ def block_bits(rgb: np.ndarray, convention: str) -> np.ndarray:
     block_rows, block_cols = low.shape[0] // 4, low.shape[1] // 4
     blocks = np.abs(low[: block_rows * 4, : block_cols * 4]).reshape(block_rows, 4, block_cols, 4)
     blocks[:, 0, :, 0] = 0  # each block's first coefficient takes no part
-    largest = blocks.max(axis=(1, 3)).ravel()  # the decoder's value at its arg-max of |coefficient|, raster order
+    # The decoder's value at its arg-max of |coefficient|, raster order: the max over each block's 4 columns, then
+    # over its 4 rows, as elementwise maxima (ten times faster than numpy's reduction over two strided axes).
+    columns = np.maximum(np.maximum(blocks[..., 0], blocks[..., 1]), np.maximum(blocks[..., 2], blocks[..., 3]))
+    largest = np.maximum(np.maximum(columns[:, 0], columns[:, 1]), np.maximum(columns[:, 2], columns[:, 3])).ravel()
     return (largest % _SCALE) > _SCALE / 2
 
 
@@ -139,6 +142,7 @@ def _u_channel(rgb: np.ndarray, convention: str) -> np.ndarray:
         r, g, b = pixels[..., 0], pixels[..., 1], pixels[..., 2]
         y = r * np.float32(0.299) + g * np.float32(0.587) + b * np.float32(0.114)
         return (b - y) * np.float32(0.492) + np.float32(0.5)
-    y = (rgb.astype(np.int32) @ np.array([4899, 9617, 1868], dtype=np.int32) + (1 << 13)) >> 14
-    u = ((rgb[..., 2] - y) * 8061 + ((128 << 14) + (1 << 13))) >> 14
+    r, g, b = (rgb[..., channel].astype(np.int32) for channel in range(3))
+    y = (r * 4899 + g * 9617 + b * 1868 + (1 << 13)) >> 14
+    u = ((b - y) * 8061 + ((128 << 14) + (1 << 13))) >> 14
     return np.clip(u, 0, 255, out=u).astype(np.float64)
