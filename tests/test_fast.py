@@ -257,6 +257,25 @@ def test_on_a_gpu_one_worker_runs_every_model_in_order_and_the_caller_is_free():
     assert len(workers._queue.threads) == 1
 
 
+def test_a_model_runs_hooks_when_one_of_its_modules_or_a_global_hook_has_one():
+    """A CUDA graph's replay would skip hooks, so a model with any runs as usual (the probe reads features so)."""
+    from torch import nn
+
+    from ganorigin.accel.graphs import cuda_graphs_for, runs_hooks
+
+    model = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.ReLU()))
+    assert not runs_hooks(model)
+    for register in (model[1][0].register_forward_hook, model[0].register_forward_pre_hook,
+                     nn.modules.module.register_module_forward_hook,
+                     nn.modules.module.register_module_forward_pre_hook):
+        handle = register(lambda *args: None)
+        assert runs_hooks(model)
+        handle.remove()
+        assert not runs_hooks(model)
+    assert cuda_graphs_for(model, torch.device("cpu")) is None  # graphs are CUDA's only
+    assert accel.Accelerated(model, "bf16", graphs_on=torch.device("cpu")).graphs is None
+
+
 def test_model_workers_threads_end_when_the_workers_are_collected():
     import gc
 
