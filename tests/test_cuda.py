@@ -23,7 +23,7 @@ MAX_PROBABILITY_DELTA = 0.01  # the fast paths' bar against fp32, as on a CPU
 
 @pytest.fixture(scope="module")
 def images() -> list:
-    """Six varied pictures: smooth colour ramps with noise of several strengths, odd sizes, a grey one."""
+    """Seven pictures: six colour ramps with noise of several strengths, in odd sizes, and a grey one."""
     rng = np.random.default_rng(7)
     pictures = []
     for i, (height, width) in enumerate([(256, 256), (300, 220), (512, 384), (180, 320), (640, 640), (230, 230)]):

@@ -179,7 +179,7 @@ def test_predict_batch_gives_a_per_item_error_naming_the_bad_file(model, dev_sam
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
 def test_a_gpu_asked_for_on_a_machine_without_one_is_a_configuration_error_before_the_weights(tmp_path):
-    from ganorigin import ConfigurationError, GANOrigin
+    from ganorigin import ConfigurationError
 
     with pytest.raises(ConfigurationError, match="device 'cuda:1' needs an NVIDIA GPU, and PyTorch sees none"):
         GANOrigin.from_pretrained(str(tmp_path), device="cuda:1")  # an empty folder: the weights would fail later
