@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_predict(commands) -> None:
     p = commands.add_parser("predict", help="analyse images and videos, one output row per image or video",
                             description="Analyse image files, folders (recursive) or .txt lists of paths; video "
-                            "files (MP4, MOV, WebM, MKV, AVI) among them give one row per clip.")
+                            "files (MP4, M4V, MOV, 3GP, WebM, MKV, AVI) among them give one row per clip.")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--frames", action="store_true", help="one row per sampled video frame instead of per clip")
     p.add_argument("--format", choices=("jsonl", "csv", "parquet"), default="jsonl",
@@ -323,6 +323,20 @@ def _usage(message: str) -> GANOriginError:
     return DatasetError(message)
 
 
+EXPLAIN_VIDEO = "This file is a video, not an image: explain takes images (ganorigin predict analyses videos)."
+
+
+def _is_video_file(path: Path) -> bool:
+    """A video by its first bytes (an MP4 named .png is a video); by its name where it cannot be read."""
+    from .video import VIDEO_EXTENSIONS, is_video
+
+    try:
+        with open(path, "rb") as f:
+            return is_video(f.read(16))
+    except OSError:
+        return path.suffix.lower() in VIDEO_EXTENSIONS
+
+
 def _predict(args) -> int:
     from .training import IMAGE_EXTENSIONS, RowWriter, find_images, predict_paths
     from .video import VIDEO_EXTENSIONS
@@ -337,9 +351,9 @@ def _predict(args) -> int:
     if not paths:
         raise _usage(f"no images or videos found in {', '.join(args.paths)} "
                      f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS | VIDEO_EXTENSIONS))}).")
-    videos = [path for path in paths if path.suffix.lower() in VIDEO_EXTENSIONS]
+    videos = [path for path in paths if _is_video_file(path)]
     model = _load_model(args)
-    stream = open(args.out, "w", newline="") if args.out else sys.stdout
+    stream = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout
     try:
         writer = RowWriter(stream, args.format)
         rows = predict_paths(model, [path for path in paths if path not in videos], batch_size=args.batch_size,
@@ -350,7 +364,8 @@ def _predict(args) -> int:
             stream.close()
     failed = sum(row["error"] is not None for row in rows)
     if failed:
-        print(f"{failed} of {len(rows)} files could not be analysed (see their 'error').", file=sys.stderr)
+        print(f"ganorigin predict: {failed} of {len(rows)} files could not be analysed (see their 'error').",
+              file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -382,7 +397,7 @@ def _provenance(args) -> int:
     paths = find_images(args.paths)
     if not paths:
         raise _usage(f"no images found in {', '.join(args.paths)} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}).")
-    stream = open(args.out, "w", newline="") if args.out else sys.stdout
+    stream = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout
     writer, failed = RowWriter(stream, args.format), 0
     try:
         for path in tqdm(paths, desc="provenance", unit="img", disable=not args.progress):
@@ -396,7 +411,8 @@ def _provenance(args) -> int:
         if args.out:
             stream.close()
     if failed:
-        print(f"{failed} of {len(paths)} files could not be read (see their 'error').", file=sys.stderr)
+        print(f"ganorigin {args.command}: {failed} of {len(paths)} files could not be read (see their 'error').",
+              file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -501,10 +517,13 @@ def _explain(args) -> int:
     from .explain import frequency_view, gradient_heatmap, occlusion_heatmap
     from .images import load_image
 
+    if args.image.is_dir():
+        raise _usage(f"{args.image} is a folder; explain takes one image file.")
     try:
         image = load_image(args.image)  # a file that is no image is refused before the weights load
     except InvalidImageError as e:
-        raise InvalidImageError(f"{args.image}: {e}") from e  # named, as predict's rows name theirs
+        why = EXPLAIN_VIDEO if _is_video_file(args.image) else e
+        raise InvalidImageError(f"{args.image}: {why}") from e  # named, as predict's rows name theirs
     model = _load_model(args)
     method = args.method if args.method != "auto" else ("occlusion" if model.device.type == "cuda" else "gradient")
     heat = (occlusion_heatmap if method == "occlusion" else gradient_heatmap)(model.detector, image)
@@ -522,8 +541,9 @@ def _explain(args) -> int:
 def _demo_weights(args) -> int:
     from .testing import TEST_WEIGHTS_MARKER, write_demo_weights
 
-    if args.dir.is_file() or (args.dir.is_dir() and any(args.dir.iterdir())
-                              and not (args.dir / TEST_WEIGHTS_MARKER).is_file()):
+    if args.dir.exists() and not args.dir.is_dir():
+        raise _usage(f"{args.dir} is a file; demo-weights writes into a new or empty folder.")
+    if args.dir.is_dir() and any(args.dir.iterdir()) and not (args.dir / TEST_WEIGHTS_MARKER).is_file():
         raise _usage(f"{args.dir} is not empty; demo-weights writes into a new or empty folder (or one it wrote "
                      "before), so that no real weights are overwritten.")
     marker = write_demo_weights(args.dir, size=args.size, seed=args.seed)
@@ -534,7 +554,8 @@ def _demo_weights(args) -> int:
           "the app and the CLI, not for judging images.")
     print(f"Run the app (from the repository root):\n  {env} python app.py")
     print(f"Run the command line:\n  {env} ganorigin predict face.png")
-    print(f"Or from Python:\n  GANOrigin.from_pretrained(WeightSources(weights_dir={str(folder)!r}, "
+    print(f"Or from Python:\n  from ganorigin import GANOrigin, WeightSources\n"
+          f"  GANOrigin.from_pretrained(WeightSources(weights_dir={str(folder)!r}, "
           f"ufd_head_sha256={marker['ufd_head_sha256']!r}))")
     return 0
 
@@ -571,8 +592,10 @@ def _robustness(args) -> int:
     from .robustness import format_summary, robustness_rows, save_robustness_png, summarize
     from .training import IMAGE_EXTENSIONS, find_images, write_rows
 
+    if not args.data_dir.exists():
+        raise _usage(f"{args.data_dir} does not exist.")
     if not args.data_dir.is_dir():
-        raise _usage(f"{args.data_dir} is not a folder of images.")
+        raise _usage(f"{args.data_dir} is a file; robustness takes a folder of images.")
     paths = find_images([args.data_dir])
     if not paths:
         raise _usage(f"no images found in {args.data_dir} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}).")

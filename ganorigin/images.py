@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Union
@@ -58,7 +59,7 @@ def read_image_bytes(image) -> bytes:
             raise InvalidImageError(f"No image file named {path.name!r}.")
         try:
             if path.stat().st_size > MAX_IMAGE_BYTES:
-                raise ImageTooLargeError(_too_many_bytes(path.stat().st_size))
+                raise ImageTooLargeError(image_too_large())
             data = path.read_bytes()
         except OSError as e:
             raise InvalidImageError(f"The image file {path.name!r} could not be read ({e.strerror or type(e).__name__}).") from e
@@ -72,8 +73,20 @@ def read_image_bytes(image) -> bytes:
     if not data:
         raise InvalidImageError("The file is empty (0 bytes).")
     if len(data) > MAX_IMAGE_BYTES:
-        raise ImageTooLargeError(_too_many_bytes(len(data)))
+        raise ImageTooLargeError(image_too_large())
     return data
+
+
+IMAGE_HEADER_BYTES = 64 * 1024  # enough for any accepted format's header (JPEG's markers before its frame)
+
+
+def is_still_image(head: bytes) -> bool:
+    """Whether a file starting with ``head`` (its first :data:`IMAGE_HEADER_BYTES`) opens as a still image: its
+    header only, no pixel decoded. A GIF is not called one (the video gate reads animated GIFs)."""
+    try:
+        return image_extension(head) != "gif"
+    except InvalidImageError:
+        return False
 
 
 def image_extension(data: bytes) -> str:
@@ -100,8 +113,11 @@ def _decoded(open_image) -> Image.Image:
     except InvalidImageError:
         raise
     except Image.DecompressionBombError as e:
+        declared = re.search(r"\((\d+) pixels\)", str(e))  # Pillow's words: "Image size (N pixels) exceeds ..."
+        size = f" ({int(declared.group(1)) / 1e6:,.0f} megapixels)" if declared else ""
         raise ImageTooLargeError(
-            f"The image declares far more pixels than the {MAX_IMAGE_PIXELS / 1e6:g} megapixel limit. Downscale it first."
+            f"The image declares far more pixels{size} than the {MAX_IMAGE_PIXELS / 1e6:g} megapixel limit. "
+            "Downscale it first."
         ) from e
     except UnidentifiedImageError as e:
         raise InvalidImageError(NOT_AN_IMAGE) from e
@@ -124,8 +140,10 @@ def _check_size(size: tuple[int, int]) -> None:
         )
 
 
-def _too_many_bytes(n: int) -> str:
-    return f"The file is {n / 2**20:.1f} MiB; the limit is {MAX_IMAGE_BYTES / 2**20:g} MiB."
+def image_too_large() -> str:
+    """What every entry point says of an image file over the byte limit (a server that stops reading at the
+    limit does not know by how much)."""
+    return f"The file is larger than the {MAX_IMAGE_BYTES / 2**20:g} MiB limit."
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -18,22 +18,24 @@ from torch import nn
 from .accel import ModelWorkers, precision_of, precision_summary
 from .align import AlignmentResult, align_face, alignment_available, alignment_setting
 from .degradation import assess
-from .errors import ConfigurationError, InvalidImageError
+from .errors import ConfigurationError, InvalidImageError, InvalidVideoError
 from .factory import (Device, as_device, codes_from_parts, commfor_scores, create_commfor, create_detector,
                       create_encoder, detector_scores, encode, encode_in_parts)
 from .hub import ResolvedWeights, WeightSources, resolve
 from .hub.pickles import load_attributor_pickles
 from .hub.trained_model import load_attribution_model
-from .images import ImageInput, load_image, read_image_bytes
+from .images import IMAGE_HEADER_BYTES, ImageInput, is_still_image, load_image, read_image_bytes
 from .models import GANAttributor
 from .models.attributor import alignment_mismatch
 from .provenance import read_provenance
 from .result import DEFAULT_THRESHOLD, Prediction
 from .verdict import COMMFOR_THRESHOLD, UnsurePolicy
-from .video import DEFAULT_FPS, DEFAULT_MAX_FRAMES, VideoInput, VideoPrediction, analyse_video
+from .video import DEFAULT_FPS, DEFAULT_MAX_FRAMES, VideoInput, VideoPrediction, analyse_video, is_video
 
 logger = logging.getLogger(__name__)
 
+VIDEO_NOT_IMAGE = "This file is a video, not an image: use predict_video()."
+IMAGE_NOT_VIDEO = "This file is an image, not a video: use predict()."
 CPU_ENCODER_BATCH = 2  # e4e images per CPU forward: most of the weight-reuse gain (measured), little activation memory
 
 
@@ -173,8 +175,13 @@ class GANOrigin:
         Raises:
             InvalidVideoError: the clip cannot be read, or is over the limits.
         """
-        return analyse_video(self, video, fps=fps, max_frames=max_frames, threshold=threshold,
-                             batch_size=batch_size, align=align, progress=progress)
+        try:
+            return analyse_video(self, video, fps=fps, max_frames=max_frames, threshold=threshold,
+                                 batch_size=batch_size, align=align, progress=progress)
+        except InvalidVideoError as e:
+            if type(e) is InvalidVideoError and is_still_image(_head(video)):
+                raise InvalidVideoError(IMAGE_NOT_VIDEO) from e
+            raise
 
     def predict_decoded(self, images: Sequence[Image.Image], sources: Sequence[ImageInput], *,
                         threshold: Optional[float] = None, align: Optional[bool] = None) -> list[Prediction]:
@@ -281,7 +288,30 @@ def _read(image: ImageInput) -> tuple[Image.Image, Union[bytes, Image.Image, np.
     if isinstance(image, (Image.Image, np.ndarray)):
         return load_image(image), image
     data = read_image_bytes(image)
-    return load_image(data), data
+    try:
+        return load_image(data), data
+    except InvalidImageError as e:
+        if is_video(data[:16]):
+            raise InvalidImageError(VIDEO_NOT_IMAGE) from e
+        raise
+
+
+def _head(video: VideoInput) -> bytes:
+    """The first bytes of a clip given as a path, bytes or binary file (a file's position is restored); none
+    where it cannot be read."""
+    try:
+        if isinstance(video, (bytes, bytearray, memoryview)):
+            return bytes(video[:IMAGE_HEADER_BYTES])
+        if isinstance(video, (str, os.PathLike)):
+            with open(video, "rb") as f:
+                return f.read(IMAGE_HEADER_BYTES)
+        position = video.tell()
+        try:
+            return video.read(IMAGE_HEADER_BYTES)
+        finally:
+            video.seek(position)
+    except (OSError, AttributeError, ValueError):
+        return b""
 
 
 def _decode(image: ImageInput, index: int) -> Union[tuple[Image.Image, Union[bytes, Image.Image, np.ndarray]],

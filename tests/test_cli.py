@@ -209,6 +209,22 @@ def test_explain_writes_heat_map_and_spectrum(dev_images, weights_dir, cli_env, 
     assert f"ganorigin explain: error: {notes}: This file is not an image" in capsys.readouterr().err
 
 
+def test_commands_name_what_they_were_given_instead(tmp_path, capsys):
+    """A folder, a file or a video where another was wanted is named as such, before any weights load."""
+    from video_files import grey_seconds, write_clip
+
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(write_clip(grey_seconds(1), size=(32, 32)))
+    cases = [(["explain", str(tmp_path)], f"{tmp_path} is a folder; explain takes one image file."),
+             (["explain", str(clip)], f"{clip}: This file is a video, not an image: explain takes images"),
+             (["demo-weights", str(clip)], f"{clip} is a file; demo-weights writes into a new or empty folder."),
+             (["robustness", str(tmp_path / "nowhere")], f"{tmp_path / 'nowhere'} does not exist."),
+             (["robustness", str(clip)], f"{clip} is a file; robustness takes a folder of images.")]
+    for argv, message in cases:
+        assert main([*argv, "--offline"] if argv[0] != "demo-weights" else argv) == 2, argv
+        assert message in capsys.readouterr().err, argv
+
+
 @pytest.mark.parametrize("command", ["predict", "extract"])
 def test_commands_warn_on_stderr_that_test_weights_give_meaningless_answers(command, image_dir, weights_dir, cli_env,
                                                                             capsys, tmp_path):

@@ -429,6 +429,11 @@ def test_input_errors_are_the_gates_errors(tmp_path, monkeypatch):
         assert read_provenance(encode(picture(64), fmt)).strength == "none"
     cut = encode(picture(300), "PNG")[:100]  # a damaged image is read as far as it goes, not refused
     assert "not an image" not in read_provenance(cut).summary and read_provenance(cut).watermarks.error
+    jpeg = encode(picture(300), "JPEG")
+    cut_jpeg = read_provenance(jpeg[: len(jpeg) // 3])  # its header whole, its pixels cut: not "nothing found"
+    assert cut_jpeg.summary == ("No provenance found where the file could be read (its pixels could not be decoded: "
+                                "truncated or corrupt); the rest is unknown.")
+    assert cut_jpeg.watermarks.says == "not checked: its pixels could not be decoded: truncated or corrupt"
     monkeypatch.setattr(images, "MAX_IMAGE_BYTES", 1000)
     with pytest.raises(ImageTooLargeError, match="limit"):
         read_provenance(encode(picture(300), "PNG"))

@@ -163,7 +163,34 @@ def test_too_many_megapixels_or_bytes_is_413(server):
 
     response = _post(server, content=b"\0" * (MAX_IMAGE_BYTES + 1))
     assert response.status_code == 413, response.text
-    assert "MiB" in response.json()["error"]
+    assert response.json() == {"error": f"The file is larger than the {MAX_IMAGE_BYTES / 2**20:g} MiB limit."}
+
+
+def test_a_file_over_the_byte_limit_gets_one_message_everywhere(server, model, tmp_path, capsys, monkeypatch,
+                                                               weights_env):
+    """The page's gate reads one byte past the limit, REST stops at the limit: neither knows the file's size, so
+    no entry point claims one (the page once said "The file is 50.0 MiB" of a 60 MiB file)."""
+    from gradio_client.exceptions import AppError
+
+    from ganorigin.cli import main
+    from ganorigin.errors import ImageTooLargeError
+    from ganorigin.images import MAX_IMAGE_BYTES
+
+    path = tmp_path / "big.png"
+    with open(path, "wb") as f:
+        f.truncate(MAX_IMAGE_BYTES + 10 * 2**20)  # sparse: 10 MiB over the limit
+    with pytest.raises(ImageTooLargeError) as python:
+        model.predict(path)
+    message = str(python.value)
+    assert message == f"The file is larger than the {MAX_IMAGE_BYTES / 2**20:g} MiB limit."
+    assert _post(server, path).json() == {"error": message}
+    with pytest.raises(AppError) as gradio:
+        Client(server.url, verbose=False).predict(handle_file(str(path)), api_name="/predict")
+    assert str(gradio.value) == message
+    for name, value in weights_env.items():
+        monkeypatch.setenv(name, value)
+    assert main(["predict", str(path), "--no-progress", "--offline"]) == 1
+    assert json.loads(capsys.readouterr().out)["error"] == f"{path}: {message}"
 
 
 def test_threshold_out_of_range_is_422_json(server, dev_sample):

@@ -28,7 +28,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from app_server import ROOT, main_server
-from ganorigin import InvalidVideoError, Prediction, VideoPrediction, VideoTooLargeError
+from ganorigin import InvalidImageError, InvalidVideoError, Prediction, VideoPrediction, VideoTooLargeError
 from ganorigin.cli import main
 from ganorigin.video import FrameResult, VideoInfo, decode, sample_frames
 from video_files import RATE, SIDE, grey_seconds, write_clip
@@ -110,6 +110,11 @@ def _frameless() -> bytes:
     return buffer.getvalue()
 
 
+def _cut(data: bytes, kept: float) -> bytes:
+    """The first ``kept`` of a clip's bytes, as an interrupted download leaves it."""
+    return data[: int(len(data) * kept)]
+
+
 def _huge_gif() -> bytes:
     data = bytearray(write_clip(grey_seconds(1), fmt="gif", codec="gif", pix_fmt="rgb8", size=(32, 32)))
     data[6:10] = (16000).to_bytes(2, "little") * 2  # the logical screen: 16000 x 16000 = 256 megapixels
@@ -121,6 +126,10 @@ BAD_VIDEOS = {
     "text": (lambda: b"hello, this is not a video at all", InvalidVideoError, "not a video we can read"),
     "truncated": (lambda: write_clip(grey_seconds(2), size=(32, 32))[:600], InvalidVideoError,
                   "The video could not be decoded; it may be truncated or corrupt."),
+    "cut off after its index": (lambda: _cut(write_clip(grey_seconds(5), size=(64, 64), faststart=True), 0.9),
+                                InvalidVideoError, "of the 5.0 s its header declares; it may be truncated or corrupt."),
+    "cut off inside its index": (lambda: _cut(write_clip(grey_seconds(5), size=(64, 64)), 0.6), InvalidVideoError,
+                                 "The video could not be decoded; it may be truncated or corrupt."),
     "audio only": (_audio_only, InvalidVideoError, "no video stream"),
     "zero length": (_frameless, InvalidVideoError, "holds no frames"),
     "huge declared resolution": (_huge_gif, VideoTooLargeError, "256.0 megapixels"),
@@ -159,7 +168,7 @@ def test_limits_on_duration_frames_and_bytes(monkeypatch, tmp_path):
         list(frames)
     monkeypatch.setattr(decode, "MAX_VIDEO_BYTES", 2**20 // 2)
     (tmp_path / "clip.mp4").write_bytes(data + bytes(2**20))  # padding after the clip: the size alone decides
-    with pytest.raises(VideoTooLargeError, match=r"the limit is 0.5 MiB"):
+    with pytest.raises(VideoTooLargeError, match=r"larger than the 0.5 MiB limit"):
         sample_frames(tmp_path / "clip.mp4")
 
 
@@ -430,6 +439,33 @@ def test_the_cli_mixes_images_and_videos_in_one_csv(model, switch_clip, dev_imag
     assert main(["predict", str(folder), *common]) == 0
     rows = capsys.readouterr().out.splitlines()[1:]
     assert sorted(r.split(",")[0] for r in rows) == sorted([str(folder / "clips" / "switch.mp4"), str(folder / face.name)])
+
+
+def test_images_and_videos_are_told_apart_by_their_bytes_not_their_names(model, switch_clip, dev_images, tmp_path,
+                                                                          monkeypatch, weights_env, capsys):
+    clip, threshold, _, _ = switch_clip
+    face = dev_images["stylegan2"][0]
+    with pytest.raises(InvalidImageError) as image_api:
+        model.predict(clip)
+    assert str(image_api.value) == "This file is a video, not an image: use predict_video()."
+    with pytest.raises(InvalidVideoError) as video_api:
+        model.predict_video(face)
+    assert str(video_api.value) == "This file is an image, not a video: use predict()."
+    with open(face, "rb") as f:  # a caller's file object: read, then left where it was
+        with pytest.raises(InvalidVideoError, match="an image, not a video"):
+            model.predict_video(f)
+
+    (tmp_path / "clip.png").write_bytes(clip)  # misnamed: the CLI goes by the bytes
+    shutil.copyfile(face, tmp_path / "face.mp4")
+    for name, value in weights_env.items():
+        monkeypatch.setenv(name, value)
+    common = ["--no-progress", "--offline", "--threshold", str(threshold), "--format", "csv"]
+    assert main(["predict", str(tmp_path / "clip.png"), str(tmp_path / "face.mp4"), *common]) == 0
+    rows = {row.split(",")[0]: row for row in capsys.readouterr().out.splitlines()[1:]}
+    want_clip = model.predict_video(clip, threshold=threshold)
+    want_face = model.predict(face, threshold=threshold)
+    assert want_clip.verdict_text in rows[str(tmp_path / "clip.png")]
+    assert f"{want_face.fake_probability}" in rows[str(tmp_path / "face.mp4")]
 
 
 def test_the_video_tab_states_the_limits():

@@ -4,6 +4,8 @@ container and codec, seekable or written to a stream that cannot seek back."""
 from __future__ import annotations
 
 import io
+import os
+import tempfile
 
 import av
 from PIL import Image
@@ -13,11 +15,22 @@ RATE = 5  # frames per second of the test clips: few frames, quick to encode and
 
 
 def write_clip(segments, *, fmt="mp4", codec="libx264", pix_fmt="yuv420p", rate=RATE, size=(SIDE, SIDE),
-               rotation=None, seekable=True) -> bytes:
-    """A clip of ``segments``: (RGB image or colour, seconds) shown one after the other."""
+               rotation=None, seekable=True, faststart=False) -> bytes:
+    """A clip of ``segments``: (RGB image or colour, seconds) shown one after the other. ``faststart``: an MP4's
+    index (``moov``) before its frames, as web videos have it (the muxer rewrites a real file for it)."""
+    if faststart:
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "clip.mp4")
+            _write(path, segments, fmt, codec, pix_fmt, rate, size, rotation, {"movflags": "faststart"})
+            with open(path, "rb") as f:
+                return f.read()
     buffer = io.BytesIO()
-    target = buffer if seekable else _Unseekable(buffer)
-    with av.open(target, "w", format=fmt) as container:
+    _write(buffer if seekable else _Unseekable(buffer), segments, fmt, codec, pix_fmt, rate, size, rotation, {})
+    return buffer.getvalue()
+
+
+def _write(target, segments, fmt, codec, pix_fmt, rate, size, rotation, options) -> None:
+    with av.open(target, "w", format=fmt, options=options) as container:
         stream = container.add_stream(codec, rate=rate)
         stream.width, stream.height, stream.pix_fmt = size[0], size[1], pix_fmt
         if rotation:
@@ -29,7 +42,6 @@ def write_clip(segments, *, fmt="mp4", codec="libx264", pix_fmt="yuv420p", rate=
             for _ in range(round(seconds * rate)):
                 container.mux(stream.encode(frame))
         container.mux(stream.encode())
-    return buffer.getvalue()
 
 
 class _Unseekable(io.RawIOBase):

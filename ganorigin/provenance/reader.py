@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 SECTION_NAMES = ("content_credentials", "metadata", "generator_settings", "watermarks")
 NOTHING_FOUND = "No provenance found — most platforms strip it; this says nothing either way."
+UNDECODABLE = "its pixels could not be decoded: truncated or corrupt"
 E = TypeVar("E", bound=Evidence)
 
 
@@ -112,8 +113,9 @@ def summarise(credentials: ContentCredentials, metadata: Metadata, generator: Ge
     found = sorted((s for s in sections if s.found and s.strength != NONE),
                    key=lambda s: (STRENGTH_ORDER[s.strength], not s.ai_generated))
     if not found:
-        summary = NOTHING_FOUND if metadata.error is None else (
-            f"No provenance found where the file could be read ({metadata.error}); the rest is unknown.")
+        unread = metadata.error or watermarks.error
+        summary = NOTHING_FOUND if unread is None else (
+            f"No provenance found where the file could be read ({unread}); the rest is unknown.")
         return Provenance(NONE, summary, False, *sections)
     summary = "; ".join(dict.fromkeys(s.says for s in found)) + "."
     return Provenance(found[0].strength, summary, found[0].ai_generated, *sections)
@@ -124,7 +126,7 @@ def _watermarks(data: bytes, decoded: Optional[Image.Image]) -> Watermarks:
         try:
             decoded = load_image(data)  # the gate: no other decoder sees these bytes
         except InvalidImageError as e:
-            return Watermarks(says="not checked", error=str(e))
+            return Watermarks(says=f"not checked: {UNDECODABLE}", error=UNDECODABLE)
     return read_watermarks(decoded)
 
 

@@ -45,7 +45,7 @@ class ResultSink:
             parts = sorted(self.out.glob("*.parquet"))
             return set(pq.read_table(parts, columns=["path"]).column("path").to_pylist()) if parts else set()
         _cut_torn_row(self.out)
-        with open(self.out, newline="") as f:
+        with open(self.out, newline="", encoding="utf-8") as f:
             if self.fmt == "jsonl":
                 return {json.loads(line)["path"] for line in f if line.strip()}
             return {row["path"] for row in csv.DictReader(f)}
@@ -72,9 +72,9 @@ class ResultSink:
             return RowWriter(sys.stdout, self.fmt)
         header = None
         if self.fmt == "csv" and self.out.is_file() and self.out.stat().st_size:
-            with open(self.out, newline="") as f:
+            with open(self.out, newline="", encoding="utf-8") as f:
                 header = next(csv.reader(f))
-        self._stream = open(self.out, "a", newline="")
+        self._stream = open(self.out, "a", newline="", encoding="utf-8")
         return RowWriter(self._stream, self.fmt, fieldnames=header)
 
     def close(self) -> None:
@@ -86,7 +86,7 @@ def read_rows(out: Path, fmt: str) -> list[dict]:
     """Every row of a finished output (for reports over it)."""
     if fmt == "parquet":
         return pq.read_table(sorted(out.glob("*.parquet"))).to_pylist()
-    with open(out, newline="") as f:
+    with open(out, newline="", encoding="utf-8") as f:
         if fmt == "jsonl":
             return [json.loads(line) for line in f if line.strip()]
         return list(csv.DictReader(f))

@@ -28,9 +28,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import (GANOriginError, ImageTooLargeError, InvalidImageError, InvalidVideoError, ModelUnavailableError,
                       VideoTooLargeError)
-from ..images import MAX_IMAGE_BYTES, image_extension
+from ..images import IMAGE_HEADER_BYTES, MAX_IMAGE_BYTES, image_too_large, is_still_image
 from ..pipeline import check_threshold
-from ..video import MAX_VIDEO_BYTES, is_video
+from ..video import MAX_VIDEO_BYTES, is_video, video_too_large
 from .service import ModelService
 from .urls import fetch_image_bytes
 
@@ -40,9 +40,9 @@ DEFAULT_MAX_INFLIGHT = 4  # bodies of up to the byte limit each; a 2-vCPU Space 
 RETRY_AFTER_S = 5
 # The image plus its multipart framing (boundaries, part headers, the threshold field).
 MAX_BODY_BYTES = MAX_IMAGE_BYTES + 64 * 1024
-TOO_LARGE = f"The file is larger than the {MAX_IMAGE_BYTES / 2**20:g} MiB limit."
+TOO_LARGE = image_too_large()
 MAX_VIDEO_BODY_BYTES = MAX_VIDEO_BYTES + 64 * 1024
-VIDEO_TOO_LARGE = f"The video is larger than the {MAX_VIDEO_BYTES / 2**20:g} MiB limit."
+VIDEO_TOO_LARGE = video_too_large()
 # The guarded routes: path -> (largest body, the 413 message).
 BODY_LIMITS = {"/predict": (MAX_BODY_BYTES, TOO_LARGE), "/predict/video": (MAX_VIDEO_BODY_BYTES, VIDEO_TOO_LARGE)}
 INTERNAL_ERROR = "Internal error; the server logged the details."
@@ -51,7 +51,6 @@ VIDEO_ON_IMAGE_ROUTE = ("This file is a video, not an image: use POST /predict/v
                         "field 'video'.")
 IMAGE_ON_VIDEO_ROUTE = ("This file is an image, not a video: use POST /predict with the image in the multipart "
                         "field 'image'.")
-IMAGE_HEADER_BYTES = 64 * 1024  # enough for any accepted format's header (JPEG's markers before its frame)
 
 
 class Authentic(BaseModel):
@@ -117,12 +116,9 @@ def _refused(error: GANOriginError) -> JSONResponse:
 
 
 def _is_image(file) -> bool:
-    """Whether an upload refused as a video opens as a still image (its header only; no pixel is decoded)."""
+    """Whether an upload refused as a video opens as a still image."""
     file.seek(0)
-    try:
-        return image_extension(file.read(IMAGE_HEADER_BYTES)) != "gif"
-    except InvalidImageError:
-        return False
+    return is_still_image(file.read(IMAGE_HEADER_BYTES))
 
 
 def _error(status: int, message: str, headers: Optional[dict] = None) -> JSONResponse:

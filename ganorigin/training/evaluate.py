@@ -173,7 +173,7 @@ def _attribution_metrics(rows: list, attributor, confusion_png: Path) -> dict:
 
 
 def _write_rows(rows: list, path: os.PathLike, fmt: str) -> None:
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="utf-8") as f:
         write_rows(rows, f, fmt)
 
 
@@ -196,7 +196,7 @@ class RowWriter:
 
     def write(self, row: dict) -> None:
         if self.fmt == "jsonl":
-            self.stream.write(json.dumps(row) + "\n")
+            self.stream.write(json.dumps(row, ensure_ascii=False) + "\n")
         else:
             if self._csv is None:
                 self._csv = csv.DictWriter(self.stream, fieldnames=list(row), lineterminator="\n")

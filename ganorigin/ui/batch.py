@@ -25,7 +25,7 @@ from PIL import Image
 
 from ..errors import InvalidImageError
 from ..examples import EXAMPLES
-from ..images import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, load_image
+from ..images import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, image_too_large, load_image
 from ..result import DEFAULT_THRESHOLD, Prediction
 from ..serving.uploads import read_upload, reject_upload
 from ..serving.urls import fetch_image_bytes
@@ -128,8 +128,7 @@ def _parts(path: str) -> list[str]:
 
 def _member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, label: str) -> Item:
     if member.file_size > MAX_IMAGE_BYTES:
-        return Item(label, error=f"The file is {member.file_size / 2**20:.1f} MiB; the limit is "
-                                 f"{MAX_IMAGE_BYTES / 2**20:g} MiB.")
+        return Item(label, error=image_too_large())
     if member.flag_bits & 0x1:
         return Item(label, error="This file could not be unpacked from the ZIP (it is encrypted).")
     if member.compress_type not in ZIP_METHODS:

@@ -31,10 +31,12 @@ MAX_VIDEO_FRAMES = int(os.environ.get("GANORIGIN_MAX_VIDEO_FRAMES", 18_000))  # 
 MIN_FRAME_SIDE = 16
 DEFAULT_FPS = 1.0
 DEFAULT_MAX_FRAMES = 60
+CUT_SHORT_SECONDS = 1.0  # frames ending this much before the declared duration (or more) mean a cut-off file
 
 SUPPORTED = "MP4, MOV, WebM, MKV, AVI or GIF"
 # What the CLI reads as video (a .gif stays an image there; predict_video reads animated GIFs too).
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".3gp", ".webm", ".mkv", ".avi"})
+CORRUPT = "The video could not be decoded; it may be truncated or corrupt."
 ZERO_LENGTH = "The video holds no frames (zero length, or cut off before its first frame)."
 STILL_IMAGE_BRANDS = frozenset({b"heic", b"heix", b"mif1", b"avif"})  # ISO files that hold pictures, not clips
 CODECS = frozenset({"h264", "hevc", "vp8", "vp9", "av1", "mpeg4", "mjpeg", "gif", "prores", "mpeg2video"})
@@ -151,7 +153,7 @@ def _check_size(file: BinaryIO) -> None:
     if size == 0:
         raise InvalidVideoError("The file is empty (0 bytes).")
     if size > MAX_VIDEO_BYTES:
-        raise VideoTooLargeError(f"The video is {size / 2**20:.1f} MiB; the limit is {MAX_VIDEO_BYTES / 2**20:g} MiB.")
+        raise VideoTooLargeError(video_too_large())
 
 
 def _open_container(file: BinaryIO) -> tuple[av.container.InputContainer, VideoInfo]:
@@ -175,6 +177,8 @@ def _check_header(container, name: str) -> VideoInfo:
     if not container.streams:
         raise InvalidVideoError(ZERO_LENGTH)
     if not container.streams.video:
+        if not container.streams.audio:  # e.g. an MP4 cut off inside its index
+            raise InvalidVideoError(CORRUPT)
         raise InvalidVideoError("The file has no video stream (audio only?); nothing to analyse.")
     stream = container.streams.video[0]
     codec = stream.codec_context.name if stream.codec_context is not None else "unknown"
@@ -273,6 +277,10 @@ def _frames(close, container, info: VideoInfo, interval: float, max_frames: int)
         close()
     if decoded == 0:
         raise InvalidVideoError(ZERO_LENGTH)
+    step = 1 / info.frame_rate if info.frame_rate else 0.0
+    if info.duration - (time + step) > max(CUT_SHORT_SECONDS, 2 * step, 0.05 * info.duration):
+        raise InvalidVideoError(f"The video stops at {time + step:.1f} s of the {info.duration:.1f} s its header "
+                                "declares; it may be truncated or corrupt.")
 
 
 def _frame_time(frame, index: int, info: VideoInfo) -> float:
@@ -291,7 +299,12 @@ def _upright(frame) -> Image.Image:
 
 def _corrupt(e: BaseException) -> InvalidVideoError:
     """Our words only; the decoder's stay in the cause (``raise ... from e``)."""
-    return InvalidVideoError("The video could not be decoded; it may be truncated or corrupt.")
+    return InvalidVideoError(CORRUPT)
+
+
+def video_too_large() -> str:
+    """What every entry point says of a video over the byte limit."""
+    return f"The video is larger than the {MAX_VIDEO_BYTES / 2**20:g} MiB limit."
 
 
 def _too_long(seconds: float) -> str:
