@@ -156,6 +156,17 @@ def test_a_video_sent_as_an_image_is_pointed_to_the_video_analysis(client, tmp_p
         assert str(caught.value) == VIDEO_NOT_IMAGE, api_name
 
 
+def test_an_image_sent_as_a_video_is_pointed_to_the_image_analysis(client, dev_images, tmp_path):
+    """A PNG on /predict_video (the Video tab's checks are the same; test_browser.py): the library's message
+    that it is an image, not "not a video we can read"."""
+    from ganorigin.ui.common import IMAGE_NOT_VIDEO
+
+    image = tmp_path / "face.mp4"  # named like a video: the bytes decide
+    image.write_bytes(sorted(p for p in dev_images["real"] if p.suffix == ".png")[0].read_bytes())
+    with pytest.raises(AppError) as caught:
+        client.predict(handle_file(str(image)), api_name="/predict_video")
+    assert str(caught.value) == IMAGE_NOT_VIDEO
+
 def test_api_outputs_are_named_and_the_documented_endpoints_are_listed(client):
     """view_api names every output after its label (no ``value_15``); /predict, /predict_extended, /explain,
     /predict_video, /predict_url and /predict_batch are listed, the page's own /analyse and /analyse_batch are

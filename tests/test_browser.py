@@ -497,6 +497,127 @@ def test_a_video_that_cannot_be_read_is_refused_as_it_is_uploaded(browser, serve
 
 
 
+def test_a_gif_chosen_on_the_video_tab_is_analysed(browser, server, model, dev_images, tmp_path):
+    """The file chooser of the Video tab offers GIFs (and every format the library reads), and Gradio does not
+    refuse the GIF with "Invalid file type": the clip is analysed."""
+    from ganorigin.ui.video import VIDEO_FILE_TYPES
+    from ganorigin.video import VIDEO_EXTENSIONS
+
+    assert {".gif", *VIDEO_EXTENSIONS} <= set(VIDEO_FILE_TYPES)
+    faces = [Image.open(dev_images[kind][0]).convert("RGB").resize((256, 256)) for kind in ("real", "stylegan2")]
+    gif = tmp_path / "anim.gif"
+    faces[0].save(gif, save_all=True, append_images=faces[1:], duration=1000, loop=0)
+    expected = model.predict_video(gif)
+    page = _open(browser, server.url, 1280)
+    page.get_by_role("tab", name="Video").click()
+    with page.expect_file_chooser() as chooser:
+        page.locator("#video-input .upload-container").first.click()
+    assert set(chooser.value.element.get_attribute("accept").split(",")) == set(VIDEO_FILE_TYPES)
+    chooser.value.set_files(str(gif))
+    page.get_by_role("button", name="Analyse video").click()
+    expect(page.locator("#video-card h3")).to_have_text(expected.verdict_text)
+    expect(page.locator("#video-card")).to_contain_text(expected.sampling_note)
+    expect(page.get_by_text("Invalid file type")).to_have_count(0)
+    page.close()
+
+
+@pytest.mark.parametrize("how", ["chosen", "dropped"])
+def test_an_image_given_to_the_video_input_gets_the_library_message(browser, server, dev_images, how):
+    """Not Gradio's "Invalid file type ... video/*": the upload check's own message, as for any refused upload."""
+    from ganorigin.ui.common import IMAGE_NOT_VIDEO
+
+    face = sorted(p for p in dev_images["real"] if p.suffix == ".png")[0]
+    page = _open(browser, server.url, 1400)
+    page.get_by_role("tab", name="Video").click()
+    if how == "chosen":
+        page.locator("#video-input input[type=file]").set_input_files(str(face))
+    else:
+        files = page.evaluate_handle("""([bytes, name]) => {
+            const files = new DataTransfer();
+            files.items.add(new File([new Uint8Array(bytes)], name, {type: "image/png"}));
+            return files;
+        }""", [list(face.read_bytes()), face.name])
+        page.locator("#video-input .upload-container").first.dispatch_event("drop", {"dataTransfer": files})
+    toasts = page.locator(".toast-body")
+    toasts.filter(has_text=IMAGE_NOT_VIDEO).first.wait_for()
+    assert toasts.count() == 1, toasts.all_inner_texts()  # and no "Invalid file type"
+    expect(page.locator("#video-input video")).to_have_count(0)  # the refused upload is gone
+    expect(page.locator("#video-card")).to_contain_text("No video analysed yet")
+    page.close()
+
+
+def test_a_one_frame_clip_shows_its_frame_on_the_timeline_and_a_whole_captioned_thumbnail(browser, server, model,
+                                                                                            dev_images, tmp_path):
+    """A line through one point is not drawn: the frame's tick is. The strip shows the frame whole, at a thumbnail's
+    size, with its time and P(fake)."""
+    from video_files import RATE, write_clip
+
+    from ganorigin.ui.video import THRESHOLD_SERIES, TIMELINE_COLOURS, UFD_SERIES
+
+    clip = tmp_path / "one-frame.mp4"
+    clip.write_bytes(write_clip([(Image.open(dev_images["real"][0]), 1 / RATE)]))
+    expected = model.predict_video(clip)
+    assert len(expected.frames) == 1
+    page = _open(browser, server.url, 1280)
+    page.get_by_role("tab", name="Video").click()
+    page.locator("#video-input input[type=file]").set_input_files(str(clip))
+    page.locator("#video-input video").first.wait_for()
+    page.get_by_role("button", name="Analyse video").click()
+    expect(page.locator("#video-card")).to_contain_text("1 frame sampled")
+    timeline = page.locator("#video-timeline")
+    threshold = timeline.locator(f"svg .mark-line path[stroke='{TIMELINE_COLOURS[THRESHOLD_SERIES]}']")
+    threshold.wait_for(state="attached")  # a horizontal line: no height, never "visible"
+    plot = threshold.bounding_box()
+    red = timeline.locator(f"svg .mark-line path[stroke='{TIMELINE_COLOURS[UFD_SERIES]}']").all()
+    # a tall, thin mark; the path of the lone point has a 20 px box but no ink
+    ticks = [box for box in (path.bounding_box() for path in red) if box and box["height"] >= 15 and box["width"] <= 4]
+    assert len(ticks) == 1, ticks
+    # at 0 s, where the threshold line starts, whole: not cut in half by the plot's edge
+    assert ticks[0]["x"] + ticks[0]["width"] / 2 == pytest.approx(plot["x"], abs=2) and ticks[0]["width"] >= 2, ticks
+
+    strip = page.locator("#video-frames")
+    thumbnail = strip.locator("img")
+    expect(thumbnail).to_have_count(1)
+    best = expected.decisive_frames[0]
+    caption = strip.get_by_text(f"{best.time:g} s · {best.prediction.fake_probability:.3f}")
+    expect(caption).to_be_visible()
+    assert thumbnail.evaluate("e => getComputedStyle(e).objectFit") == "contain"  # never cropped
+    shown, frame = thumbnail.bounding_box(), strip.bounding_box()
+    assert shown["width"] <= frame["width"] / 3, f"one frame is blown up to {shown} in {frame}"
+    assert frame["y"] <= caption.bounding_box()["y"] <= frame["y"] + frame["height"]
+    _screenshot(page, "app-video-one-frame.png")
+    page.close()
+
+
+@pytest.mark.parametrize("p_fake", [0.686, 0.494, 0.05, 0.98])
+def test_the_unsure_band_and_the_threshold_show_over_the_score(browser, model, dev_images, p_fake):
+    """Whatever the score, the unsure band lies over the meter's fill (see-through: the fill shows under it) and
+    the threshold mark over both."""
+    from dataclasses import replace
+
+    from ganorigin.ui.cards import CARD_CSS, verdict_card
+
+    result = replace(model.predict(sorted(dev_images["real"])[0]), fake_probability=p_fake, threshold=0.5,
+                     ufd_band=0.1, commfor_probability=p_fake, commfor_threshold=0.5, commfor_band=0.1)
+    page = browser.new_page(viewport={"width": 800, "height": 400})
+    page.set_content(f"<style>{CARD_CSS}</style>{verdict_card(result)}")
+    meters = page.locator("#verdict-card .meter")
+    assert meters.count() == 2
+    for meter in meters.all():
+        on_top = meter.evaluate("""(m) => {
+            const at = (e, fx) => { const r = e.getBoundingClientRect();
+                return document.elementFromPoint(r.left + r.width * fx, r.top + r.height / 2).className; };
+            const band = m.querySelector(".band");
+            return [at(band, 0.25), at(band, 0.75), at(m.querySelector(".mark"), 0.5),
+                    getComputedStyle(band).backgroundColor];
+        }""")
+        assert on_top[:3] == ["band", "band", "mark"], on_top
+        alpha = float(on_top[3].rstrip(")").split(",")[3]) if on_top[3].startswith("rgba") else 1.0
+        assert alpha < 1, f"the band hides the fill under it: {on_top[3]}"
+    if p_fake == 0.686:
+        _screenshot(page, "app-card-band.png")
+    page.close()
+
 @pytest.mark.parametrize("name", ["notes.mp4", "cut-short.mp4"])
 def test_a_refused_video_gets_one_message_and_leaves_the_tab_clean(browser, server, tmp_path, name):
     from video_files import grey_seconds, write_clip

@@ -25,9 +25,12 @@ CARD_CSS = """
 #verdict-card .why {color: #344054; margin-bottom: 4px;}
 #verdict-card .detector {margin-top: 10px; font-size: 0.92em;}
 #verdict-card .meter {position: relative; height: 10px; border-radius: 5px; background: #e4e7ec; margin: 6px 0 4px;}
-#verdict-card .meter .band {position: absolute; top: 0; bottom: 0; background: #fedf89;}
-#verdict-card .meter .fill {position: absolute; left: 0; top: 0; bottom: 0; border-radius: 5px; background: #6172f3;}
-#verdict-card .meter .mark {position: absolute; top: -4px; bottom: -4px; width: 2px; background: #101828;}
+#verdict-card .meter .fill {position: absolute; left: 0; top: 0; bottom: 0; border-radius: 5px; background: #6172f3;
+  z-index: 1;}
+/* The unsure band lies over the score's fill, see-through and outlined, so both read at any score. */
+#verdict-card .meter .band {position: absolute; top: -2px; bottom: -2px; box-sizing: border-box; border-radius: 2px;
+  border: 2px solid #f79009; background: rgba(254, 223, 137, 0.5); z-index: 2;}
+#verdict-card .meter .mark {position: absolute; top: -4px; bottom: -4px; width: 2px; background: #101828; z-index: 3;}
 #verdict-card .scale {display: flex; justify-content: space-between; font-size: 0.8em; color: #667085;}
 #provenance {border-left: 4px solid #d0d5dd; padding-left: 12px;}
 #provenance.strong {border-left-color: #6172f3;}
@@ -53,13 +56,14 @@ def verdict_card(result: Prediction) -> str:
 
 
 def _meter(key: str, probability: float, threshold: float, band: float, state: str) -> str:
+    """A detector's score as a fill from 0, with its unsure band (none when it is empty) and threshold mark over it."""
     band = effective_band(threshold, band)
+    band_div = (f"<div class='band' style='left:{(threshold - band) * 100:.1f}%;width:{band * 200:.1f}%'"
+                " title='unsure band'></div>" if band > 0 else "")
     return (
         f"<div class='detector {key} {state}'>{SHORT_NAMES[key]}: P(fake) <b>{probability:.3f}</b> — "
         f"threshold {threshold:.2f}</div>"
-        f"<div class='meter'><div class='band' style='left:{(threshold - band) * 100:.1f}%;width:{band * 200:.1f}%'"
-        " title='unsure band'></div>"
-        f"<div class='fill' style='width:{probability * 100:.1f}%'></div>"
+        f"<div class='meter'><div class='fill' style='width:{probability * 100:.1f}%'></div>{band_div}"
         f"<div class='mark' style='left:calc({threshold * 100:.1f}% - 1px)' title='threshold'></div></div>"
         "<div class='scale'><span>real</span><span>generated</span></div>"
     )

@@ -28,6 +28,8 @@ logger = logging.getLogger("ganorigin.app")
 NO_IMAGE = "Upload, paste or capture a face image first."
 VIDEO_NOT_IMAGE = ("This file is a video, not an image: analyse it in the Video tab (from gradio_client: "
                    "api_name=\"/predict_video\").")
+IMAGE_NOT_VIDEO = ("This file is an image, not a video: analyse it in the Image tab (from gradio_client: "
+                   "api_name=\"/predict\").")
 
 
 def api_text(label: str, example: str) -> gr.Textbox:

@@ -7,18 +7,20 @@ and the video gate decodes frames from it as they are analysed.
 from __future__ import annotations
 
 import html
+import json
 
 import gradio as gr
 import pandas as pd
 
 from ..errors import GANOriginError, InvalidVideoError
+from ..images import IMAGE_HEADER_BYTES, is_still_image
 from ..result import DEFAULT_THRESHOLD
 from ..serving.rest import NO_VIDEO as NO_VIDEO_UPLOADED
 from ..serving.service import ModelService
 from ..serving.uploads import open_upload, reject_upload
 from ..video import (DEFAULT_FPS, DEFAULT_MAX_FRAMES, MAX_VIDEO_BYTES, MAX_VIDEO_FRAMES, MAX_VIDEO_PIXELS,
-                     MAX_VIDEO_SECONDS, VideoPrediction, sample_frames)
-from .common import drop_input_and_settle, gpu, user_error, user_threshold
+                     MAX_VIDEO_SECONDS, VIDEO_EXTENSIONS, VideoPrediction, sample_frames)
+from .common import IMAGE_NOT_VIDEO, drop_input_and_settle, gpu, user_error, user_threshold
 
 NO_VIDEO = "Upload or record a video first."
 LIMITS = (f"Limits: {MAX_VIDEO_BYTES / 2**20:g} MiB, {MAX_VIDEO_SECONDS / 60:g} min, "
@@ -28,25 +30,43 @@ LIMITS = (f"Limits: {MAX_VIDEO_BYTES / 2**20:g} MiB, {MAX_VIDEO_SECONDS / 60:g} 
 EMPTY_CARD = "<div id='video-card'><h3>No video analysed yet</h3><div>Upload or record a clip and press Analyse video.</div></div>"
 UFD_SERIES, COMMFOR_SERIES, THRESHOLD_SERIES = "P(fake), GAN detector", "P(fake), any generator", "threshold"
 NO_FACE_SERIES, NO_FACE_COLOUR = "no face found", "#98a2b3"
+# Each analysed frame is also drawn as a short vertical tick on its detector's line, in the line's colour (not in
+# the legend): a line through a single point is not drawn at all, as in a clip of one frame.
+TICK_SERIES = {UFD_SERIES: "GAN detector, frame", COMMFOR_SERIES: "any generator, frame"}
+TICK_HALF_HEIGHT = 0.05  # in P(fake)
+TIMELINE_COLOURS = {UFD_SERIES: "#d92d20", COMMFOR_SERIES: "#6172f3", THRESHOLD_SERIES: "#101828",
+                    NO_FACE_SERIES: NO_FACE_COLOUR}
+TIMELINE_COLOURS.update({TICK_SERIES[s]: TIMELINE_COLOURS[s] for s in TICK_SERIES})
+# What the Video tab's input takes: every file the library reads as a video, GIF included. Gradio's video input
+# only lets through files the browser types video/*; the page's ``js`` gives it the others under such a type,
+# so that the upload check (the video gate) decides, with its own message.
+VIDEO_FILE_TYPES = ("video/*", ".gif", *sorted(VIDEO_EXTENSIONS))
 # The page's ``js``. The browser cannot play some clips we accept, nor any we refuse; Gradio would then add its
 # own "Video not playable" message (before ours, or over a clip we can analyse) and leave an "Error" badge on the
-# input: the upload check says what is wrong instead. And a video dropped or chosen on the Image tab's input
-# (which Gradio would refuse with "Invalid file type") is taken to the Video tab's input instead.
+# input: the upload check says what is wrong instead. A file chosen or dropped on the Video tab's input that the
+# browser does not type video/* (a GIF, an image, anything) is given to it as video/*, which Gradio would refuse
+# with "Invalid file type", and its file chooser offers VIDEO_FILE_TYPES. And a video dropped or chosen on the
+# Image tab's input (which Gradio would refuse likewise) is taken to the Video tab's input instead.
 VIDEO_PAGE_JS = """() => {
+    const accepted = __VIDEO_FILE_TYPES__;
     document.addEventListener("error", (event) => {
         if (event.target instanceof HTMLVideoElement && event.target.closest("#video-input")) event.stopPropagation();
     }, true);
-    const videoOf = (files) => [...(files || [])].find((file) => file.type.startsWith("video/"));
+    const isVideo = (file) => file.type.startsWith("video/");
+    const videoOf = (files) => [...(files || [])].find(isVideo);
+    const giveVideo = (input, file) => {
+        const files = new DataTransfer();
+        files.items.add(isVideo(file) ? file : new File([file], file.name, {type: "video/x-unchecked"}));
+        input.files = files.files;
+        input.dispatchEvent(new Event("change", {bubbles: true}));
+    };
     const toVideoTab = (file) => {
         [...document.querySelectorAll("button[role=tab]")].find((tab) => tab.textContent.trim() === "Video")?.click();
         const started = Date.now();
         const give = () => {
             const input = document.querySelector("#video-input input[type=file]");
             if (!input) return Date.now() - started < 10000 && setTimeout(give, 100);
-            const files = new DataTransfer();
-            files.items.add(file);
-            input.files = files.files;
-            input.dispatchEvent(new Event("change", {bubbles: true}));
+            giveVideo(input, file);
         };
         give();
     };
@@ -65,7 +85,28 @@ VIDEO_PAGE_JS = """() => {
         input.value = "";
         toVideoTab(file);
     }, true);
-}"""
+    document.addEventListener("click", (event) => {
+        const input = event.target.closest?.("#video-input")?.querySelector("input[type=file]");
+        if (input) input.accept = accepted;
+    }, true);
+    document.addEventListener("drop", (event) => {
+        const file = event.target.closest?.("#video-input") && event.dataTransfer?.files?.[0];
+        const input = file && !isVideo(file) && document.querySelector("#video-input input[type=file]");
+        if (!input) return;
+        event.preventDefault();
+        event.stopPropagation();
+        // An empty drop where this one was aimed ends Gradio's dragging state.
+        event.target.dispatchEvent(new DragEvent("drop", {bubbles: true, dataTransfer: new DataTransfer()}));
+        giveVideo(input, file);
+    }, true);
+    document.addEventListener("change", (event) => {
+        const input = event.target;
+        const file = input.closest?.("#video-input") && input.type === "file" && input.files?.[0];
+        if (!file || isVideo(file)) return;
+        event.stopPropagation();
+        giveVideo(input, file);
+    }, true);
+}""".replace("__VIDEO_FILE_TYPES__", json.dumps(",".join(VIDEO_FILE_TYPES)))
 _CARD_COLOURS = {"fake": ("#fdecea", "#f5b7b1"), "real": ("#e8f6ee", "#a9dfbf")}
 
 
@@ -108,11 +149,11 @@ def video_tab(service: ModelService) -> None:
             timeline = gr.LinePlot(x="time", y="probability", color="series", y_lim=[0, 1], x_title="time (s)",
                                    x_axis_format="~g", y_title="P(fake)", color_title=" ",
                                    label="Timeline — red: GAN detector, blue: any-generator detector, black: threshold, "
-                                         "grey: no face found", elem_id="video-timeline",
-                                   color_map={UFD_SERIES: "#d92d20", COMMFOR_SERIES: "#6172f3",
-                                              THRESHOLD_SERIES: "#101828", NO_FACE_SERIES: NO_FACE_COLOUR})
-            strip = gr.Gallery(label="Most suspicious frames (time · P(fake))", columns=5, height=180, elem_id="video-frames",
-                               allow_preview=False, buttons=[])
+                                         "grey: no face found", elem_id="video-timeline", color_map=TIMELINE_COLOURS)
+            # Whole thumbnails at their grid size, each with its caption, however few there are.
+            strip = gr.Gallery(label="Most suspicious frames (time · P(fake))", columns=5, height=200,
+                               object_fit="contain", fit_columns=False, elem_id="video-frames", allow_preview=False,
+                               buttons=[])
             with gr.Accordion("JSON (POST /predict/video's answer)", open=False):
                 as_json = gr.JSON(label="POST /predict/video")
     last = gr.State()
@@ -163,10 +204,20 @@ def _with_video(file: dict, task):
     try:
         return task(open_upload(file, InvalidVideoError))
     except InvalidVideoError as e:
-        reject_upload(file, str(e))
-        raise user_error(str(e), "This video cannot be analysed") from e
+        message = IMAGE_NOT_VIDEO if _is_image(file) else str(e)
+        reject_upload(file, message)
+        raise user_error(message, "This video cannot be analysed") from e
     except GANOriginError as e:
         raise user_error(str(e), "Model unavailable") from e
+
+
+def _is_image(file: dict) -> bool:
+    """Whether an upload the video gate refused opens as a still image."""
+    try:
+        with open_upload(file, InvalidVideoError) as stream:
+            return is_still_image(stream.read(IMAGE_HEADER_BYTES))
+    except InvalidVideoError:
+        return False
 
 
 def _views(result: VideoPrediction) -> tuple:
@@ -197,18 +248,37 @@ def _card(result: VideoPrediction) -> str:
 
 
 def _timeline(result: VideoPrediction) -> gr.LinePlot:
+    """Each detector's P(fake) over time, a tick at each frame; the threshold; the frames without a face.
+    The time axis reaches a sampling interval at least (one frame) and leaves a margin, so no tick is cut by it."""
     rows = [(f.time, f.prediction.fake_probability, UFD_SERIES) for f in result.frames]
     rows += [(f.time, f.prediction.commfor_probability, COMMFOR_SERIES) for f in result.frames
              if f.prediction.commfor_probability is not None]
-    end = max(result.frames[-1].time, result.info.duration)
+    rows += _frame_ticks(rows)
+    end = max(result.frames[-1].time, result.info.duration, result.interval)
     rows += [(0.0, result.threshold, THRESHOLD_SERIES), (end, result.threshold, THRESHOLD_SERIES)]
     rows += _no_face_marks(result)
-    caption = (f"P(fake) of each analysed frame over time; the black line is the threshold {result.threshold:.2f}"
+    legend = [s for s in (UFD_SERIES, COMMFOR_SERIES, THRESHOLD_SERIES, NO_FACE_SERIES) if s in {r[2] for r in rows}]
+    caption = (f"P(fake) of each analysed frame (a tick) over time; the black line is the threshold "
+               f"{result.threshold:.2f}"
                + ("; grey lines mark the frames without a face (their scores are drawn, but the verdict leaves "
                   "them out). " if result.frames_without_face and len(result.judged_frames) < len(result.frames)
                   else "; grey lines mark the frames without a face. " if result.frames_without_face else ". ")
                + result.face_note)
-    return gr.LinePlot(pd.DataFrame(rows, columns=["time", "probability", "series"]), caption=caption)
+    margin = end * 0.02
+    return gr.LinePlot(pd.DataFrame(rows, columns=["time", "probability", "series"]), caption=caption,
+                       colors_in_legend=legend, x_lim=[-margin, end + margin])
+
+
+def _frame_ticks(points: list) -> list:
+    """A vertical tick through each (time, probability, series) point, in the series' tick series; an empty value
+    between two ticks keeps them apart."""
+    rows = []
+    for series, tick in TICK_SERIES.items():
+        for time, probability, _ in (point for point in points if point[2] == series):
+            if rows and rows[-1][2] == tick:
+                rows.append(((rows[-1][0] + time) / 2, None, tick))
+            rows += [(time, probability - TICK_HALF_HEIGHT, tick), (time, probability + TICK_HALF_HEIGHT, tick)]
+    return rows
 
 
 def _no_face_marks(result: VideoPrediction) -> list:
