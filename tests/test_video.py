@@ -57,6 +57,21 @@ def test_every_container_gives_the_first_frame_and_one_a_second(fmt, codec, pix_
     assert [level(f.image) for f in frames] == pytest.approx([0, 40, 80, 120], abs=12), "each second's own frame"
 
 
+@pytest.mark.parametrize("durations, want", [
+    ((500, 1500), [(0, 0), (0.5, 100)]),  # the second picture is on screen at 1 s and 2 s: not skipped
+    ((500, 3000, 1000), [(0, 0), (0.5, 100), (3.5, 200)]),  # on screen at 1, 2 and 3 s: sampled once
+])
+def test_a_frame_held_on_screen_is_sampled(durations, want):
+    """A GIF's (or slideshow's) frame that stays on screen across sampling times with no other frame there."""
+    pictures = [Image.new("RGB", (32, 32), (100 * i,) * 3) for i in range(len(durations))]
+    buffer = io.BytesIO()
+    pictures[0].save(buffer, "GIF", save_all=True, append_images=pictures[1:], duration=list(durations), loop=0)
+    _, frames = sample_frames(buffer.getvalue())
+    got = [(f.time, level(f.image)) for f in frames]
+    assert [t for t, _ in got] == pytest.approx([t for t, _ in want], abs=0.01)
+    assert [v for _, v in got] == pytest.approx([v for _, v in want], abs=3)
+
+
 def test_long_clips_are_sampled_evenly_within_max_frames():
     info, frames = sample_frames(write_clip(grey_seconds(6), size=(32, 32)), fps=5, max_frames=3)
     assert [f.time for f in frames] == pytest.approx([0, 2, 4], abs=0.01)

@@ -244,9 +244,12 @@ def _measured_duration(container, stream) -> float:
 
 
 def _frames(close, container, info: VideoInfo, interval: float, max_frames: int) -> Iterator[SampledFrame]:
+    """The first frame, then the first frame at or after each sampling time. A frame held on screen across a
+    sampling time with no other frame before the next one (a GIF's or slideshow's long frame) is that time's
+    frame, rather than none."""
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
-    start, next_time, sampled, decoded = None, 0.0, 0, 0
+    start, next_time, sampled, decoded, held = None, 0.0, 0, 0, None
     try:
         for frame in container.decode(stream):
             decoded += 1
@@ -261,13 +264,20 @@ def _frames(close, container, info: VideoInfo, interval: float, max_frames: int)
             if time > MAX_VIDEO_SECONDS:
                 raise VideoTooLargeError(_too_long(time))
             if time + 1e-6 < next_time:
+                held = (frame, time)
                 continue
-            yield SampledFrame(round(time, 6), _upright(frame))
-            sampled += 1
-            if sampled >= max_frames:
-                return
+            # the held frame, where next_time would otherwise get none
+            due = [held] if held is not None and time + 1e-6 >= next_time + interval else []
+            held = None
+            for shown, at in [*due, (frame, time)]:
+                yield SampledFrame(round(at, 6), _upright(shown))
+                sampled += 1
+                if sampled >= max_frames:
+                    return
             while next_time <= time + 1e-6:
                 next_time += interval
+        if held is not None and next_time + 1e-6 < info.duration:  # the last frame stays on screen past next_time
+            yield SampledFrame(round(held[1], 6), _upright(held[0]))
     except InvalidVideoError:
         raise
     except _FORMAT_ERRORS as e:
