@@ -67,6 +67,15 @@ def _open(browser, url: str, width: int, ready: str = "Model ready"):
     return page
 
 
+def _video_tab_with(browser, url: str, clip):
+    """A page on the Video tab with ``clip`` in its input, shown in the player."""
+    page = _open(browser, url, 1280)
+    page.get_by_role("tab", name="Video").click()
+    page.locator("#video-input input[type=file]").set_input_files(str(clip))
+    page.locator("#video-input video").first.wait_for()
+    return page
+
+
 def _upload(page, path) -> None:
     page.locator("#face-image input[type=file]").set_input_files(str(path))
 
@@ -389,10 +398,7 @@ def test_a_video_clip_gets_a_verdict_a_timeline_and_its_most_suspicious_frames(b
     clip.write_bytes(write_clip([(Image.open(dev_images["real"][0]), 2), (Image.open(dev_images["stylegan2"][0]), 2)]))
     expected = model.predict_video(clip, threshold=0.0)
 
-    page = _open(browser, server.url, 1280)
-    page.get_by_role("tab", name="Video").click()
-    page.locator("#video-input input[type=file]").set_input_files(str(clip))
-    page.locator("#video-input video").first.wait_for()
+    page = _video_tab_with(browser, server.url, clip)
     def set_threshold(value: str) -> None:
         box = page.get_by_label("number input for Threshold on P(fake)")
         for attempt in range(3):  # under load the page can re-render the box between the fill and the Enter
@@ -460,10 +466,7 @@ def test_the_video_timeline_marks_the_frames_without_a_face(browser, server, mod
     expected = model.predict_video(clip)
     assert [f.time for f in expected.frames_without_face] == pytest.approx([2, 3], abs=0.01)
 
-    page = _open(browser, server.url, 1280)
-    page.get_by_role("tab", name="Video").click()
-    page.locator("#video-input input[type=file]").set_input_files(str(clip))
-    page.locator("#video-input video").first.wait_for()
+    page = _video_tab_with(browser, server.url, clip)
     page.get_by_role("button", name="Analyse video").click()
     expect(page.locator("#video-card")).to_contain_text("4 frames sampled, 2 without a face")
     timeline = page.locator("#video-timeline")
@@ -558,10 +561,7 @@ def test_a_one_frame_clip_shows_its_frame_on_the_timeline_and_a_whole_captioned_
     clip.write_bytes(write_clip([(Image.open(dev_images["real"][0]), 1 / RATE)]))
     expected = model.predict_video(clip)
     assert len(expected.frames) == 1
-    page = _open(browser, server.url, 1280)
-    page.get_by_role("tab", name="Video").click()
-    page.locator("#video-input input[type=file]").set_input_files(str(clip))
-    page.locator("#video-input video").first.wait_for()
+    page = _video_tab_with(browser, server.url, clip)
     page.get_by_role("button", name="Analyse video").click()
     expect(page.locator("#video-card")).to_contain_text("1 frame sampled")
     timeline = page.locator("#video-timeline")

@@ -293,5 +293,7 @@ def _no_face_marks(result: VideoPrediction) -> list:
 
 
 def _strip(result: VideoPrediction) -> list:
-    return [(f.thumbnail, f"{f.time:g} s · {f.prediction.fake_probability:.3f}")
+    """The decisive frames, each with its time and the deciding detector's P(fake)."""
+    detector = " (any generator)" if result.decisive_detector == "commfor" else ""
+    return [(f.thumbnail, f"{f.time:g} s · {result.decisive_score(f):.3f}{detector}")
             for f in result.decisive_frames if f.thumbnail is not None]

@@ -139,9 +139,20 @@ class VideoPrediction:
 
     @property
     def decisive_frames(self) -> tuple:
-        """The frames that drove the verdict: the judged frames with the highest P(fake), at most five."""
-        ranked = sorted(self.judged_frames, key=lambda f: -f.prediction.fake_probability)
+        """The frames that drove the verdict: the judged frames with the highest P(fake) of
+        :attr:`decisive_detector`, at most five."""
+        ranked = sorted(self.judged_frames, key=lambda f: -self.decisive_score(f))
         return tuple(ranked[:DECISIVE_FRAMES])
+
+    @property
+    def decisive_detector(self) -> str:
+        """``"commfor"`` where Community Forensics alone calls the clip AI-generated, else ``"ufd"``."""
+        return "commfor" if self.verdict_by == ("commfor",) else "ufd"
+
+    def decisive_score(self, frame: FrameResult) -> float:
+        """A frame's P(fake) from :attr:`decisive_detector`."""
+        p = frame.prediction
+        return p.commfor_probability if self.decisive_detector == "commfor" else p.fake_probability
 
     @property
     def verdict_by(self) -> tuple:
