@@ -58,12 +58,13 @@ def test_every_container_gives_the_first_frame_and_one_a_second(fmt, codec, pix_
 
 
 @pytest.mark.parametrize("durations, want", [
-    ((500, 1500), [(0, 0), (0.5, 100)]),  # the second picture is on screen at 1 s and 2 s: not skipped
-    ((500, 3000, 1000), [(0, 0), (0.5, 100), (3.5, 200)]),  # on screen at 1, 2 and 3 s: sampled once
+    ((500, 1500), [(0, 0), (0.5, 60)]),  # the second picture is on screen at 1 s and 2 s: not skipped
+    ((500, 3000, 1000), [(0, 0), (0.5, 60), (3.5, 120)]),  # on screen at 1, 2 and 3 s: sampled once
+    ((100, 100, 100, 6000), [(0, 0), (0.3, 180)]),  # a long last frame: the clip is whole, not "cut off"
 ])
 def test_a_frame_held_on_screen_is_sampled(durations, want):
     """A GIF's (or slideshow's) frame that stays on screen across sampling times with no other frame there."""
-    pictures = [Image.new("RGB", (32, 32), (100 * i,) * 3) for i in range(len(durations))]
+    pictures = [Image.new("RGB", (32, 32), (60 * i,) * 3) for i in range(len(durations))]
     buffer = io.BytesIO()
     pictures[0].save(buffer, "GIF", save_all=True, append_images=pictures[1:], duration=list(durations), loop=0)
     _, frames = sample_frames(buffer.getvalue())

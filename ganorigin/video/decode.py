@@ -250,6 +250,7 @@ def _frames(close, container, info: VideoInfo, interval: float, max_frames: int)
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
     start, next_time, sampled, decoded, held = None, 0.0, 0, 0, None
+    step = 1 / info.frame_rate if info.frame_rate else 0.0
     try:
         for frame in container.decode(stream):
             decoded += 1
@@ -261,6 +262,8 @@ def _frames(close, container, info: VideoInfo, interval: float, max_frames: int)
             time = _frame_time(frame, decoded, info)
             start = time if start is None else start
             time -= start
+            shown_until = time + (float(frame.duration * frame.time_base) if frame.duration and frame.time_base
+                                  else step)
             if time > MAX_VIDEO_SECONDS:
                 raise VideoTooLargeError(_too_long(time))
             if time + 1e-6 < next_time:
@@ -287,9 +290,8 @@ def _frames(close, container, info: VideoInfo, interval: float, max_frames: int)
         close()
     if decoded == 0:
         raise InvalidVideoError(ZERO_LENGTH)
-    step = 1 / info.frame_rate if info.frame_rate else 0.0
-    if info.duration - (time + step) > max(CUT_SHORT_SECONDS, 2 * step, 0.05 * info.duration):
-        raise InvalidVideoError(f"The video stops at {time + step:.1f} s of the {info.duration:.1f} s its header "
+    if info.duration - shown_until > max(CUT_SHORT_SECONDS, 2 * step, 0.05 * info.duration):
+        raise InvalidVideoError(f"The video stops at {shown_until:.1f} s of the {info.duration:.1f} s its header "
                                 "declares; it may be truncated or corrupt.")
 
 
