@@ -73,6 +73,26 @@ def test_a_frame_held_on_screen_is_sampled(durations, want):
     assert [v for _, v in got] == pytest.approx([v for _, v in want], abs=3)
 
 
+def test_a_clip_whose_sound_runs_on_after_its_picture_is_whole():
+    """WebM states one duration for all its tracks: 5 s of sound over 2 s of picture is not a cut-off clip."""
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="webm") as container:
+        video, audio = container.add_stream("libvpx-vp9", rate=RATE), container.add_stream("libopus", rate=48000)
+        video.width = video.height = 32
+        video.pix_fmt = "yuv420p"
+        for level in range(0, 2 * RATE):
+            container.mux(video.encode(av.VideoFrame.from_image(Image.new("RGB", (32, 32), (20 * level,) * 3))))
+        container.mux(video.encode())
+        for i in range(5 * 50):  # 5 s of 20 ms frames
+            sound = av.AudioFrame.from_ndarray(np.zeros((1, 960), np.float32), format="fltp", layout="mono")
+            sound.sample_rate, sound.pts = 48000, i * 960
+            container.mux(audio.encode(sound))
+        container.mux(audio.encode())
+    info, frames = sample_frames(buffer.getvalue())
+    assert info.duration == pytest.approx(5.0, abs=0.1)
+    assert [f.time for f in frames][:2] == pytest.approx([0, 1], abs=0.01)
+
+
 def test_long_clips_are_sampled_evenly_within_max_frames():
     info, frames = sample_frames(write_clip(grey_seconds(6), size=(32, 32)), fps=5, max_frames=3)
     assert [f.time for f in frames] == pytest.approx([0, 2, 4], abs=0.01)

@@ -251,6 +251,8 @@ def _frames(close, container, info: VideoInfo, interval: float, max_frames: int)
     stream.thread_type = "AUTO"
     start, next_time, sampled, decoded, held = None, 0.0, 0, 0, None
     step = 1 / info.frame_rate if info.frame_rate else 0.0
+    # the video's own length: a container's (no stream's) also covers audio, which may run on after the picture
+    own_duration = bool(stream.duration) or not container.streams.audio
     try:
         for frame in container.decode(stream):
             decoded += 1
@@ -290,7 +292,7 @@ def _frames(close, container, info: VideoInfo, interval: float, max_frames: int)
         close()
     if decoded == 0:
         raise InvalidVideoError(ZERO_LENGTH)
-    if info.duration - shown_until > max(CUT_SHORT_SECONDS, 2 * step, 0.05 * info.duration):
+    if own_duration and info.duration - shown_until > max(CUT_SHORT_SECONDS, 2 * step, 0.05 * info.duration):
         raise InvalidVideoError(f"The video stops at {shown_until:.1f} s of the {info.duration:.1f} s its header "
                                 "declares; it may be truncated or corrupt.")
 
