@@ -167,6 +167,7 @@ def test_an_image_sent_as_a_video_is_pointed_to_the_image_analysis(client, dev_i
         client.predict(handle_file(str(image)), api_name="/predict_video")
     assert str(caught.value) == IMAGE_NOT_VIDEO
 
+
 def test_api_outputs_are_named_and_the_documented_endpoints_are_listed(client):
     """view_api names every output after its label (no ``value_15``); /predict, /predict_extended, /explain,
     /predict_video, /predict_url and /predict_batch are listed, the page's own /analyse and /analyse_batch are

@@ -579,7 +579,7 @@ def test_a_one_frame_clip_shows_its_frame_on_the_timeline_and_a_whole_captioned_
     thumbnail = strip.locator("img")
     expect(thumbnail).to_have_count(1)
     best = expected.decisive_frames[0]
-    caption = strip.get_by_text(f"{best.time:g} s · {best.prediction.fake_probability:.3f}")
+    caption = strip.get_by_text(f"{best.time:g} s · {expected.decisive_score(best):.3f}")
     expect(caption).to_be_visible()
     assert thumbnail.evaluate("e => getComputedStyle(e).objectFit") == "contain"  # never cropped
     shown, frame = thumbnail.bounding_box(), strip.bounding_box()
