@@ -29,7 +29,7 @@ from ganorigin.serving.service import ModelService
 from ganorigin.serving.uploads import MAX_UPLOAD_BYTES, UploadsOnlyBlocks, mount
 from ganorigin.ui.batch import batch_tab
 from ganorigin.ui.cards import CARD_CSS, EMPTY_CARD, provenance_panel, verdict_card
-from ganorigin.ui.common import drop_input_and_settle, gpu, user_threshold, with_upload
+from ganorigin.ui.common import drop_input_and_settle, gpu, threshold_in_range, user_threshold, with_upload
 from ganorigin.ui.feedback import feedback_form, feedback_shown
 from ganorigin.ui.files import LIFETIME_S
 from ganorigin.ui.url_input import url_box
@@ -139,14 +139,6 @@ def retry_loading():
     return refresh_status()
 
 
-def _number(value) -> float:
-    """``value`` as a float; NaN when it is not a number."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return float("nan")
-
-
 @gpu
 def _predict(data: bytes, threshold: float, align: bool | None = None) -> Prediction:
     return service.predict(data, threshold, align)
@@ -167,7 +159,7 @@ def predict_extended_api(file: dict | None, threshold: float = DEFAULT_THRESHOLD
                          commfor_threshold: float = COMMFOR_THRESHOLD) -> dict:
     """The extended JSON: the original keys plus both detectors, the overall verdict, the
     degradation gate, alignment and provenance."""
-    threshold, commfor_threshold = user_threshold(threshold), user_threshold(commfor_threshold)
+    threshold, commfor_threshold = user_threshold(threshold), user_threshold(commfor_threshold, COMMFOR_THRESHOLD)
     return with_upload(file, lambda data: replace(_predict(data, threshold), commfor_threshold=commfor_threshold)
                        .to_dict(extended=True), missing="No image uploaded")
 
@@ -221,7 +213,7 @@ def _result_views(result: Prediction) -> tuple:
 
 def analyse(image: dict | None, threshold: float, align: bool | None, commfor_threshold: float = COMMFOR_THRESHOLD):
     """Verdict, attribution, chart, provenance, the crop attribution saw and the original JSON for one image."""
-    threshold, commfor_threshold = user_threshold(threshold), user_threshold(commfor_threshold)
+    threshold, commfor_threshold = user_threshold(threshold), user_threshold(commfor_threshold, COMMFOR_THRESHOLD)
     result = with_upload(image, lambda data: _predict(data, threshold, None if align is None else bool(align)))
     result = replace(result, commfor_threshold=commfor_threshold)
     crop = result.attributed_image
@@ -231,20 +223,11 @@ def analyse(image: dict | None, threshold: float, align: bool | None, commfor_th
     return (*_result_views(result), crop, replace(result, attributed_image=None))
 
 
-def _in_range(value, default: float) -> tuple[float, bool]:
-    """``value`` put back in 0..1 (``default`` when not a number), and whether that changed it."""
-    number = _number(value)
-    corrected = default if number != number else min(max(number, 0.0), 1.0)
-    if corrected != number:
-        gr.Warning(f"The threshold is a probability from 0 to 1; it was set to {corrected:g}.")
-    return corrected, corrected != number
-
-
 def rederive(result: Prediction | None, threshold, commfor_threshold):
     """The verdict of the last analysis under new thresholds, without a new forward pass. A value
     typed outside 0..1 is put back in range (the box would otherwise keep it)."""
-    threshold, fixed = _in_range(threshold, DEFAULT_THRESHOLD)
-    commfor_threshold, commfor_fixed = _in_range(commfor_threshold, COMMFOR_THRESHOLD)
+    threshold, fixed = threshold_in_range(threshold, DEFAULT_THRESHOLD)
+    commfor_threshold, commfor_fixed = threshold_in_range(commfor_threshold, COMMFOR_THRESHOLD)
     views = (gr.skip(),) * 6 if result is None else _result_views(
         replace(result, threshold=threshold, commfor_threshold=commfor_threshold))
     return (*views, threshold if fixed else gr.skip(), commfor_threshold if commfor_fixed else gr.skip())

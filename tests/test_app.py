@@ -175,7 +175,8 @@ def test_api_outputs_are_named_and_the_documented_endpoints_are_listed(client):
     api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert set(api) == {"/predict", "/predict_extended", "/explain", "/predict_video", "/predict_url", "/predict_batch"}
     assert [r["label"] for r in api["/predict_video"]["returns"]] == ["video prediction"]
-    assert [p["parameter_name"] for p in api["/predict_video"]["parameters"]] == ["file", "threshold"]
+    assert [p["parameter_name"] for p in api["/predict_video"]["parameters"]] == ["file", "threshold",
+                                                                               "commfor_threshold"]
     assert [r["label"] for r in api["/predict"]["returns"]] == ["prediction"]
     assert [p["parameter_name"] for p in api["/predict_extended"]["parameters"]] == [
         "file", "threshold", "commfor_threshold"]

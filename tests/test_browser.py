@@ -399,17 +399,8 @@ def test_a_video_clip_gets_a_verdict_a_timeline_and_its_most_suspicious_frames(b
     expected = model.predict_video(clip, threshold=0.0)
 
     page = _video_tab_with(browser, server.url, clip)
-    def set_threshold(value: str) -> None:
-        box = page.get_by_label("number input for Threshold on P(fake)")
-        for attempt in range(3):  # under load the page can re-render the box between the fill and the Enter
-            box.fill(value)
-            box.press("Enter")
-            try:
-                expect(page.get_by_label("range slider for Threshold on P(fake)")).to_have_value(value, timeout=5_000)
-                return
-            except AssertionError:
-                if attempt == 2:
-                    raise
+    def set_threshold(value: str, which: str = "Threshold on P(fake)") -> None:
+        _set_threshold(page, value, which)
 
     set_threshold("0")
     page.get_by_role("button", name="Analyse video").click()
@@ -428,6 +419,13 @@ def test_a_video_clip_gets_a_verdict_a_timeline_and_its_most_suspicious_frames(b
     set_threshold("1")  # the verdict follows the threshold without a new analysis
     expect(page.locator("#video-card")).to_contain_text("threshold 1.00")
     expect(page.locator("#video-card h3")).to_have_text("Real")
+    set_threshold("0", "Any-generator threshold")  # and the any-generator detector's, as on the Image tab
+    expect(page.locator("#video-card h3")).to_have_text(expected.with_threshold(1.0, 0.0).verdict_text)
+    expect(page.locator("#video-card")).to_contain_text("Any-generator detector (Community Forensics)")
+    assert "threshold 0.00" in page.locator("#video-card").inner_text()
+    set_threshold("1.5")  # typed out of range: put back, as on the Image tab
+    page.get_by_text("The threshold is a probability from 0 to 1; it was set to 1.").wait_for()
+    expect(page.get_by_label("number input for Threshold on P(fake)")).to_have_value("1")
     page.close()
 
 

@@ -32,6 +32,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -124,6 +125,22 @@ def test_extended_adds_both_detectors_the_verdict_and_provenance_and_gradio_give
         assert got["provenance"] == json.loads(json.dumps(want["provenance"]))
         assert client.predict(handle_file(str(path)), 0.89, 0.5, api_name="/predict_extended") == got
         assert set(_post(server, path).json()) == original
+
+
+def test_the_any_generator_threshold_field_sets_community_forensics_verdict_in_the_extended_answer(server, model,
+                                                                                                   dev_sample):
+    path = dev_sample[0]
+    for commfor_threshold in (0.0, 1.0):
+        got = _post(server, path, threshold=1.0, commfor_threshold=commfor_threshold, extended="true")
+        assert got.status_code == 200, got.text
+        want = replace(model.predict(path, threshold=1.0), commfor_threshold=commfor_threshold).to_dict(extended=True)
+        assert got.json()["verdict"] == want["verdict"]
+        assert got.json()["detectors"]["commfor"]["threshold"] == commfor_threshold
+    assert want["verdict"]["label"] == "real" and _post(server, path, threshold=1.0, commfor_threshold=0.0,
+                                                        extended="true").json()["verdict"]["by"] == ["commfor"]
+    response = _post(server, path, commfor_threshold="high")
+    assert response.status_code == 422 and response.json() == {
+        "error": "The threshold is a probability from 0 to 1; got high."}
 
 
 def test_no_file_is_400(server):

@@ -354,6 +354,16 @@ def test_a_clip_only_community_forensics_calls_generated_counts_its_frames_not_u
         "(1 of 2 frames with a face called GAN-generated)"), "UFD's verdict counts UFD's frames"
 
 
+def test_a_clip_read_at_another_any_generator_threshold_counts_and_decides_by_it():
+    clip = _clip([_frame(0, 0.1, commfor=0.45), _frame(1, 0.2, commfor=0.3)])
+    assert clip.verdict == "real" and clip.commfor_threshold == 0.5
+    lowered = clip.with_threshold(0.89, commfor_threshold=0.4)
+    assert lowered.verdict_by == ("commfor",) and [f.time for f in lowered.commfor_frames] == [0]
+    assert lowered.to_dict(frames=False)["commfor_threshold"] == 0.4 and lowered.threshold == 0.89
+    assert lowered.with_threshold(0.89).commfor_threshold == 0.4, "left as it was when not given"
+    assert clip.commfor_threshold == 0.5, "the clip read is not changed"
+
+
 def _strip_of(clip: VideoPrediction) -> list:
     """The page's strip of decisive frames, each given a thumbnail."""
     from dataclasses import replace as swap
@@ -423,6 +433,30 @@ def test_the_same_clip_gives_the_same_answer_on_python_rest_and_gradio_client(se
         assert got["fake_probability"] == pytest.approx(want["fake_probability"], abs=1e-5)
         assert [f["fake_probability"] for f in got["frames"]] == pytest.approx(
             [f["fake_probability"] for f in want["frames"]], abs=1e-5)
+
+
+def test_the_any_generator_threshold_reaches_the_clips_verdict_on_rest_and_gradio_client(server, model, switch_clip,
+                                                                                        tmp_path):
+    clip, threshold, _, _ = switch_clip
+    path = tmp_path / "switch.mp4"
+    path.write_bytes(clip)
+    read = model.predict_video(path, threshold=1.0)
+    for commfor_threshold in (0.0, 1.0):
+        want = read.with_threshold(1.0, commfor_threshold).to_dict()
+        rest = httpx.post(f"{server.url}/predict/video", files={"video": ("switch.mp4", clip, "video/mp4")},
+                          data={"threshold": "1", "commfor_threshold": str(commfor_threshold)}, timeout=240)
+        assert rest.status_code == 200, rest.text
+        gradio = Client(server.url, verbose=False).predict(handle_file(str(path)), 1.0, commfor_threshold,
+                                                           api_name="/predict_video")
+        for got in (rest.json(), gradio):
+            assert got["commfor_threshold"] == commfor_threshold and got["verdict"] == want["verdict"]
+            assert got["commfor_frames"] == want["commfor_frames"]
+    assert want["commfor_frames"] == 0 and read.with_threshold(1.0, 0.0).verdict_by == ("commfor",), (
+        "every frame over a threshold of 0, none over 1")
+    response = httpx.post(f"{server.url}/predict/video", files={"video": ("switch.mp4", clip, "video/mp4")},
+                          data={"commfor_threshold": "2"}, timeout=60)
+    assert response.status_code == 422 and response.json() == {
+        "error": "The threshold is a probability from 0 to 1; got 2."}
 
 
 def test_a_bad_video_gets_the_same_message_on_every_entry_point(server, model, weights_dir, tmp_path, capsys,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from typing import Optional, Union
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
@@ -30,6 +31,7 @@ from ..errors import (GANOriginError, ImageTooLargeError, InvalidImageError, Inv
                       VideoTooLargeError)
 from ..images import IMAGE_HEADER_BYTES, MAX_IMAGE_BYTES, image_too_large, is_still_image
 from ..pipeline import check_threshold
+from ..verdict import COMMFOR_THRESHOLD
 from ..video import MAX_VIDEO_BYTES, is_video, video_too_large
 from .service import ModelService
 from .urls import fetch_image_bytes
@@ -46,6 +48,7 @@ VIDEO_TOO_LARGE = video_too_large()
 # The guarded routes: path -> (largest body, the 413 message).
 BODY_LIMITS = {"/predict": (MAX_BODY_BYTES, TOO_LARGE), "/predict/video": (MAX_VIDEO_BODY_BYTES, VIDEO_TOO_LARGE)}
 INTERNAL_ERROR = "Internal error; the server logged the details."
+COMMFOR_THRESHOLD_FIELD = f"Community Forensics' threshold on its P(fake), 0 to 1 (default {COMMFOR_THRESHOLD:g})"
 NO_VIDEO = "No video uploaded"
 VIDEO_ON_IMAGE_ROUTE = ("This file is a video, not an image: use POST /predict/video with the video in the multipart "
                         "field 'video'.")
@@ -73,6 +76,7 @@ class VideoAnswer(BaseModel):
     is_fake: bool
     threshold: float
     commfor_probability: Optional[float]
+    commfor_threshold: float
     fake_frame_fraction: float
     commfor_frames: int
     attribution: str
@@ -119,6 +123,11 @@ def _is_image(file) -> bool:
     """Whether an upload refused as a video opens as a still image."""
     file.seek(0)
     return is_still_image(file.read(IMAGE_HEADER_BYTES))
+
+
+def _thresholds(threshold: Optional[str], commfor_threshold: Optional[str]) -> tuple:
+    """The form's thresholds as numbers (``None`` where not sent); a ValueError says what is wrong."""
+    return tuple(None if value is None else check_threshold(value) for value in (threshold, commfor_threshold))
 
 
 def _error(status: int, message: str, headers: Optional[dict] = None) -> JSONResponse:
@@ -207,6 +216,7 @@ def create_rest_app(service: ModelService) -> FastAPI:
               summary="Analyse one image (multipart field 'image', or form field 'url')", max_body_size=MAX_BODY_BYTES)
     async def predict(image: Optional[UploadFile] = File(None),
                       threshold: Optional[str] = Form(None, description="fake-probability threshold, 0 to 1"),
+                      commfor_threshold: Optional[str] = Form(None, description=COMMFOR_THRESHOLD_FIELD),
                       url: Optional[str] = Form(None, description="instead of 'image': a public http(s) image URL"),
                       extended: bool = Form(False, description="add both detectors, the overall verdict, the "
                                                                "degradation gate, alignment and provenance")):
@@ -218,7 +228,7 @@ def create_rest_app(service: ModelService) -> FastAPI:
         if image is not None and url:
             return _error(422, "Send either the image file or its url, not both.")
         try:
-            threshold = None if threshold is None else check_threshold(threshold)
+            threshold, commfor_threshold = _thresholds(threshold, commfor_threshold)
         except ValueError as e:
             return _error(422, str(e))
         try:
@@ -233,6 +243,8 @@ def create_rest_app(service: ModelService) -> FastAPI:
             result = await run_in_threadpool(service.predict, data, threshold)
         except (InvalidImageError, ModelUnavailableError) as e:
             return _refused(e)
+        if commfor_threshold is not None:
+            result = replace(result, commfor_threshold=commfor_threshold)
         if extended:  # past the response model, which holds the original keys only
             return JSONResponse(jsonable_encoder(result.to_dict(extended=True)))
         return result.to_dict()
@@ -240,10 +252,11 @@ def create_rest_app(service: ModelService) -> FastAPI:
     @app.post("/predict/video", response_model=VideoAnswer, responses=errors, max_body_size=MAX_VIDEO_BODY_BYTES,
               summary="Analyse a video clip frame by frame (multipart field 'video')")
     async def predict_video(video: UploadFile = File(...),
-                            threshold: Optional[str] = Form(None, description="fake-probability threshold, 0 to 1")):
+                            threshold: Optional[str] = Form(None, description="fake-probability threshold, 0 to 1"),
+                            commfor_threshold: Optional[str] = Form(None, description=COMMFOR_THRESHOLD_FIELD)):
         """The clip's verdict (over the frames with a face), its scores and attribution, and one row per sampled frame."""
         try:
-            threshold = None if threshold is None else check_threshold(threshold)
+            threshold, commfor_threshold = _thresholds(threshold, commfor_threshold)
         except ValueError as e:
             return _error(422, str(e))
         try:  # the upload is spooled to a temporary file by the server; frames are decoded from it as they come
@@ -252,6 +265,8 @@ def create_rest_app(service: ModelService) -> FastAPI:
             if type(e) is InvalidVideoError and await run_in_threadpool(_is_image, video.file):
                 return _error(422, IMAGE_ON_VIDEO_ROUTE)
             return _refused(e)
+        if commfor_threshold is not None:
+            result = result.with_threshold(result.threshold, commfor_threshold)
         return result.to_dict()
 
     @app.api_route("/predict", methods=["GET", "HEAD", "PUT", "PATCH", "DELETE"], include_in_schema=False)

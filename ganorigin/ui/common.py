@@ -40,15 +40,28 @@ def api_text(label: str, example: str) -> gr.Textbox:
     return box
 
 
-def user_threshold(value) -> float:
+def user_threshold(value, default: float = DEFAULT_THRESHOLD) -> float:
     """A threshold sent by the page or an API client (a slider's own checks do not run for API calls);
-    ``None``: the default."""
+    ``None``: ``default`` (UFD's; Community Forensics' thresholds pass theirs)."""
     if value is None:
-        return DEFAULT_THRESHOLD
+        return default
     try:
         return check_threshold(value)
     except ValueError as e:
         raise user_error(str(e), "Invalid threshold") from e
+
+
+def threshold_in_range(value, default: float) -> tuple[float, bool]:
+    """A threshold typed on the page, put back in 0..1 (``default`` when not a number) with a warning,
+    and whether that changed it (the slider's box would otherwise keep what was typed)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    corrected = default if number != number else min(max(number, 0.0), 1.0)
+    if corrected != number:
+        gr.Warning(f"The threshold is a probability from 0 to 1; it was set to {corrected:g}.")
+    return corrected, corrected != number
 
 
 def user_error(message: str, title: str) -> gr.Error:

@@ -18,9 +18,10 @@ from ..result import DEFAULT_THRESHOLD
 from ..serving.rest import NO_VIDEO as NO_VIDEO_UPLOADED
 from ..serving.service import ModelService
 from ..serving.uploads import open_upload, reject_upload
+from ..verdict import COMMFOR_THRESHOLD
 from ..video import (DEFAULT_FPS, DEFAULT_MAX_FRAMES, MAX_VIDEO_BYTES, MAX_VIDEO_FRAMES, MAX_VIDEO_PIXELS,
                      MAX_VIDEO_SECONDS, VIDEO_EXTENSIONS, VideoPrediction, sample_frames)
-from .common import IMAGE_NOT_VIDEO, drop_input_and_settle, gpu, user_error, user_threshold
+from .common import IMAGE_NOT_VIDEO, drop_input_and_settle, gpu, threshold_in_range, user_error, user_threshold
 
 NO_VIDEO = "Upload or record a video first."
 LIMITS = (f"Limits: {MAX_VIDEO_BYTES / 2**20:g} MiB, {MAX_VIDEO_SECONDS / 60:g} min, "
@@ -115,33 +116,44 @@ def video_tab(service: ModelService) -> None:
     Also registers the ``/predict_video`` API (the clip's JSON)."""
 
     @gpu
-    def _predict(file: dict, threshold: float, progress=None) -> VideoPrediction:
+    def _predict(file: dict, threshold, commfor_threshold, progress=None) -> VideoPrediction:
+        threshold, commfor_threshold = user_threshold(threshold), user_threshold(commfor_threshold, COMMFOR_THRESHOLD)
+
         def analyse(stream):
             with stream:
                 return service.predict_video(stream, threshold, progress)
 
-        return _with_video(file, analyse)
+        return _with_video(file, analyse).with_threshold(threshold, commfor_threshold)
 
-    def analyse(video: dict | None, threshold: float, progress=gr.Progress()):
+    def analyse(video: dict | None, threshold: float, commfor_threshold: float = COMMFOR_THRESHOLD,
+                progress=gr.Progress()):
         def report(done: int, expected: int) -> None:
             progress((done, expected), desc="Analysing frames", unit="frames")
 
         progress(0, desc="Reading the video")
-        result = _predict(_video_file(video), user_threshold(threshold), report)
+        result = _predict(_video_file(video), threshold, commfor_threshold, report)
         return (*_views(result), result)
 
-    def rederive(result: VideoPrediction | None, threshold):
-        """The last clip's views under a new threshold, without a new analysis."""
-        return (gr.skip(),) * 4 if result is None else _views(result.with_threshold(user_threshold(threshold)))
+    def rederive(result: VideoPrediction | None, threshold, commfor_threshold):
+        """The last clip's views under new thresholds, without a new analysis; a value typed outside 0..1 is
+        put back in range."""
+        threshold, fixed = threshold_in_range(threshold, DEFAULT_THRESHOLD)
+        commfor_threshold, commfor_fixed = threshold_in_range(commfor_threshold, COMMFOR_THRESHOLD)
+        views = (gr.skip(),) * 4 if result is None else _views(result.with_threshold(threshold, commfor_threshold))
+        return (*views, threshold if fixed else gr.skip(), commfor_threshold if commfor_fixed else gr.skip())
 
-    def predict_api(file: dict | None, threshold: float = DEFAULT_THRESHOLD) -> dict:
-        return _predict(_video_file(file, missing=NO_VIDEO_UPLOADED), user_threshold(threshold)).to_dict()
+    def predict_api(file: dict | None, threshold: float = DEFAULT_THRESHOLD,
+                    commfor_threshold: float = COMMFOR_THRESHOLD) -> dict:
+        return _predict(_video_file(file, missing=NO_VIDEO_UPLOADED), threshold, commfor_threshold).to_dict()
 
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=300):
             video = gr.Video(sources=["upload", "webcam"], label="Video clip", height=320, elem_id="video-input")
             threshold = gr.Slider(0.0, 1.0, value=DEFAULT_THRESHOLD, step=0.01, label="Threshold on P(fake)",
                                   info="A frame at or above this is called GAN-generated (original: 0.89).")
+            commfor_threshold = gr.Slider(0.0, 1.0, value=COMMFOR_THRESHOLD, step=0.01, label="Any-generator threshold",
+                                          info="A frame whose Community Forensics probability is at or above this is "
+                                               "called AI-generated (authors': 0.5).")
             analyse_btn = gr.Button("Analyse video", variant="primary", size="lg")
             gr.Markdown(LIMITS, elem_id="video-limits")
         with gr.Column(scale=6, min_width=300):
@@ -165,13 +177,15 @@ def video_tab(service: ModelService) -> None:
                  ).failure(lambda: None, outputs=video, api_visibility="private", queue=False)
     video.change(lambda: (EMPTY_CARD, None, None, None, None), outputs=[*views, last], api_visibility="private",
                  queue=False)
-    analyse_btn.click(analyse, [video, threshold], [*views, last], api_name="analyse_video",
+    thresholds = [threshold, commfor_threshold]
+    analyse_btn.click(analyse, [video, *thresholds], [*views, last], api_name="analyse_video",
                       api_visibility="undocumented", preprocess=False, show_progress_on=card
                       ).failure(drop_input_and_settle(EMPTY_CARD), outputs=[video, card], api_visibility="private",
                                 queue=False)
-    threshold.change(rederive, [last, threshold], views, api_visibility="private", preprocess=False,
-                     concurrency_limit=None)
-    api_file.change(predict_api, [api_file, threshold], api_json, api_name="predict_video", preprocess=False)
+    for slider in thresholds:
+        slider.change(rederive, [last, *thresholds], [*views, *thresholds], api_visibility="private", preprocess=False,
+                      concurrency_limit=None)
+    api_file.change(predict_api, [api_file, *thresholds], api_json, api_name="predict_video", preprocess=False)
 
 
 def check_upload(video: dict | None) -> None:

@@ -198,9 +198,13 @@ class VideoPrediction:
             return f"{sampled} (face detection off)"
         return f"{sampled}, {len(self.frames_without_face)} without a face"
 
-    def with_threshold(self, threshold: float) -> "VideoPrediction":
-        """The same analysis read at another threshold (no new forward pass)."""
-        frames = tuple(replace(f, prediction=replace(f.prediction, threshold=threshold)) for f in self.frames)
+    def with_threshold(self, threshold: float, commfor_threshold: Optional[float] = None) -> "VideoPrediction":
+        """The same analysis read at another threshold, and at another threshold for Community Forensics
+        when ``commfor_threshold`` is given (no new forward pass)."""
+        changes = {"threshold": threshold}
+        if commfor_threshold is not None:
+            changes["commfor_threshold"] = commfor_threshold
+        frames = tuple(replace(f, prediction=replace(f.prediction, **changes)) for f in self.frames)
         return replace(self, frames=frames, threshold=threshold)
 
     def to_dict(self, frames: bool = True) -> dict:
@@ -213,6 +217,7 @@ class VideoPrediction:
             "is_fake": self.is_fake,
             "threshold": self.threshold,
             "commfor_probability": self.commfor_probability,
+            "commfor_threshold": self.commfor_threshold,
             "fake_frame_fraction": self.fake_fraction,
             "commfor_frames": len(self.commfor_frames),
             "attribution": self.attribution,
