@@ -247,6 +247,8 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     _weight_flags(p)
     g = p.add_argument_group("model")
     g.add_argument("--threshold", type=float, help="fake-probability threshold (default: 0.89, the original's)")
+    g.add_argument("--commfor-threshold", type=float,
+                   help="Community Forensics' (the any-generator detector's) threshold (default: 0.5, the authors')")
     g.add_argument("--no-align", dest="align", action="store_false", default=None,
                    help="do not FFHQ-align faces before attribution")
 
@@ -276,20 +278,26 @@ def _check_weights_folder(value: Optional[str]) -> None:
                      "'org/name[@revision]'.")
 
 
-def _threshold(args) -> float:
+def _thresholds(args) -> dict:
+    """The command's thresholds, as keyword arguments: ``threshold`` (UFD's) and ``commfor_threshold``."""
     from .pipeline import check_threshold
     from .result import DEFAULT_THRESHOLD
+    from .verdict import COMMFOR_THRESHOLD
 
-    try:
-        return check_threshold(DEFAULT_THRESHOLD if getattr(args, "threshold", None) is None else args.threshold)
-    except ValueError as e:
-        raise _usage(f"--threshold: {e}") from e
+    thresholds = {}
+    for name, default in (("threshold", DEFAULT_THRESHOLD), ("commfor_threshold", COMMFOR_THRESHOLD)):
+        value = getattr(args, name, None)
+        try:
+            thresholds[name] = check_threshold(default if value is None else value)
+        except ValueError as e:
+            raise _usage(f"--{name.replace('_', '-')}: {e}") from e
+    return thresholds
 
 
 def _load_model(args):
     from .pipeline import GANOrigin
 
-    return GANOrigin.from_pretrained(_weights(args), threshold=_threshold(args), device=args.device,
+    return GANOrigin.from_pretrained(_weights(args), **_thresholds(args), device=args.device,
                                      align=getattr(args, "align", None))
 
 
@@ -344,7 +352,7 @@ def _predict(args) -> int:
     if args.batch_size < 1:
         raise _usage("--batch-size must be >= 1.")
     if args.engine == "ray":
-        return _ray_commands().predict(args, _weights(args), _threshold(args))
+        return _ray_commands().predict(args, _weights(args), _thresholds(args))
     if args.format == "parquet":
         raise _usage("--format parquet needs --engine ray.")
     paths = find_images(args.paths, IMAGE_EXTENSIONS | VIDEO_EXTENSIONS)
@@ -576,7 +584,7 @@ def _evaluate(args) -> int:
 
     _check_class_folders(args)
     if args.engine == "ray":
-        report = _ray_commands().evaluate(args, _weights(args), _threshold(args))
+        report = _ray_commands().evaluate(args, _weights(args), _thresholds(args))
     else:
         report = evaluate(_load_model(args), args.data_dir, args.out, batch_size=args.batch_size,
                           progress=args.progress)

@@ -103,13 +103,14 @@ class GANOrigin:
         cache_dir: Optional[str] = None,
         align: Optional[bool] = None,
         precision: Optional[str] = None,
+        commfor_threshold: float = COMMFOR_THRESHOLD,
     ) -> "GANOrigin":
         """Load the original GANOrigin weights (or ``source``: a folder, ``"org/repo[@rev]"``, or
         :class:`WeightSources`), downloading what is not cached.
 
         ``precision``: ``"auto"`` (default, or ``GANORIGIN_PRECISION``) uses bf16/fp16 where the
         device runs it natively and it agrees with fp32; ``"fp32"`` is the exact original maths.
-        See :mod:`ganorigin.accel`.
+        See :mod:`ganorigin.accel`. ``threshold`` is UFD's, ``commfor_threshold`` Community Forensics'.
 
         Raises:
             WeightsNotFoundError: some files are missing; the message lists them and the fix.
@@ -130,7 +131,7 @@ class GANOrigin:
                                  attribution_files=attribution_files, attribution_encoder=attributor.trained_encoder)
         commfor = create_commfor(files=files, device=device, precision=precision)
         return cls(detector, encoder, attributor, threshold=threshold, device=device, weights=files, align=align,
-                   commfor=commfor)
+                   commfor=commfor, commfor_threshold=commfor_threshold)
 
     def predict(self, image: ImageInput, *, threshold: Optional[float] = None, align: Optional[bool] = None) -> Prediction:
         """Analyse one image (path, bytes, PIL image or numpy array). A path or bytes also get their

@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,7 @@ def test_every_command_has_help(command, capsys):
     if command not in ("train", "demo-weights"):
         assert all(flag in sections["weights"] for flag in ("--weights", "--offline", "--cache-dir", "--device"))
     assert ("--threshold" in text) == (command in ("predict", "evaluate", "robustness"))
+    assert ("--commfor-threshold" in text) == ("--threshold" in text)
     assert ("--no-align" in text) == (command in ("predict", "evaluate", "robustness", "extract"))
     if command in ("predict", "extract", "evaluate", "robustness"):
         assert "--no-progress" in sections["options"] and "--no-progress" not in sections.get("weights", "")
@@ -110,6 +112,21 @@ def test_predict_gives_one_row_per_image_with_the_api_numbers(image_dir, weights
         assert row["fake_probability"] == pytest.approx(expected.fake_probability, abs=1e-6)
         assert row["attribution"] == expected.attribution
         assert [row[f"p_{label}"] for label in expected.labels] == pytest.approx(expected.probabilities, abs=1e-6)
+
+
+def test_predict_takes_community_forensics_threshold_and_refuses_one_out_of_range(image_dir, weights_dir, cli_env,
+                                                                                   model, capsys):
+    face = sorted((image_dir / "real").iterdir())[0]
+    expected = model.predict(face, threshold=1.0)
+    for commfor_threshold in ("0", "1"):
+        assert main(["predict", str(face), "--threshold", "1", "--commfor-threshold", commfor_threshold,
+                     "--weights", str(weights_dir), "--offline", "--no-progress"]) == 0
+        row = json.loads(capsys.readouterr().out)
+        want = replace(expected, commfor_threshold=float(commfor_threshold))
+        assert (row["verdict"], row["verdict_text"]) == (want.verdict, want.verdict_text)
+    assert want.verdict == "real" and replace(expected, commfor_threshold=0.0).verdict_by == ("commfor",)
+    assert main(["predict", str(face), "--commfor-threshold", "2", "--weights", str(weights_dir), "--offline"]) == 2
+    assert "--commfor-threshold: The threshold is a probability from 0 to 1; got 2.0." in capsys.readouterr().err
 
 
 def test_predict_csv_from_a_text_list(image_dir, weights_dir, cli_env, model, capsys, tmp_path):

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from copy import copy
 from pathlib import Path
 
 import httpx
@@ -24,7 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ganorigin.cli import TEST_WEIGHTS_WARNING, main
-from ganorigin.training import predict_paths
+from ganorigin.training import find_images, predict_paths
 
 from app_server import free_port
 from uvicorn_server import ThreadedServer
@@ -62,8 +63,6 @@ def inputs(dev_sample, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def local_rows(model, inputs) -> dict:
-    from ganorigin.training import find_images
-
     return {row["path"]: row for row in predict_paths(model, find_images([inputs]), progress=False)}
 
 
@@ -79,12 +78,17 @@ def assert_same_rows(rows: list, expected: dict) -> None:
                 assert row[column] == value, (row["path"], column)
 
 
-def test_ray_engine_gives_the_local_rows_and_an_error_row(ray_address, inputs, local_rows, tmp_path, capsys):
+def test_ray_engine_gives_the_local_rows_and_an_error_row(ray_address, inputs, model, local_rows, tmp_path, capsys):
     out = tmp_path / "rows"
     status = main(["predict", str(inputs), "--engine", "ray", "--format", "parquet", "--out", str(out),
-                   "--batch-size", "2", "--no-progress"])
+                   "--batch-size", "2", "--commfor-threshold", "0", "--no-progress"])
     rows = pq.read_table(sorted(out.glob("*.parquet"))).to_pylist()
-    assert_same_rows(rows, local_rows)
+    local = copy(model)  # the same model, Community Forensics' threshold at 0 as the command's
+    local.commfor_threshold = 0.0
+    expected = {row["path"]: row for row in predict_paths(local, find_images([inputs]), progress=False)}
+    assert any(expected[path]["verdict"] != row["verdict"] for path, row in local_rows.items()), (
+        "the threshold changes some verdicts")
+    assert_same_rows(rows, expected)
     corrupt = next(row for row in rows if row["path"].endswith("corrupt.png"))
     assert corrupt["error"].startswith(str(inputs / "corrupt.png")) and corrupt["fake_probability"] is None
     assert status == 1  # one input could not be read, as with the local engine

@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from ..errors import DatasetError, InvalidImageError
 from ..hub import WeightSources
+from ..verdict import COMMFOR_THRESHOLD
 from .inputs import read_input
 from .outputs import ResultSink
 
@@ -91,13 +92,14 @@ class Predictor:
     """Model stage, one per actor: loads the weights once, then turns decoded batches into rows."""
 
     def __init__(self, sources: WeightSources, threshold: float, device: Optional[str], align: Optional[bool],
-                 torch_threads: int):
+                 torch_threads: int, commfor_threshold: float = COMMFOR_THRESHOLD):
         import torch
 
         from ..pipeline import GANOrigin
 
         torch.set_num_threads(torch_threads)
-        self.model = GANOrigin.from_pretrained(sources, threshold=threshold, device=device, align=align)
+        self.model = GANOrigin.from_pretrained(sources, threshold=threshold, device=device, align=align,
+                                               commfor_threshold=commfor_threshold)
         self.labels = list(self.model.attributor.labels)
         self.schema = row_schema(self.labels)
 
@@ -116,8 +118,10 @@ class Predictor:
 
 
 def predict_dataset(names: Sequence[str], sources: WeightSources, *, threshold: float, device: Optional[str] = None,
-                    align: Optional[bool] = None, batch_size: int = 8, plan: Optional[ActorPlan] = None):
-    """The Ray Dataset of rows for ``names`` (lazy: nothing runs until it is iterated)."""
+                    align: Optional[bool] = None, batch_size: int = 8, plan: Optional[ActorPlan] = None,
+                    commfor_threshold: float = COMMFOR_THRESHOLD):
+    """The Ray Dataset of rows for ``names`` (lazy: nothing runs until it is iterated); ``threshold`` is UFD's,
+    ``commfor_threshold`` Community Forensics'."""
     import ray
 
     plan = plan or ActorPlan.for_cluster()
@@ -128,7 +132,8 @@ def predict_dataset(names: Sequence[str], sources: WeightSources, *, threshold: 
                          compute=ray.data.ActorPoolStrategy(size=plan.actors),
                          num_cpus=plan.cpus, num_gpus=plan.gpus,
                          fn_constructor_kwargs={"sources": sources, "threshold": threshold, "device": device,
-                                                "align": align, "torch_threads": plan.torch_threads}))
+                                                "align": align, "torch_threads": plan.torch_threads,
+                                                "commfor_threshold": commfor_threshold}))
 
 
 def run_predict(names: Sequence[str], sink: ResultSink, sources: WeightSources, *, threshold: float,

@@ -16,8 +16,9 @@ from .inputs import list_inputs
 from .outputs import ResultSink, read_rows
 
 
-def predict(args, sources: WeightSources, threshold: float) -> int:
-    """Rows for every input not already in ``--out``; exit status 1 when some could not be read."""
+def predict(args, sources: WeightSources, thresholds: dict) -> int:
+    """Rows for every input not already in ``--out``; exit status 1 when some could not be read.
+    ``thresholds``: ``threshold`` (UFD's) and ``commfor_threshold``, as keyword arguments."""
     names = list_inputs(args.paths)
     if not names:
         raise DatasetError(f"no images found in {', '.join(args.paths)} "
@@ -30,7 +31,7 @@ def predict(args, sources: WeightSources, threshold: float) -> int:
     try:
         with RaySession(args.address):
             _progress(args.progress)
-            run_predict(names, sink, sources, threshold=threshold, device=args.device, align=args.align,
+            run_predict(names, sink, sources, **thresholds, device=args.device, align=args.align,
                         batch_size=args.batch_size, plan=ActorPlan.for_cluster(args.actors, args.cpus_per_actor))
     finally:
         sink.close()
@@ -40,7 +41,7 @@ def predict(args, sources: WeightSources, threshold: float) -> int:
     return 1 if sink.failed else 0
 
 
-def evaluate(args, sources: WeightSources, threshold: float):
+def evaluate(args, sources: WeightSources, thresholds: dict):
     """The local ``evaluate`` report from rows computed on Ray; the rows are kept (and resumed) in
     ``OUT/predictions.parquet``."""
     from ..hub import resolve
@@ -52,12 +53,12 @@ def evaluate(args, sources: WeightSources, threshold: float):
     sink = ResultSink(rows_dir, "parquet")
     with RaySession(args.address):
         _progress(args.progress)
-        run_predict([str(path) for _, path in items], sink, sources, threshold=threshold, device=args.device,
+        run_predict([str(path) for _, path in items], sink, sources, **thresholds, device=args.device,
                     align=args.align, batch_size=args.batch_size,
                     plan=ActorPlan.for_cluster(args.actors, args.cpus_per_actor))
     by_path = {row["path"]: row for row in read_rows(rows_dir, "parquet")}
     attributor, _ = load_attributor(resolve(sources))
-    return evaluation_report(items, [by_path[str(path)] for _, path in items], attributor, threshold,
+    return evaluation_report(items, [by_path[str(path)] for _, path in items], attributor, thresholds["threshold"],
                              args.data_dir, args.out)
 
 
