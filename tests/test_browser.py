@@ -740,6 +740,46 @@ def test_a_batch_of_twenty_images_and_urls_sorts_opens_and_downloads(browser, ba
     page.close()
 
 
+def test_a_files_name_and_metadata_show_as_text_in_the_batch_detail(browser, batch_app, url_server, dev_images,
+                                                                     tmp_path):
+    """Markup in a PNG's text chunk and in a ZIP member's name is the uploader's: the detail view shows it as
+    text, fetches nothing and links nowhere."""
+    import zipfile
+
+    from PIL import PngImagePlugin
+
+    requested = []
+    url_server.on_request = requested.append
+    markup = (f'<img src="{url_server.url}/leak.png"> [Real photo, verified](http://phish.example/) '
+              '<a href="http://phish.example/a">LINK</a>')
+    text = PngImagePlugin.PngInfo()
+    text.add_text("Software", markup)
+    tagged = tmp_path / "tagged.png"
+    Image.open(sorted(dev_images["real"])[0]).convert("RGB").save(tagged, pnginfo=text)
+    member = "**BOLD** [link](phish.example).png"
+    archive = tmp_path / "names.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.write(tagged, member)
+    try:
+        page = _open(browser, batch_app.url, 1400)
+        page.get_by_role("tab", name="Batch").click()
+        page.locator("#batch-files input[type=file]").set_input_files([str(tagged), str(archive)])
+        expect(page.locator("#batch-files")).to_contain_text("names", timeout=WAIT_MS)
+        page.get_by_role("button", name="Analyse all").click()
+        expect(page.locator(BATCH_ROWS)).to_have_count(2, timeout=WAIT_MS)
+        detail = page.locator("#batch-detail")
+        for row, name in enumerate(["tagged.png", f"names.zip/{member}"]):
+            page.locator(BATCH_ROWS).nth(row).locator("[role=gridcell]").nth(2).click()
+            expect(detail).to_contain_text(name)
+            expect(detail).to_contain_text(markup)
+            assert detail.locator("img, a, strong").count() == 0, detail.inner_html()
+        _screenshot(page, "batch-markup.png")
+        page.close()
+    finally:
+        url_server.on_request = None
+    assert not [path for path in requested if "leak" in path], "the page fetched the metadata's image"
+
+
 def test_the_batch_tab_fits_a_phone(browser, batch_app, dev_images):
     page = _open(browser, batch_app.url, 400)
     page.get_by_role("tab", name="Batch").click()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import html
 import io
 import json
 import os
@@ -217,18 +218,20 @@ def _cell(value):
 
 
 def detail(record: dict) -> tuple:
-    """The full analysis of one item: its picture, a summary and the extended JSON."""
-    result = record["result"]
+    """The full analysis of one item: its picture, a summary (HTML, every text in it escaped: a file's name and
+    metadata are the uploader's) and the extended JSON."""
+    result, file = record["result"], f"<b>{html.escape(record['file'])}</b>"
     if result is None:
-        return None, f"**{record['file']}**: {record['error']}", None
+        return None, f"<div>{file}: {html.escape(record['error'])}</div>", None
     verdict, detectors = result["verdict"], result["detectors"]
-    lines = [f"### {verdict['text']}", f"**{record['file']}**"]
-    lines += [f"- {name}: P(fake) {d['probability']:.3f} (threshold {d['threshold']:.2f}, {d['state']})"
-              for name, d in (("UniversalFakeDetect", detectors["ufd"]),
-                              ("Community Forensics", detectors.get("commfor"))) if d]
+    items = [f"{name}: P(fake) {d['probability']:.3f} (threshold {d['threshold']:.2f}, {d['state']})"
+             for name, d in (("UniversalFakeDetect", detectors["ufd"]),
+                             ("Community Forensics", detectors.get("commfor"))) if d]
     if result.get("provenance"):
-        lines.append(f"- Provenance ({result['provenance']['strength']}): {result['provenance']['summary']}")
-    return record["picture"], "\n".join(lines), result
+        items.append(f"Provenance ({result['provenance']['strength']}): {result['provenance']['summary']}")
+    summary = "".join(f"<li>{html.escape(item)}</li>" for item in items)
+    return (record["picture"], f"<h3>{html.escape(verdict['text'])}</h3><div>{file}</div><ul>{summary}</ul>",
+            result)
 
 
 def batch_tab(predict_batch: Callable[[list, float], list]) -> None:
@@ -253,7 +256,7 @@ def batch_tab(predict_batch: Callable[[list, float], list]) -> None:
         picture = gr.Image(label="Selected image", interactive=False, height=320, scale=2, min_width=240,
                            elem_id="batch-picture")
         with gr.Column(scale=3, min_width=280):
-            chosen = gr.Markdown("Select a row to see that image's full analysis.", elem_id="batch-detail")
+            chosen = gr.HTML("Select a row to see that image's full analysis.", elem_id="batch-detail")
             chosen_json = gr.JSON(label="Full analysis (JSON)", open=False)
 
     def run_page(files, urls, progress=gr.Progress()):
