@@ -318,7 +318,8 @@ with UploadsOnlyBlocks(title="GANOrigin — GAN face detection and attribution",
                         explain_text = gr.Markdown(label="How to read these views")
                     with gr.Accordion("JSON (the original API's answer: UFD's verdict alone)", open=False):
                         as_json = gr.JSON(label="POST /predict")
-                    feedback = feedback_form(image, last_result, threshold, service.health)
+                    feedback = feedback_form(image, last_result, threshold, service.health,
+                                             commfor_threshold=commfor_threshold)
         with gr.Tab("Batch", id="batch"):
             batch_tab(gpu(service.predict_batch))
         with gr.Tab("Video", id="video"):

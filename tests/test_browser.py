@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -816,7 +817,7 @@ def test_an_image_url_is_fetched_into_the_image_tab_and_analysed(browser, batch_
 
 
 @pytest.mark.parametrize("width", [1400, 400])
-def test_the_feedback_form_stores_a_report(browser, batch_app, dev_images, width):
+def test_the_feedback_form_stores_a_report(browser, batch_app, dev_images, model, width):
     import hashlib
 
     from ganorigin.feedback import read_feedback
@@ -830,6 +831,10 @@ def test_the_feedback_form_stores_a_report(browser, batch_app, dev_images, width
     assert not page.get_by_text("This verdict is wrong").is_visible(), "the form shows before any analysis"
     page.get_by_role("button", name="Analyse").click()
     page.locator("#verdict-card.real, #verdict-card.fake, #verdict-card.unsure").wait_for()
+    if width == 1400:  # the report holds the verdict on screen: both thresholds moved since the analysis
+        _set_threshold(page, "1")
+        _set_threshold(page, "0", "Any-generator threshold")
+        page.locator("#verdict-card.fake").wait_for()
     page.get_by_text("This verdict is wrong").click()
     page.locator("#feedback-what").get_by_text("StyleGAN2").click()
     page.locator("#feedback-note textarea").fill(f"from a tip line ({width} px)")
@@ -847,6 +852,10 @@ def test_the_feedback_form_stores_a_report(browser, batch_app, dev_images, width
     assert report["model"]["weights"] and report["model"]["versions"]["ganorigin"]
     assert report["model"]["test_weights"] is True, "a report made on random test weights must say so"
     assert (report["image"] is not None) == consent
+    if width == 1400:
+        shown = replace(model.predict(face), threshold=1.0, commfor_threshold=0.0)
+        assert report["verdict"]["text"] == shown.verdict_text and report["verdict"]["by"] == ["commfor"]
+        assert report["threshold"] == 1.0 and report["detectors"]["commfor"]["threshold"] == 0.0
     if consent:
         assert (folder / report["image"]).read_bytes() == face.read_bytes()
     page.close()

@@ -37,14 +37,14 @@ def _label(choice: str, prediction: Prediction) -> str:
 
 
 def feedback_form(image: gr.Image, result: gr.State, threshold: gr.Slider, health: Callable[[], dict],
-                  store: Optional[FeedbackStore] = None) -> gr.Accordion:
+                  store: Optional[FeedbackStore] = None, commfor_threshold: Optional[gr.Slider] = None) -> gr.Accordion:
     """The form (a closed panel under the results), hidden and reset with each new image; returned, for the
     page to show it once an analysis has succeeded (:func:`feedback_shown`).
 
     Args:
         image: the analysed upload (its bytes give the sha256 and, with consent, the kept image).
         result: the page's last :class:`~ganorigin.result.Prediction`.
-        threshold: the threshold the shown verdict uses.
+        threshold: the threshold the shown verdict uses (UFD's); ``commfor_threshold`` Community Forensics'.
         health: the server's health report (``ModelService.health``): its weight sources, package versions
             and device are recorded as the model's versions.
         store: where reports go (default: :meth:`FeedbackStore.from_env`).
@@ -62,15 +62,13 @@ def feedback_form(image: gr.Image, result: gr.State, threshold: gr.Slider, healt
         return gr.Accordion(visible=False, open=False), gr.Radio(value=None), "", False, ""
 
     def submit(file: Optional[dict], prediction: Optional[Prediction], label: Optional[str], text: str, consent: bool,
-               threshold_value: float):
+               threshold_value: float, commfor_value: Optional[float] = None):
         if prediction is None or file is None:
             raise user_error("Analyse an image first, then say what it really is.", "Nothing to report")
         if not label:
             raise user_error("Choose what the image really is (or \"I don't know\").", "Feedback incomplete")
-        try:
-            shown = replace(prediction, threshold=check_threshold(threshold_value))
-        except ValueError:
-            shown = prediction
+        shown = replace(prediction, threshold=_or(threshold_value, prediction.threshold),
+                        commfor_threshold=_or(commfor_value, prediction.commfor_threshold))
         model = {key: value for key, value in health().items() if key in MODEL_KEYS}
         try:
             store.add(read_upload(file), shown, _label(label, prediction), note=text, keep_image=bool(consent), model=model)
@@ -84,9 +82,18 @@ def feedback_form(image: gr.Image, result: gr.State, threshold: gr.Slider, healt
     form.expand(lambda prediction: gr.Radio(choices(prediction.labels if prediction else ())), result, what,
                 api_visibility="private", queue=False, preprocess=False)
     # preprocess=False: the handler gets the uploaded file itself, which Gradio has not opened.
-    send.click(submit, [image, result, what, note, keep, threshold], [form, thanks], api_visibility="private",
+    thresholds = [threshold] + ([commfor_threshold] if commfor_threshold is not None else [])
+    send.click(submit, [image, result, what, note, keep, *thresholds], [form, thanks], api_visibility="private",
                preprocess=False)
     return form
+
+
+def _or(value, default: float) -> float:
+    """A threshold from the page as the verdict on screen uses it; ``default`` where it is not one."""
+    try:
+        return check_threshold(value)
+    except ValueError:
+        return default
 
 
 def feedback_shown() -> gr.Accordion:
