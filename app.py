@@ -182,9 +182,9 @@ def _attribution_line(result: Prediction) -> str:
 
 
 def _attribution_title(result: Prediction) -> str:
-    if not result.is_fake:
-        return "Closest GAN (if it were fake)"
-    return "Closest known GAN" if result.unknown else "Attributed GAN"
+    if result.verdict_by == ("commfor",) or (result.is_fake and result.unknown):
+        return "Closest known GAN"  # AI-generated, by no known GAN
+    return "Attributed GAN" if result.is_fake else "Closest GAN (if it were fake)"
 
 
 def _chart_caption(result: Prediction) -> str:

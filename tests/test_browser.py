@@ -289,6 +289,7 @@ def test_a_hit_from_the_any_generator_detector_alone_names_no_gan(browser, serve
     expect(card.locator(".detector.commfor")).to_contain_text(f"P(fake) {p_commfor:.3f} — threshold 0.00")
     expect(card.locator(".detector.ufd")).to_contain_text("threshold 1.00")
     expect(page.get_by_text("Not one of the known GANs", exact=True)).to_be_visible()  # the attribution line
+    expect(page.locator("#attribution")).to_contain_text("Closest known GAN")  # not "if it were fake"
     chart = page.locator("#class-chart")
     chart.locator("svg text", has_text="Other generator").first.wait_for()
     assert chart.locator("svg .mark-rect path").count() == 5, "the known GANs, Real and Other generator"
@@ -322,6 +323,25 @@ def test_signed_ai_credentials_are_shown_beside_a_real_verdict_and_the_page_says
     expect(panel).to_contain_text("Content Credentials (C2PA)")
     assert page.evaluate("document.documentElement.scrollWidth") <= width, "the page scrolls sideways"
     _screenshot(page, f"app-provenance-{width}.png")
+    page.close()
+
+
+@pytest.mark.parametrize("width", [1400, 400])
+def test_a_long_unbroken_metadata_value_wraps_inside_the_provenance_panel(browser, server, dev_images, tmp_path, width):
+    from PIL import PngImagePlugin
+
+    text = PngImagePlugin.PngInfo()
+    text.add_text("Software", "M" * 30_000)
+    tagged = tmp_path / "long-software.png"
+    Image.open(sorted(dev_images["real"])[0]).convert("RGB").save(tagged, pnginfo=text)
+    page = _open(browser, server.url, width)
+    _upload(page, tagged)
+    page.locator("#face-image img").first.wait_for()
+    page.get_by_role("button", name="Analyse").click()
+    panel = page.locator("#provenance")
+    expect(panel).to_contain_text("MMMM")
+    assert panel.evaluate("e => e.scrollWidth <= e.clientWidth"), "the value runs off the panel"
+    assert page.evaluate("document.documentElement.scrollWidth") <= width, "the page scrolls sideways"
     page.close()
 
 

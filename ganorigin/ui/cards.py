@@ -32,7 +32,9 @@ CARD_CSS = """
   border: 2px solid #f79009; background: rgba(254, 223, 137, 0.5); z-index: 2;}
 #verdict-card .meter .mark {position: absolute; top: -4px; bottom: -4px; width: 2px; background: #101828; z-index: 3;}
 #verdict-card .scale {display: flex; justify-content: space-between; font-size: 0.8em; color: #667085;}
-#provenance {border-left: 4px solid #d0d5dd; padding-left: 12px;}
+/* A file's metadata can hold words of any length: they wrap instead of running off the panel. */
+#provenance {border-left: 4px solid #d0d5dd; padding-left: 12px; overflow-wrap: anywhere;}
+#verdict-card, #video-card, #batch-detail {overflow-wrap: anywhere;}
 #provenance.strong {border-left-color: #6172f3;}
 """
 EMPTY_CARD = ("<div id='verdict-card'><h2><span class='dot'></span>No image analysed yet</h2>"
