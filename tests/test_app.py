@@ -156,6 +156,29 @@ def test_a_video_sent_as_an_image_is_pointed_to_the_video_analysis(client, tmp_p
         assert str(caught.value) == VIDEO_NOT_IMAGE, api_name
 
 
+def test_a_path_sent_without_handle_file_gets_how_to_send_it_and_no_traceback(client, server, dev_sample, tmp_path):
+    """The commonest gradio_client slip: a path string, or one file where a list is taken. The answer says how
+    to send files, the same whether the path exists on the server or not; the log has no traceback."""
+    from ganorigin.serving.uploads import SEND_FILES
+
+    before = len(server.logs())
+    calls = [(path, api_name) for path in (str(dev_sample[0]), str(tmp_path / "missing.png"))
+             for api_name in ("/predict", "/predict_extended", "/explain", "/predict_video")]
+    for args, api_name in [((path,), api_name) for path, api_name in calls] + [
+            ((handle_file(str(dev_sample[0])), ""), "/predict_batch")]:
+        with pytest.raises(AppError) as caught:
+            client.predict(*args, api_name=api_name)
+        assert str(caught.value) == SEND_FILES, api_name
+    assert "Traceback" not in server.logs()[before:]
+    assert client.predict(handle_file(str(dev_sample[0])), api_name="/predict")["confidence"] > 0, "still serving"
+
+
+def test_a_raw_call_with_too_few_values_is_told_how_many_are_taken(server):
+    event, data = server.call("predict", [], timeout=10)
+    assert event == "error" and data["error"] == "This endpoint takes 2 values; 0 were sent."
+    assert "Traceback" not in server.logs()
+
+
 def test_an_image_sent_as_a_video_is_pointed_to_the_image_analysis(client, dev_images, tmp_path):
     """A PNG on /predict_video (the Video tab's checks are the same; test_browser.py): the library's message
     that it is an image, not "not a video we can read"."""
@@ -184,6 +207,8 @@ def test_api_outputs_are_named_and_the_documented_endpoints_are_listed(client):
     assert [p["parameter_name"] for p in api["/predict"]["parameters"]] == ["file", "threshold"]
     assert [p["parameter_name"] for p in api["/predict_url"]["parameters"]] == ["url", "threshold"]
     assert [p["parameter_name"] for p in api["/predict_batch"]["parameters"]] == ["files", "urls", "threshold"]
+    assert [p["parameter_has_default"] for p in api["/predict_batch"]["parameters"]] == [False, True, True], (
+        "files alone will do")
     assert [r["label"] for r in api["/predict_batch"]["returns"]] == ["results"]
     examples = [p["example_input"] for endpoint in api.values() for p in endpoint["parameters"]]
     assert "Hello!!" not in examples  # Gradio's example for any text: ours name images

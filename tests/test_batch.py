@@ -128,7 +128,7 @@ def test_a_zip_is_read_in_memory_with_member_paths_as_labels(client, model, twen
     }))
     broken = tmp_path / "broken.zip"
     broken.write_bytes(archive.read_bytes()[:200])
-    rows = client.predict([handle_file(str(archive)), handle_file(str(broken))], "", api_name="/predict_batch")
+    rows = client.predict([handle_file(str(archive)), handle_file(str(broken))], api_name="/predict_batch")  # no URLs
     assert [r["file"] for r in rows] == [f"tip-line.zip/folder/a{twenty[0].suffix}",
                                          f"tip-line.zip/escape{twenty[1].suffix}", "tip-line.zip/readme.txt",
                                          "tip-line.zip/clip.mp4", "broken.zip"]

@@ -29,6 +29,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from gradio.utils import get_upload_folder
 from gradio_client.utils import is_file_obj, traverse
+from pydantic import ValidationError
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -43,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 # The same answer for every refused path: it says nothing about whether a file exists there.
 NOT_AN_UPLOAD = "This file is not among the uploads the app holds; upload the image again."
+SEND_FILES = ("Send each file with gradio_client's handle_file: client.predict(handle_file(\"face.png\"), ...), "
+              "or a list of them where the endpoint takes several files.")
 REMEMBERED_REJECTIONS = 4096
 
 _rejected: OrderedDict = OrderedDict()  # resolved path of a deleted upload -> why the gate refused it
@@ -155,8 +158,14 @@ class UploadsOnlyBlocks(gr.Blocks):
     """
 
     async def preprocess_data(self, block_fn, inputs, state, explicit_call=False):
+        if len(inputs) < len(block_fn.inputs):  # a raw API call; gradio_client sends every value
+            raise gr.Error(f"This endpoint takes {len(block_fn.inputs)} values; {len(inputs)} were sent.",
+                           title="Missing values", print_exception=False)
         traverse(inputs, _require_upload, is_file_obj)
-        return await super().preprocess_data(block_fn, inputs, state, explicit_call)
+        try:
+            return await super().preprocess_data(block_fn, inputs, state, explicit_call)
+        except ValidationError:  # a file input given something else, e.g. a path string
+            raise gr.Error(SEND_FILES, title="Not a file", print_exception=False) from None
 
 
 def mount(app: FastAPI, blocks: gr.Blocks, **kwargs) -> FastAPI:

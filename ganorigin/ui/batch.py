@@ -288,7 +288,7 @@ def batch_tab(predict_batch: Callable[[list, float], list]) -> None:
               api_name="analyse_batch", api_visibility="undocumented", show_progress_on=table)
     table.select(select, records, [picture, chosen, chosen_json], api_visibility="private")
     api_files = gr.File(file_count="multiple", visible=False, label="files")
-    api_urls = api_text("urls", "\n".join(example.url for example in EXAMPLES[1:3]))
+    api_urls = api_text("urls", "\n".join(example.url for example in EXAMPLES[1:3]), default="")
     api_threshold = gr.Number(DEFAULT_THRESHOLD, visible=False, label="threshold")
     api_out = gr.JSON(visible=False, label="results")
     api_files.change(predict_batch_api, [api_files, api_urls, api_threshold], api_out, api_name="predict_batch",

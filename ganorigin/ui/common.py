@@ -32,10 +32,11 @@ IMAGE_NOT_VIDEO = ("This file is an image, not a video: analyse it in the Image 
                    "api_name=\"/predict\").")
 
 
-def api_text(label: str, example: str) -> gr.Textbox:
-    """The hidden text input of an API endpoint, documented with ``example`` (Gradio's own is "Hello!!").
-    Not a subclass: Gradio writes a ``.pyi`` file beside the module of every component class."""
-    box = gr.Textbox(visible=False, label=label)
+def api_text(label: str, example: str, default: str | None = None) -> gr.Textbox:
+    """The hidden text input of an API endpoint, documented with ``example`` (Gradio's own is "Hello!!");
+    with a ``default``, clients may leave it out. Not a subclass: Gradio writes a ``.pyi`` file beside the
+    module of every component class."""
+    box = gr.Textbox(default, visible=False, label=label)
     box.example_payload = box.example_value = lambda: example
     return box
 
