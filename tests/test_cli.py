@@ -129,6 +129,18 @@ def test_predict_takes_community_forensics_threshold_and_refuses_one_out_of_rang
     assert "--commfor-threshold: The threshold is a probability from 0 to 1; got 2.0." in capsys.readouterr().err
 
 
+def test_a_hub_repo_given_to_weights_replaces_the_folder_of_the_environment(image_dir, cli_env, tmp_path, capsys,
+                                                                           monkeypatch):
+    """With GANORIGIN_WEIGHTS_DIR set, --weights org/name is that repo, not the folder: offline and not cached,
+    it is missing (the folder's files would give an answer from another model)."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
+    face = sorted((image_dir / "real").iterdir())[0]
+    assert main(["predict", str(face), "--weights", "someorg/somerepo@v1", "--offline",
+                 "--cache-dir", str(tmp_path / "empty-cache"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "someorg/somerepo" in err and "e4e_ffhq_encode.pt" in err
+
+
 def test_predict_csv_from_a_text_list(image_dir, weights_dir, cli_env, model, capsys, tmp_path):
     good = sorted((image_dir / "real").iterdir())[:2]
     listing = tmp_path / "list.txt"

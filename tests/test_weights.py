@@ -104,6 +104,10 @@ def test_repo_at_revision_string(hub, published, tmp_path, monkeypatch):
     assert (parsed.repo_id, parsed.revision) == ("org/name", "v1.2")
     assert WeightSources.parse("org/name").revision is None
     assert WeightSources.parse(str(tmp_path)).weights_dir == str(tmp_path)
+    monkeypatch.setenv("GANORIGIN_WEIGHTS_DIR", str(tmp_path))
+    assert WeightSources.parse("org/name").weights_dir is None, "a named repo replaces the folder, as a folder does"
+    assert WeightSources.parse(None).weights_dir == str(tmp_path)
+    monkeypatch.delenv("GANORIGIN_WEIGHTS_DIR")
     for bad in ("just-a-name", "a/b/c", "/org@rev"):
         with pytest.raises(WeightsNotFoundError, match="Hub repo id like 'org/name"):
             WeightSources.parse(bad)

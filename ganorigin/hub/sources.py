@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Union
 
@@ -50,7 +50,8 @@ class WeightSources:
         """Turn ``from_pretrained``'s ``source`` into sources.
 
         ``None`` means defaults plus environment; an existing folder is a weights dir;
-        ``"org/name"`` or ``"org/name@revision"`` is a Hub repo for the e4e and SVM files.
+        ``"org/name"`` or ``"org/name@revision"`` is a Hub repo for the e4e and SVM files. Either replaces
+        ``GANORIGIN_WEIGHTS_DIR``: with a repo, the other files come from their own sources (or the cache).
         """
         if isinstance(source, WeightSources):
             return source
@@ -64,7 +65,7 @@ class WeightSources:
             raise WeightsNotFoundError(
                 f"{text!r} is neither an existing folder nor a Hub repo id like 'org/name[@revision]'."
             )
-        return cls.from_env(repo_id=repo_id, revision=revision or None)
+        return replace(cls.from_env(repo_id=repo_id, revision=revision or None), weights_dir=None)
 
     def hub_location(self, source: str) -> tuple:
         """``(repo_id, revision)`` of a Hub source of the registry."""
