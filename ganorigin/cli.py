@@ -486,6 +486,10 @@ def _train(args) -> int:
     from .training.fit import check_folds
 
     check_folds(args.cv)  # before the latents load
+    if not args.C > 0:
+        raise _usage(f"--C must be greater than 0; got {args.C:g}.")
+    if args.push_to_hub:
+        _check_hub_upload(args.push_to_hub)  # before the work, not after it
     latents = load_latents(args.latents)
     result = train_attribution_model(latents.features, latents.labels, groups=latents.groups, aligned=latents.aligned,
                                      encoder=latents.encoder, test_size=args.test_size, cv=args.cv, C=args.C,
@@ -504,8 +508,24 @@ def _train(args) -> int:
     return 0
 
 
+def _check_hub_upload(repo_id: str) -> None:
+    """Refuse an upload that cannot work, before training: a malformed repo id, or no token."""
+    from huggingface_hub import get_token
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise _usage(f"--push-to-hub {repo_id!r} is not a Hub repo id like 'org/name'.") from None
+    if "/" not in repo_id:
+        raise _usage(f"--push-to-hub {repo_id!r}: name the owner too, as in 'org/name'.")
+    if get_token() is None:
+        raise _usage("--push-to-hub needs a Hugging Face token: run `hf auth login` or set HF_TOKEN.")
+
+
 def _push_to_hub(folder: Path, repo_id: str) -> None:
     """Upload the model folder (token from `hf auth login` or HF_TOKEN)."""
+    import httpx2
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -514,9 +534,9 @@ def _push_to_hub(folder: Path, repo_id: str) -> None:
         api.create_repo(repo_id, repo_type="model", exist_ok=True)
         commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
                                    commit_message="Upload GANOrigin attribution model")
-    except (HfHubHTTPError, OSError, ValueError) as e:
-        raise _usage(f"Upload of {folder} to {repo_id} failed ({e}); check the repo id and your token "
-                     "(`hf auth login` or HF_TOKEN).") from e
+    except (HfHubHTTPError, httpx2.HTTPError, OSError, ValueError) as e:  # httpx2: huggingface_hub's HTTP client
+        raise _usage(f"Upload of {folder} to {repo_id} failed ({e}); the model is saved there. Check the network, "
+                     "the repo id and your token (`hf auth login` or HF_TOKEN).") from e
     print(f"Uploaded to {commit.commit_url}")
 
 

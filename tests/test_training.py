@@ -430,6 +430,37 @@ def test_train_refuses_too_little_data(tmp_path):
     assert main(["train", str(tmp_path), "--out", str(tmp_path / "m")]) == 2
 
 
+def test_a_training_that_cannot_work_or_be_uploaded_is_refused_before_it_trains(known_latents, tmp_path, capsys,
+                                                                                 monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # no stored token either
+    refused = {("--C", "0"): "--C must be greater than 0; got 0.",
+               ("--push-to-hub", "bad repo id!!"): "--push-to-hub 'bad repo id!!' is not a Hub repo id",
+               ("--push-to-hub", "no-owner"): "name the owner too",
+               ("--push-to-hub", "org/name"): "--push-to-hub needs a Hugging Face token"}
+    for flag, message in refused.items():
+        assert main(["train", str(known_latents), "--out", str(tmp_path / "m"), *TRAIN_ARGS, *flag]) == 2, flag
+        captured = capsys.readouterr()
+        assert message in captured.err and "Trained on" not in captured.out, flag
+    assert not (tmp_path / "m").exists()
+
+
+def test_an_upload_that_cannot_reach_the_hub_is_one_line_and_keeps_the_model(known_latents, tmp_path):
+    import socket
+
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_TOKEN": "hf_test", "HF_HUB_DISABLE_XET": "1"}
+    out = tmp_path / "m"
+    run = subprocess.run([sys.executable, "-m", "ganorigin", "train", str(known_latents), "--out", str(out),
+                          *TRAIN_ARGS, "--push-to-hub", "org/name"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    assert f"Upload of {out} to org/name failed" in run.stderr and "the model is saved there" in run.stderr
+    assert (out / SAFE_MODEL_FILE).is_file()
+
+
 def test_cross_validation_says_when_fewer_folds_would_do_and_reports_cross_validated_accuracy(known_latents, tmp_path,
                                                                                               capsys):
     too_many = PER_CLASS // CALIBRATION_FOLDS + 1  # more folds than 12 images per class can fill
