@@ -335,9 +335,12 @@ EXPLAIN_VIDEO = "This file is a video, not an image: explain takes images (ganor
 
 
 def _is_video_file(path: Path) -> bool:
-    """A video by its first bytes (an MP4 named .png is a video); by its name where it cannot be read."""
+    """A video by its first bytes (an MP4 named .png is a video); by its name where it cannot be read, or is no
+    regular file (a pipe would block)."""
     from .video import VIDEO_EXTENSIONS, is_video
 
+    if not path.is_file():
+        return path.suffix.lower() in VIDEO_EXTENSIONS
     try:
         with open(path, "rb") as f:
             return is_video(f.read(16))

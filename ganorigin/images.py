@@ -44,6 +44,14 @@ def load_image(image: ImageInput) -> Image.Image:
     return _decoded(lambda: Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS))
 
 
+def not_a_file(path: Path, kind: str = "image") -> str:
+    """Why ``path``, which is no regular file, cannot be read as a ``kind`` file: it does not exist, or it is
+    a folder, pipe or device (never opened: a pipe would block). Names the file, never its folder."""
+    if path.exists():
+        return f"{path.name!r} is not a regular file (a folder, pipe or device); pass the {kind} file itself."
+    return f"No {kind} file named {path.name!r}."
+
+
 def read_image_bytes(image) -> bytes:
     """The bytes of a path, bytes-like or file object, within the byte limit.
 
@@ -56,7 +64,7 @@ def read_image_bytes(image) -> bytes:
         # Messages name the file, never its folder: on a server that would reveal its paths.
         path = Path(image)
         if not path.is_file():
-            raise InvalidImageError(f"No image file named {path.name!r}.")
+            raise InvalidImageError(not_a_file(path))
         try:
             if path.stat().st_size > MAX_IMAGE_BYTES:
                 raise ImageTooLargeError(image_too_large())

@@ -299,11 +299,13 @@ def _read(image: ImageInput) -> tuple[Image.Image, Union[bytes, Image.Image, np.
 
 def _head(video: VideoInput) -> bytes:
     """The first bytes of a clip given as a path, bytes or binary file (a file's position is restored); none
-    where it cannot be read."""
+    where it cannot be read, or is no regular file (a pipe would block)."""
     try:
         if isinstance(video, (bytes, bytearray, memoryview)):
             return bytes(video[:IMAGE_HEADER_BYTES])
         if isinstance(video, (str, os.PathLike)):
+            if not os.path.isfile(video):
+                return b""
             with open(video, "rb") as f:
                 return f.read(IMAGE_HEADER_BYTES)
         position = video.tell()

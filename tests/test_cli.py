@@ -141,6 +141,17 @@ def test_a_hub_repo_given_to_weights_replaces_the_folder_of_the_environment(imag
     assert "someorg/somerepo" in err and "e4e_ffhq_encode.pt" in err
 
 
+def test_predict_given_a_pipe_says_so_and_does_not_wait_on_it(cli_env, tmp_path):
+    """A FIFO named like an image or a video is never opened (it would block until a writer came)."""
+    for name in ("pipe.png", "pipe.mp4"):
+        fifo = tmp_path / name
+        os.mkfifo(fifo)
+        run = subprocess.run([sys.executable, "-m", "ganorigin", "predict", str(fifo), "--offline", "--no-progress"],
+                             cwd=ROOT, env={**os.environ, **cli_env}, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 1, run.stderr
+        assert f"'{name}' is not a regular file (a folder, pipe or device)" in json.loads(run.stdout)["error"]
+
+
 def test_predict_csv_from_a_text_list(image_dir, weights_dir, cli_env, model, capsys, tmp_path):
     good = sorted((image_dir / "real").iterdir())[:2]
     listing = tmp_path / "list.txt"

@@ -6,6 +6,7 @@ InvalidImageError with a message a person can act on, naming a file but never it
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -143,7 +144,10 @@ def test_bad_inputs_raise_invalid_image_error(data, message):
 def test_file_errors_name_the_file_not_its_folder(tmp_path):
     """On a server, a message with the folder would reveal its paths."""
     unreadable = Path("/proc/self/mem")  # a regular file whose read at offset 0 fails (EIO)
-    cases = {tmp_path / "missing.png": "No image file named 'missing.png'", tmp_path: "No image file named",
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)  # opened, it would block until a writer came
+    cases = {tmp_path / "missing.png": "No image file named 'missing.png'",
+             tmp_path: f"'{tmp_path.name}' is not a regular file", fifo: "'pipe.png' is not a regular file",
              unreadable: "The image file 'mem' could not be read"}
     for path, message in cases.items():
         if not path.parent.is_dir():

@@ -21,6 +21,7 @@ import av
 from PIL import Image
 
 from ..errors import InvalidVideoError, VideoTooLargeError
+from ..images import not_a_file
 
 VideoInput = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]
 
@@ -134,7 +135,7 @@ def _open_file(video: VideoInput) -> BinaryIO:
     elif isinstance(video, (str, os.PathLike)):
         path = Path(video)
         if not path.is_file():
-            raise InvalidVideoError(f"No video file named {path.name!r}.")
+            raise InvalidVideoError(not_a_file(path, "video"))
         try:
             file = open(path, "rb")
         except OSError as e:
