@@ -108,6 +108,28 @@ def test_a_video_given_to_the_ray_engine_is_refused_with_the_way_to_analyse_it(i
 def test_a_plan_that_leaves_no_cpu_to_decode_is_refused(ray_address, inputs, capsys):
     assert main(["predict", str(inputs), "--engine", "ray", "--actors", "2", "--cpus-per-actor", "1", "--no-progress"]) == 2
     assert "2 actors x 1 CPUs leave no CPU for decoding on a cluster of 2 CPUs" in capsys.readouterr().err
+    for flags, message in {("--actors", "0"): "--actors must be at least 1; got 0.",
+                           ("--actors", "-1"): "--actors must be at least 1; got -1.",
+                           ("--cpus-per-actor", "0"): "--cpus-per-actor must be greater than 0; got 0.",
+                           ("--cpus-per-actor", "-1"): "--cpus-per-actor must be greater than 0; got -1."}.items():
+        assert main(["predict", str(inputs), "--engine", "ray", *flags, "--no-progress"]) == 2, flags
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+
+
+def test_a_cluster_address_where_no_ray_runs_is_one_line(inputs, weights_env):
+    import socket
+
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):  # a cluster's GCS (Ray alone would wait
+        # minutes), and a Ray client address
+        run = subprocess.run([sys.executable, "-m", "ganorigin", "predict", str(inputs), "--engine", "ray",
+                              "--address", address, "--no-progress"], cwd=ROOT, env={**os.environ, **weights_env,
+                              **RAY_ENV}, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+        assert f"No Ray cluster answers at --address {address}" in run.stderr and "ray start --head" in run.stderr
 
 
 def test_killed_job_completes_only_the_rest(ray_address, inputs, local_rows, tmp_path, weights_env):

@@ -45,6 +45,10 @@ class ActorPlan:
         actor with every CPU but one (which decodes)."""
         import ray
 
+        if actors is not None and actors < 1:
+            raise DatasetError(f"--actors must be at least 1; got {actors}.")
+        if cpus is not None and not cpus > 0:
+            raise DatasetError(f"--cpus-per-actor must be greater than 0; got {cpus:g}.")
         resources = ray.cluster_resources()
         gpus, total = int(resources.get("GPU", 0)), resources.get("CPU", 1.0)
         actors = actors or max(gpus, 1)
@@ -155,6 +159,18 @@ def quiet_ray_env() -> dict:
     return {"RAY_USAGE_STATS_ENABLED": "0"}
 
 
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A cluster's ``HOST:PORT`` (its GCS) must take a connection: Ray itself waits minutes for one that does not.
+    ``auto`` and ``ray://`` addresses are Ray's to try (it gives up within a minute)."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if address == "auto" or "://" in address or not port.isdigit():
+        return
+    with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+        pass
+
+
 class RaySession:
     """Join the cluster at ``address`` (``auto``, ``ray://…``), or start a local Ray instance and stop it
     on exit; inside a process where Ray already runs, use it as it is."""
@@ -169,7 +185,12 @@ class RaySession:
         os.environ.update({k: v for k, v in quiet_ray_env().items() if k not in os.environ})
         if not ray.is_initialized():
             if self.address:
-                ray.init(address=self.address, log_to_driver=False)
+                try:
+                    _check_reachable(self.address)
+                    ray.init(address=self.address, log_to_driver=False)
+                except OSError as e:  # refused, timed out, no such host
+                    raise DatasetError(f"No Ray cluster answers at --address {self.address} ({e}); start one "
+                                       "(`ray start --head`) or leave --address out to run on a local Ray.") from None
             else:
                 ray.init(num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=False)
             self._started = True
