@@ -317,4 +317,5 @@ def test_serve_config_is_valid_and_names_the_deployment():
     module, _, name = app.import_path.partition(":")
     assert isinstance(getattr(importlib.import_module(module), name), serve.Application)
     assert [d.name for d in app.deployments] == [GANOriginDeployment.name]
+    assert app.deployments[0].ray_actor_options.num_gpus == 0, "as shipped it must run where there is no GPU"
     assert set(app.deployments[0].user_config) == {"max_batch_size", "batch_wait_s"}
