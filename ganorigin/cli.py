@@ -620,7 +620,7 @@ def _evaluate(args) -> int:
 
 
 def _robustness(args) -> int:
-    from .robustness import format_summary, robustness_rows, save_robustness_png, summarize
+    from .robustness import CLEAN, format_summary, robustness_rows, save_robustness_png, summarize
     from .training import IMAGE_EXTENSIONS, find_images, write_rows
 
     if not args.data_dir.exists():
@@ -639,6 +639,9 @@ def _robustness(args) -> int:
             write_rows(table, f, "csv")
     save_robustness_png(rows, summary, args.out / "robustness.png",
                         {"ufd": model.threshold, "commfor": model.commfor_threshold})
+    failed = [row["error"] for row in rows if row["degradation"] == CLEAN and row["error"]]
+    for error in failed:  # the error starts with the path
+        print(f"ganorigin robustness: could not read {error}", file=sys.stderr)
     print(format_summary(summary))
     print(f"Wrote robustness.csv, robustness_summary.csv and robustness.png to {args.out}.")
-    return 0
+    return 1 if failed else 0

@@ -73,7 +73,7 @@ def robustness_rows(model, paths: Sequence[os.PathLike], *, progress: bool = Tru
         try:
             image = load_image(path)
         except InvalidImageError as e:
-            rows.append(_row(path, CLEAN, None, f"{Path(path).name}: {e}"))
+            rows.append(_row(path, CLEAN, None, f"{path}: {e}"))
             continue
         variants = {CLEAN: Path(path).read_bytes(), **{name: d.apply(image) for name, d in DISTORTIONS.items()}}
         results = model.predict_batch(list(variants.values()), batch_size=len(variants))

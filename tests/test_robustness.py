@@ -11,7 +11,9 @@ are written. The numbers themselves mean nothing on random weights.
 from __future__ import annotations
 
 import csv
+import io
 import shutil
+from contextlib import redirect_stderr
 
 import pytest
 from PIL import Image
@@ -32,7 +34,7 @@ def report(dev_sample, weights_dir, weights_env, tmp_path_factory):
         shutil.copyfile(path, folder / path.name)
     (folder / "broken.png").write_bytes(png.read_bytes()[:500])
     out = tmp_path_factory.mktemp("robustness-out")
-    with pytest.MonkeyPatch.context() as patch:
+    with pytest.MonkeyPatch.context() as patch, redirect_stderr(io.StringIO()) as err:
         for name, value in weights_env.items():
             patch.setenv(name, value)
         status = main(["robustness", str(folder), "--out", str(out), "--weights", str(weights_dir), "--offline",
@@ -41,11 +43,11 @@ def report(dev_sample, weights_dir, weights_env, tmp_path_factory):
         rows = list(csv.DictReader(f))
     with open(out / "robustness_summary.csv", newline="") as f:
         summary = list(csv.DictReader(f))
-    return {"status": status, "rows": rows, "summary": summary, "out": out, "jpeg": jpeg, "png": png}
+    return {"status": status, "rows": rows, "summary": summary, "out": out, "jpeg": jpeg, "png": png,
+            "stderr": err.getvalue(), "broken": folder / "broken.png"}
 
 
 def test_every_image_is_scored_under_every_degradation(report):
-    assert report["status"] == 0
     names = [CLEAN, *DISTORTIONS]
     assert names == [CLEAN, "jpeg90", "jpeg75", "jpeg60", "jpeg40", "scale0.75", "scale0.5", "max768", "max512",
                      "png", "web", "hard"]
@@ -82,6 +84,9 @@ def test_scores_are_the_pipelines_on_the_same_bytes(report, model):
 def test_a_bad_file_costs_only_its_row_and_the_summary_and_plot_are_written(report):
     broken = [r for r in report["rows"] if r["path"].endswith("broken.png")]
     assert len(broken) == 1 and broken[0]["error"] and broken[0]["ufd_probability"] == ""
+    assert broken[0]["error"].startswith(f"{report['broken']}: "), "as predict's rows, the error starts with the path"
+    assert report["status"] == 1, "as predict, extract and evaluate: a file that could not be read is status 1"
+    assert f"ganorigin robustness: could not read {broken[0]['error']}" in report["stderr"]
     summary = {s["degradation"]: s for s in report["summary"]}
     assert list(summary) == [CLEAN, *DISTORTIONS]
     for entry in summary.values():
