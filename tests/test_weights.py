@@ -192,6 +192,25 @@ def test_ufd_head_with_wrong_sha256_is_refused_and_not_cached(hub, published, we
     assert not head_cache.exists() or list(head_cache.iterdir()) == []
 
 
+def test_a_head_digest_set_in_place_of_the_published_one_is_named_in_the_refusal(tmp_path):
+    """With GANORIGIN_UFD_HEAD_SHA256 set (for demo weights) and the published head in the folder, the
+    message must not say to replace the published file with the published file."""
+    from ganorigin.hub.integrity import verify_sha256
+
+    head = tmp_path / "fc_weights.pth"
+    head.write_bytes(b"the published head")
+    published, other = sha256_of(head), "0" * 64
+    advice = {published: "this file is the published one: unset it to use this file.",
+              "f" * 64: "set it to this file's digest, or unset it for the published file.",
+              None: "Replace it with the published file"}
+    for known, words in advice.items():
+        with pytest.raises(WeightsFormatError) as info:
+            verify_sha256(head, other, "fc_weights.pth in the weights folder", published=known)
+        assert words in str(info.value) and f"has sha256 {published}, expected {other}" in str(info.value)
+        assert ("GANORIGIN_UFD_HEAD_SHA256" in str(info.value)) == (known is not None)
+    verify_sha256(head, published, "fc_weights.pth", published=published)  # the right file passes
+
+
 def test_corrupt_local_e4e_checkpoint(weights_dir, published, tmp_path):
     folder = tmp_path / "weights"
     shutil.copytree(weights_dir, folder)

@@ -33,14 +33,21 @@ def git_blob_sha1(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify_sha256(path: Path, expected: str, what: str) -> None:
-    """Raise unless ``path`` has sha256 ``expected``; ``what`` names the file in the message."""
+def verify_sha256(path: Path, expected: str, what: str, published: Optional[str] = None) -> None:
+    """Raise unless ``path`` has sha256 ``expected``; ``what`` names the file in the message. ``published``: the
+    digest of the published file, where ``expected`` may have been set otherwise (GANORIGIN_UFD_HEAD_SHA256)."""
     actual = sha256_file(path)
-    if actual != expected:
-        raise WeightsFormatError(
-            f"{what} has sha256 {actual}, expected {expected}. Replace it with the published file; for random "
-            "test weights made by `python -m ganorigin demo-weights DIR`, use the command it prints."
-        )
+    if actual == expected:
+        return
+    if published is not None and expected != published:
+        advice = ("That digest was set in place of the published one (GANORIGIN_UFD_HEAD_SHA256, or WeightSources' "
+                  "ufd_head_sha256) for other weights" + (
+                      "; this file is the published one: unset it to use this file." if actual == published
+                      else "; set it to this file's digest, or unset it for the published file."))
+    else:
+        advice = ("Replace it with the published file; for random test weights made by `python -m ganorigin "
+                  "demo-weights DIR`, use the command it prints.")
+    raise WeightsFormatError(f"{what} has sha256 {actual}, expected {expected}. {advice}")
 
 
 def cache_root(cache_dir: Optional[str] = None) -> Path:

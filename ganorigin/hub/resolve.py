@@ -109,7 +109,8 @@ def _find(lookup: _Lookup, record: WeightFile) -> Optional[Path]:
         local = _local(lookup, filename)
         if local:
             if record.source == "ufd":
-                verify_sha256(local, lookup.sources.ufd_head_sha256, f"{filename} in the weights folder")
+                verify_sha256(local, lookup.sources.ufd_head_sha256, f"{filename} in the weights folder",
+                              published=record.sha256)
             return local
     if record.source == "ufd":
         return _url_file(lookup, record)
