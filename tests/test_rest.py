@@ -150,6 +150,18 @@ def test_no_file_is_400(server):
         assert response.json() == {"error": "No image uploaded"}
 
 
+def test_a_file_field_sent_as_text_or_twice_is_told_how_to_send_it(server, dev_sample):
+    """No pydantic or Python words ("Expected UploadFile, received: <class 'str'>")."""
+    for route, field in (("/predict", "image"), ("/predict/video", "video")):
+        response = httpx.post(f"{server.url}{route}", data={field: "hello"}, timeout=30)
+        assert response.status_code == 422 and response.json() == {
+            "error": f"Send the {field} as a file in the multipart field '{field}' (curl -F {field}=@FILE)."}
+        two = [(field, ("a.png", dev_sample[0].read_bytes())), (field, ("b.png", b"not an image"))]
+        response = httpx.post(f"{server.url}{route}", files=two, timeout=30)
+        assert response.status_code == 422 and response.json() == {
+            "error": f"Send one {field} per request, in the multipart field '{field}'."}
+
+
 def test_bad_files_are_422_with_a_message(server, dev_images):
     data = _any_png(dev_images).read_bytes()
     cases = {

@@ -183,6 +183,8 @@ def _add_error_handlers(app: FastAPI) -> None:
             return _error(400, f"{NO_VIDEO}: send it in the multipart field 'video'.")
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        if where in ("image", "video"):  # sent as a text field, not a file
+            return _error(422, f"Send the {where} as a file in the multipart field '{where}' (curl -F {where}=@FILE).")
         if first.get("type") == "bool_parsing":
             return _error(422, f"{where} must be true or false.")
         return _error(422, f"Invalid request: {where or 'body'}: {first.get('msg', 'malformed')}")
@@ -214,7 +216,7 @@ def create_rest_app(service: ModelService) -> FastAPI:
 
     @app.post("/predict", response_model=Union[Attributed, Authentic], responses=errors,
               summary="Analyse one image (multipart field 'image', or form field 'url')", max_body_size=MAX_BODY_BYTES)
-    async def predict(image: Optional[UploadFile] = File(None),
+    async def predict(request: Request, image: Optional[UploadFile] = File(None),
                       threshold: Optional[str] = Form(None, description="fake-probability threshold, 0 to 1"),
                       commfor_threshold: Optional[str] = Form(None, description=COMMFOR_THRESHOLD_FIELD),
                       url: Optional[str] = Form(None, description="instead of 'image': a public http(s) image URL"),
@@ -225,6 +227,8 @@ def create_rest_app(service: ModelService) -> FastAPI:
         ``alignment`` and ``provenance`` (see ``Prediction.to_dict``)."""
         if image is None and not url:
             return _error(400, "No image uploaded")
+        if len((await request.form()).getlist("image")) > 1:
+            return _error(422, "Send one image per request, in the multipart field 'image'.")
         if image is not None and url:
             return _error(422, "Send either the image file or its url, not both.")
         try:
@@ -251,10 +255,12 @@ def create_rest_app(service: ModelService) -> FastAPI:
 
     @app.post("/predict/video", response_model=VideoAnswer, responses=errors, max_body_size=MAX_VIDEO_BODY_BYTES,
               summary="Analyse a video clip frame by frame (multipart field 'video')")
-    async def predict_video(video: UploadFile = File(...),
+    async def predict_video(request: Request, video: UploadFile = File(...),
                             threshold: Optional[str] = Form(None, description="fake-probability threshold, 0 to 1"),
                             commfor_threshold: Optional[str] = Form(None, description=COMMFOR_THRESHOLD_FIELD)):
         """The clip's verdict (over the frames with a face), its scores and attribution, and one row per sampled frame."""
+        if len((await request.form()).getlist("video")) > 1:
+            return _error(422, "Send one video per request, in the multipart field 'video'.")
         try:
             threshold, commfor_threshold = _thresholds(threshold, commfor_threshold)
         except ValueError as e:
