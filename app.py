@@ -94,6 +94,8 @@ CSS = CARD_CSS + """
 #class-chart {height: auto !important;}
 #class-chart .vega-embed {height: 240px !important;}
 #attributed-crop .icon-button-wrapper {display: none;}  /* no buttons: nothing may cover the crop */
+/* On a phone the timeline's legend would run off its one row: the timeline's label names the colours. */
+@media (max-width: 520px) {#video-timeline .role-legend {display: none;}}
 .heat-legend {font-size: 0.85em; color: #475467;}
 .heat-legend .bar {height: 12px; border-radius: 6px; border: 1px solid #d0d5dd;
   background: linear-gradient(to right, #0000ff, #ffffff, #ff0000);}

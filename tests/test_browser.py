@@ -68,9 +68,9 @@ def _open(browser, url: str, width: int, ready: str = "Model ready"):
     return page
 
 
-def _video_tab_with(browser, url: str, clip):
+def _video_tab_with(browser, url: str, clip, width: int = 1280):
     """A page on the Video tab with ``clip`` in its input, shown in the player."""
-    page = _open(browser, url, 1280)
+    page = _open(browser, url, width)
     page.get_by_role("tab", name="Video").click()
     page.locator("#video-input input[type=file]").set_input_files(str(clip))
     page.locator("#video-input video").first.wait_for()
@@ -448,6 +448,33 @@ def test_a_video_clip_gets_a_verdict_a_timeline_and_its_most_suspicious_frames(b
     page.get_by_text("The threshold is a probability from 0 to 1; it was set to 1.").wait_for()
     expect(page.get_by_label("number input for Threshold on P(fake)")).to_have_value("1")
     page.close()
+
+
+def test_the_video_timeline_legend_fits_a_phone(browser, server, dev_images, tmp_path):
+    from video_files import write_clip
+
+    from ganorigin.ui.video import COMMFOR_SERIES, THRESHOLD_SERIES, UFD_SERIES
+
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(write_clip([(Image.open(dev_images["real"][0]), 2)]))
+    for width in (1280, 390):
+        page = _video_tab_with(browser, server.url, clip, width=width)
+        page.get_by_role("button", name="Analyse video").click()
+        timeline = page.locator("#video-timeline")
+        timeline.locator("svg .mark-line path").first.wait_for()
+        legend, labels = timeline.locator("svg .role-legend").first, timeline.locator("svg .role-legend-label text")
+        if width == 390:  # no room for its one row: the label names the colours instead
+            expect(legend).to_be_hidden()
+            expect(timeline).to_contain_text("red: GAN detector, blue: any-generator detector, black: threshold")
+            _screenshot(page, "video-390.png")
+        else:
+            texts = [label.text_content() for label in labels.all()]
+            assert sorted(texts) == sorted([UFD_SERIES, COMMFOR_SERIES, THRESHOLD_SERIES]), f"cut short: {texts}"
+            box = timeline.locator("svg.marks").first.bounding_box()
+            for label in labels.all():
+                edge = label.bounding_box()
+                assert edge["x"] + edge["width"] <= box["x"] + box["width"] + 1, label.text_content()
+        page.close()
 
 
 @pytest.mark.parametrize("how", ["chosen", "dropped"])

@@ -29,7 +29,7 @@ LIMITS = (f"Limits: {MAX_VIDEO_BYTES / 2**20:g} MiB, {MAX_VIDEO_SECONDS / 60:g} 
           f"The first frame and then {DEFAULT_FPS:g} frame a second are analysed (at most {DEFAULT_MAX_FRAMES}, "
           "spread evenly over longer clips).")
 EMPTY_CARD = "<div id='video-card'><h3>No video analysed yet</h3><div>Upload or record a clip and press Analyse video.</div></div>"
-UFD_SERIES, COMMFOR_SERIES, THRESHOLD_SERIES = "P(fake), GAN detector", "P(fake), any generator", "threshold"
+UFD_SERIES, COMMFOR_SERIES, THRESHOLD_SERIES = "GAN detector", "any generator", "threshold"  # short: one row on a phone
 NO_FACE_SERIES, NO_FACE_COLOUR = "no face found", "#98a2b3"
 # Each analysed frame is also drawn as a short vertical tick on its detector's line, in the line's colour (not in
 # the legend): a line through a single point is not drawn at all, as in a clip of one frame.
