@@ -828,6 +828,24 @@ def test_a_files_name_and_metadata_show_as_text_in_the_batch_detail(browser, bat
     assert not [path for path in requested if "leak" in path], "the page fetched the metadata's image"
 
 
+def test_a_video_in_a_batch_gets_a_row_that_points_to_the_video_tab(browser, batch_app, dev_images, tmp_path):
+    from video_files import write_clip
+
+    from ganorigin.ui.common import VIDEO_NOT_IMAGE
+
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(write_clip([(Image.open(dev_images["real"][0]), 1)]))
+    face = sorted(dev_images["real"])[0]
+    page = _open(browser, batch_app.url, 1400)
+    page.get_by_role("tab", name="Batch").click()
+    page.locator("#batch-files input[type=file]").set_input_files([str(face), str(clip)])
+    expect(page.locator("#batch-files")).to_contain_text("clip", timeout=WAIT_MS)
+    page.get_by_role("button", name="Analyse all").click()
+    expect(page.locator("#batch-summary")).to_contain_text("1 of 2 items analysed; 1 failed", timeout=WAIT_MS)
+    expect(page.locator(BATCH_ROWS).nth(1)).to_contain_text(VIDEO_NOT_IMAGE.split(" (")[0])
+    page.close()
+
+
 def test_the_batch_tab_fits_a_phone(browser, batch_app, dev_images):
     page = _open(browser, batch_app.url, 400)
     page.get_by_role("tab", name="Batch").click()

@@ -240,7 +240,8 @@ def batch_tab(predict_batch: Callable[[list, float], list]) -> None:
     gr.Markdown("Analyse many images at once: upload images or ZIPs of images, and/or paste image URLs, one per "
                 f"line. {LIMITS}", elem_id="batch-limits")
     with gr.Row(equal_height=False):
-        files = gr.File(file_count="multiple", file_types=["image", ".zip"], label="Images or ZIPs",
+        # Videos too: refused in their row with the way to analyse them, not by Gradio's "Invalid file type".
+        files = gr.File(file_count="multiple", file_types=["image", ".zip", "video"], label="Images or ZIPs",
                         elem_id="batch-files", scale=3, min_width=280)
         urls = gr.Textbox(label="Image URLs (one per line)", lines=5, placeholder="https://example.org/face.jpg",
                           elem_id="batch-urls", scale=2, min_width=280)
