@@ -909,6 +909,8 @@ def test_the_feedback_form_stores_a_report(browser, batch_app, dev_images, model
     _screenshot(page, f"feedback-{width}.png")
     page.get_by_role("button", name="Send feedback").click()
     page.get_by_text("Thank you: your report was stored.").wait_for()
+    expect(page.get_by_role("button", name="Send feedback")).to_be_hidden()  # no second copy of the report
+    expect(page.get_by_text("This verdict is wrong")).to_be_hidden()
 
     digest = hashlib.sha256(face.read_bytes()).hexdigest()
     folder = Path(batch_app.env["GANORIGIN_FEEDBACK_DIR"])

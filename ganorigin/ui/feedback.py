@@ -75,7 +75,8 @@ def feedback_form(image: gr.Image, result: gr.State, threshold: gr.Slider, healt
         except ValueError as e:
             raise user_error(str(e), "Feedback incomplete") from e
         kept = "The image was kept." if consent else "The image itself was not kept."
-        return gr.Accordion(open=False), f"Thank you: your report was stored. {kept}"
+        # The form goes until the next analysis: pressing Send again would store the same report twice.
+        return gr.Accordion(visible=False, open=False), f"Thank you: your report was stored. {kept}"
 
     # A new image (or none) resets the form; the State itself is not watched (its value need not be hashable).
     image.change(reset, None, [form, what, note, keep, thanks], api_visibility="private", queue=False)
