@@ -430,6 +430,17 @@ def test_train_refuses_too_little_data(tmp_path):
     assert main(["train", str(tmp_path), "--out", str(tmp_path / "m")]) == 2
 
 
+def test_train_given_the_image_folder_or_no_folder_says_to_extract_first(dev_images, tmp_path, capsys):
+    images = tmp_path / "data" / "stylegan2"
+    images.mkdir(parents=True)
+    shutil.copy(dev_images["stylegan2"][0], images)
+    for folder, words in ((tmp_path / "data", "holds images, not latents: run `ganorigin extract"),
+                          (tmp_path / "nope", "is not a folder of latents")):
+        assert main(["train", str(folder), "--out", str(tmp_path / "m")]) == 2
+        err = capsys.readouterr().err
+        assert f"{folder} {words}" in err and f"--out {folder}" not in err, "never advise writing latents there"
+
+
 def test_a_training_that_cannot_work_or_be_uploaded_is_refused_before_it_trains(known_latents, tmp_path, capsys,
                                                                                  monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)

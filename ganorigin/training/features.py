@@ -28,7 +28,7 @@ from ..hub.integrity import sha256_file
 from ..hub.registry import E4E_PREPROCESS
 from ..images import load_image
 from ..models.encoder import E4EEncoder, encoder_fingerprint
-from .data import _item_rng, check_gan_classes, labelled_images, resolution_augment
+from .data import IMAGE_EXTENSIONS, _item_rng, check_gan_classes, labelled_images, resolution_augment
 
 LATENTS_MANIFEST = "latents.json"
 # Shard columns added after the first release, with the value rows of older shards get.
@@ -338,6 +338,12 @@ def load_latents(folder: os.PathLike) -> Latents:
     names = ("features", "labels", "keys", "paths", "sources")
     columns = _read_shards(folder, *names)
     if not columns:
+        if not folder.is_dir():
+            raise DatasetError(f"{folder} is not a folder of latents; run `ganorigin extract DATA_DIR --out LATENTS` "
+                               "first, then train on LATENTS.")
+        if any(path.suffix.lower() in IMAGE_EXTENSIONS for path in folder.rglob("*") if path.is_file()):
+            raise DatasetError(f"{folder} holds images, not latents: run `ganorigin extract {folder} --out LATENTS` "
+                               "first, then train on LATENTS.")
         raise DatasetError(f"No shard-*.npz files in {folder}; run `ganorigin extract DATA_DIR --out {folder}` first.")
     order = np.argsort(columns["keys"], kind="stable")
     manifest = folder / LATENTS_MANIFEST
