@@ -70,7 +70,10 @@ def _left_behind(args) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="ganorigin", description="Detect GAN-generated faces and name the GAN.")
+    parser.add_argument("--version", action="version", version=f"ganorigin {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_predict(commands)
     _add_provenance(commands)
@@ -364,7 +367,7 @@ def _predict(args) -> int:
                      f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS | VIDEO_EXTENSIONS))}).")
     videos = [path for path in paths if _is_video_file(path)]
     model = _load_model(args)
-    stream = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout
+    stream = _output(args.out)
     try:
         writer = RowWriter(stream, args.format)
         rows = predict_paths(model, [path for path in paths if path not in videos], batch_size=args.batch_size,
@@ -408,7 +411,7 @@ def _provenance(args) -> int:
     paths = find_images(args.paths)
     if not paths:
         raise _usage(f"no images found in {', '.join(args.paths)} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}).")
-    stream = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout
+    stream = _output(args.out)
     writer, failed = RowWriter(stream, args.format), 0
     try:
         for path in tqdm(paths, desc="provenance", unit="img", disable=not args.progress):
@@ -427,6 +430,14 @@ def _provenance(args) -> int:
     return 1 if failed else 0
 
 
+def _output(path: Optional[Path]):
+    """The rows' stream: ``path`` (its folders made, as every command makes its --out folder), else stdout."""
+    if path is None:
+        return sys.stdout
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return open(path, "w", newline="", encoding="utf-8")
+
+
 def _provenance_row(path, provenance, error: Optional[str], *, details: bool) -> dict:
     """``path``, strength, summary, one column per kind of evidence, ``error``; ``details``: everything."""
     from .provenance import SECTION_NAMES
@@ -442,8 +453,10 @@ def _extract(args) -> int:
     from .factory import as_device, load_encoder
     from .hub import resolve_file
     from .training import extract_features
+    from .training.features import check_extract_settings
 
-    _check_class_folders(args)  # before the weights load
+    check_extract_settings(args.augment, args.batch_size, args.shard_size, args.limit)  # before the weights load
+    _check_class_folders(args)
     sources = _weights(args)
     if args.engine == "ray":
         summary = _ray_commands().extract(args, sources)

@@ -91,7 +91,7 @@ def _help_sections(text: str) -> dict:
 
 
 def test_predict_gives_one_row_per_image_with_the_api_numbers(image_dir, weights_dir, cli_env, model, tmp_path):
-    out = tmp_path / "rows.jsonl"
+    out = tmp_path / "new" / "folders" / "rows.jsonl"  # made, as every command makes its --out folder
     status = main(["predict", str(image_dir), "--out", str(out), "--weights", str(weights_dir), "--offline",
                    "--batch-size", "4", "--no-progress"])
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -150,6 +150,24 @@ def test_predict_given_a_pipe_says_so_and_does_not_wait_on_it(cli_env, tmp_path)
                              cwd=ROOT, env={**os.environ, **cli_env}, capture_output=True, text=True, timeout=120)
         assert run.returncode == 1, run.stderr
         assert f"'{name}' is not a regular file (a folder, pipe or device)" in json.loads(run.stdout)["error"]
+
+
+def test_version_is_printed(capsys):
+    from ganorigin import __version__
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"ganorigin {__version__}"
+
+
+def test_extract_settings_that_cannot_work_are_refused_by_flag_before_the_weights_load(image_dir, tmp_path, capsys):
+    for flag, value, least in (("--limit", "0", 1), ("--limit", "-3", 1), ("--augment", "-1", 0),
+                               ("--batch-size", "0", 1), ("--shard-size", "0", 1)):
+        assert main(["extract", str(image_dir), "--out", str(tmp_path / "latents"), flag, value,
+                     "--weights", str(tmp_path / "no-weights-here-either"), "--no-progress"]) == 2, flag
+        err = capsys.readouterr().err
+        assert f"{flag} must be at least {least}; got {value}." in err, err
+    assert not (tmp_path / "latents").exists()
 
 
 def test_predict_csv_from_a_text_list(image_dir, weights_dir, cli_env, model, capsys, tmp_path):

@@ -67,7 +67,7 @@ def extract(args, sources: WeightSources):
     from ..training.features import check_extract_settings
     from .extract import run_extract
 
-    check_extract_settings(args.augment, args.batch_size, args.shard_size)
+    check_extract_settings(args.augment, args.batch_size, args.shard_size, args.limit)
     with RaySession(args.address):
         _progress(args.progress)
         return run_extract(args.data_dir, args.out, sources, augment=args.augment, seed=args.seed,

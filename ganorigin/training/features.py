@@ -129,7 +129,7 @@ def extract_features(
         DatasetError: the folder is empty or has a ``real`` class, or ``out_dir`` holds latents
             made with other settings or other e4e weights.
     """
-    check_extract_settings(augment, batch_size, shard_size)
+    check_extract_settings(augment, batch_size, shard_size, limit)
     out_dir, align = Path(out_dir), alignment_setting(align)
     plan = extraction_plan(data_dir, out_dir, augment=augment, seed=seed, align=align,
                            encoder=encoder_fingerprint(encoder), prune=prune)
@@ -153,9 +153,12 @@ def extract_features(
         bar.close()
 
 
-def check_extract_settings(augment: int, batch_size: int, shard_size: int) -> None:
-    if augment < 0 or batch_size < 1 or shard_size < 1:
-        raise DatasetError("--augment must be >= 0, --batch-size and --shard-size >= 1.")
+def check_extract_settings(augment: int, batch_size: int, shard_size: int, limit: Optional[int] = None) -> None:
+    """Refuse settings that cannot work, naming the flag."""
+    for flag, value, least in (("--augment", augment, 0), ("--batch-size", batch_size, 1),
+                               ("--shard-size", shard_size, 1), ("--limit", limit, 1)):
+        if value is not None and value < least:
+            raise DatasetError(f"{flag} must be at least {least}; got {value}.")
 
 
 def extraction_plan(data_dir: os.PathLike, out_dir: os.PathLike, *, augment: int, seed: int, align: bool,
