@@ -322,7 +322,7 @@ def _decode(image: ImageInput, index: int) -> Union[tuple[Image.Image, Union[byt
     try:
         return _read(image)
     except InvalidImageError as e:
-        name = os.fspath(image) if isinstance(image, (str, os.PathLike)) else f"item {index}"
+        name = os.fspath(image) if isinstance(image, (str, os.PathLike)) else f"item {index + 1}"  # counted from 1
         return type(e)(f"{name}: {e}")
 
 

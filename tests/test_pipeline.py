@@ -171,7 +171,7 @@ def test_predict_batch_gives_a_per_item_error_naming_the_bad_file(model, dev_sam
     assert len(results) == 4
     assert isinstance(results[1], InvalidImageError) and str(results[1]).startswith(f"{bad}: ")
     assert "not an image we can read" in str(results[1])
-    assert isinstance(results[2], InvalidImageError) and str(results[2]).startswith("item 2: ")
+    assert isinstance(results[2], InvalidImageError) and str(results[2]).startswith("item 3: "), "the third item, counted from 1 as the app's batch rows"
     assert results[0] == model.predict(dev_sample[0]) and results[3] == model.predict(dev_sample[1])
     with pytest.raises(InvalidImageError, match="not an image we can read"):
         model.predict(bad)
