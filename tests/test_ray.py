@@ -157,6 +157,8 @@ def test_killed_job_completes_only_the_rest(ray_address, inputs, local_rows, tmp
     unreadable = int(not any('corrupt.png"' in line for line in first))  # the corrupt input, if the rerun had it
     assert f"{len(local_rows) - len(first) - unreadable} analysed, {unreadable} could not be read" in rerun.stderr
     assert f"{len(first)} already in the output" in rerun.stderr
+    noise = [line for line in rerun.stderr.splitlines() if " INFO " in line or "Progress bars disabled" in line]
+    assert not noise, f"Ray's notes on the command's stderr: {noise}"
 
 
 def test_evaluate_on_ray_writes_the_local_report(ray_address, model, dev_images, tmp_path):

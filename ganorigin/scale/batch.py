@@ -10,6 +10,7 @@ re-run skip finished inputs. An unreadable input is an error row, never a failed
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass, replace
@@ -159,6 +160,25 @@ def quiet_ray_env() -> dict:
     return {"RAY_USAGE_STATS_ENABLED": "0"}
 
 
+class _RayNotes(logging.Filter):
+    """Drops Ray's notes that a command's user can do nothing about: its progress and plans at INFO, the
+    local instance's token authentication (on, as it should be), and that our --no-progress is in effect."""
+
+    QUIET = ("Token authentication is enabled", "Progress bars disabled")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING and not any(note in record.getMessage() for note in self.QUIET)
+
+
+def _quiet_ray_console() -> None:
+    """Ray's and Ray Data's console output: warnings and errors only (their log files keep everything)."""
+    for name in ("ray", "ray.data"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                if not any(isinstance(f, _RayNotes) for f in handler.filters):
+                    handler.addFilter(_RayNotes())
+
+
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
     """A cluster's ``HOST:PORT`` (its GCS) must take a connection: Ray itself waits minutes for one that does not.
     ``auto`` and ``ray://`` addresses are Ray's to try (it gives up within a minute)."""
@@ -182,7 +202,10 @@ class RaySession:
     def __enter__(self) -> "RaySession":
         import ray
 
+        import ray.data  # noqa: F401  (its loggers, to quiet with Ray's)
+
         os.environ.update({k: v for k, v in quiet_ray_env().items() if k not in os.environ})
+        _quiet_ray_console()
         if not ray.is_initialized():
             if self.address:
                 try:
