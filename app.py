@@ -29,7 +29,8 @@ from ganorigin.serving.service import ModelService
 from ganorigin.serving.uploads import MAX_UPLOAD_BYTES, UploadsOnlyBlocks, mount
 from ganorigin.ui.batch import batch_tab
 from ganorigin.ui.cards import CARD_CSS, EMPTY_CARD, provenance_panel, verdict_card
-from ganorigin.ui.common import drop_input_and_settle, gpu, threshold_in_range, user_threshold, with_upload
+from ganorigin.ui.common import (drop_input_and_settle, gpu, markdown_text, threshold_in_range, user_threshold,
+                                 with_upload)
 from ganorigin.ui.feedback import feedback_form, feedback_shown
 from ganorigin.ui.files import LIFETIME_S
 from ganorigin.ui.url_input import url_box
@@ -168,16 +169,17 @@ def predict_extended_api(file: dict | None, threshold: float = DEFAULT_THRESHOLD
 
 def _attribution_line(result: Prediction) -> str:
     share = max(result.probabilities)
-    closest = display_name(result.attribution_label)
+    closest = markdown_text(display_name(result.attribution_label))
+    attribution = markdown_text(result.attribution)
     if result.verdict_by == ("commfor",):
         line = (f"**Not one of the known GANs** (diffusion or other): only the any-generator detector is confident "
                 f"(closest known GAN: {closest}, {share:.0%}).")
     elif result.unknown:
         line = f"**Unknown GAN**: unlike the three known GANs (closest: {closest}, {share:.0%})."
     elif result.is_fake:
-        line = f"Attributed to **{result.attribution}** ({share:.0%} among the three known GANs)."
+        line = f"Attributed to **{attribution}** ({share:.0%} among the three known GANs)."
     else:
-        line = f"Closest GAN if it were fake: {result.attribution} ({share:.0%})."
+        line = f"Closest GAN if it were fake: {attribution} ({share:.0%})."
     if result.faces_found is not None:
         line += f"  \n*{result.alignment_note}*"
     return line

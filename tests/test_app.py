@@ -215,6 +215,20 @@ def test_api_outputs_are_named_and_the_documented_endpoints_are_listed(client):
     assert api["/predict_url"]["parameters"][0]["example_input"].startswith("https://")
 
 
+def test_a_labels_markup_shows_as_text_in_the_attribution_line():
+    """A trained model's labels are its author's words: rendered by a CommonMark renderer, as the page's Markdown
+    is, the escaped label is the label itself (HTML-escaped), with no link, image or emphasis."""
+    import html
+
+    from markdown_it import MarkdownIt
+
+    from ganorigin.ui.common import markdown_text
+
+    for label in ('<img src="http://example.org/leak.png">', "[verified](http://phish.example/)", "**Style**_GAN_ `3`",
+                  "# Style-GAN 2 & co | x ~y~ \\ !"):
+        assert MarkdownIt().renderInline(markdown_text(label)) == html.escape(label), label
+
+
 def test_a_threshold_outside_0_1_is_refused_with_a_message(client, dev_sample):
     with pytest.raises(AppError) as caught:
         client.predict(handle_file(str(dev_sample[0])), 1.5, api_name="/predict")

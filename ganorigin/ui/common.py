@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from contextlib import contextmanager
 from typing import Callable
 
@@ -50,6 +51,12 @@ def user_threshold(value, default: float = DEFAULT_THRESHOLD) -> float:
         return check_threshold(value)
     except ValueError as e:
         raise user_error(str(e), "Invalid threshold") from e
+
+
+def markdown_text(text: str) -> str:
+    """``text`` to show as it is inside Markdown (a trained model's labels are its author's words): every
+    character Markdown or HTML would read as markup is escaped."""
+    return re.sub(r"([\\`*_{}\[\]()<>#+!|~&-])", r"\\\1", text)
 
 
 def threshold_in_range(value, default: float) -> tuple[float, bool]:
