@@ -418,7 +418,7 @@ def _provenance(args) -> int:
             try:
                 provenance, error = read_provenance(path, include_prompt=args.prompt), None
             except InvalidImageError as e:
-                provenance, error = None, str(e)
+                provenance, error = None, f"{path}: {e}"  # as predict's rows: the error starts with the path
                 failed += 1
             writer.write(_provenance_row(path, provenance, error, details=args.format == "jsonl"))
     finally:

@@ -493,7 +493,8 @@ def test_cli_provenance_command_needs_no_weights(ai_jpeg, tmp_path, capsys):
     assert rows["signed.jpg"]["strength"] == STRONG and "Example AI Lab" in rows["signed.jpg"]["content_credentials"]
     assert rows["a1111.png"]["strength"] == WEAK and "v1-5-pruned-emaonly" in rows["a1111.png"]["summary"]
     assert rows["plain.png"]["summary"] == NOTHING_FOUND and not rows["plain.png"]["error"]
-    assert "empty" in rows["empty.png"]["error"] and rows["empty.png"]["strength"] == ""
+    assert rows["empty.png"]["error"] == f"{folder / 'bad' / 'empty.png'}: The file is empty (0 bytes)."
+    assert rows["empty.png"]["strength"] == ""
     out = tmp_path / "rows.jsonl"
     assert main(["provenance", str(folder / "a1111.png"), "--prompt", "--out", str(out), "--no-progress"]) == 0
     (row,) = [json.loads(line) for line in out.read_text().splitlines()]
