@@ -63,10 +63,11 @@ def format_report(report: dict) -> str:
              f"Detection ({det['n_real']} real, {det['n_fake']} fake):",
              f"  accuracy at threshold {report['threshold']:.2f}: {det['accuracy_at_threshold']:.4f}"]
     if "roc_auc" in det:
+        youden = (f"Youden J threshold {det['youden_threshold']:.4f} (J = {det['youden_j']:.4f})" if det["youden_j"] > 0
+                  else "no Youden J threshold (J = 0: no threshold does better than chance)")
         lines += [f"  average precision: {det['average_precision']:.4f}   ROC AUC: {det['roc_auc']:.4f}",
                   f"  best threshold (max accuracy): {det['best_threshold']:.4f} -> accuracy "
-                  f"{det['accuracy_at_best_threshold']:.4f}; Youden J threshold {det['youden_threshold']:.4f} "
-                  f"(J = {det['youden_j']:.4f})"]
+                  f"{det['accuracy_at_best_threshold']:.4f}; {youden}"]
     else:
         lines.append(f"  {det['note']}")
     lines.append(f"Attribution ({att['n_known_fake']} fakes of known GANs, {att['n_unknown_fake']} of unknown ones):")
