@@ -160,23 +160,31 @@ def quiet_ray_env() -> dict:
     return {"RAY_USAGE_STATS_ENABLED": "0"}
 
 
-class _RayNotes(logging.Filter):
-    """Drops Ray's notes that a command's user can do nothing about: its progress and plans at INFO, the
-    local instance's token authentication (on, as it should be), and that our --no-progress is in effect."""
+class _Without(logging.Filter):
+    """Drops one logger's records that say ``words``."""
 
-    QUIET = ("Token authentication is enabled", "Progress bars disabled")
+    def __init__(self, words: str):
+        super().__init__()
+        self.words = words
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING and not any(note in record.getMessage() for note in self.QUIET)
+        return self.words not in record.getMessage()
+
+
+# Ray's notes that a command's user can do nothing about: the local instance's token authentication (on, as it
+# should be), and that our --no-progress is in effect.
+_RAY_NOTES = {"ray._private.authentication.authentication_token_setup": "Token authentication is enabled",
+              "ray.data._internal.progress": "Progress bars disabled"}
 
 
 def _quiet_ray_console() -> None:
-    """Ray's and Ray Data's console output: warnings and errors only (their log files keep everything)."""
-    for name in ("ray", "ray.data"):
-        for handler in logging.getLogger(name).handlers:
-            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
-                if not any(isinstance(f, _RayNotes) for f in handler.filters):
-                    handler.addFilter(_RayNotes())
+    """Ray Data's messages: warnings and errors only (Ray's own: ``ray.init(logging_level=WARNING)``), less
+    :data:`_RAY_NOTES`."""
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    for name, words in _RAY_NOTES.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _Without) for f in logger.filters):
+            logger.addFilter(_Without(words))
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
@@ -210,12 +218,13 @@ class RaySession:
             if self.address:
                 try:
                     _check_reachable(self.address)
-                    ray.init(address=self.address, log_to_driver=False)
+                    ray.init(address=self.address, log_to_driver=False, logging_level=logging.WARNING)
                 except OSError as e:  # refused, timed out, no such host
                     raise DatasetError(f"No Ray cluster answers at --address {self.address} ({e}); start one "
                                        "(`ray start --head`) or leave --address out to run on a local Ray.") from None
             else:
-                ray.init(num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=False)
+                ray.init(num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=False,
+                         logging_level=logging.WARNING)
             self._started = True
         return self
 
