@@ -209,8 +209,7 @@ class RaySession:
 
     def __enter__(self) -> "RaySession":
         import ray
-
-        import ray.data  # noqa: F401  (its loggers, to quiet with Ray's)
+        import ray.data  # noqa: F401  (configures its loggers, which _quiet_ray_console then sets)
 
         os.environ.update({k: v for k, v in quiet_ray_env().items() if k not in os.environ})
         _quiet_ray_console()
