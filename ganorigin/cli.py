@@ -509,7 +509,7 @@ def _train(args) -> int:
     latents = load_latents(args.latents)
     result = train_attribution_model(latents.features, latents.labels, groups=latents.groups, aligned=latents.aligned,
                                      encoder=latents.encoder, test_size=args.test_size, cv=args.cv, C=args.C,
-                                     coverage=args.coverage, seed=args.seed)
+                                     coverage=args.coverage, seed=args.seed, names=latents.paths)
     path = save_attribution_model(result, args.out, export_joblib=args.export_joblib)
     png = save_confusion_png(result.confusion, list(result.label_encoder.classes_), args.out / "confusion_matrix.png",
                              f"Held-out attribution ({result.recipe['evaluation']})")

@@ -292,6 +292,10 @@ def test_an_image_moved_to_another_class_is_refused_by_train_until_pruned(synthe
     latents = load_latents(tmp_path / "latents")
     with pytest.raises(DatasetError, match=r"1 source image\(s\) have rows under two classes .*--prune"):
         train_attribution_model(latents.features, latents.labels, groups=latents.groups, test_size=0.3)
+    with pytest.raises(DatasetError) as named:  # with the rows' names, the message names the image
+        train_attribution_model(latents.features, latents.labels, groups=latents.groups, test_size=0.3,
+                                names=latents.paths)
+    assert "such as " in str(named.value) and "000.png" in str(named.value) and "moved.png" in str(named.value)
     extract_features(data, tmp_path / "latents", encoder, **settings, prune=True)
     latents = load_latents(tmp_path / "latents")
     result = train_attribution_model(latents.features, latents.labels, groups=latents.groups, test_size=0.3)

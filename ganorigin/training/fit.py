@@ -87,6 +87,7 @@ def train_attribution_model(
     C: float = 1.0,
     coverage: float = 0.95,
     seed: int = 0,
+    names: Optional[Sequence[str]] = None,
 ) -> TrainResult:
     """StandardScaler + calibrated linear SVM, evaluated on held-out data, with an open-set rule.
 
@@ -101,6 +102,7 @@ def train_attribution_model(
         aligned: whether the features were extracted from FFHQ-aligned faces; saved with the model.
         encoder: the fingerprint of the e4e weights that extracted them (:attr:`Latents.encoder`); saved
             with the model, which then warns when loaded with other e4e weights.
+        names: one per row (:attr:`Latents.paths`), for messages that name an image.
 
     Raises:
         DatasetError: fewer than two classes, or too few source images per class for the split.
@@ -109,7 +111,7 @@ def train_attribution_model(
     label_encoder = LabelEncoder().fit(np.asarray(labels).astype(str))
     y = label_encoder.transform(np.asarray(labels).astype(str))
     groups = np.arange(len(y)) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
-    _check_training_data(y, groups, label_encoder, cv, test_size, coverage)
+    _check_training_data(y, groups, label_encoder, cv, test_size, coverage, names)
     if cv:
         attributor, y_test, y_pred, distances = _cross_validate(X, y, groups, label_encoder, cv, C, seed)
         train = test = np.arange(len(X))
@@ -154,16 +156,19 @@ def check_folds(cv: Optional[int]) -> None:
         raise DatasetError(f"--cv needs at least 2 folds; got {cv} (leave it out for one hold-out split).")
 
 
-def _check_training_data(y, groups, label_encoder, cv, test_size, coverage) -> None:
+def _check_training_data(y, groups, label_encoder, cv, test_size, coverage, names=None) -> None:
     check_folds(cv)
     if len(groups) != len(y):
         raise DatasetError(f"{len(groups)} groups for {len(y)} rows; give one group per row.")
     check_gan_classes(label_encoder.classes_)
-    _, labels_per_image = np.unique(np.unique(np.stack([groups, y]), axis=1)[0], return_counts=True)
+    images, labels_per_image = np.unique(np.unique(np.stack([groups, y]), axis=1)[0], return_counts=True)
     if (labels_per_image > 1).any():
+        first = images[labels_per_image > 1][0]
+        example = "" if names is None else ", such as " + " and ".join(
+            sorted({str(names[i]) for i in np.flatnonzero(groups == first)}))
         raise DatasetError(
-            f"{(labels_per_image > 1).sum()} source image(s) have rows under two classes (one file in two class "
-            "folders, or moved from one to another: its old rows stay until `ganorigin extract DATA_DIR --out "
+            f"{(labels_per_image > 1).sum()} source image(s) have rows under two classes{example} (one file in two "
+            "class folders, or moved from one to another: its old rows stay until `ganorigin extract DATA_DIR --out "
             "LATENTS --prune`). Give each image one class."
         )
     counts = np.bincount(y[np.unique(groups, return_index=True)[1]], minlength=len(label_encoder.classes_))
