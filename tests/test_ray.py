@@ -95,6 +95,11 @@ def test_ray_engine_gives_the_local_rows_and_an_error_row(ray_address, inputs, m
     err = capsys.readouterr().err
     assert f"{len(local_rows) - 1} analysed, 1 could not be read, 0 already in the output" in err
     assert TEST_WEIGHTS_WARNING in err  # the test weights say what they are, as on the local engine
+    again = main(["predict", str(inputs), "--engine", "ray", "--format", "parquet", "--out", str(out),
+                  "--batch-size", "2", "--commfor-threshold", "0", "--no-progress"])
+    assert again == 1, "the output still holds a row that could not be read: the job's status stays the same"
+    assert (f"0 analysed, 0 could not be read, {len(local_rows)} already in the output (1 of them could not be "
+            "read)") in capsys.readouterr().err
 
 
 def test_a_video_given_to_the_ray_engine_is_refused_with_the_way_to_analyse_it(inputs, tmp_path, capsys):

@@ -29,16 +29,18 @@ def predict(args, sources: WeightSources, thresholds: dict) -> int:
                            f"{', '.join(videos[:3])}{' …' if len(videos) > 3 else ''}.")
     sink = ResultSink(args.out, args.format)
     try:
-        with RaySession(args.address):
-            _progress(args.progress)
-            run_predict(names, sink, sources, **thresholds, device=args.device, align=args.align,
-                        batch_size=args.batch_size, plan=ActorPlan.for_cluster(args.actors, args.cpus_per_actor))
+        if set(names) - sink.done:  # no Ray to start for a finished job
+            with RaySession(args.address):
+                _progress(args.progress)
+                run_predict(names, sink, sources, **thresholds, device=args.device, align=args.align,
+                            batch_size=args.batch_size, plan=ActorPlan.for_cluster(args.actors, args.cpus_per_actor))
     finally:
         sink.close()
-    skipped = len(sink.done & set(names))
-    print(f"{sink.written - sink.failed} analysed, {sink.failed} could not be read, {skipped} already in the output, "
-          f"{len(names)} in all.", file=sys.stderr)
-    return 1 if sink.failed else 0
+    skipped, failed_before = len(sink.done & set(names)), len(sink.done_failed & set(names))
+    print(f"{sink.written - sink.failed} analysed, {sink.failed} could not be read, {skipped} already in the output"
+          + (f" ({failed_before} of them could not be read)" if failed_before else "") + f", {len(names)} in all.",
+          file=sys.stderr)
+    return 1 if sink.failed or failed_before else 0  # as the run that wrote those rows
 
 
 def evaluate(args, sources: WeightSources, thresholds: dict):

@@ -31,24 +31,26 @@ class ResultSink:
         if fmt == "parquet" and out is None:
             raise DatasetError("--format parquet writes a folder of part files: pass --out FOLDER.")
         self.out, self.fmt = out, fmt
-        self.done = self._finished_paths()
+        self.done, self.done_failed = self._finished_paths()
         self.written = 0
         self.failed = 0
         self._stream = None
         self._writer: Optional[RowWriter] = None
 
-    def _finished_paths(self) -> set:
-        """The paths already in the output; a row torn by an interruption is cut off first."""
+    def _finished_paths(self) -> tuple:
+        """The paths already in the output, and those of them whose row is an error; a row torn by an
+        interruption is cut off first."""
         if self.out is None or not self.out.exists():
-            return set()
+            return set(), set()
         if self.fmt == "parquet":
             parts = sorted(self.out.glob("*.parquet"))
-            return set(pq.read_table(parts, columns=["path"]).column("path").to_pylist()) if parts else set()
-        _cut_torn_row(self.out)
-        with open(self.out, newline="", encoding="utf-8") as f:
-            if self.fmt == "jsonl":
-                return {json.loads(line)["path"] for line in f if line.strip()}
-            return {row["path"] for row in csv.DictReader(f)}
+            rows = pq.read_table(parts, columns=["path", "error"]).to_pylist() if parts else []
+        else:
+            _cut_torn_row(self.out)
+            with open(self.out, newline="", encoding="utf-8") as f:
+                rows = ([json.loads(line) for line in f if line.strip()] if self.fmt == "jsonl"
+                        else list(csv.DictReader(f)))
+        return {row["path"] for row in rows}, {row["path"] for row in rows if row.get("error")}
 
     def write(self, table: pa.Table) -> None:
         """One batch of rows."""
