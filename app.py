@@ -33,6 +33,7 @@ from ganorigin.ui.common import (drop_input_and_settle, gpu, markdown_text, thre
                                  with_upload)
 from ganorigin.ui.feedback import feedback_form, feedback_shown
 from ganorigin.ui.files import LIFETIME_S
+from ganorigin.ui.image_input import IMAGE_PAGE_JS
 from ganorigin.ui.url_input import url_box
 from ganorigin.ui.video import VIDEO_PAGE_JS, video_tab
 
@@ -101,7 +102,10 @@ CSS = CARD_CSS + """
 .heat-legend .bar {height: 12px; border-radius: 6px; border: 1px solid #d0d5dd;
   background: linear-gradient(to right, #0000ff, #ffffff, #ff0000);}
 .heat-legend .ends {display: flex; justify-content: space-between; gap: 8px;}
+#face-image .no-preview {position: absolute; inset: 0; display: flex; align-items: center; justify-content: center;
+  padding: 16px; text-align: center; color: #475467;}
 """
+PAGE_JS = f"() => {{ ({VIDEO_PAGE_JS})(); ({IMAGE_PAGE_JS})(); }}"
 HEAT_LEGEND = ("<div class='heat-legend'><div>Each region pushes the verdict towards</div><div class='bar'></div>"
                "<div class='ends'><span><b>real</b></span><span><b>GAN-generated</b></span></div></div>")
 
@@ -370,7 +374,7 @@ THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="slate").set(
     button_primary_background_fill="*primary_600", button_primary_background_fill_hover="*primary_700",
     button_primary_text_color="white",
 )
-app = mount(create_rest_app(service), demo, theme=THEME, css=CSS, js=VIDEO_PAGE_JS,
+app = mount(create_rest_app(service), demo, theme=THEME, css=CSS, js=PAGE_JS,
             max_file_size=MAX_UPLOAD_BYTES, footer_links=["api", "settings"])
 
 if __name__ == "__main__":

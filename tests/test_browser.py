@@ -222,6 +222,27 @@ def test_a_file_that_is_not_an_image_gets_the_library_message_and_clears_the_pag
     page.close()
 
 
+def test_an_image_the_browser_cannot_draw_says_so_in_the_input_and_is_analysed(browser, server, model, dev_images,
+                                                                                tmp_path):
+    from ganorigin.ui.image_input import NO_PREVIEW
+
+    face = sorted(dev_images["real"])[0]
+    tiff = tmp_path / "face.tif"
+    Image.open(face).convert("RGB").save(tiff)
+    page = _open(browser, server.url, 1280)
+    _upload(page, tiff)
+    note = page.locator("#face-image .no-preview")
+    expect(note).to_have_text(NO_PREVIEW)  # not a broken picture
+    page.get_by_role("button", name="Analyse").click()
+    expect(page.locator("#verdict-card h2")).to_contain_text(model.predict(tiff).verdict_text.split(" —")[0])
+    _screenshot(page, "app-tiff.png")
+    _upload(page, face)  # a picture it can draw: the note goes
+    page.locator("#face-image img").first.wait_for()
+    expect(note).to_have_count(0)
+    expect(page.locator("#face-image img").first).to_be_visible()
+    page.close()
+
+
 def test_a_file_that_is_not_an_image_is_refused_as_it_is_uploaded(browser, server, tmp_path):
     from ganorigin import InvalidImageError, load_image
 
