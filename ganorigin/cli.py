@@ -91,12 +91,12 @@ def _add_predict(commands) -> None:
     p = commands.add_parser("predict", help="analyse images and videos, one output row per image or video",
                             description="Analyse image files, folders (recursive) or .txt lists of paths; video "
                             "files (MP4, M4V, MOV, 3GP, WebM, MKV, AVI) among them give one row per clip.")
-    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image or video files, folders, or .txt lists of paths")
     p.add_argument("--frames", action="store_true", help="one row per sampled video frame instead of per clip")
     p.add_argument("--format", choices=("jsonl", "csv", "parquet"), default="jsonl",
                    help="output format (default: jsonl; parquet: a folder of part files, --engine ray)")
     p.add_argument("--out", type=Path, help="output file (default: stdout)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
     _progress_flag(p)
     _model_flags(p)
     _engine_flags(p)
@@ -108,7 +108,7 @@ def _add_provenance(commands) -> None:
                             description="Read C2PA Content Credentials, IPTC / XMP / EXIF source fields, generator "
                             "settings and invisible Stable Diffusion watermarks from image files, folders (recursive) "
                             "or .txt lists of paths; one row per file. JSON lines also carry every detail.")
-    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders, or .txt lists of paths")
     p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="output format (default: jsonl)")
     p.add_argument("--out", type=Path, help="output file (default: stdout)")
     p.add_argument("--prompt", action="store_true", help="also report generator prompts (default: generator and model)")
@@ -120,12 +120,12 @@ def _add_extract(commands) -> None:
     p = commands.add_parser("extract", help="encode DATA_DIR/<class>/* into e4e feature shards (resumable)",
                             description="Encode DATA_DIR/<class>/<images> with e4e into resumable .npz shards. "
                             "Re-running with the same --out skips images already encoded.")
-    p.add_argument("data_dir", type=Path, metavar="DATA_DIR")
-    p.add_argument("--out", type=Path, required=True, metavar="LATENTS")
+    p.add_argument("data_dir", type=Path, metavar="DATA_DIR", help="one folder of images per GAN: DATA_DIR/<class>/")
+    p.add_argument("--out", type=Path, required=True, metavar="LATENTS", help="folder of the feature shards")
     p.add_argument("--augment", type=int, default=0, metavar="K",
                    help="also encode K copies per image resized to a random side in [64, 1024] (default: 0)")
     p.add_argument("--seed", type=int, default=0, help="seed of the augmentation (default: 0)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
     p.add_argument("--shard-size", type=int, default=512, help="images per shard file (default: 512)")
     p.add_argument("--limit", type=int, help="stop after about N newly encoded images, each augmented copy counted "
                    "(status 0; run again to go on)")
@@ -146,14 +146,14 @@ def _add_train(commands) -> None:
     p = commands.add_parser("train", help="fit the scaler + calibrated linear SVM on extracted features",
                             description="Fit StandardScaler + linear SVM (sigmoid-calibrated) on LATENTS, report "
                             "held-out metrics, learn the open-set threshold, save a safe (non-pickle) model.")
-    p.add_argument("latents", type=Path, metavar="LATENTS")
-    p.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR")
+    p.add_argument("latents", type=Path, metavar="LATENTS", help="the folder `extract` wrote")
+    p.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR", help="folder of the trained model")
     p.add_argument("--test-size", type=float, default=0.2, help="held-out fraction (default: 0.2)")
     p.add_argument("--cv", type=int, metavar="K", help="K-fold cross-validation instead of one split")
     p.add_argument("--C", type=float, default=1.0, help="SVM regularisation (default: 1.0)")
     p.add_argument("--coverage", type=float, default=0.95,
                    help="share of held-out known-GAN samples the open-set rule keeps (default: 0.95)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the split, the folds and the SVM (default: 0)")
     p.add_argument("--export-joblib", action="store_true",
                    help="also write the original gan_attribution_model.pkl, gan_scaler.pkl, gan_label_encoder.pkl")
     p.add_argument("--push-to-hub", metavar="REPO", help="upload MODEL_DIR to this Hub model repo (needs a token)")
@@ -164,9 +164,10 @@ def _add_explain(commands) -> None:
     p = commands.add_parser("explain", help="heat map and frequency view of one image, as PNG files",
                             description="Write IMAGE's detector heat map (occlusion on a GPU, input x gradient on a "
                             "CPU, or --method) and its frequency view into --out.")
-    p.add_argument("image", type=Path, metavar="IMAGE")
+    p.add_argument("image", type=Path, metavar="IMAGE", help="one image file")
     p.add_argument("--out", type=Path, default=Path("explain"), help="output folder (default: ./explain)")
-    p.add_argument("--method", choices=("auto", "gradient", "occlusion"), default="auto")
+    p.add_argument("--method", choices=("auto", "gradient", "occlusion"), default="auto",
+                   help="heat map method (default auto: occlusion on a GPU, input x gradient on a CPU)")
     _weight_flags(p)
     p.set_defaults(run=_explain)
 
@@ -176,9 +177,9 @@ def _add_evaluate(commands) -> None:
                             description="DATA_DIR/real, DATA_DIR/<gan label> for known GANs, any other folder = "
                             "unknown generator. Writes report.json, predictions.csv, roc.png and "
                             "attribution_confusion.png.")
-    p.add_argument("data_dir", type=Path, metavar="DATA_DIR")
+    p.add_argument("data_dir", type=Path, metavar="DATA_DIR", help="DATA_DIR/real and one folder per generator")
     p.add_argument("--out", type=Path, default=Path("evaluation"), help="output folder (default: ./evaluation)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
     _progress_flag(p)
     _model_flags(p)
     _engine_flags(p)
@@ -191,7 +192,7 @@ def _add_robustness(commands) -> None:
                             "x0.75/x0.5 and to <= 768/512 px, a PNG round trip, and the web (<= 768 px, JPEG 60) and "
                             "hard (<= 512 px, JPEG 40) protocols. Writes robustness.csv (one row per image and "
                             "degradation), robustness_summary.csv and robustness.png into --out.")
-    p.add_argument("data_dir", type=Path, metavar="DIR")
+    p.add_argument("data_dir", type=Path, metavar="DIR", help="a folder of images (recursive)")
     p.add_argument("--out", type=Path, default=Path("robustness"), help="output folder (default: ./robustness)")
     _progress_flag(p)
     _model_flags(p)
@@ -217,10 +218,10 @@ def _add_demo_weights(commands) -> None:
                             description="Write a complete weights folder with random values (and a "
                             "TEST_WEIGHTS.json marker) into DIR, and print the commands that run the app and the "
                             "CLI on it. The answers are meaningless; the real weights download on first use.")
-    p.add_argument("dir", type=Path, metavar="DIR")
+    p.add_argument("dir", type=Path, metavar="DIR", help="the folder to write (made if missing)")
     p.add_argument("--size", choices=("tiny", "full"), default="tiny",
                    help="tiny: small stand-ins, seconds, ~30 MB (default); full: the real architectures, ~2.6 GB")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random values (default: 0)")
     p.set_defaults(run=_demo_weights)
 
 

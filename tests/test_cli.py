@@ -77,6 +77,17 @@ def test_every_command_has_help(command, capsys):
         assert "--no-progress" in sections["options"] and "--no-progress" not in sections.get("weights", "")
 
 
+def test_every_argument_of_every_command_says_what_it_is():
+    import argparse
+
+    from ganorigin.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    silent = [f"{name} {action.dest}" for name, parser in commands.choices.items() for action in parser._actions
+              if not action.help and not isinstance(action, argparse._SubParsersAction)]
+    assert silent == [], silent
+
+
 def _help_sections(text: str) -> dict:
     """argparse help -> {"options": ..., "weights": ..., "model": ...} (the option groups' text)."""
     sections: dict = {}
