@@ -505,6 +505,9 @@ def _train(args) -> int:
     check_folds(args.cv)  # before the latents load
     if not args.C > 0:
         raise _usage(f"--C must be greater than 0; got {args.C:g}.")
+    for flag, value in (("--coverage", args.coverage), ("--test-size", None if args.cv else args.test_size)):
+        if value is not None and not 0.0 < value < 1.0:
+            raise _usage(f"{flag} must be between 0 and 1 (both out); got {value:g}.")
     if args.push_to_hub:
         _check_hub_upload(args.push_to_hub)  # before the work, not after it
     latents = load_latents(args.latents)

@@ -465,6 +465,8 @@ def test_a_training_that_cannot_work_or_be_uploaded_is_refused_before_it_trains(
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # no stored token either
     refused = {("--C", "0"): "--C must be greater than 0; got 0.",
+               ("--coverage", "1"): "--coverage must be between 0 and 1 (both out); got 1.",
+               ("--test-size", "0"): "--test-size must be between 0 and 1 (both out); got 0.",
                ("--push-to-hub", "bad repo id!!"): "--push-to-hub 'bad repo id!!' is not a Hub repo id",
                ("--push-to-hub", "no-owner"): "name the owner too",
                ("--push-to-hub", "org/name"): "--push-to-hub needs a Hugging Face token"}
