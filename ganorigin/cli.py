@@ -477,13 +477,19 @@ def _extract(args) -> int:
           + (f" ({unreadable} file{'s' if unreadable != 1 else ''})" if unreadable else "")
           + f", {summary.total} in all ({state}). Latents: {args.out}")
     if summary.changed:
-        print(f"Dropped as their image changed since it was encoded (encoded again where readable): {summary.changed}.")
+        print(f"Dropped {_rows(summary.changed)} whose image changed since it was encoded (encoded again where "
+              "readable).")
     if summary.gone and summary.pruned:
-        print(f"Removed, their image being no longer in {args.data_dir}: {summary.gone}.")
+        print(f"Removed {_rows(summary.gone)} of images no longer in {args.data_dir}.")
     elif summary.gone:
         print(f"ganorigin extract: warning: {args.out} holds latents of images no longer in {args.data_dir} "
               f"({summary.gone}); train uses them too. Run again with --prune to remove them.", file=sys.stderr)
     return 1 if summary.failed else 0  # stopping at --limit is what was asked for
+
+
+def _rows(count: int) -> str:
+    """``count`` latent rows, in words (an image's augmented copies are rows of their own)."""
+    return f"{count} latent row{'s' if count != 1 else ''} (augmented copies included)"
 
 
 def _check_class_folders(args) -> None:

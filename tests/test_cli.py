@@ -389,11 +389,13 @@ def test_extract_says_what_became_of_latents_whose_images_changed_or_went(dev_im
     capsys.readouterr()
     assert main(args) == 0
     captured = capsys.readouterr()
-    assert "Dropped as their image changed since it was encoded (encoded again where readable): 1." in captured.out
+    assert ("Dropped 1 latent row (augmented copies included) whose image changed since it was encoded (encoded "
+            "again where readable).") in captured.out
     assert (f"warning: {tmp_path / 'latents'} holds latents of images no longer in {tmp_path / 'data'} (1); train "
             "uses them too. Run again with --prune to remove them." in captured.err)
     assert main([*args, "--prune"]) == 0
-    assert f"Removed, their image being no longer in {tmp_path / 'data'}: 1." in capsys.readouterr().out
+    assert f"Removed 1 latent row (augmented copies included) of images no longer in {tmp_path / 'data'}." in (
+        capsys.readouterr().out)
 
 
 def test_an_interrupted_evaluate_says_its_output_is_incomplete_not_saved(dev_images, cli_env, tmp_path):
