@@ -438,14 +438,16 @@ def test_scores_that_separate_nothing_report_no_youden_threshold(tmp_path):
     from ganorigin.training.evaluate import _detection_metrics
     from ganorigin.training.reports import format_report
 
-    def report(scores):
+    def report(scores, known=0):
         rows = [{"y_fake": y, "fake_probability": p} for y, p in zip([0, 0, 1, 1], scores)]
         detection = _detection_metrics(rows, 0.5, tmp_path / "roc.png")
         return format_report({"detection": detection, "images": 4, "failed": [], "per_class": {"real": 2, "x": 2},
-                              "threshold": 0.5, "attribution": {"n_known_fake": 0, "n_unknown_fake": 2,
+                              "threshold": 0.5, "attribution": {"n_known_fake": known, "n_unknown_fake": 2 - known,
                                                                 "open_set_rule": None}})
 
     assert "no Youden J threshold (J = 0" in report([0.9, 0.2, 0.9, 0.2])  # each class scored alike: chance
+    assert "Attribution (0 fakes of known GANs, 2 of unknown ones):" in report([0.9, 0.2, 0.9, 0.2])
+    assert "Attribution (1 fake of known GANs, 1 of unknown ones):" in report([0.9, 0.2, 0.9, 0.2], known=1)
     assert "Youden J threshold 0.7000 (J = 1.0000)" in report([0.1, 0.2, 0.7, 0.8])
 
 

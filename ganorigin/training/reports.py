@@ -70,7 +70,9 @@ def format_report(report: dict) -> str:
                   f"{det['accuracy_at_best_threshold']:.4f}; {youden}"]
     else:
         lines.append(f"  {det['note']}")
-    lines.append(f"Attribution ({att['n_known_fake']} fakes of known GANs, {att['n_unknown_fake']} of unknown ones):")
+    known = att["n_known_fake"]
+    lines.append(f"Attribution ({known} fake{'s' if known != 1 else ''} of known GANs, {att['n_unknown_fake']} of "
+                 "unknown ones):")
     if "classification_report" in att:
         lines += ["  " + line for line in att["classification_report"].splitlines()]
         lines.append(f"  closed-set accuracy: {att['accuracy']:.4f}")
