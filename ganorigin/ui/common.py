@@ -27,10 +27,9 @@ except ImportError:
 
 logger = logging.getLogger("ganorigin.app")
 NO_IMAGE = "Upload, paste or capture a face image first."
-VIDEO_NOT_IMAGE = ("This file is a video, not an image: analyse it in the Video tab (from gradio_client: "
-                   "api_name=\"/predict_video\").")
-IMAGE_NOT_VIDEO = ("This file is an image, not a video: analyse it in the Image tab (from gradio_client: "
-                   "api_name=\"/predict\").")
+# Read on the page and by API clients alike: the tab first, the endpoint in a word.
+VIDEO_NOT_IMAGE = "This file is a video, not an image: analyse it in the Video tab (or the API's /predict_video)."
+IMAGE_NOT_VIDEO = "This file is an image, not a video: analyse it in the Image tab (or the API's /predict)."
 
 
 def api_text(label: str, example: str, default: str | None = None) -> gr.Textbox:
