@@ -366,6 +366,7 @@ def _predict(args) -> int:
     if not paths:
         raise _usage(f"no images or videos found in {', '.join(args.paths)} "
                      f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS | VIDEO_EXTENSIONS))}).")
+    _warn_empty_folders(args, paths, "images or videos")
     videos = [path for path in paths if _is_video_file(path)]
     model = _load_model(args)
     stream = _output(args.out)
@@ -412,6 +413,7 @@ def _provenance(args) -> int:
     paths = find_images(args.paths)
     if not paths:
         raise _usage(f"no images found in {', '.join(args.paths)} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}).")
+    _warn_empty_folders(args, paths, "images")
     stream = _output(args.out)
     writer, failed = RowWriter(stream, args.format), 0
     try:
@@ -429,6 +431,14 @@ def _provenance(args) -> int:
         print(f"ganorigin {args.command}: {failed} of {len(paths)} files could not be read (see their 'error').",
               file=sys.stderr)
     return 1 if failed else 0
+
+
+def _warn_empty_folders(args, found: list, what: str) -> None:
+    """A folder named on the command line in which nothing was found is said, not passed over."""
+    found = [path.resolve() for path in found]
+    for entry in map(Path, args.paths):
+        if entry.is_dir() and not any(path.is_relative_to(entry.resolve()) for path in found):
+            print(f"ganorigin {args.command}: warning: no {what} in {entry}.", file=sys.stderr)
 
 
 def _output(path: Optional[Path]):

@@ -181,6 +181,20 @@ def test_extract_settings_that_cannot_work_are_refused_by_flag_before_the_weight
     assert not (tmp_path / "latents").exists()
 
 
+def test_a_named_folder_with_nothing_to_analyse_is_said(image_dir, cli_env, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    (empty / "inner").mkdir(parents=True)
+    (empty / "notes.txt").write_text("no pictures here")
+    face = sorted((image_dir / "real").iterdir())[0]
+    for command, what in (("provenance", "images"), ("predict", "images or videos")):
+        assert main([command, str(empty), str(face), "--no-progress"]) == 0, command
+        captured = capsys.readouterr()
+        assert f"ganorigin {command}: warning: no {what} in {empty}." in captured.err
+        assert json.loads(captured.out)["path"] == str(face)
+    assert main(["provenance", str(image_dir / "real"), str(face), "--no-progress"]) == 0
+    assert "warning: no images" not in capsys.readouterr().err, "a folder that has images is not warned of"
+
+
 def test_predict_csv_from_a_text_list(image_dir, weights_dir, cli_env, model, capsys, tmp_path):
     good = sorted((image_dir / "real").iterdir())[:2]
     listing = tmp_path / "list.txt"
