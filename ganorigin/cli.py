@@ -35,6 +35,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from .factory import as_device
 
             as_device(args.device)  # a device this machine lacks is said first, before weights load or Ray starts
+        _check_out(args)
         return args.run(args)
     except GANOriginError as e:
         print(f"ganorigin {args.command}: error: {e}", file=sys.stderr)
@@ -207,7 +208,7 @@ def _add_feedback(commands) -> None:
                                 description="Write every reported image that was kept (with consent) into "
                                 "OUT/<class>/: real/, one folder per GAN label, other-generator/. `ganorigin evaluate "
                                 "OUT` then measures the model on the reported mistakes.")
-    export.add_argument("out", type=Path, metavar="OUT")
+    export.add_argument("out", type=Path, metavar="OUT", help="the folder to write (made if missing)")
     export.add_argument("--from", dest="source", type=Path, metavar="FOLDER",
                         help="the feedback folder (default: GANORIGIN_FEEDBACK_DIR, else feedback/ in the cache)")
     export.set_defaults(run=_feedback_export)
@@ -439,6 +440,21 @@ def _warn_empty_folders(args, found: list, what: str) -> None:
     for entry in map(Path, args.paths):
         if entry.is_dir() and not any(path.is_relative_to(entry.resolve()) for path in found):
             print(f"ganorigin {args.command}: warning: no {what} in {entry}.", file=sys.stderr)
+
+
+FOLDER_OUTPUTS = ("extract", "train", "explain", "evaluate", "robustness", "feedback")
+
+
+def _check_out(args) -> None:
+    """``--out`` of the kind the command writes: a folder (made if missing), or a file (rows)."""
+    out = getattr(args, "out", None)
+    if out is None or not Path(out).exists():
+        return
+    folder = args.command in FOLDER_OUTPUTS or getattr(args, "format", None) == "parquet"
+    if folder and not Path(out).is_dir():
+        raise _usage(f"--out {out} is a file; {args.command} writes a folder there (made if missing).")
+    if not folder and Path(out).is_dir():
+        raise _usage(f"--out {out} is a folder; {args.command} writes its rows to a file.")
 
 
 def _output(path: Optional[Path]):

@@ -82,10 +82,15 @@ def test_every_argument_of_every_command_says_what_it_is():
 
     from ganorigin.cli import build_parser
 
-    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    silent = [f"{name} {action.dest}" for name, parser in commands.choices.items() for action in parser._actions
-              if not action.help and not isinstance(action, argparse._SubParsersAction)]
-    assert silent == [], silent
+    def silent(parser, name=""):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for command, sub in action.choices.items():
+                    yield from silent(sub, f"{name} {command}".strip())
+            elif not action.help:
+                yield f"{name} {action.dest}"
+
+    assert list(silent(build_parser())) == []
 
 
 def _help_sections(text: str) -> dict:
@@ -193,6 +198,20 @@ def test_a_named_folder_with_nothing_to_analyse_is_said(image_dir, cli_env, tmp_
         assert json.loads(captured.out)["path"] == str(face)
     assert main(["provenance", str(image_dir / "real"), str(face), "--no-progress"]) == 0
     assert "warning: no images" not in capsys.readouterr().err, "a folder that has images is not warned of"
+
+
+def test_an_out_of_the_wrong_kind_is_refused_before_any_work(image_dir, tmp_path, capsys):
+    a_file, a_folder = tmp_path / "rows.csv", tmp_path / "folder"
+    a_file.write_text("")
+    a_folder.mkdir()
+    face = str(sorted((image_dir / "real").iterdir())[0])
+    for argv, message in (
+            (["extract", str(image_dir), "--out", str(a_file)], f"--out {a_file} is a file; extract writes a folder"),
+            (["train", str(tmp_path), "--out", str(a_file)], f"--out {a_file} is a file; train writes a folder"),
+            (["provenance", face, "--out", str(a_folder)], f"--out {a_folder} is a folder; provenance writes its rows")):
+        assert main(argv) == 2, argv
+        assert message in capsys.readouterr().err, argv
+    assert a_file.read_text() == "" and list(a_folder.iterdir()) == []
 
 
 def test_predict_csv_from_a_text_list(image_dir, weights_dir, cli_env, model, capsys, tmp_path):
