@@ -260,9 +260,13 @@ def fast_commfor(commfor: CommForDetector, device: torch.device, precision: str,
 # On AVX2 (emulated) the patches won from 256 channels on too: one thread, 256->256 3x3 on 32x32 maps 6.6
 # against 7.4 ms, stride 2 from 64x64 7.7 against 8.5, 256->512 13.0 against 17.3; 128 channels lost (9.4
 # against 8.9). On AMD Zen 4 256->256 lost (4.0 against 3.7 ms), so there they start at 512.
-# Where the CPU has native bf16, the style blocks' last three convolutions (on 8x8 maps and less) run in
-# bf16 with their LeakyReLU fused instead (one thread, AMD EPYC Zen 4: 0.38, 0.24 and 0.11 ms against 0.44,
-# 0.21 and 0.27 ms as int8 patches; on 16x16 maps patches won, 1.49 against 1.98 ms).
+# The style blocks (all reading 512 channels) run so in both fast paths, bf16 too. On AVX-512-BF16 without AMX
+# (AMD Zen 4) their last three convolutions (on 8x8 maps and less) run in bf16 with their LeakyReLU fused instead
+# (one thread, AMD EPYC Zen 4: 0.38, 0.24 and 0.11 ms against 0.44, 0.21 and 0.27 ms as int8 patches; on 16x16
+# maps patches won, 1.49 against 1.98 ms). On Intel AMX the patches won at every size, against bf16 with its
+# LeakyReLU fused (one thread, Sapphire Rapids, 12 different 512->512 convolutions in turn, so their weights
+# come from memory as in e4e: on 32x32 maps 1.23 against 1.65 ms, 16x16 0.46 against 0.71, 8x8 0.28 against
+# 0.36, 4x4 and 2x2 0.25 against 0.29-0.30), and they hold half the bytes.
 STYLE_CONVS_IN_BF16 = 3
 
 
@@ -274,11 +278,14 @@ def unfolded_from(encoder: E4EEncoder) -> int:
 
 class SharedInputStyleBlocks(nn.Module):
     """e4e's style ``blocks`` (a :class:`~ganorigin.models.encoder.StyleBlocks`, which this one stands for)
-    in int8 with the first convolutions of the blocks that read the same map as one: ``first[k]`` (a
+    with the first convolutions of the blocks that read the same map as one int8 product: ``first[k]`` (a
     :class:`Int8UnfoldedConv2d`) for the blocks at ``groups[k]``, whose own first convolution is then
     ``nn.Identity``. That map is quantised and gathered into patches once, and one product replaces
     several: per output channel the same integer sums, so the same styles, bitwise (one thread, 11 fine
-    blocks on 64x64 maps: 268 against 312 ms on AVX2, emulated; 128 against 148 ms on AMD Zen 4)."""
+    blocks on 64x64 maps: 268 against 312 ms on AVX2, emulated; 128 against 148 ms on AMD Zen 4). The bf16
+    path runs them so too: on Intel AMX the three groups' took 30 against 62 ms as bf16 convolutions (one
+    thread, Sapphire Rapids). Each image's styles are computed on their own, so they do not depend on its
+    batch-mates."""
 
     def __init__(self, blocks: StyleBlocks, groups: Sequence[range], first: Sequence[Int8UnfoldedConv2d]):
         super().__init__()
@@ -296,6 +303,8 @@ class SharedInputStyleBlocks(nn.Module):
 
     def outputs(self, indices: range, features: torch.Tensor) -> list:
         """As :meth:`StyleBlocks.outputs <ganorigin.models.encoder.StyleBlocks.outputs>`."""
+        if len(features) > 1:  # int8 quantises an input over its whole range: one image at a time
+            return [torch.cat(styles) for styles in zip(*(self.outputs(indices, image) for image in features.split(1)))]
         if tuple(indices) not in self.groups:
             return self.blocks.outputs(indices, features)
         maps = self.first[self.groups.index(tuple(indices))](features).chunk(len(indices), dim=1)
@@ -336,16 +345,17 @@ def fold_encoder_batchnorms(encoder: E4EEncoder) -> dict:
 
 def fast_encoder(encoder: E4EEncoder, device: torch.device, precision: str) -> nn.Module:
     """The encoder for ``precision`` on ``device``, as a new module: BatchNorms folded and, on a
-    CPU, every convolution and linear packed in bf16 with LeakyReLUs fused, or in int8 with its
-    input quantised per call (:class:`Int8Conv2d`; those reading the last stage's width as patches,
-    :class:`Int8UnfoldedConv2d`; the style blocks' convolutions on small maps as
-    :data:`STYLE_CONVS_IN_BF16` says; the gates' exact)."""
+    CPU, the style blocks' convolutions in int8 as patches (:class:`Int8UnfoldedConv2d`; those on small
+    maps as :data:`STYLE_CONVS_IN_BF16` says; the blocks that read the same map sharing their first,
+    :class:`SharedInputStyleBlocks`), LeakyReLUs fused, and every other convolution and linear packed in
+    bf16, or in int8 with its input quantised per call (:class:`Int8Conv2d`; those reading the last
+    stage's width as patches; the gates' exact)."""
     replacements = fold_encoder_batchnorms(encoder)
     if device.type != "cpu":
         return Accelerated(replace_modules(encoder, replacements), precision, autocast_device=device.type,
                            graphs_on=device)
     int8, bits, dtype = precision == "int8", int8_weight_bits(encoder=True), DTYPES.get(precision, torch.bfloat16)
-    small_in_bf16 = int8 and cpu_has_bf16_matrix_units()
+    small_in_bf16 = cpu_class() == "avx512_bf16"
 
     def packed(conv: nn.Conv2d) -> nn.Module:
         if not int8:
@@ -353,20 +363,21 @@ def fast_encoder(encoder: E4EEncoder, device: torch.device, precision: str) -> n
         wide = conv.in_channels >= unfolded_from(encoder)
         return (Int8UnfoldedConv2d if wide else Int8Conv2d)(conv, bits)
 
-    groups = style_groups(encoder) if int8 else []
-    first = [Int8UnfoldedConv2d(merged_conv([encoder.styles[i].convs[0] for i in indices]), bits) for indices in groups]
-    for i, block in enumerate(encoder.styles):  # conv, LeakyReLU, conv, LeakyReLU, ...: bf16 fuses each pair
+    groups = style_groups(encoder)  # in int8 on both paths: see SharedInputStyleBlocks
+    first = [Int8UnfoldedConv2d(merged_conv([encoder.styles[i].convs[0] for i in indices]), bits, "leaky_relu",
+                                [encoder.styles[indices[0]].convs[1].negative_slope]) for indices in groups]
+    for i, block in enumerate(encoder.styles):  # conv, LeakyReLU, conv, LeakyReLU, ...: each pair fused
         for j in range(0, len(block.convs), 2):
+            slope = block.convs[j + 1].negative_slope
+            replacements[f"styles.{i}.convs.{j + 1}"] = nn.Identity()
             if j == 0 and any(i in indices for indices in groups):
                 replacements[f"styles.{i}.convs.0"] = nn.Identity()  # SharedInputStyleBlocks runs it
                 continue
             from_end = (len(block.convs) - j) // 2  # 1 for the last conv
-            if int8 and not (small_in_bf16 and from_end <= STYLE_CONVS_IN_BF16):
-                replacements[f"styles.{i}.convs.{j}"] = packed(block.convs[j])  # int8 cannot fuse a LeakyReLU
-                continue
-            slope = block.convs[j + 1].negative_slope
-            replacements[f"styles.{i}.convs.{j}"] = PackedConv2d(block.convs[j], dtype, "leaky_relu", [slope])
-            replacements[f"styles.{i}.convs.{j + 1}"] = nn.Identity()
+            if not (small_in_bf16 and from_end <= STYLE_CONVS_IN_BF16):  # they read the last stage's width
+                replacements[f"styles.{i}.convs.{j}"] = Int8UnfoldedConv2d(block.convs[j], bits, "leaky_relu", [slope])
+            else:
+                replacements[f"styles.{i}.convs.{j}"] = PackedConv2d(block.convs[j], dtype, "leaky_relu", [slope])
         linear = block.linear  # EqualLinear: its 1/sqrt(in) scale goes into the packed weight
         weight = linear.weight * linear.scale
         replacements[f"styles.{i}.linear"] = (Int8Linear(weight, linear.bias, weight_bits=bits) if int8
@@ -390,11 +401,10 @@ def fast_encoder(encoder: E4EEncoder, device: torch.device, precision: str) -> n
             replacements[path] = packed(module)
             originals += list(encoder.get_submodule(path).parameters())
     give_back(originals)
-    if int8:
-        converted = replace_modules(encoder, replacements)
-        styles = SharedInputStyleBlocks(converted.styles, groups, first)
-        return Accelerated(replace_modules(converted, {"styles": styles}), precision, channels_last=True)
-    return Accelerated(replace_modules(encoder, replacements), precision, autocast_device="cpu", channels_last=True)
+    converted = replace_modules(encoder, replacements)
+    styles = SharedInputStyleBlocks(converted.styles, groups, first)
+    return Accelerated(replace_modules(converted, {"styles": styles}), precision,
+                       autocast_device=None if int8 else "cpu", channels_last=True)
 
 
 def page_blocks(model: nn.Module) -> list:

@@ -14,8 +14,9 @@ from torch import nn
 
 from .precision import cpu_class, cpu_has_bf16_matrix_units
 
-# The activations a packed linear can fuse (oneDNN post-ops), and what each computes when run unfused.
-ACTIVATIONS = {"none": lambda y: y, "swish": F.silu, "gelu": F.gelu}
+# The activations a packed linear can fuse (oneDNN post-ops), and what each computes when run unfused
+# (given the output and the activation's scalars, e.g. a LeakyReLU's slope).
+ACTIVATIONS = {"none": lambda y: y, "swish": F.silu, "gelu": F.gelu, "leaky_relu": F.leaky_relu}
 _ONEDNN_ALGORITHM = {"gelu": "none"}  # exact (erf) GELU, as nn.GELU()
 
 
@@ -117,12 +118,13 @@ class Int8Linear(nn.Module):
     """A linear layer on oneDNN's int8 kernels: per-output-channel int8 weights
     (:func:`quantize_weight`) packed once, activations quantised to 8 bits per call over their own
     range (dynamic quantisation), fp32 out, with an optional fused activation (a key of
-    ``ACTIVATIONS``). With a gradient wanted (the heat map) it runs on the dequantised weight."""
+    ``ACTIVATIONS``, with its ``scalars``). With a gradient wanted (the heat map) it runs on the
+    dequantised weight."""
 
     def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], activation: str = "none",
-                 weight_bits: int = 8):
+                 weight_bits: int = 8, scalars: Sequence = ()):
         super().__init__()
-        self.activation = activation
+        self.activation, self.scalars = activation, list(scalars)
         self.out_features, self.in_features = weight.shape
         qweight = quantize_weight(weight, weight_bits)
         self.weight_scales = qweight.q_per_channel_scales().float()
@@ -133,7 +135,7 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and x.requires_grad:
             weight = self.packed.to_dense().T.float() * self.weight_scales[:, None]
-            return ACTIVATIONS[self.activation](F.linear(x.float(), weight, self.bias))
+            return ACTIVATIONS[self.activation](F.linear(x.float(), weight, self.bias), *self.scalars)
         flat = x.reshape(-1, self.in_features).float().contiguous()
         return self.quantized_forward(*quantize_input(flat, flat.view(-1))).view(*x.shape[:-1], self.out_features)
 
@@ -142,7 +144,7 @@ class Int8Linear(nn.Module):
         ``scale * (values - zero_point)``."""
         return torch.ops.onednn.qlinear_pointwise(
             values, scale, zero_point, self.packed, self.weight_scales, self.weight_zero_points, self.bias,
-            1.0, 0, torch.float32, self.activation, [], _ONEDNN_ALGORITHM.get(self.activation, ""),
+            1.0, 0, torch.float32, self.activation, self.scalars, _ONEDNN_ALGORITHM.get(self.activation, ""),
         )
 
 
@@ -215,16 +217,17 @@ class Int8UnfoldedConv2d(nn.Module):
     convolution is slow, on many channels and small maps. One thread, 512->512 3x3 stride 2, against
     :class:`Int8Conv2d`: on 32x32 maps 3.5-3.9 against 4.5-4.9 ms on AMD Zen 4 and AVX-512-VNNI
     (emulated), 18.4 against 19.7 ms on AVX2 (emulated); on 16x16, 1.0-2.8 against 2.3-4.3 ms; on 8x8
-    and less two to ten times faster. Output channels_last."""
+    and less two to ten times faster. Output channels_last; ``activation`` and ``scalars`` fused as
+    :class:`Int8Linear`'s."""
 
-    def __init__(self, conv: nn.Conv2d, weight_bits: int = 8):
+    def __init__(self, conv: nn.Conv2d, weight_bits: int = 8, activation: str = "none", scalars: Sequence = ()):
         super().__init__()
         if (conv.padding_mode != "zeros" or isinstance(conv.padding, str) or conv.groups != 1
                 or conv.dilation != (1, 1)):
             raise ValueError("Int8UnfoldedConv2d takes ungrouped, undilated convolutions with explicit zero padding only.")
         self.kernel_size, self.padding, self.stride = conv.kernel_size, conv.padding, conv.stride
         rows = conv.weight.detach().permute(0, 2, 3, 1).reshape(conv.out_channels, -1)  # the patches' (y, x, channel) order
-        self.linear = Int8Linear(rows, conv.bias, weight_bits=weight_bits)
+        self.linear = Int8Linear(rows, conv.bias, activation, weight_bits, scalars)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float().contiguous(memory_format=torch.channels_last)

@@ -49,7 +49,7 @@ MAX_COMMFOR_PROBABILITY_DELTA = 0.005
 MAX_FEATURE_RELATIVE_ERROR = 0.04
 PROBE_FACE = "grace_hopper.jpg"  # in matplotlib's sample data (a pinned dependency): a public-domain portrait
 PROBE_SIZE = 256
-FAST_PATH_VERSION = "packed-12"  # part of the cached verdicts' key: a new fast path is checked afresh
+FAST_PATH_VERSION = "packed-13"  # part of the cached verdicts' key: a new fast path is checked afresh
 CHECKS_FILE = "precision-checks.json"
 
 Scores = Callable[[nn.Module, list], np.ndarray]
