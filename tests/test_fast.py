@@ -798,8 +798,8 @@ def test_int8_conv_as_patches_computes_the_int8_conv(size, stride):
                                  pytest.param("amx", marks=needs_bf16), "avx2"])
 def test_int8_encoder_runs_each_convolution_in_the_cpus_fastest_way(isa, monkeypatch):
     """The style blocks' last convolutions (on maps of 8x8 and less) are bf16 with their LeakyReLU fused
-    on AVX-512-BF16 without AMX (on AMX int8 measured faster at every size). The first ones of the blocks that read the same map are one int8
-    convolution as patches (their own are ``nn.Identity``). Every other convolution reading the last
+    on AVX-512-BF16 without AMX (on AMX int8 measured faster at every size). The first ones of the blocks
+    that read the same map are one int8 convolution as patches (their own are ``nn.Identity``). Every other convolution reading the last
     stage's width (on AVX2 the stage before's too) is int8 as patches through one int8 linear, and every
     narrower one an int8 convolution, except the squeeze-and-excitation gates' 1x1 convolutions (on 1x1
     maps): exact."""
