@@ -82,7 +82,8 @@ def create_detector(*, pretrained: bool = False, files: Optional[ResolvedWeights
         pretrained: load the published weights (resolved from ``sources``, or given as ``files``).
         precision: ``"fp32"`` (exact), ``"auto"``/``None`` (the fastest agreeing path on this
             device, see :mod:`ganorigin.accel`), ``"bf16"``, ``"fp16"`` (CUDA). A fast path scores its
-            borderline images again exactly (:class:`~ganorigin.accel.BorderlineExact`).
+            borderline images again exactly (:class:`~ganorigin.accel.BorderlineExact`), in a band as wide as
+            its measured noise needs (:func:`~ganorigin.accel.probe.exact_band`).
     """
     device = as_device(device)
     if not (pretrained or files):
@@ -91,8 +92,9 @@ def create_detector(*, pretrained: bool = False, files: Optional[ResolvedWeights
     model = load_detector(files.clip, files.ufd_head).to(device)
     fast = accelerate(model, device, candidate_precisions(precision, device, "detector"), detector_logits,
                       kind="detector", weight_files=[files.clip, files.ufd_head])
-    band = borderline_band()
-    return fast if fast is model or band == 0 else BorderlineExact(fast, model, band)
+    if fast is model or fast.agreement["band"] == 0:
+        return fast
+    return BorderlineExact(fast, model, fast.agreement["band"])
 
 
 def create_encoder(*, pretrained: bool = False, files: Optional[ResolvedWeights] = None,

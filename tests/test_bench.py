@@ -314,8 +314,8 @@ def test_batchnorm_folding_keeps_the_encoder_output():
 @pytest.mark.skipif(not accel.candidate_precisions("auto", torch.device("cpu"), "encoder"),
                     reason="auto is exact fp32 on this CPU: nothing to fall back from")
 @pytest.mark.parametrize(
-    "failing, expected", [(("MAX_FAKE_LOGIT_DELTA",), "{} (e4e only)"),
-                          (("MAX_FAKE_LOGIT_DELTA", "MAX_ATTRIBUTION_PROBABILITY_DELTA"), "fp32")]
+    "failing, expected", [(("NOISE_MARGIN",), "{} (e4e only)"),
+                          (("NOISE_MARGIN", "MAX_ATTRIBUTION_PROBABILITY_DELTA"), "fp32")]
 )
 def test_disagreeing_model_falls_back_to_exact_fp32(failing, expected, sources, dev_sample, monkeypatch, tmp_path,
                                                       caplog):

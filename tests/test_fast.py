@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import sys
 import threading
@@ -966,37 +967,67 @@ def test_the_detectors_probe_compares_logits_so_a_saturated_probability_hides_no
     assert np.abs(detector_logits(int8, probe_images()) - detector_logits(model, probe_images())).max() > 1e-5
 
     monkeypatch.setenv("GANORIGIN_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(accel.probe, "MAX_FAKE_LOGIT_DELTA", 1e-5)
+    monkeypatch.setattr(accel.probe, "NOISE_MARGIN", 1e6)  # noise over about 1e-6 refused
     sources = WeightSources(weights_dir=str(folder), local_files_only=True,
                             ufd_head_sha256=hashlib.sha256((folder / UFD_HEAD_FILE).read_bytes()).hexdigest())
     assert accel.precision_of(create_detector(sources=sources, pretrained=True, device="cpu", precision="int8")) == "fp32"
 
 
-def test_the_detector_bound_keeps_every_kept_probability_within_its_bar():
-    """Where the band keeps P(fake) (at most ``band``, at least ``1 - band``; everywhere with it off), a logit
-    moved by the bound moves P by at most 0.01; where the bound is under MAX_FAKE_LOGIT_DELTA, 5% more does not."""
-    from ganorigin.accel.probe import MAX_FAKE_LOGIT_DELTA, MAX_KEPT_PROBABILITY_DELTA, detector_logit_bound
+def _worst_kept_move(band, move):
+    """The most a logit moved by ``move`` takes a P(fake) the fast detector keeps (at most ``band``, at least
+    ``1 - band``; every one with the band off) from where it was."""
+    p = np.linspace(1e-6, 1 - 1e-6, 200001)
+    kept = p[(p <= band) | (p >= 1 - band)] if band > 0 else p
+    logit = np.log(kept / (1 - kept))
+    return max(np.abs(1 / (1 + np.exp(-(logit + s * move))) - kept).max() for s in (-1, 1))
 
-    def worst_move(band, move):
-        p = np.linspace(1e-6, 1 - 1e-6, 200001)
-        kept = p[(p <= band) | (p >= 1 - band)] if band > 0 else p
-        logit = np.log(kept / (1 - kept))
-        return max(np.abs(1 / (1 + np.exp(-(logit + s * move))) - kept).max() for s in (-1, 1))
+
+def test_the_detector_bound_keeps_every_kept_probability_within_its_bar():
+    """Where the band keeps P(fake), a logit moved by the bound moves P by at most 0.01, and 5% more does not."""
+    from ganorigin.accel.probe import MAX_KEPT_PROBABILITY_DELTA, detector_logit_bound
 
     assert detector_logit_bound(0.0) == pytest.approx(0.04, abs=1e-4)
-    assert detector_logit_bound(0.02) == MAX_FAKE_LOGIT_DELTA  # the default band: the move 0.1 is P 0.004 there
-    for band in (0.0, 0.02, 0.1, 0.2, 0.3, 0.45, 0.499):
+    assert detector_logit_bound(0.02) == pytest.approx(0.416, abs=1e-3)  # the default band
+    for band in (0.0, 0.005, 0.02, 0.1, 0.2, 0.3, 0.45, 0.499):
         bound = detector_logit_bound(band)
-        assert worst_move(band, bound) <= MAX_KEPT_PROBABILITY_DELTA + 1e-9, band
-        if bound < MAX_FAKE_LOGIT_DELTA:
-            assert worst_move(band, 1.05 * bound) > MAX_KEPT_PROBABILITY_DELTA, band
+        assert _worst_kept_move(band, bound) <= MAX_KEPT_PROBABILITY_DELTA + 1e-9, band
+        assert _worst_kept_move(band, 1.05 * bound) > MAX_KEPT_PROBABILITY_DELTA, band
+
+
+@pytest.mark.parametrize("band", [0.02, 0.1])
+def test_the_exact_band_widens_just_enough_for_the_noise_and_refuses_past_the_widest(band):
+    """A fast detector as noisy as ``noise`` keeps ``band`` while NOISE_MARGIN times its noise moves no kept P(fake)
+    more than 0.01; noisier, the band widens to the narrowest that still holds that; past WIDEST_EXACT_BAND,
+    nothing holds it (``None``)."""
+    from ganorigin.accel.probe import (MAX_KEPT_PROBABILITY_DELTA, NOISE_MARGIN, WIDEST_EXACT_BAND, exact_band,
+                                       noise_bound)
+
+    widened = []
+    for noise in np.linspace(0.0, noise_bound(band), 25):
+        edge = exact_band(band, noise)
+        assert WIDEST_EXACT_BAND - 1e-12 <= edge <= band
+        assert _worst_kept_move(edge, NOISE_MARGIN * noise) <= MAX_KEPT_PROBABILITY_DELTA + 1e-9, noise
+        if edge < band:
+            widened.append(noise)
+            assert _worst_kept_move(edge * 1.05, NOISE_MARGIN * noise) > MAX_KEPT_PROBABILITY_DELTA, noise
+    assert 0 < len(widened) < 24  # some noise is absorbed by the band as it is, some needs it wider
+    assert exact_band(band, noise_bound(band)) == pytest.approx(WIDEST_EXACT_BAND)
+    assert exact_band(band, noise_bound(band) * 1.01) is None and exact_band(band, math.nan) is None
+
+
+def test_with_the_second_look_off_the_noise_must_stay_within_the_bound_at_one_half():
+    from ganorigin.accel.probe import NOISE_MARGIN, detector_logit_bound, exact_band, noise_bound
+
+    assert noise_bound(0.0) == pytest.approx(detector_logit_bound(0.0) / NOISE_MARGIN)
+    assert exact_band(0.0, noise_bound(0.0)) == 0.0 and exact_band(0.0, noise_bound(0.0) * 1.01) is None
 
 
 @needs_bf16
 def test_with_the_second_look_off_a_logit_move_the_band_allowed_is_refused_even_when_cached(weights_dir, monkeypatch,
                                                                                             tmp_path):
-    """int8 made to move the logit by 0.07: kept with the default band (bound 0.1), refused with
-    ``GANORIGIN_EXACT_BORDERLINE=0`` (bound 0.04), the verdict cached under the band judged again without a probe."""
+    """int8 made to move the logit by 0.07: kept with the default band (which absorbs 2.5 times that),
+    refused with ``GANORIGIN_EXACT_BORDERLINE=0`` (noise up to 0.016), the verdict cached under the band judged
+    again without a probe."""
     from ganorigin.factory import detector_logits, load_detector
     from ganorigin.testing import CLIP_FILE, UFD_HEAD_FILE
 
@@ -1015,6 +1046,38 @@ def test_with_the_second_look_off_a_logit_move_the_band_allowed_is_refused_even_
     assert again is model
     monkeypatch.setenv("GANORIGIN_CACHE_DIR", str(tmp_path / "fresh"))
     assert accel.accelerate(model, torch.device("cpu"), "int8", scores, kind="detector", weight_files=files) is model
+
+
+def test_a_noisier_fast_detector_gets_a_wider_exact_band(weights_dir, monkeypatch, tmp_path):
+    """int8 made to move each probe view's logit by +-0.3 (noise 0.3, which the default band's 0.416 cannot
+    absorb 2.5 times): ``create_detector`` keeps int8 and scores again exactly the band that noise needs; noise
+    0.5 is refused (fp32)."""
+    import hashlib
+
+    from ganorigin import WeightSources, factory
+    from ganorigin.accel.probe import exact_band
+    from ganorigin.testing import UFD_HEAD_FILE
+
+    monkeypatch.setenv("GANORIGIN_CACHE_DIR", str(tmp_path))
+    sources = WeightSources(weights_dir=str(weights_dir), local_files_only=True,
+                            ufd_head_sha256=hashlib.sha256((weights_dir / UFD_HEAD_FILE).read_bytes()).hexdigest())
+    exact_logits = factory.detector_logits
+    for noise, refused in ((0.3, False), (0.5, True)):
+        monkeypatch.setenv("GANORIGIN_CACHE_DIR", str(tmp_path / str(noise)))
+
+        def noisy(module, images, batch=1, noise=noise):
+            signs = np.where(np.arange(len(images)) % 2 == 0, 1.0, -1.0)
+            return exact_logits(module, images, batch) + (noise * signs if accel.precision_of(module) == "int8" else 0)
+
+        monkeypatch.setattr(factory, "detector_logits", noisy)
+        detector = factory.create_detector(sources=sources, pretrained=True, device="cpu", precision="int8")
+        if refused:
+            assert accel.precision_of(detector) == "fp32"
+            continue
+        assert accel.precision_of(detector) == "int8" and isinstance(detector, accel.BorderlineExact)
+        measured = detector.fast.agreement["noise"]
+        assert measured == pytest.approx(noise, abs=0.05)
+        assert detector.band == exact_band(accel.borderline_band(), measured) < 0.015
 
 
 def test_a_cached_verdict_that_is_not_a_measurement_is_probed_again(weights_dir, monkeypatch, tmp_path):
@@ -1092,7 +1155,7 @@ def test_each_refused_path_is_logged_in_words_and_only_the_fall_back_to_fp32_as_
     assert [r.levelno for r in refused] == [logging.INFO] * (len(refused) - 1) + [logging.WARNING]
     for record in refused:
         message = record.getMessage()
-        moved = re.search(r"UFD's logit moved ([0-9.]+),", message)
+        moved = re.search(r"UFD's logit moved ([0-9.]+) in root mean square over 5 views", message)
         assert message.startswith("UFD's CLIP in int8") and moved, message
         assert float(moved[1]) == pytest.approx(0.5, abs=0.05), "the 0.5 added, plus int8's own small difference"
         assert "allowed" in message and "{" not in message, message
@@ -1107,6 +1170,10 @@ def test_the_probe_image_is_a_real_face_from_a_dependency_and_synthetic_without_
 
     face = probe_images()
     assert len(face) == 1 and face[0].mode == "RGB" and face[0].size == (512, 600)
+    views = probe_images("detector")
+    assert np.array_equal(np.asarray(views[0]), np.asarray(face[0])) and all(v.mode == "RGB" for v in views)
+    pixels = {np.asarray(v.resize((64, 64))).tobytes() for v in views}
+    assert len(views) == len(pixels) == 5, "five different views of the face"
 
     def missing(name, asfileobj=True):
         raise FileNotFoundError(name)

@@ -45,12 +45,13 @@ from .precision import DTYPES, cpu_class, cpu_has_bf16_matrix_units
 class Accelerated(nn.Module):
     """A converted model: runs ``module`` with its inputs in ``memory_format``, under autocast to
     ``precision`` when ``autocast_device`` is set, its inference replayed as CUDA graphs when
-    ``graphs_on`` is a CUDA device. ``precision`` says what the model runs in."""
+    ``graphs_on`` is a CUDA device. ``precision`` says what the model runs in, ``agreement`` what the
+    agreement probe measured when it accepted it (:func:`~ganorigin.accel.accelerate`; ``None`` before)."""
 
     def __init__(self, module: nn.Module, precision: str, autocast_device: Optional[str] = None,
                  channels_last: bool = False, graphs_on: Optional[torch.device] = None):
         super().__init__()
-        self.module, self.precision = module, precision
+        self.module, self.precision, self.agreement = module, precision, None
         self.autocast_device, self.channels_last = autocast_device, channels_last
         self.graphs = cuda_graphs_for(self._forward, graphs_on) if graphs_on is not None else None
 
