@@ -92,9 +92,13 @@ def create_detector(*, pretrained: bool = False, files: Optional[ResolvedWeights
     model = load_detector(files.clip, files.ufd_head).to(device)
     fast = accelerate(model, device, candidate_precisions(precision, device, "detector"), detector_logits,
                       kind="detector", weight_files=[files.clip, files.ufd_head])
-    if fast is model or fast.agreement["band"] == 0:
+    if fast is model or (band := fast.agreement["band"]) == 0:
         return fast
-    return BorderlineExact(fast, model, fast.agreement["band"])
+    if band < borderline_band():
+        logger.info("UFD's CLIP in %s moves its logit by %.3f (root mean square on the probe): P(fake) between %.4f "
+                    "and %.4f is scored again by exact fp32, not from %g.", fast.precision, fast.agreement["noise"],
+                    band, 1 - band, borderline_band())
+    return BorderlineExact(fast, model, band)
 
 
 def create_encoder(*, pretrained: bool = False, files: Optional[ResolvedWeights] = None,

@@ -1048,11 +1048,12 @@ def test_with_the_second_look_off_a_logit_move_the_band_allowed_is_refused_even_
     assert accel.accelerate(model, torch.device("cpu"), "int8", scores, kind="detector", weight_files=files) is model
 
 
-def test_a_noisier_fast_detector_gets_a_wider_exact_band(weights_dir, monkeypatch, tmp_path):
+def test_a_noisier_fast_detector_gets_a_wider_exact_band(weights_dir, monkeypatch, tmp_path, caplog):
     """int8 made to move each probe view's logit by +-0.3 (noise 0.3, which the default band's 0.416 cannot
-    absorb 2.5 times): ``create_detector`` keeps int8 and scores again exactly the band that noise needs; noise
-    0.5 is refused (fp32)."""
+    absorb 2.5 times): ``create_detector`` keeps int8, scores again exactly the band that noise needs and says so;
+    noise 0.5 is refused (fp32)."""
     import hashlib
+    import logging
 
     from ganorigin import WeightSources, factory
     from ganorigin.accel.probe import exact_band
@@ -1070,7 +1071,9 @@ def test_a_noisier_fast_detector_gets_a_wider_exact_band(weights_dir, monkeypatc
             return exact_logits(module, images, batch) + (noise * signs if accel.precision_of(module) == "int8" else 0)
 
         monkeypatch.setattr(factory, "detector_logits", noisy)
-        detector = factory.create_detector(sources=sources, pretrained=True, device="cpu", precision="int8")
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="ganorigin.factory"):
+            detector = factory.create_detector(sources=sources, pretrained=True, device="cpu", precision="int8")
         if refused:
             assert accel.precision_of(detector) == "fp32"
             continue
@@ -1078,6 +1081,7 @@ def test_a_noisier_fast_detector_gets_a_wider_exact_band(weights_dir, monkeypatc
         measured = detector.fast.agreement["noise"]
         assert measured == pytest.approx(noise, abs=0.05)
         assert detector.band == exact_band(accel.borderline_band(), measured) < 0.015
+        assert f"P(fake) between {detector.band:.4f} and {1 - detector.band:.4f} is scored again" in caplog.text
 
 
 def test_a_cached_verdict_that_is_not_a_measurement_is_probed_again(weights_dir, monkeypatch, tmp_path):
