@@ -239,6 +239,9 @@ def _weights(args) -> tuple[Path, str]:
         print(f"Writing {size}-size RANDOM weights in the real formats to {folder} (once) ...", flush=True)
         write_test_weights(folder.with_name(folder.name + ".part"), size=size, ufd_head=args.ufd_head)
         os.replace(folder.with_name(folder.name + ".part"), folder)
+    if args.quick:
+        return folder, (f"Weights: tiny RANDOM weights from {folder} (--quick: a smoke test of the benchmark, "
+                        "not a measurement).")
     return folder, (
         f"Weights: {size}-size RANDOM weights in the real formats from {folder} (real weights not found); "
         "timings hold for the real architectures, answers are not meaningful detections."
@@ -681,7 +684,7 @@ def format_table(result: dict) -> str:
             f"{path} {paths[path]['peak_gpu_memory_gb']:.2f} GB" for path in order) + ".")
     lines.append(f"{len(result['images'])} images, {result.get('passes', 2)} passes taking turns in one process; "
                  f"load average {m['load_average_1m']:.1f} at the end. {result['weights']}")
-    for path, targets in result["targets"].items():
+    for path, targets in ({} if result.get("quick") else result["targets"]).items():  # tiny weights: no targets
         lines.append(f"Targets, {path} (end to end ≤ {targets['target']['end_to_end_p50_ratio']}x for "
                      f"{m['gpu'] or m['cpu_class']}): " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in targets["met"].items()))
     return "\n".join(lines)

@@ -81,7 +81,7 @@ def create_detector(*, pretrained: bool = False, files: Optional[ResolvedWeights
     Args:
         pretrained: load the published weights (resolved from ``sources``, or given as ``files``).
         precision: ``"fp32"`` (exact), ``"auto"``/``None`` (the fastest agreeing path on this
-            device, see :mod:`ganorigin.accel`), ``"bf16"``, ``"fp16"`` (CUDA). A fast path scores its
+            device, see :mod:`ganorigin.accel`), ``"bf16"``, ``"int8"`` (CPU), ``"fp16"`` (CUDA). A fast path scores its
             borderline images again exactly (:class:`~ganorigin.accel.BorderlineExact`), in a band as wide as
             its measured noise needs (:func:`~ganorigin.accel.probe.exact_band`).
     """

@@ -122,6 +122,7 @@ def test_quick_bench_names_the_cpu(quick_result):
     for path in quick_result["paths"]:
         assert f"| {path}" in table
     assert "EMULATED" not in table and "(emulated)" not in table
+    assert "Targets," not in table, "tiny weights are a smoke test: no targets judged"
     assert machine["device"] == "cpu" and machine["gpu"] is None and "every path on" not in table
     assert all(run["peak_gpu_memory_gb"] is None for run in quick_result["paths"].values())
 
@@ -132,6 +133,7 @@ def test_a_gpu_run_names_the_gpu_and_is_held_to_no_slower_than_the_baseline(quic
 
     result = copy.deepcopy(quick_result)
     result["machine"].update(device="cuda", gpu="NVIDIA Test GPU")
+    result["quick"] = False  # a GPU run's weights are full-size: it is held to its targets
     for i, run in enumerate(result["paths"].values()):
         run["peak_gpu_memory_gb"] = 1.25 + i
     result["targets"] = {path: bench._targets(result, path) for path in result["ratios"]}

@@ -1159,11 +1159,40 @@ def test_each_refused_path_is_logged_in_words_and_only_the_fall_back_to_fp32_as_
     assert [r.levelno for r in refused] == [logging.INFO] * (len(refused) - 1) + [logging.WARNING]
     for record in refused:
         message = record.getMessage()
-        moved = re.search(r"UFD's logit moved ([0-9.]+) in root mean square over 5 views", message)
+        moved = re.search(r"UFD's logit moved ([0-9.]+) in root mean square over 5 probe views", message)
         assert message.startswith("UFD's CLIP in int8") and moved, message
         assert float(moved[1]) == pytest.approx(0.5, abs=0.05), "the 0.5 added, plus int8's own small difference"
         assert "allowed" in message and "{" not in message, message
     assert refused[-1].getMessage().endswith("it runs exact fp32.")
+
+    caplog.clear()  # a second start reads the verdicts and says the same, without probing
+    with caplog.at_level(logging.INFO, logger="ganorigin.accel.probe"):
+        again = accel.accelerate(load_detector(*files), torch.device("cpu"), "int8",
+                                 lambda m, i: pytest.fail("the probe ran again"), kind="detector", weight_files=files)
+    assert accel.precision_of(again) == "fp32"
+    cached = [r for r in caplog.records if "disagrees with fp32 on the probe of an earlier start" in r.getMessage()]
+    assert [r.levelno for r in cached] == [r.levelno for r in refused]
+    assert [r.getMessage().split("(", 2)[-1] for r in cached] == [r.getMessage().split("(", 2)[-1] for r in refused]
+
+
+def test_an_accepted_fast_path_is_logged_with_what_the_probe_measured(weights_dir, monkeypatch, tmp_path, caplog):
+    """At INFO: which path a model runs and how far it moved, on a first start and (from the cache) on the next."""
+    import logging
+
+    from ganorigin.factory import detector_logits, load_detector
+    from ganorigin.testing import CLIP_FILE, UFD_HEAD_FILE
+
+    monkeypatch.setenv("GANORIGIN_CACHE_DIR", str(tmp_path))
+    files = [weights_dir / CLIP_FILE, weights_dir / UFD_HEAD_FILE]
+    for probe in ("the probe (", "the probe of an earlier start ("):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="ganorigin.accel.probe"):
+            fast = accel.accelerate(load_detector(*files), torch.device("cpu"), "int8", detector_logits,
+                                    kind="detector", weight_files=files)
+        accepted = [r.getMessage() for r in caplog.records if "agrees with fp32" in r.getMessage()]
+        noise = fast.agreement["noise"]
+        assert accepted == [message for message in accepted if probe in message and f"moved {noise:.4f}" in message]
+        assert len(accepted) == 1 and accepted[0].startswith("UFD's CLIP runs int8"), accepted
 
 
 def test_the_probe_image_is_a_real_face_from_a_dependency_and_synthetic_without_it(monkeypatch):
@@ -1177,7 +1206,8 @@ def test_the_probe_image_is_a_real_face_from_a_dependency_and_synthetic_without_
     views = probe_images("detector")
     assert np.array_equal(np.asarray(views[0]), np.asarray(face[0])) and all(v.mode == "RGB" for v in views)
     pixels = {np.asarray(v.resize((64, 64))).tobytes() for v in views}
-    assert len(views) == len(pixels) == 5, "five different views of the face"
+    assert len(views) == len(pixels) == 5, "five different views"
+    assert np.array_equal(np.asarray(views[-1]), np.asarray(synthetic_probe_image()))
 
     def missing(name, asfileobj=True):
         raise FileNotFoundError(name)

@@ -95,7 +95,7 @@ def precision_of(module: nn.Module) -> str:
 # UFD: those it puts between BORDERLINE and 1 - BORDERLINE. int8 rounding moves UFD's logit by about 0.12 on
 # average and by up to 0.36 (24 dev images, full-size random CLIP weights, AMD Zen 4, AVX-512-VNNI and AVX2:
 # scratch measurement; weights and activations of both MLP layers each add a share). Where P(fake) is near 0
-# or 1 that moves it by next to nothing (from the fast path's P 0.98 a logit moved 0.36 is P moved 0.0086),
+# or 1 that moves it by next to nothing (from the fast path's P 0.98 a logit moved 0.36 is P moved 0.0084),
 # but near 0.5 by up to 0.09: nine times the 0.01 the fast paths promise, just where a verdict is decided,
 # wherever the user puts UFD's threshold. Images the fast path scores outside the band keep its answer.
 # GANORIGIN_EXACT_BORDERLINE sets the band (0 turns every second look off).
