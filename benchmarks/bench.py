@@ -294,14 +294,16 @@ def _check_cache(args, path: str) -> Path:
 
 
 class _ProbeWarnings(logging.Handler):
-    """Collects what the probe refused (a path that disagrees, at INFO; a model that falls back to fp32, at WARNING)."""
+    """Collects what the probe refused (a path that disagrees, at INFO; a model that falls back to fp32, at WARNING),
+    not the paths it kept."""
 
     def __init__(self):
         super().__init__(logging.INFO)
         self.messages: list = []
 
     def emit(self, record):
-        self.messages.append(record.getMessage())
+        if record.levelno >= logging.WARNING or "disagrees with fp32" in record.getMessage():
+            self.messages.append(record.getMessage())
 
 
 def _load(path: str, weights_dir: Path, device: str = "cpu") -> tuple:
