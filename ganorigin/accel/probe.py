@@ -1,8 +1,8 @@
 """The agreement probe: a fast module is used only where it agrees with its exact fp32 reference.
 
-:func:`accelerate` converts a model, runs the probe image through both, and returns the fast
-module when its scores, and the features they are computed from, agree within the bounds below,
-else the reference (and logs why). The verdict is cached per (weights, machine and CPU class, torch,
+:func:`accelerate` converts a model, runs the probe images through both (:func:`probe_images`), and
+returns the fast module when its scores, and the features they are computed from, agree within the bounds
+below, else the reference (and logs either). The verdict is cached per (weights, machine and CPU class, torch,
 precision, way of attention), so later starts skip the probe; it is judged again by the bounds of the
 day (which the rescoring band sets for UFD).
 """
