@@ -1059,7 +1059,6 @@ def test_a_noisier_fast_detector_gets_a_wider_exact_band(weights_dir, monkeypatc
     from ganorigin.accel.probe import exact_band
     from ganorigin.testing import UFD_HEAD_FILE
 
-    monkeypatch.setenv("GANORIGIN_CACHE_DIR", str(tmp_path))
     sources = WeightSources(weights_dir=str(weights_dir), local_files_only=True,
                             ufd_head_sha256=hashlib.sha256((weights_dir / UFD_HEAD_FILE).read_bytes()).hexdigest())
     exact_logits = factory.detector_logits
