@@ -140,7 +140,7 @@ def create_commfor(*, pretrained: bool = False, files: Optional[ResolvedWeights]
 
     Args:
         pretrained: load the published weights (resolved from ``sources``, or given as ``files``).
-        precision: as :func:`create_detector`; the probe bounds its P(fake) on its own. A fast path scores
+        precision: as :func:`create_detector`; the probe bounds its logit's noise on its own. A fast path scores
             the images it puts near one of ``edges`` again exactly.
         edges: the P(fake)s where its verdict changes (default: :data:`COMMFOR_THRESHOLD` and the edges of
             the "unsure" band around it, ``UnsurePolicy.from_env()``).
@@ -150,7 +150,7 @@ def create_commfor(*, pretrained: bool = False, files: Optional[ResolvedWeights]
         return CommForDetector().to(device)
     files = files or resolve(sources)
     model = load_commfor(files.commfor).to(device)
-    fast = accelerate(model, device, candidate_precisions(precision, device, "commfor"), commfor_scores,
+    fast = accelerate(model, device, candidate_precisions(precision, device, "commfor"), commfor_logits,
                       kind="commfor", weight_files=[files.commfor])
     if fast is model or borderline_band() == 0:
         return fast
@@ -174,6 +174,11 @@ def commfor_scores(commfor: nn.Module, images: list, batch: int = 1) -> np.ndarr
     """Community Forensics' P(fake) for decoded RGB images, ``batch`` per forward, shape (B,)."""
     preprocess = COMMFOR_PREPROCESS[base_model(commfor).input_size]
     return _scores(commfor, preprocess, images, batch)
+
+
+def commfor_logits(commfor: nn.Module, images: list, batch: int = 1) -> np.ndarray:
+    """Community Forensics' logit for decoded RGB images (what the agreement probe compares), shape (B,)."""
+    return _scores(commfor, COMMFOR_PREPROCESS[base_model(commfor).input_size], images, batch, sigmoid=False)
 
 
 @torch.inference_mode()

@@ -18,7 +18,7 @@ from torchvision import transforms
 from ganorigin import WeightsFormatError, accel
 from ganorigin.accel import probe
 from ganorigin.accel.packed import Int8Linear, PackedLinear, PackedViTBlock
-from ganorigin.factory import commfor_scores, create_commfor, load_commfor
+from ganorigin.factory import commfor_logits, commfor_scores, create_commfor, load_commfor
 from ganorigin.hub.registry import COMMFOR_PREPROCESS, WEIGHTS
 from ganorigin.models.commfor import VIT_S_16_384, CommForDetector, vit_cfg_from_state_dict
 from ganorigin.testing import COMMFOR_FILE, TINY_COMMFOR, write_commfor_weights
@@ -202,10 +202,39 @@ def test_the_probe_keeps_the_fast_path_only_within_its_own_bound(sources, monkey
     fast = create_commfor(files=files, device="cpu", precision="bf16")
     assert accel.precision_of(fast) == "bf16"
     monkeypatch.setenv("GANORIGIN_CACHE_DIR", str(tmp_path / "fresh"))
-    monkeypatch.setattr(probe, "MAX_COMMFOR_PROBABILITY_DELTA", -1.0)  # nothing can agree this well
+    monkeypatch.setattr(probe, "COMMFOR_NOISE_BOUND", -1.0)  # nothing can agree this well
     refused = create_commfor(files=files, device="cpu", precision="bf16")
     assert isinstance(refused, CommForDetector) and accel.precision_of(refused) == "fp32"
     assert create_commfor(files=files, device="cpu", precision="fp32").__class__ is CommForDetector
+
+
+@needs_onednn
+def test_the_probe_judges_commfor_on_its_logits_noise_over_the_probe_views(sources, monkeypatch, tmp_path, caplog):
+    """The root mean square of its logit's move over the five probe views, against COMMFOR_NOISE_BOUND: int8 is
+    kept under twice the noise it makes there, refused under half of it, and the log says what was measured."""
+    import logging
+
+    from ganorigin.hub import resolve
+
+    files = resolve(sources)
+    model, views = load_commfor(files.commfor), probe.probe_images("commfor")
+    assert len(views) == 5
+    first = accel.attention_paths("int8")[0]
+    monkeypatch.setattr(probe, "attention_paths", lambda precision: (first,))  # one way to judge
+    int8 = accel.fast_commfor(model, torch.device("cpu"), "int8", attention=first)
+    noise = float(np.sqrt(np.mean((commfor_logits(int8, views) - commfor_logits(model, views)) ** 2)))
+    assert noise > 0
+    for bound, kept in ((2 * noise, True), (noise / 2, False)):
+        monkeypatch.setenv("GANORIGIN_CACHE_DIR", str(tmp_path / str(kept)))
+        monkeypatch.setattr(probe, "COMMFOR_NOISE_BOUND", bound)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="ganorigin.accel.probe"):
+            chosen = create_commfor(files=files, device="cpu", precision="int8")
+        assert accel.precision_of(chosen) == ("int8" if kept else "fp32")
+        assert "its logit moved" in caplog.text and "in root mean square over 5 probe views" in caplog.text
+        assert f"at most {bound:.4f} allowed" in caplog.text
+        if kept:
+            assert chosen.fast.agreement["noise"] == pytest.approx(noise, rel=1e-3)
 
 
 @needs_onednn

@@ -1207,6 +1207,8 @@ def test_the_probe_image_is_a_real_face_from_a_dependency_and_synthetic_without_
     pixels = {np.asarray(v.resize((64, 64))).tobytes() for v in views}
     assert len(views) == len(pixels) == 5, "five different views"
     assert np.array_equal(np.asarray(views[-1]), np.asarray(synthetic_probe_image()))
+    assert [np.asarray(v).tobytes() for v in probe_images("commfor")] == [np.asarray(v).tobytes() for v in views]
+    assert len(probe_images("encoder")) == 1
 
     def missing(name, asfileobj=True):
         raise FileNotFoundError(name)
