@@ -460,7 +460,7 @@ def test_a_video_clip_gets_a_verdict_a_timeline_and_its_most_suspicious_frames(b
     _screenshot(page, "app-video.png")
     set_threshold("1")  # the verdict follows the threshold without a new analysis
     expect(page.locator("#video-card")).to_contain_text("threshold 1.00")
-    expect(page.locator("#video-card h3")).to_have_text("Real")
+    expect(page.locator("#video-card h3")).to_have_text(expected.with_threshold(1.0).verdict_text)
     set_threshold("0", "Any-generator threshold")  # and the any-generator detector's, as on the Image tab
     expect(page.locator("#video-card h3")).to_have_text(expected.with_threshold(1.0, 0.0).verdict_text)
     expect(page.locator("#video-card")).to_contain_text("Any-generator detector (Community Forensics)")
@@ -474,7 +474,7 @@ def test_a_video_clip_gets_a_verdict_a_timeline_and_its_most_suspicious_frames(b
 def test_the_video_timeline_legend_fits_a_phone(browser, server, dev_images, tmp_path):
     from video_files import write_clip
 
-    from ganorigin.ui.video import COMMFOR_SERIES, THRESHOLD_SERIES, UFD_SERIES
+    from ganorigin.ui.video import COMMFOR_SERIES, COMMFOR_THRESHOLD_SERIES, THRESHOLD_SERIES, UFD_SERIES
 
     clip = tmp_path / "clip.mp4"
     clip.write_bytes(write_clip([(Image.open(dev_images["real"][0]), 2)]))
@@ -486,11 +486,13 @@ def test_the_video_timeline_legend_fits_a_phone(browser, server, dev_images, tmp
         legend, labels = timeline.locator("svg .role-legend").first, timeline.locator("svg .role-legend-label text")
         if width == 390:  # no room for its one row: the label names the colours instead
             expect(legend).to_be_hidden()
-            expect(timeline).to_contain_text("red: GAN detector, blue: any-generator detector, black: threshold")
+            expect(timeline).to_contain_text("red: GAN detector, black: its threshold; blue: any-generator detector, "
+                                             "pale blue: its threshold")
             _screenshot(page, "video-390.png")
         else:
             texts = [label.text_content() for label in labels.all()]
-            assert sorted(texts) == sorted([UFD_SERIES, COMMFOR_SERIES, THRESHOLD_SERIES]), f"cut short: {texts}"
+            assert sorted(texts) == sorted([UFD_SERIES, COMMFOR_SERIES, THRESHOLD_SERIES, COMMFOR_THRESHOLD_SERIES]), (
+                f"cut short: {texts}")
             box = timeline.locator("svg.marks").first.bounding_box()
             for label in labels.all():
                 edge = label.bounding_box()

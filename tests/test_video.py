@@ -258,9 +258,10 @@ def test_mutated_video_bytes_never_crash_hang_or_blow_up_memory(tmp_path):
 
 # --- the clip's verdict --------------------------------------------------------------------------------------
 
-def _frame(time, p, *, faces=1, probabilities=(0.2, 0.7, 0.1), commfor=None):
+def _frame(time, p, *, faces=1, probabilities=(0.2, 0.7, 0.1), commfor=None, bands=(0.0, 0.0), degraded=()):
     prediction = Prediction(p, 0.5, ("progan", "stylegan2", "stylegan3"), probabilities, faces_found=faces,
-                            commfor_probability=commfor)
+                            commfor_probability=commfor, ufd_band=bands[0], commfor_band=bands[1],
+                            degradation_reasons=degraded)
     return FrameResult(time, prediction)
 
 
@@ -348,8 +349,9 @@ def test_a_clip_only_community_forensics_calls_generated_counts_its_frames_not_u
     assert clip.to_dict(frames=False)["commfor_frames"] == 2
     assert clip.decisive_detector == "commfor" and [f.time for f in clip.decisive_frames] == [0, 1, 2], (
         "the frames that drove its verdict: Community Forensics' highest, not UFD's")
-    assert [t.split(" · ")[1] for _, t in _strip_of(clip)] == ["0.900 (any generator)", "0.800 (any generator)",
-                                                              "0.300 (any generator)"]
+    strip = _strip_of(clip)
+    assert [t.split(" · ")[1] for _, t in strip["value"]] == ["0.900", "0.800", "0.300"]
+    assert strip["label"] == "Most suspicious frames (time · any-generator P(fake))"
     assert _clip([_frame(0, 0.9, commfor=0.9), _frame(1, 0.1, commfor=0.9)]).verdict_text.endswith(
         "(1 of 2 frames with a face called GAN-generated)"), "UFD's verdict counts UFD's frames"
 
@@ -364,7 +366,7 @@ def test_a_clip_read_at_another_any_generator_threshold_counts_and_decides_by_it
     assert clip.commfor_threshold == 0.5, "the clip read is not changed"
 
 
-def _strip_of(clip: VideoPrediction) -> list:
+def _strip_of(clip: VideoPrediction):
     """The page's strip of decisive frames, each given a thumbnail."""
     from dataclasses import replace as swap
 
@@ -372,6 +374,52 @@ def _strip_of(clip: VideoPrediction) -> list:
 
     frames = tuple(swap(f, thumbnail=Image.new("RGB", (8, 8))) for f in clip.frames)
     return _strip(swap(clip, frames=frames))
+
+
+def test_a_clip_score_inside_a_detectors_band_is_unsure_as_an_images_is():
+    """UFD's band 0.05 around 0.5 and Community Forensics' 0.1: the clip's scores (90th percentiles) are read as an
+    image's are, so a clip is AI-generated only where a detector is confident."""
+    def clip(ufd, commfor):
+        return _clip([_frame(0, ufd, commfor=commfor, bands=(0.05, 0.1)), _frame(1, 0.0, commfor=0.0, bands=(0.05, 0.1))])
+
+    close = clip(0.56, 0.1)  # the clip's UFD score: 0.9 of the way from 0 to 0.56, inside 0.45-0.55
+    assert close.fake_probability == pytest.approx(0.504) and close.is_fake, "over the threshold, as the original reads it"
+    assert close.verdict == "unsure" and close.verdict_by == ()
+    assert close.unsure_reasons == ("UniversalFakeDetect (GAN detector) scored 0.50, within 0.05 of its threshold 0.5",)
+    assert close.verdict_text == f"Unsure — {close.unsure_reasons[0]}"
+    assert close.to_dict(frames=False)["verdict"]["unsure_reasons"] == list(close.unsure_reasons)
+    assert clip(0.65, 0.1).verdict == "AI-generated" and clip(0.65, 0.1).verdict_by == ("ufd",)
+    assert clip(0.1, 0.62).verdict == "unsure", "Community Forensics' clip score 0.558, within its 0.1"
+    assert clip(0.1, 0.7).verdict_by == ("commfor",) and clip(0.1, 0.1).verdict == "real"
+
+
+def test_a_clip_whose_frames_are_mostly_degraded_is_unsure_and_says_why():
+    small = ("small image (128 px on the short side)",)
+    degraded = _clip([_frame(0, 0.9, degraded=small), _frame(1, 0.9, degraded=small), _frame(2, 0.9)])
+    assert degraded.verdict == "unsure" and degraded.verdict_by == () and degraded.is_fake
+    assert degraded.verdict_text == "Unsure — small image (128 px on the short side) in 2 of 3 frames with a face"
+    half = _clip([_frame(0, 0.9, degraded=small), _frame(1, 0.9)])
+    assert half.verdict == "AI-generated", "half the frames degraded: the others are judged"
+    faceless = _frame(2, 0.9, faces=0, degraded=small)
+    assert _clip([_frame(0, 0.9, degraded=small), _frame(1, 0.9), faceless]).verdict == "AI-generated", (
+        "a frame left out of the verdict does not count")
+
+
+def test_a_small_clip_is_unsure_as_its_frame_is(model, dev_images, tmp_path):
+    """The newcomer's case: a 128 px clip of one face was called AI-generated while the same frame as an image
+    was "unsure"; now both say why, in the same words (the clip in Python and in the CLI's row)."""
+    from ganorigin.video.rows import video_rows
+
+    face = Image.open(dev_images["real"][0]).convert("RGB").resize((128, 128))
+    image = model.predict(face)
+    assert image.verdict == "unsure" and "small image (128 px on the short side)" in image.unsure_reasons
+    path = tmp_path / "small.mp4"
+    path.write_bytes(write_clip([(face, 2)], size=(128, 128)))
+    clip = model.predict_video(path)
+    assert clip.verdict == "unsure" and clip.verdict_by == ()
+    assert clip.unsure_reasons[0].startswith("small image (128 px on the short side) in ")
+    [row] = video_rows(path, clip, list(model.attributor.labels))
+    assert row["verdict"] == "unsure" and row["unsure_reasons"] == clip.unsure_reasons[0]
 
 
 def test_without_face_detection_every_frame_is_judged():
@@ -408,7 +456,7 @@ def test_the_timeline_switches_where_the_faces_switch(model, switch_clip):
     assert all(f.prediction.is_fake for f in result.decisive_frames[:2]), "the frames called fake drove it"
     assert result.fake_fraction == pytest.approx(2 / 6 if gan_higher else 4 / 6)
     answer = json.loads(json.dumps(result.to_dict()))
-    assert answer["verdict"]["label"] in ("AI-generated", "real") and len(answer["frames"]) == 6
+    assert answer["verdict"]["label"] == result.verdict and len(answer["frames"]) == 6
 
 
 # --- every entry point -----------------------------------------------------------------------------------------

@@ -18,9 +18,10 @@ from ..result import DEFAULT_THRESHOLD
 from ..serving.rest import NO_VIDEO as NO_VIDEO_UPLOADED
 from ..serving.service import ModelService
 from ..serving.uploads import open_upload, reject_upload
-from ..verdict import COMMFOR_THRESHOLD
+from ..verdict import AI_GENERATED, COMMFOR_THRESHOLD, REAL, UNSURE
 from ..video import (DEFAULT_FPS, DEFAULT_MAX_FRAMES, MAX_VIDEO_BYTES, MAX_VIDEO_FRAMES, MAX_VIDEO_PIXELS,
                      MAX_VIDEO_SECONDS, VIDEO_EXTENSIONS, VideoPrediction, sample_frames)
+from .cards import CARD_CLASSES
 from .common import IMAGE_NOT_VIDEO, drop_input_and_settle, gpu, threshold_in_range, user_error, user_threshold
 
 NO_VIDEO = "Upload or record a video first."
@@ -28,15 +29,17 @@ LIMITS = (f"Limits: {MAX_VIDEO_BYTES / 2**20:g} MiB, {MAX_VIDEO_SECONDS / 60:g} 
           f"{MAX_VIDEO_PIXELS / 1e6:g} megapixels per frame, {MAX_VIDEO_FRAMES} frames; MP4, MOV, WebM, MKV, AVI or GIF. "
           f"The first frame and then {DEFAULT_FPS:g} frame a second are analysed (at most {DEFAULT_MAX_FRAMES}, "
           "spread evenly over longer clips).")
+STRIP_LABEL = "Most suspicious frames (time · P(fake))"
 EMPTY_CARD = "<div id='video-card'><h3>No video analysed yet</h3><div>Upload or record a clip and press Analyse video.</div></div>"
-UFD_SERIES, COMMFOR_SERIES, THRESHOLD_SERIES = "GAN detector", "any generator", "threshold"  # short: one row on a phone
+UFD_SERIES, COMMFOR_SERIES, THRESHOLD_SERIES = "GAN detector", "any generator", "threshold"  # short: one row
+COMMFOR_THRESHOLD_SERIES = "its threshold"  # the any-generator detector's, in a paler shade of its colour
 NO_FACE_SERIES, NO_FACE_COLOUR = "no face found", "#98a2b3"
 # Each analysed frame is also drawn as a short vertical tick on its detector's line, in the line's colour (not in
 # the legend): a line through a single point is not drawn at all, as in a clip of one frame.
 TICK_SERIES = {UFD_SERIES: "GAN detector, frame", COMMFOR_SERIES: "any generator, frame"}
 TICK_HALF_HEIGHT = 0.05  # in P(fake)
 TIMELINE_COLOURS = {UFD_SERIES: "#d92d20", COMMFOR_SERIES: "#6172f3", THRESHOLD_SERIES: "#101828",
-                    NO_FACE_SERIES: NO_FACE_COLOUR}
+                    COMMFOR_THRESHOLD_SERIES: "#a4bcfd", NO_FACE_SERIES: NO_FACE_COLOUR}
 TIMELINE_COLOURS.update({TICK_SERIES[s]: TIMELINE_COLOURS[s] for s in TICK_SERIES})
 # What the Video tab's input takes: every file the library reads as a video, GIF included. Gradio's video input
 # only lets through files the browser types video/*; the page's ``js`` gives it the others under such a type,
@@ -108,7 +111,7 @@ VIDEO_PAGE_JS = """() => {
         giveVideo(input, file);
     }, true);
 }""".replace("__VIDEO_FILE_TYPES__", json.dumps(",".join(VIDEO_FILE_TYPES)))
-_CARD_COLOURS = {"fake": ("#fdecea", "#f5b7b1"), "real": ("#e8f6ee", "#a9dfbf")}
+_CARD_COLOURS = {AI_GENERATED: ("#fdecea", "#f5b7b1"), REAL: ("#e8f6ee", "#a9dfbf"), UNSURE: ("#fef6e7", "#f7d08a")}
 
 
 def video_tab(service: ModelService) -> None:
@@ -160,10 +163,10 @@ def video_tab(service: ModelService) -> None:
             card = gr.HTML(EMPTY_CARD, label="Video verdict")
             timeline = gr.LinePlot(x="time", y="probability", color="series", y_lim=[0, 1], x_title="time (s)",
                                    x_axis_format="~g", y_title="P(fake)", color_title=" ",
-                                   label="Timeline — red: GAN detector, blue: any-generator detector, black: threshold, "
-                                         "grey: no face found", elem_id="video-timeline", color_map=TIMELINE_COLOURS)
+                                   label="Timeline — red: GAN detector, black: its threshold; blue: any-generator "
+                                         "detector, pale blue: its threshold; grey: no face found", elem_id="video-timeline", color_map=TIMELINE_COLOURS)
             # Whole thumbnails at their grid size, each with its caption, however few there are.
-            strip = gr.Gallery(label="Most suspicious frames (time · P(fake))", columns=5, height=200,
+            strip = gr.Gallery(label=STRIP_LABEL, columns=5, height=200,
                                object_fit="contain", fit_columns=False, elem_id="video-frames", allow_preview=False,
                                buttons=[])
             with gr.Accordion("JSON (POST /predict/video's answer)", open=False):
@@ -240,8 +243,8 @@ def _views(result: VideoPrediction) -> tuple:
 
 
 def _card(result: VideoPrediction) -> str:
-    kind = "fake" if result.verdict_by else "real"
-    background, border = _CARD_COLOURS[kind]
+    background, border = _CARD_COLOURS[result.verdict]
+    kind = CARD_CLASSES.get(result.verdict, "unsure")
     lines = [
         f"GAN detector (UniversalFakeDetect): clip score {result.fake_probability:.3f} (90th percentile of P(fake)), "
         f"median {result.median_probability:.3f} — threshold {result.threshold:.2f}; "
@@ -270,10 +273,16 @@ def _timeline(result: VideoPrediction) -> gr.LinePlot:
     rows += _frame_ticks(rows)
     end = max(result.frames[-1].time, result.info.duration, result.interval)
     rows += [(0.0, result.threshold, THRESHOLD_SERIES), (end, result.threshold, THRESHOLD_SERIES)]
+    if result.commfor_probability is not None:
+        rows += [(0.0, result.commfor_threshold, COMMFOR_THRESHOLD_SERIES),
+                 (end, result.commfor_threshold, COMMFOR_THRESHOLD_SERIES)]
     rows += _no_face_marks(result)
-    legend = [s for s in (UFD_SERIES, COMMFOR_SERIES, THRESHOLD_SERIES, NO_FACE_SERIES) if s in {r[2] for r in rows}]
-    caption = (f"P(fake) of each analysed frame (a tick) over time; the black line is the threshold "
+    series = (UFD_SERIES, THRESHOLD_SERIES, COMMFOR_SERIES, COMMFOR_THRESHOLD_SERIES, NO_FACE_SERIES)
+    legend = [s for s in series if s in {r[2] for r in rows}]
+    caption = (f"P(fake) of each analysed frame (a tick) over time; the black line is the GAN detector's threshold "
                f"{result.threshold:.2f}"
+               + (f", the pale blue one the any-generator detector's {result.commfor_threshold:.2f}"
+                  if result.commfor_probability is not None else "")
                + ("; grey lines mark the frames without a face (their scores are drawn, but the verdict leaves "
                   "them out). " if result.frames_without_face and len(result.judged_frames) < len(result.frames)
                   else "; grey lines mark the frames without a face. " if result.frames_without_face else ". ")
@@ -306,8 +315,9 @@ def _no_face_marks(result: VideoPrediction) -> list:
     return rows
 
 
-def _strip(result: VideoPrediction) -> list:
-    """The decisive frames, each with its time and the deciding detector's P(fake)."""
-    detector = " (any generator)" if result.decisive_detector == "commfor" else ""
-    return [(f.thumbnail, f"{f.time:g} s · {result.decisive_score(f):.3f}{detector}")
-            for f in result.decisive_frames if f.thumbnail is not None]
+def _strip(result: VideoPrediction) -> dict:
+    """The gallery's update: the decisive frames, each captioned with its time and the deciding detector's P(fake)
+    (short enough for a fifth of the column), and a label that names that detector."""
+    label = STRIP_LABEL if result.decisive_detector == "ufd" else STRIP_LABEL.replace("P(fake)", "any-generator P(fake)")
+    return gr.update(value=[(f.thumbnail, f"{f.time:g} s · {result.decisive_score(f):.3f}")
+                            for f in result.decisive_frames if f.thumbnail is not None], label=label)

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from ..result import UNKNOWN_GAN, Prediction
-from ..verdict import AI_GENERATED, OTHER_GENERATOR, REAL
+from ..verdict import OTHER_GENERATOR, UNSURE, detector_state, overall
 from .decode import VideoInfo
 
 HIGH_QUANTILE = 0.9  # the clip's score: a fake stretch of a tenth of the clip is enough to reach it
@@ -42,7 +42,9 @@ class FrameResult:
 class VideoPrediction:
     """A clip's result. The verdict is read over the frames with a face (all frames when face
     detection is off, or when no frame has a face): their median P(fake) says whether the clip is
-    fake throughout, their 90th percentile (the clip's ``fake_probability``) whether a stretch of it is."""
+    fake throughout, their 90th percentile (the clip's ``fake_probability``) whether a stretch of it is.
+    The clip's scores are read as an image's are (:mod:`ganorigin.verdict`): "unsure" within a detector's band
+    around its threshold, or when the degradation gate trips on most of the judged frames."""
 
     frames: tuple  # FrameResult, in time order
     threshold: float
@@ -155,24 +157,59 @@ class VideoPrediction:
         return p.commfor_probability if self.decisive_detector == "commfor" else p.fake_probability
 
     @property
+    def detector_scores(self) -> dict:
+        """Detector key -> ``(clip score, threshold, band)``, as an image's ``Prediction.detector_scores``."""
+        first = self.frames[0].prediction
+        scores = {"ufd": (self.fake_probability, self.threshold, first.ufd_band)}
+        if self.commfor_probability is not None:
+            scores["commfor"] = (self.commfor_probability, self.commfor_threshold, first.commfor_band)
+        return scores
+
+    @property
+    def degradation_reasons(self) -> tuple:
+        """Why most judged frames are too degraded to judge (each frame's gate, as an image's), with how many; empty
+        when at most half of them are."""
+        degraded = [f.prediction.degradation_reasons for f in self.judged_frames if f.prediction.degradation_reasons]
+        if 2 * len(degraded) <= len(self.judged_frames):
+            return ()
+        reasons = dict.fromkeys(reason for frame in degraded for reason in frame)  # each once, in order
+        return (f"{', '.join(reasons)} in {len(degraded)} of {len(self.judged_frames)} {self._judged_words}",)
+
+    @property
+    def _overall(self) -> tuple:
+        scores = self.detector_scores
+        return overall({key: detector_state(*score) for key, score in scores.items()}, scores, self.degradation_reasons)
+
+    @property
     def verdict_by(self) -> tuple:
-        """The detectors whose clip score reaches their threshold."""
-        by = ("ufd",) if self.is_fake else ()
-        commfor = self.commfor_probability
-        return by + (("commfor",) if commfor is not None and commfor >= self.commfor_threshold else ())
+        """The detectors confident the clip is generated: its clip score at or over its threshold plus its band."""
+        return self._overall[1]
 
     @property
     def verdict(self) -> str:
-        """``"AI-generated"`` or ``"real"``."""
-        return AI_GENERATED if self.verdict_by else REAL
+        """``"AI-generated"``, ``"real"`` or ``"unsure"``."""
+        return self._overall[0]
+
+    @property
+    def unsure_reasons(self) -> tuple:
+        """Why the verdict is "unsure" (most frames degraded, or a clip score inside its band); empty otherwise."""
+        return self._overall[2]
+
+    @property
+    def _judged_words(self) -> str:
+        return "frames with a face" if any(f.face_found for f in self.judged_frames) else "frames"
 
     @property
     def verdict_text(self) -> str:
-        """E.g. "AI-generated — StyleGAN2 (4 of 10 frames with a face called GAN-generated)", or "Real"."""
-        if not self.verdict_by:
+        """E.g. "AI-generated — StyleGAN2 (4 of 10 frames with a face called GAN-generated)", "Unsure — ..." or
+        "Real"."""
+        verdict, by, reasons = self._overall
+        if verdict == UNSURE:
+            return f"Unsure — {'; '.join(reasons)}"
+        if not by:
             return "Real"
-        judged = "frames with a face" if any(f.face_found for f in self.judged_frames) else "frames"
-        if self.is_fake:
+        judged = self._judged_words
+        if "ufd" in by:
             return (f"AI-generated — {self.attribution} ({len(self.fake_frames)} of {len(self.judged_frames)} "
                     f"{judged} called GAN-generated)")
         return (f"{OTHER_GENERATOR} ({len(self.commfor_frames)} of {len(self.judged_frames)} {judged} called "
@@ -210,7 +247,8 @@ class VideoPrediction:
     def to_dict(self, frames: bool = True) -> dict:
         """The clip's verdict and scores as JSON; ``frames`` adds one row per sampled frame."""
         result = {
-            "verdict": {"label": self.verdict, "text": self.verdict_text, "by": list(self.verdict_by)},
+            "verdict": {"label": self.verdict, "text": self.verdict_text, "by": list(self.verdict_by),
+                        "unsure_reasons": list(self.unsure_reasons)},
             "fake_probability": self.fake_probability,
             "median_fake_probability": self.median_probability,
             "quantile": HIGH_QUANTILE,

@@ -26,7 +26,8 @@ def video_rows(path: os.PathLike, result: VideoPrediction, labels: list, *, fram
     votes = result.attribution_probabilities
     by_label = {label: votes.get(display_name(label), 0.0) for label in labels}
     return [_row(str(path), result.fake_probability, result.is_fake, result.attribution, result.unknown, by_label,
-                 result.commfor_probability, result.verdict, f"{result.verdict_text}; {result.sampling_note}", "", None)]
+                 result.commfor_probability, result.verdict, f"{result.verdict_text}; {result.sampling_note}",
+                 "; ".join(result.unsure_reasons), None)]
 
 
 def failed_video_row(path: os.PathLike, labels: list, error: str) -> dict:
