@@ -337,6 +337,8 @@ def _usage(message: str) -> GANOriginError:
 
 
 EXPLAIN_VIDEO = "This file is a video, not an image: explain takes images (ganorigin predict analyses videos)."
+PROVENANCE_VIDEO = ("This file is a video, not an image: provenance is read from images (ganorigin predict "
+                    "analyses videos).")
 
 
 def _is_video_file(path: Path) -> bool:
@@ -422,7 +424,8 @@ def _provenance(args) -> int:
             try:
                 provenance, error = read_provenance(path, include_prompt=args.prompt), None
             except InvalidImageError as e:
-                provenance, error = None, f"{path}: {e}"  # as predict's rows: the error starts with the path
+                why = PROVENANCE_VIDEO if _is_video_file(path) else e
+                provenance, error = None, f"{path}: {why}"  # as predict's rows: the error starts with the path
                 failed += 1
             writer.write(_provenance_row(path, provenance, error, details=args.format == "jsonl"))
     finally:

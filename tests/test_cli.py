@@ -325,6 +325,12 @@ def test_commands_name_what_they_were_given_instead(tmp_path, capsys):
     for argv, message in cases:
         assert main([*argv, "--offline"] if argv[0] != "demo-weights" else argv) == 2, argv
         assert message in capsys.readouterr().err, argv
+    named_png = tmp_path / "clip.png"
+    named_png.write_bytes(clip.read_bytes())
+    assert main(["provenance", str(clip), str(named_png), "--no-progress", "--format", "jsonl"]) == 1
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [row["error"] for row in rows] == [f"{path}: This file is a video, not an image: provenance is read from "
+                                              "images (ganorigin predict analyses videos)." for path in (clip, named_png)]
 
 
 @pytest.mark.parametrize("command", ["predict", "extract"])

@@ -431,9 +431,15 @@ def test_input_errors_are_the_gates_errors(tmp_path, monkeypatch):
     assert "not an image" not in read_provenance(cut).summary and read_provenance(cut).watermarks.error
     jpeg = encode(picture(300), "JPEG")
     cut_jpeg = read_provenance(jpeg[: len(jpeg) // 3])  # its header whole, its pixels cut: not "nothing found"
-    assert cut_jpeg.summary == ("No provenance found where the file could be read (its pixels could not be decoded: "
-                                "truncated or corrupt); the rest is unknown.")
-    assert cut_jpeg.watermarks.says == "not checked: its pixels could not be decoded: truncated or corrupt"
+    assert cut_jpeg.summary == ("No provenance found where the file could be read (the image could not be decoded; it "
+                                "may be truncated or corrupt); the rest is unknown.")
+    assert cut_jpeg.watermarks.says == "not checked: the image could not be decoded; it may be truncated or corrupt"
+    tiny = read_provenance(encode(picture(1), "PNG")).watermarks  # whole and valid: the gate's own reason, not "corrupt"
+    assert tiny.says == "not checked: the image is 1x1 pixels; at least 16x16 is needed" and tiny.error in tiny.says
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 300 * 300 - 1)
+    huge = read_provenance(encode(picture(300), "PNG")).watermarks
+    assert huge.says == "not checked: the image is 300x300 = 0.1 megapixels; the limit is 0.089999 megapixels"
+    monkeypatch.undo()
     monkeypatch.setattr(images, "MAX_IMAGE_BYTES", 1000)
     with pytest.raises(ImageTooLargeError, match="limit"):
         read_provenance(encode(picture(300), "PNG"))

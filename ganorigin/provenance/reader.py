@@ -25,7 +25,6 @@ logger = logging.getLogger(__name__)
 
 SECTION_NAMES = ("content_credentials", "metadata", "generator_settings", "watermarks")
 NOTHING_FOUND = "No provenance found — most platforms strip it; this says nothing either way."
-UNDECODABLE = "its pixels could not be decoded: truncated or corrupt"
 E = TypeVar("E", bound=Evidence)
 
 
@@ -125,8 +124,10 @@ def _watermarks(data: bytes, decoded: Optional[Image.Image]) -> Watermarks:
     if decoded is None:
         try:
             decoded = load_image(data)  # the gate: no other decoder sees these bytes
-        except InvalidImageError as e:
-            return Watermarks(says=f"not checked: {UNDECODABLE}", error=UNDECODABLE)
+        except InvalidImageError as e:  # the gate's own reason: damaged, too small, too many pixels
+            reason = str(e).split(". ")[0].rstrip(".")
+            reason = reason[:1].lower() + reason[1:]
+            return Watermarks(says=f"not checked: {reason}", error=reason)
     return read_watermarks(decoded)
 
 
