@@ -26,6 +26,8 @@ MIN_IMAGE_SIDE = 16
 # Pillow opens some 40 formats; only these reach a decoder. The rest (EPS runs Ghostscript, WMF,
 # PSD, FITS, ...) add attack surface and no faces.
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+WEB_ADDRESS = ("A web address is not a file: fetch the image first (ganorigin.serving.urls.fetch_image_bytes(url) "
+               "applies the server's rules) and pass its bytes.")
 NOT_AN_IMAGE = "This file is not an image we can read (supported: PNG, JPEG, WebP, GIF, BMP, TIFF)."
 
 
@@ -60,6 +62,8 @@ def read_image_bytes(image) -> bytes:
     """
     if isinstance(image, (bytes, bytearray, memoryview)):
         data = bytes(image)
+    elif isinstance(image, str) and image.lower().startswith(("http://", "https://")):
+        raise InvalidImageError(WEB_ADDRESS)
     elif isinstance(image, (str, os.PathLike)):
         # Messages name the file, never its folder: on a server that would reveal its paths.
         path = Path(image)
@@ -75,7 +79,7 @@ def read_image_bytes(image) -> bytes:
         data = image.read(MAX_IMAGE_BYTES + 1)
     else:
         raise InvalidImageError(
-            f"Cannot read an image from a {type(image).__name__}; pass a file path, bytes, "
+            f"Cannot read an image from an object of type {type(image).__name__}; pass a file path, bytes, "
             "a PIL image or a numpy array."
         )
     if not data:

@@ -104,7 +104,8 @@ def test_offline_without_weights_the_app_starts_and_says_what_is_missing(tmp_pat
     Image.new("RGB", (64, 64), (120, 90, 60)).save(face)
     with pytest.raises(AppError) as caught:
         Client(offline.url, verbose=False).predict(handle_file(str(face)), api_name="/predict")
-    assert "e4e_ffhq_encode.pt" in str(caught.value) and "could not be loaded" in str(caught.value)
+    assert "The model could not be loaded. GET /health says why." in str(caught.value), "REST's words"
+    assert "e4e_ffhq_encode.pt" not in str(caught.value), "the reason is the operator's: the banner, /health"
 
 
 def test_explain_endpoint_returns_heat_map_spectrum_and_caption(client, model, dev_sample):

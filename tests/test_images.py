@@ -158,8 +158,11 @@ def test_file_errors_name_the_file_not_its_folder(tmp_path):
 
 
 def test_other_bad_inputs():
-    with pytest.raises(InvalidImageError, match="Cannot read an image from a int"):
+    with pytest.raises(InvalidImageError, match="Cannot read an image from an object of type int"):
         load_image(42)
+    for address in ("https://example.org/face.jpg", "HTTP://example.org/face.jpg"):  # never opened as a file
+        with pytest.raises(InvalidImageError, match="A web address is not a file: fetch the image first"):
+            load_image(address)
     with pytest.raises(InvalidImageError, match="at least"):
         load_image(np.zeros((8, 8, 3), np.uint8))
     with pytest.raises(InvalidImageError, match="at least"):

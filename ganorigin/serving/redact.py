@@ -9,6 +9,13 @@ from pathlib import Path
 from typing import Optional
 
 
+def unavailable_text(error: Exception) -> str:
+    """What a user is told when the model is not available: its first line, and where the reason is (it is for
+    the operator: ``/health``, the page's banner, the log). The same on every entry point."""
+    first, _, why = str(error).partition("\n")
+    return f"{first} GET /health says why." if why else first
+
+
 def public_text(text: Optional[str]) -> Optional[str]:
     """``text`` with this server's directories replaced by what configures them, for showing to users.
 

@@ -33,6 +33,7 @@ from ..images import IMAGE_HEADER_BYTES, MAX_IMAGE_BYTES, image_too_large, is_st
 from ..pipeline import check_threshold
 from ..verdict import COMMFOR_THRESHOLD
 from ..video import MAX_VIDEO_BYTES, is_video, video_too_large
+from .redact import unavailable_text
 from .service import ModelService
 from .urls import fetch_image_bytes
 
@@ -113,9 +114,8 @@ def _refused(error: GANOriginError) -> JSONResponse:
     """The answer to an input we cannot analyse: 413 over a limit, 422 unreadable, 503 no model."""
     if isinstance(error, (ImageTooLargeError, VideoTooLargeError)):
         return _error(413, str(error))
-    if isinstance(error, ModelUnavailableError):  # why the load failed is for the operator: /health, the log
-        first, _, why = str(error).partition("\n")
-        return _error(503, f"{first} GET /health says why." if why else first)
+    if isinstance(error, ModelUnavailableError):
+        return _error(503, unavailable_text(error))
     return _error(422, str(error))
 
 

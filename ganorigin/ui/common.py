@@ -9,9 +9,10 @@ from typing import Callable
 
 import gradio as gr
 
-from ..errors import GANOriginError, InvalidImageError
+from ..errors import GANOriginError, InvalidImageError, ModelUnavailableError
 from ..pipeline import check_threshold
 from ..result import DEFAULT_THRESHOLD
+from ..serving.redact import unavailable_text
 from ..serving.uploads import read_upload, reject_upload
 from ..video import is_video
 
@@ -108,4 +109,11 @@ def user_errors(invalid: str = "This file cannot be analysed"):
     except InvalidImageError as e:
         raise user_error(str(e), invalid) from e
     except GANOriginError as e:
-        raise user_error(str(e), "Model unavailable") from e
+        raise model_error(e) from e
+
+
+def model_error(error: GANOriginError) -> gr.Error:
+    """A model that cannot analyse, in the words REST uses too (why it is not available is on the page's banner
+    and in /health, for the operator)."""
+    text = unavailable_text(error) if isinstance(error, ModelUnavailableError) else str(error)
+    return user_error(text, "Model unavailable")

@@ -22,7 +22,8 @@ from ..verdict import AI_GENERATED, COMMFOR_THRESHOLD, REAL, UNSURE
 from ..video import (DEFAULT_FPS, DEFAULT_MAX_FRAMES, MAX_VIDEO_BYTES, MAX_VIDEO_FRAMES, MAX_VIDEO_PIXELS,
                      MAX_VIDEO_SECONDS, VIDEO_EXTENSIONS, VideoPrediction, sample_frames)
 from .cards import CARD_CLASSES
-from .common import IMAGE_NOT_VIDEO, drop_input_and_settle, gpu, threshold_in_range, user_error, user_threshold
+from .common import (IMAGE_NOT_VIDEO, drop_input_and_settle, gpu, model_error, threshold_in_range, user_error,
+                     user_threshold)
 
 NO_VIDEO = "Upload or record a video first."
 LIMITS = (f"Limits: {MAX_VIDEO_BYTES / 2**20:g} MiB, {MAX_VIDEO_SECONDS / 60:g} min, "
@@ -225,7 +226,7 @@ def _with_video(file: dict, task):
         reject_upload(file, message)
         raise user_error(message, "This video cannot be analysed") from e
     except GANOriginError as e:
-        raise user_error(str(e), "Model unavailable") from e
+        raise model_error(e) from e
 
 
 def _is_image(file: dict) -> bool:
