@@ -10,8 +10,7 @@ from PIL import Image
 
 from .degradation import Degradation
 from .models.attributor import display_name
-from .verdict import (AI_GENERATED, COMMFOR_THRESHOLD, OTHER_GENERATOR, OTHER_GENERATOR_CLASS, UNSURE, detector_state,
-                      overall)
+from .verdict import AI_GENERATED, COMMFOR_THRESHOLD, OTHER_GENERATOR, OTHER_GENERATOR_CLASS, UNSURE, ReadsVerdict
 
 if TYPE_CHECKING:
     from .provenance import Provenance
@@ -21,7 +20,7 @@ UNKNOWN_GAN = "Unknown GAN"  # attribution when the open-set rule rejects every 
 
 
 @dataclass(frozen=True)
-class Prediction:
+class Prediction(ReadsVerdict):
     """One image's result. ``labels`` are the label encoder's strings, ``probabilities`` P(GAN | fake)."""
 
     fake_probability: float
@@ -85,30 +84,6 @@ class Prediction:
         if self.commfor_probability is not None:
             scores["commfor"] = (self.commfor_probability, self.commfor_threshold, self.commfor_band)
         return scores
-
-    @property
-    def detector_states(self) -> dict:
-        """Detector key -> ``"fake"``, ``"real"`` or ``"unsure"`` (its score against its threshold and band)."""
-        return {key: detector_state(*score) for key, score in self.detector_scores.items()}
-
-    @property
-    def _overall(self) -> tuple:
-        return overall(self.detector_states, self.detector_scores, self.degradation_reasons)
-
-    @property
-    def verdict(self) -> str:
-        """``"AI-generated"``, ``"real"`` or ``"unsure"``: both detectors and the degradation gate."""
-        return self._overall[0]
-
-    @property
-    def verdict_by(self) -> tuple:
-        """The detectors (keys) confident that the image is generated; empty unless AI-generated."""
-        return self._overall[1]
-
-    @property
-    def unsure_reasons(self) -> tuple:
-        """Why the verdict is "unsure" (the degradation, or a score inside its band); empty otherwise."""
-        return self._overall[2]
 
     @property
     def verdict_attribution(self) -> Optional[str]:

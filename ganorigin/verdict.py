@@ -11,6 +11,7 @@ is not, and in between it is unsure (the band shrinks near 0 and 1 so it never l
   one of them is inside its band.
 - **Real** otherwise.
 
+:class:`ReadsVerdict` reads it so for an image and for a clip (its scores over the frames, the gate on most of them).
 :class:`UnsurePolicy` holds the bands and the gate's limits; ``UnsurePolicy.from_env()`` reads
 ``GANORIGIN_UNSURE_BAND_UFD``, ``GANORIGIN_UNSURE_BAND_COMMFOR``, ``GANORIGIN_GATE_MIN_JPEG_QUALITY``,
 ``GANORIGIN_GATE_MAX_UPSCALE`` and ``GANORIGIN_GATE_MIN_SIDE``.
@@ -118,3 +119,33 @@ def overall(states: dict, scores: dict, degradation_reasons: tuple) -> tuple:
     close = [f"{DETECTOR_NAMES[key]} scored {p:.2f}, within {effective_band(t, band):g} of its threshold {t:g}"
              for key, (p, t, band) in scores.items() if states[key] == "unsure"]
     return (UNSURE, (), tuple(close)) if close else (REAL, (), ())
+
+
+class ReadsVerdict:
+    """The overall verdict of an answer with ``detector_scores`` (key -> ``(probability, threshold, band)``) and
+    ``degradation_reasons``: an image's :class:`~ganorigin.Prediction`, a clip's ``VideoPrediction``."""
+
+    @property
+    def detector_states(self) -> dict:
+        """Detector key -> ``"fake"``, ``"real"`` or ``"unsure"`` (its score against its threshold and band)."""
+        return {key: detector_state(*score) for key, score in self.detector_scores.items()}
+
+    @property
+    def _overall(self) -> tuple:
+        return overall(self.detector_states, self.detector_scores, self.degradation_reasons)
+
+    @property
+    def verdict(self) -> str:
+        """``"AI-generated"``, ``"real"`` or ``"unsure"``: both detectors and the degradation gate."""
+        return self._overall[0]
+
+    @property
+    def verdict_by(self) -> tuple:
+        """The detectors (keys) confident that it is generated: a score at or over its threshold plus its band;
+        empty unless AI-generated."""
+        return self._overall[1]
+
+    @property
+    def unsure_reasons(self) -> tuple:
+        """Why the verdict is "unsure" (the degradation, or a score inside its band); empty otherwise."""
+        return self._overall[2]

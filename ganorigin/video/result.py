@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from ..result import UNKNOWN_GAN, Prediction
-from ..verdict import OTHER_GENERATOR, UNSURE, detector_state, overall
+from ..verdict import OTHER_GENERATOR, UNSURE, ReadsVerdict
 from .decode import VideoInfo
 
 HIGH_QUANTILE = 0.9  # the clip's score: a fake stretch of a tenth of the clip is enough to reach it
@@ -39,7 +39,7 @@ class FrameResult:
 
 
 @dataclass(frozen=True)
-class VideoPrediction:
+class VideoPrediction(ReadsVerdict):
     """A clip's result. The verdict is read over the frames with a face (all frames when face
     detection is off, or when no frame has a face): their median P(fake) says whether the clip is
     fake throughout, their 90th percentile (the clip's ``fake_probability``) whether a stretch of it is.
@@ -174,26 +174,6 @@ class VideoPrediction:
             return ()
         reasons = dict.fromkeys(reason for frame in degraded for reason in frame)  # each once, in order
         return (f"{', '.join(reasons)} in {len(degraded)} of {len(self.judged_frames)} {self._judged_words}",)
-
-    @property
-    def _overall(self) -> tuple:
-        scores = self.detector_scores
-        return overall({key: detector_state(*score) for key, score in scores.items()}, scores, self.degradation_reasons)
-
-    @property
-    def verdict_by(self) -> tuple:
-        """The detectors confident the clip is generated: its clip score at or over its threshold plus its band."""
-        return self._overall[1]
-
-    @property
-    def verdict(self) -> str:
-        """``"AI-generated"``, ``"real"`` or ``"unsure"``."""
-        return self._overall[0]
-
-    @property
-    def unsure_reasons(self) -> tuple:
-        """Why the verdict is "unsure" (most frames degraded, or a clip score inside its band); empty otherwise."""
-        return self._overall[2]
 
     @property
     def _judged_words(self) -> str:
