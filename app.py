@@ -358,12 +358,13 @@ with UploadsOnlyBlocks(title="GANOrigin — GAN face detection and attribution",
     analysed = analyse_btn.click(analyse, [image, threshold, align, commfor_threshold],
                                  [*verdict_views, crop, last_result], api_name="analyse", api_visibility="undocumented",
                                  preprocess=False, show_progress_on=card)
-    analysed.failure(drop_input_and_settle(EMPTY_CARD), outputs=[image, card], api_visibility="private", queue=False)
+    analysed.failure(drop_input_and_settle(EMPTY_CARD, service), outputs=[image, card], api_visibility="private",
+                     queue=False)
     analysed.success(feedback_shown, outputs=feedback, api_visibility="private", queue=False)
     explain_btn.click(explain, image, [heat_image, spectrum_image, explain_text], api_name="explain", preprocess=False,
                       show_progress_on=heat_image
-                      ).failure(drop_input_and_settle(None), outputs=[image, heat_image], api_visibility="private",
-                                queue=False)
+                      ).failure(drop_input_and_settle(None, service), outputs=[image, heat_image],
+                                api_visibility="private", queue=False)
     api_file.change(predict_api, [api_file, threshold], api_json, api_name="predict", preprocess=False)
     api_file.change(predict_extended_api, [api_file, *thresholds], api_json, api_name="predict_extended",
                     preprocess=False)

@@ -393,9 +393,11 @@ def test_an_example_can_be_analysed(browser, server):
     page.close()
 
 
-def test_a_slow_load_can_be_cancelled_and_retried_from_the_page(browser, hub, weights_dir, weights_env, tmp_path):
+def test_a_slow_load_can_be_cancelled_and_retried_from_the_page(browser, hub, weights_dir, weights_env, dev_images,
+                                                                 tmp_path):
     """A Hub that answers slowly keeps the model loading: the page says so and offers Cancel; after
-    Cancel it says the model is not available and offers Retry, which loads it once the Hub is back."""
+    Cancel it says the model is not available and offers Retry, which loads it once the Hub is back. An image
+    analysed meanwhile gets REST's short message and stays in the input, to be analysed after the retry."""
     from app_server import AppServer
     from ganorigin.testing import COMMFOR_FILE, E4E_FILE, LABEL_ENCODER_FILE, SCALER_FILE, SVM_FILE, UFD_HEAD_FILE
 
@@ -422,10 +424,17 @@ def test_a_slow_load_can_be_cancelled_and_retried_from_the_page(browser, hub, we
         page.get_by_role("button", name="Cancel loading").click()
         page.get_by_text("The model is not available").wait_for()
         assert server.get_json("/health")["status"] == "failed"
+        _upload(page, sorted(dev_images["real"])[0])
+        page.locator("#face-image img").first.wait_for()
+        page.get_by_role("button", name="Analyse").click()
+        page.locator(".toast-body", has_text="The model could not be loaded. GET /health says why.").first.wait_for()
+        expect(page.locator("#face-image img")).to_have_count(1)  # kept: the input was not what failed
         hub.fault = None
         page.get_by_role("button", name="Retry loading").click()
         page.get_by_text("Model ready").wait_for()
         expect(page.get_by_role("button", name="Cancel loading")).to_be_hidden()
+        page.get_by_role("button", name="Analyse").click()
+        page.locator("#verdict-card.real, #verdict-card.fake, #verdict-card.unsure").wait_for()
         page.close()
     finally:
         hub.fault, hub.slow_seconds = None, slow_seconds

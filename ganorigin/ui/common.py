@@ -13,6 +13,7 @@ from ..errors import GANOriginError, InvalidImageError, ModelUnavailableError
 from ..pipeline import check_threshold
 from ..result import DEFAULT_THRESHOLD
 from ..serving.redact import unavailable_text
+from ..serving.service import ModelService
 from ..serving.uploads import read_upload, reject_upload
 from ..video import is_video
 
@@ -78,10 +79,12 @@ def user_error(message: str, title: str) -> gr.Error:
     return gr.Error(message, title=title, print_exception=False)
 
 
-def drop_input_and_settle(view) -> Callable[[], tuple]:
-    """After a failed analysis or explanation: the input emptied, and the view that showed the progress
-    drawn again as ``view``, so that Gradio's "Error" badge does not stay over it once the message has gone."""
-    return lambda: (None, view)
+def drop_input_and_settle(view, service: ModelService) -> Callable[[], tuple]:
+    """After a failed analysis or explanation: the input emptied (kept while ``service`` has no model: the input
+    was not what failed, and it can be analysed once *Retry loading* has loaded one), and the view that showed
+    the progress drawn again as ``view``, so that Gradio's "Error" badge does not stay over it once the message
+    has gone."""
+    return lambda: (None if service.state == "ready" else gr.skip(), view)
 
 
 def with_upload(file: dict | None, task, missing: str = NO_IMAGE):

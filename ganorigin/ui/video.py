@@ -184,7 +184,7 @@ def video_tab(service: ModelService) -> None:
     thresholds = [threshold, commfor_threshold]
     analyse_btn.click(analyse, [video, *thresholds], [*views, last], api_name="analyse_video",
                       api_visibility="undocumented", preprocess=False, show_progress_on=card
-                      ).failure(drop_input_and_settle(EMPTY_CARD), outputs=[video, card], api_visibility="private",
+                      ).failure(drop_input_and_settle(EMPTY_CARD, service), outputs=[video, card], api_visibility="private",
                                 queue=False)
     for slider in thresholds:
         slider.change(rederive, [last, *thresholds], [*views, *thresholds], api_visibility="private", preprocess=False,
