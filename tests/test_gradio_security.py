@@ -265,9 +265,9 @@ def test_mount_arms_gradios_own_upload_check_and_withholds_its_text(tmp_path):
 
 def test_a_file_deleted_while_it_is_served_ends_its_answer_without_a_server_error(tmp_path):
     """The race a refused upload meets when a browser fetches its preview: Gradio's file route checked
-    the file and Starlette's FileResponse sent its headers, the gate deleted the file, then the response
-    opened it. Unguarded that is a FileNotFoundError (a traceback in the server log); guarded, the answer
-    ends there. A file gone before anything was sent gets a 404."""
+    the file and Starlette's FileResponse made its headers, the gate deleted the file, then the response
+    opened it. Unguarded that is a FileNotFoundError (a traceback in the server log) after the headers went
+    out; guarded, the headers are held back and the answer is a whole 404 (uvicorn logs no unfinished answer)."""
     import asyncio
     import json
 
@@ -299,8 +299,12 @@ def test_a_file_deleted_while_it_is_served_ends_its_answer_without_a_server_erro
 
     with pytest.raises(FileNotFoundError):
         serve(FileResponse(path, stat_result=checked))
-    sent = serve(GoneFiles(FileResponse(path, stat_result=checked)))
-    assert [m["type"] for m in sent] == ["http.response.start"]  # headers were out; nothing more
+    sent = serve(GoneFiles(FileResponse(path, stat_result=checked)))  # its headers held back: a whole 404 instead
+    assert sent[0]["status"] == 404 and json.loads(sent[1]["body"]) == {"error": NOT_AN_UPLOAD} and len(sent) == 2
+    served = tmp_path / "kept.png"
+    served.write_bytes(b"x" * 100)
+    sent = serve(GoneFiles(FileResponse(served)))  # a file that stays is served as it is
+    assert sent[0]["status"] == 200 and b"".join(m.get("body", b"") for m in sent[1:]) == b"x" * 100
 
     with pytest.raises(RuntimeError, match="does not exist"):  # gone before its own stat (seen in CI)
         serve(FileResponse(path))

@@ -182,8 +182,9 @@ def mount(app: FastAPI, blocks: gr.Blocks, **kwargs) -> FastAPI:
 
 class GoneFiles:
     """A file that disappears between a file route's check and its opening (an upload the gate
-    refused, deleted while a browser fetched its preview) ends that answer, with a 404 if nothing
-    was sent yet, else by closing it, and one log line: not a server error with a traceback."""
+    refused, deleted while a browser fetched its preview) ends that answer with a 404 and one log line:
+    not a server error with a traceback. The answer's headers are held back until its first bytes, so a
+    file gone when it is opened (after its headers were made) still gets the 404; one gone later is closed."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -191,11 +192,16 @@ class GoneFiles:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        started = False
+        started, headers = False, None
 
         async def tracked(message: dict) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
+            nonlocal started, headers
+            if message["type"] == "http.response.start":
+                headers = message
+                return
+            if headers is not None:
+                await send(headers)
+                started, headers = True, None
             await send(message)
 
         try:
