@@ -288,19 +288,21 @@ def test_a_file_deleted_while_it_is_served_ends_its_answer_without_a_server_erro
     async def receive():  # the client stays connected
         await asyncio.Event().wait()
 
-    def serve(app) -> list:
+    def serve(app, path: str = scope["path"]) -> list:
         sent = []
 
         async def send(message):
             sent.append(message)
 
-        asyncio.run(app(scope, receive, send))
+        asyncio.run(app({**scope, "path": path}, receive, send))
         return sent
 
     with pytest.raises(FileNotFoundError):
         serve(FileResponse(path, stat_result=checked))
     sent = serve(GoneFiles(FileResponse(path, stat_result=checked)))  # its headers held back: a whole 404 instead
     assert sent[0]["status"] == 404 and json.loads(sent[1]["body"]) == {"error": NOT_AN_UPLOAD} and len(sent) == 2
+    stream = serve(GoneFiles(FileResponse(path, stat_result=checked)), "/gradio_api/queue/data")
+    assert [m["type"] for m in stream] == ["http.response.start"], "other routes' headers are not held back"
     served = tmp_path / "kept.png"
     served.write_bytes(b"x" * 100)
     sent = serve(GoneFiles(FileResponse(served)))  # a file that stays is served as it is

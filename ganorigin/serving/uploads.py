@@ -183,8 +183,9 @@ def mount(app: FastAPI, blocks: gr.Blocks, **kwargs) -> FastAPI:
 class GoneFiles:
     """A file that disappears between a file route's check and its opening (an upload the gate
     refused, deleted while a browser fetched its preview) ends that answer with a 404 and one log line:
-    not a server error with a traceback. The answer's headers are held back until its first bytes, so a
-    file gone when it is opened (after its headers were made) still gets the 404; one gone later is closed."""
+    not a server error with a traceback. A file route's headers are held back until its first bytes, so a
+    file gone when it is opened (after its headers were made) still gets the 404; one gone later is closed.
+    Other answers (the queue's event streams) pass as they come."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -192,13 +193,14 @@ class GoneFiles:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        started, headers = False, None
+        started, headers, holds = False, None, "/file=" in scope.get("path", "")
 
         async def tracked(message: dict) -> None:
             nonlocal started, headers
-            if message["type"] == "http.response.start":
+            if message["type"] == "http.response.start" and holds:
                 headers = message
                 return
+            started = started or message["type"] == "http.response.start"
             if headers is not None:
                 await send(headers)
                 started, headers = True, None
