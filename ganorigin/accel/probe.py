@@ -45,8 +45,8 @@ WIDEST_EXACT_BAND = 0.005  # rescoring every P(fake) in (0.005, 0.995) exactly; 
 MAX_ATTRIBUTION_PROBABILITY_DELTA = 0.01
 # Community Forensics' verdicts change at P(fake) 0.4, 0.5 and 0.6, where its scores spread. It is judged on its
 # logit too, and on the noise over the same views (one image's move read 0.03-3.2 of the noise over 24 dev faces,
-# the five views' 0.62-0.98; except for the path refused on AVX2: 2.8 on the views, 3.2 on the face alone): a
-# typical image at 0.5 may move by MAX_COMMFOR_PROBABILITY_DELTA, a logit's move of COMMFOR_NOISE_BOUND.
+# the five views' 0.62-1.35, and 2.8 for the path refused on AVX2; Zen 5, four CPU classes): a typical image at 0.5
+# may move by MAX_COMMFOR_PROBABILITY_DELTA, a logit's move of COMMFOR_NOISE_BOUND.
 MAX_COMMFOR_PROBABILITY_DELTA = 0.005
 COMMFOR_NOISE_BOUND = math.log((0.5 + MAX_COMMFOR_PROBABILITY_DELTA) / (0.5 - MAX_COMMFOR_PROBABILITY_DELTA))
 # A score's move depends on where the probe image's score falls (int8 moved UFD's logit by 0.01 on an image at
