@@ -165,7 +165,8 @@ def video_tab(service: ModelService) -> None:
             timeline = gr.LinePlot(x="time", y="probability", color="series", y_lim=[0, 1], x_title="time (s)",
                                    x_axis_format="~g", y_title="P(fake)", color_title=" ",
                                    label="Timeline — red: GAN detector, black: its threshold; blue: any-generator "
-                                         "detector, pale blue: its threshold; grey: no face found", elem_id="video-timeline", color_map=TIMELINE_COLOURS)
+                                         "detector, pale blue: its threshold; grey: no face found",
+                                   elem_id="video-timeline", color_map=TIMELINE_COLOURS)
             # Whole thumbnails at their grid size, each with its caption, however few there are.
             strip = gr.Gallery(label=STRIP_LABEL, columns=5, height=200,
                                object_fit="contain", fit_columns=False, elem_id="video-frames", allow_preview=False,
@@ -184,8 +185,8 @@ def video_tab(service: ModelService) -> None:
     thresholds = [threshold, commfor_threshold]
     analyse_btn.click(analyse, [video, *thresholds], [*views, last], api_name="analyse_video",
                       api_visibility="undocumented", preprocess=False, show_progress_on=card
-                      ).failure(drop_input_and_settle(EMPTY_CARD, service), outputs=[video, card], api_visibility="private",
-                                queue=False)
+                      ).failure(drop_input_and_settle(EMPTY_CARD, service), outputs=[video, card],
+                                api_visibility="private", queue=False)
     for slider in thresholds:
         slider.change(rederive, [last, *thresholds], [*views, *thresholds], api_visibility="private", preprocess=False,
                       concurrency_limit=None)
