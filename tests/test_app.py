@@ -207,9 +207,8 @@ def test_api_outputs_are_named_and_the_documented_endpoints_are_listed(client):
     assert [r["label"] for r in api["/explain"]["returns"]] == ["Heat map", "Frequency view", "How to read these views"]
     assert [p["parameter_name"] for p in api["/predict"]["parameters"]] == ["file", "threshold"]
     assert [p["parameter_name"] for p in api["/predict_url"]["parameters"]] == ["url", "threshold"]
-    assert [p["parameter_name"] for p in api["/predict_batch"]["parameters"]] == ["files", "urls", "threshold",
-                                                                               "commfor_threshold"]
-    assert [p["parameter_has_default"] for p in api["/predict_batch"]["parameters"]] == [False, True, True, True], (
+    assert [p["parameter_name"] for p in api["/predict_batch"]["parameters"]] == ["files", "urls", "threshold"]
+    assert [p["parameter_has_default"] for p in api["/predict_batch"]["parameters"]] == [False, True, True], (
         "files alone will do")
     assert [r["label"] for r in api["/predict_batch"]["returns"]] == ["results"]
     examples = [p["example_input"] for endpoint in api.values() for p in endpoint["parameters"]]

@@ -17,7 +17,7 @@ import io
 import json
 import os
 import zipfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Callable, Optional
 
@@ -30,7 +30,6 @@ from ..images import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, image_too_large, load_im
 from ..result import DEFAULT_THRESHOLD, Prediction
 from ..serving.uploads import read_upload, reject_upload
 from ..serving.urls import fetch_image_bytes
-from ..verdict import COMMFOR_THRESHOLD
 from ..video import is_video
 from .common import VIDEO_NOT_IMAGE, api_text, user_error, user_errors, user_threshold
 from .files import output_file
@@ -143,19 +142,15 @@ def _member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, label: str) -> It
         return Item(label, error=f"This file could not be unpacked from the ZIP ({type(e).__name__}).")
 
 
-def analyse(items: list[Item], predict_batch: Callable, threshold: float, progress: Callable,
-            commfor_threshold: float = COMMFOR_THRESHOLD) -> list[dict]:
-    """One record per item: its table row, its full analysis (JSON, read at both thresholds) and a picture for
-    the detail view."""
+def analyse(items: list[Item], predict_batch: Callable, threshold: float, progress: Callable) -> list[dict]:
+    """One record per item: its table row, its full analysis (JSON) and a picture for the detail view."""
     readable = [item for item in items if item.data is not None]
     results: dict[int, object] = {}
     for start in range(0, len(readable), TURN):
         progress((start, len(readable)), desc="Analysing", unit="images")
         turn = readable[start:start + TURN]
         with user_errors():
-            found = predict_batch([item.data for item in turn], threshold)
-        results.update((id(item), replace(result, commfor_threshold=commfor_threshold)
-                        if isinstance(result, Prediction) else result) for item, result in zip(turn, found))
+            results.update(zip(map(id, turn), predict_batch([item.data for item in turn], threshold)))
     progress((len(readable), len(readable)), desc="Analysing", unit="images")
     return [_record(n, item, results.get(id(item))) for n, item in enumerate(items, 1)]
 
@@ -273,21 +268,20 @@ def batch_tab(predict_batch: Callable[[list, float], list]) -> None:
         return (note, [table_row(r) for r in found], output_file("ganorigin-batch.csv", csv_text(found).encode()),
                 output_file("ganorigin-batch.json", json.dumps(api_rows(found), indent=1).encode()), found)
 
-    def analyse_all(files, urls, threshold, progress, commfor_threshold=COMMFOR_THRESHOLD) -> list[dict]:
+    def analyse_all(files, urls, threshold, progress) -> list[dict]:
         with user_errors():
             items = collect(files, urls, progress)
-        return analyse(items, predict_batch, threshold, progress, commfor_threshold)
+        return analyse(items, predict_batch, threshold, progress)
 
     def select(found: list[dict], event: gr.SelectData):
         number = int(event.row_value[0])
         return detail(next(r for r in found if r["item"] == number))
 
     def predict_batch_api(files: Optional[list], urls: str = "", threshold: float = DEFAULT_THRESHOLD,
-                          commfor_threshold: float = COMMFOR_THRESHOLD, progress=gr.Progress()) -> list:
-        """Per item (files, ZIP members, then URLs): its file, the full analysis (extended JSON, read at both
-        thresholds) or its error."""
-        threshold, commfor_threshold = user_threshold(threshold), user_threshold(commfor_threshold, COMMFOR_THRESHOLD)
-        return api_rows(analyse_all(files, urls, threshold, progress, commfor_threshold))
+                          progress=gr.Progress()) -> list:
+        """Per item (files, ZIP members, then URLs): its file, the full analysis (extended JSON) or its error."""
+        threshold = user_threshold(threshold)
+        return api_rows(analyse_all(files, urls, threshold, progress))
 
     # preprocess=False: the handlers get the uploaded files themselves, which Gradio has not opened.
     # /analyse_batch is the page's own event (its outputs are page views): callable, but not advertised.
@@ -297,7 +291,6 @@ def batch_tab(predict_batch: Callable[[list, float], list]) -> None:
     api_files = gr.File(file_count="multiple", visible=False, label="files")
     api_urls = api_text("urls", "\n".join(example.url for example in EXAMPLES[1:3]), default="")
     api_threshold = gr.Number(DEFAULT_THRESHOLD, visible=False, label="threshold")
-    api_commfor_threshold = gr.Number(COMMFOR_THRESHOLD, visible=False, label="commfor_threshold")
     api_out = gr.JSON(visible=False, label="results")
-    api_files.change(predict_batch_api, [api_files, api_urls, api_threshold, api_commfor_threshold], api_out,
-                     api_name="predict_batch", preprocess=False)
+    api_files.change(predict_batch_api, [api_files, api_urls, api_threshold], api_out, api_name="predict_batch",
+                     preprocess=False)
