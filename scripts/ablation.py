@@ -6,7 +6,7 @@ Uses the weights the benchmark wrote (``<cache>/ganorigin-bench/full``: full-siz
 the real formats) unless given others, and images from ``--dev-data`` (or GANORIGIN_DEV_DATA;
 synthetic noise images without either). For each variant it prints the median time per image and
 the agreement with exact fp32: max |delta logit| for CLIP, relative error of the W+ codes for e4e.
-Not part of CI; the README's Performance section quotes its output.
+Not part of CI; docs/performance.md quotes its output.
 """
 
 from __future__ import annotations
