@@ -436,10 +436,10 @@ def test_input_errors_are_the_gates_errors(tmp_path, monkeypatch):
     assert cut_jpeg.watermarks.says == "not checked: the image could not be decoded; it may be truncated or corrupt"
     tiny = read_provenance(encode(picture(1), "PNG")).watermarks  # whole and valid: the gate's own reason, not "corrupt"
     assert tiny.says == "not checked: the image is 1x1 pixels; at least 16x16 is needed" and tiny.error in tiny.says
-    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 300 * 300 - 1)
-    huge = read_provenance(encode(picture(300), "PNG")).watermarks
+    with monkeypatch.context() as patched:
+        patched.setattr(images, "MAX_IMAGE_PIXELS", 300 * 300 - 1)
+        huge = read_provenance(encode(picture(300), "PNG")).watermarks
     assert huge.says == "not checked: the image is 300x300 = 0.1 megapixels; the limit is 0.089999 megapixels"
-    monkeypatch.undo()
     monkeypatch.setattr(images, "MAX_IMAGE_BYTES", 1000)
     with pytest.raises(ImageTooLargeError, match="limit"):
         read_provenance(encode(picture(300), "PNG"))

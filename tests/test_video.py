@@ -380,7 +380,8 @@ def test_a_clip_score_inside_a_detectors_band_is_unsure_as_an_images_is():
     """UFD's band 0.05 around 0.5 and Community Forensics' 0.1: the clip's scores (90th percentiles) are read as an
     image's are, so a clip is AI-generated only where a detector is confident."""
     def clip(ufd, commfor):
-        return _clip([_frame(0, ufd, commfor=commfor, bands=(0.05, 0.1)), _frame(1, 0.0, commfor=0.0, bands=(0.05, 0.1))])
+        bands = (0.05, 0.1)
+        return _clip([_frame(0, ufd, commfor=commfor, bands=bands), _frame(1, 0.0, commfor=0.0, bands=bands)])
 
     close = clip(0.56, 0.1)  # the clip's UFD score: 0.9 of the way from 0 to 0.56, inside 0.45-0.55
     assert close.fake_probability == pytest.approx(0.504) and close.is_fake, "over the threshold, as the original reads it"
